@@ -1,0 +1,61 @@
+# Two commands on a fresh machine with only Python 3.11+ and make:
+#   make demo   – set up, start the emulator, run the main sample DAG end to end, print where the images are
+#   make test   – set up and run the whole test suite
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed-dev
+export PIP_DISABLE_PIP_VERSION_CHECK := 1
+
+.PHONY: demo test lint typecheck docs bench soak emulator browser clean help
+
+help:
+	@echo "make demo | test | lint | typecheck | docs | bench | soak | emulator | clean"
+
+# Set up once: a venv with the package and its dev extras. A second call does not reinstall
+# (the stamp is newer than pyproject.toml).
+$(STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	@touch $(STAMP)
+
+venv: $(STAMP)
+
+# Headless Chromium for the gallery test: Debian's package, installed when missing.
+browser:
+	@if command -v chromium >/dev/null 2>&1 || [ -x /usr/bin/chromium ]; then :; \
+	elif command -v apt-get >/dev/null 2>&1; then \
+		echo "Installing Debian's chromium for the browser test..."; \
+		SUDO=""; [ "$$(id -u)" = 0 ] || SUDO="sudo"; \
+		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends chromium >/dev/null; \
+	else echo "chromium is missing and apt-get is not available: install Chromium to run the browser test" >&2; exit 1; fi
+
+test: $(STAMP) browser
+	$(PY) -m pytest -q
+	@if [ -f mkdocs.yml ]; then $(PY) -m mkdocs build --strict --quiet --site-dir .site-check && rm -rf .site-check; fi
+
+demo: $(STAMP)
+	$(PY) scripts/demo.py
+
+lint: $(STAMP)
+	$(PY) -m ruff check airflow_provider_flux2 tests dags benchmarks scripts
+	$(PY) -m ruff format --check airflow_provider_flux2 tests dags benchmarks scripts
+
+typecheck: $(STAMP)
+	$(PY) -m mypy
+
+docs: $(STAMP)
+	$(PY) -m mkdocs build --strict
+
+bench: $(STAMP)
+	$(PY) benchmarks/run.py
+
+soak: $(STAMP)
+	$(PY) benchmarks/soak.py
+
+emulator: $(STAMP)
+	$(VENV)/bin/flux2 emulator --profile realistic
+
+clean:
+	rm -rf $(VENV) .airflow demo-output site .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,192 @@
+"""Typed errors. Each one says what happened, with the ids and figures needed to act on it.
+
+None of them ever carries the API key: messages are built from the status, the API's code and
+message, the request and run ids, and our own figures.
+"""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from typing import Any
+
+
+class FluxError(Exception):
+    """Base class of every error this provider raises."""
+
+
+class FluxValidationError(FluxError, ValueError):
+    """A parameter is not allowed; raised before any money is spent (or mapped from the API's 422).
+
+    :param field: dotted name of the offending field (``image_size.width``).
+    :param value: the value that was given.
+    :param allowed: what would have been accepted.
+    :param details: every error found, when there were several.
+    """
+
+    def __init__(
+        self,
+        *,
+        field: str,
+        value: Any,
+        allowed: str,
+        details: list[dict[str, Any]] | None = None,
+        status_code: int | None = None,
+        code: str | None = None,
+        request_id: str | None = None,
+        api_message: str | None = None,
+    ) -> None:
+        self.field = field
+        self.value = value
+        self.allowed = allowed
+        self.details = details or [{"field": field, "value": value, "allowed": allowed}]
+        self.status_code = status_code
+        self.code = code
+        self.request_id = request_id
+        self.api_message = api_message
+        text = f"Invalid {field}: {_short(value)} is not allowed; expected {allowed}"
+        if len(self.details) > 1:
+            text += f" (and {len(self.details) - 1} more: {', '.join(d['field'] for d in self.details[1:])})"
+        if status_code is not None:
+            text = f"HTTP {status_code} {code or 'VALIDATION_ERROR'}: {text}"
+            if api_message:
+                text += f" — API says: {api_message}"
+            text += f" [request id {request_id or 'unknown'}]"
+        super().__init__(text)
+
+
+class FluxAPIError(FluxError):
+    """The API answered with an error envelope ``{"code", "message", "errors"}``."""
+
+    def __init__(
+        self,
+        *,
+        status_code: int,
+        code: str | None,
+        message: str | None,
+        request_id: str | None = None,
+        run_id: str | None = None,
+        errors: list[Any] | None = None,
+        hint: str | None = None,
+    ) -> None:
+        self.status_code = status_code
+        self.code = code or "UNKNOWN"
+        self.api_message = message or ""
+        self.request_id = request_id
+        self.run_id = run_id
+        self.errors = errors
+        self.hint = hint
+        super().__init__(self._text())
+
+    def _text(self) -> str:
+        ids = f"request id {self.request_id or 'unknown'}"
+        if self.run_id:
+            ids += f", run {self.run_id}"
+        text = f"HTTP {self.status_code} {self.code}: {self.api_message or '(no message)'} [{ids}]"
+        if self.hint:
+            text += f". {self.hint}"
+        return text
+
+    def with_hint(self, hint: str) -> FluxAPIError:
+        """Add advice (e.g. which Airflow connection to fix) to the message."""
+        self.hint = hint
+        self.args = (self._text(),)
+        return self
+
+
+class FluxAuthError(FluxAPIError):
+    """401/403: the key is missing, wrong, or not allowed to do this."""
+
+
+class FluxInsufficientCreditError(FluxAPIError):
+    """402: the account has no credit left."""
+
+
+class FluxNotFoundError(FluxAPIError):
+    """404: no such run or batch (or the model does not exist)."""
+
+
+class FluxConflictError(FluxAPIError):
+    """409: the Idempotency-Key was used before with a different body."""
+
+
+class FluxRateLimitError(FluxAPIError):
+    """429: too many requests; ``retry_after`` holds the API's advice in seconds, when given."""
+
+    def __init__(self, *, retry_after: float | None = None, **kwargs: Any) -> None:
+        self.retry_after = retry_after
+        super().__init__(**kwargs)
+
+
+class FluxServerError(FluxAPIError):
+    """5xx: the API failed; retried with backoff, raised once the attempts are spent."""
+
+
+class FluxConnectionError(FluxError):
+    """The API could not be reached (connect/read error or timeout) after every attempt."""
+
+    def __init__(self, message: str, *, attempts: int, url: str) -> None:
+        self.attempts = attempts
+        self.url = url
+        super().__init__(f"{message} ({url}, {attempts} attempt{'s' if attempts != 1 else ''})")
+
+
+class FluxRunFailedError(FluxError):
+    """A run ended ``failed`` or ``canceled``; failed runs are not billed."""
+
+    def __init__(
+        self,
+        *,
+        run_id: str,
+        status: str,
+        failure_code: str | None,
+        failure_message: str | None,
+        stage: str | None = None,
+    ) -> None:
+        self.run_id = run_id
+        self.status = status
+        self.failure_code = failure_code
+        self.failure_message = failure_message
+        self.stage = stage
+        where = f" at stage {stage}" if stage else ""
+        super().__init__(
+            f"Run {run_id} {status}{where}: {failure_code or 'UNKNOWN'} — {failure_message or '(no message)'}"
+        )
+
+
+class FluxModerationError(FluxRunFailedError):
+    """The content was moderated (``CONTENT_MODERATED``, or the NSFW flag on the output)."""
+
+
+class FluxTimeoutError(FluxError):
+    """Runs did not finish before the deadline."""
+
+    def __init__(self, message: str, *, run_ids: list[str] | None = None) -> None:
+        self.run_ids = run_ids or []
+        super().__init__(message)
+
+
+class FluxImageError(FluxError):
+    """Downloaded bytes are not the image that was asked for (size, format, too large, undecodable)."""
+
+    def __init__(self, message: str, *, run_id: str | None = None) -> None:
+        self.run_id = run_id
+        super().__init__(f"{message} (run {run_id})" if run_id else message)
+
+
+class BudgetExceededError(FluxError):
+    """A plan costs more than its budget; raised before the first submit."""
+
+    def __init__(self, *, estimate: Decimal, limit: Decimal, scope: str = "task", images: int = 0) -> None:
+        self.estimate = estimate
+        self.limit = limit
+        self.scope = scope
+        self.images = images
+        count = f" for {images} image{'s' if images != 1 else ''}" if images else ""
+        super().__init__(
+            f"Estimated cost ${estimate}{count} exceeds the {scope} budget of ${limit}; nothing was submitted"
+        )
+
+
+def _short(value: Any, limit: int = 120) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."

@@ -1,0 +1,100 @@
+"""Provider metadata read by Airflow through the ``apache_airflow_provider`` entry point."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from airflow_provider_flux2 import __version__
+
+
+def get_provider_info() -> dict[str, Any]:
+    return {
+        "package-name": "airflow-provider-flux2",
+        "name": "FLUX 2 (Runflow)",
+        "description": "FLUX 2 image generation by Black Forest Labs, through the Runflow API: "
+        "deferrable, budgeted, restart-safe batches with quality checks and publishing.",
+        "versions": [__version__],
+        "integrations": [
+            {
+                "integration-name": "FLUX 2 (Runflow)",
+                "external-doc-url": "https://www.runflow.io/models/black-forest-labs/flux-2-pro",
+                "tags": ["ai"],
+            }
+        ],
+        "hooks": [
+            {
+                "integration-name": "FLUX 2 (Runflow)",
+                "python-modules": ["airflow_provider_flux2.hooks.flux"],
+            }
+        ],
+        "operators": [
+            {
+                "integration-name": "FLUX 2 (Runflow)",
+                "python-modules": [
+                    "airflow_provider_flux2.operators.flux",
+                    "airflow_provider_flux2.operators.quality",
+                    "airflow_provider_flux2.operators.publish",
+                ],
+            }
+        ],
+        "triggers": [
+            {
+                "integration-name": "FLUX 2 (Runflow)",
+                "python-modules": ["airflow_provider_flux2.triggers.flux"],
+            }
+        ],
+        "extra-links": ["airflow_provider_flux2.operators.flux.FluxImagesLink"],
+        "connection-types": [
+            {
+                "hook-class-name": "airflow_provider_flux2.hooks.flux.FluxHook",
+                "hook-name": "FLUX 2 (Runflow)",
+                "connection-type": "flux2",
+                "conn-fields": {
+                    "model": {
+                        "label": "Default model",
+                        "schema": {
+                            "type": ["string", "null"],
+                            "enum": [
+                                "black-forest-labs/flux-2-pro",
+                                "black-forest-labs/flux-2-flex",
+                                "black-forest-labs/flux-2-max",
+                                "black-forest-labs/flux-2-turbo",
+                                None,
+                            ],
+                            "default": "black-forest-labs/flux-2-pro",
+                        },
+                        "description": "Model used when a task does not name one.",
+                    },
+                    "organization_id": {
+                        "label": "Organization id",
+                        "schema": {"type": ["string", "null"]},
+                        "description": "Sent as X-Organization-Id when set.",
+                    },
+                    "timeout": {
+                        "label": "Request timeout (s)",
+                        "schema": {"type": ["number", "null"], "default": 30},
+                        "description": "Per-request HTTP timeout in seconds.",
+                    },
+                    "max_attempts": {
+                        "label": "Max attempts",
+                        "schema": {"type": ["integer", "null"], "default": 5},
+                        "description": "Attempts per request on 429, 5xx and network errors (never on other 4xx).",
+                    },
+                    "prices": {
+                        "label": "Price overrides (JSON)",
+                        "schema": {"type": ["object", "null"]},
+                        "description": 'e.g. {"pro": {"first_mp": "0.03", "extra_mp": "0.015"}}',
+                    },
+                },
+                "ui-field-behaviour": {
+                    "hidden-fields": ["schema", "port", "login"],
+                    "relabeling": {"password": "API Key", "host": "Base URL"},
+                    "placeholders": {
+                        "host": "https://api.runflow.io",
+                        "password": "rf_live_...",
+                        "extra": '{"model": "black-forest-labs/flux-2-pro", "timeout": 30, "max_attempts": 5}',
+                    },
+                },
+            }
+        ],
+    }

@@ -1,0 +1,531 @@
+"""Pydantic models for what crosses the wire and what the pipeline records.
+
+Field names follow the Runflow protocol (``../docs/protocol.md`` in the design notes):
+``prompt``, ``image_size``, ``output_format``, ``safety_tolerance``, ``enable_safety_checker``,
+``seed``, ``sync_mode``, ``image_urls``; flex adds ``num_inference_steps`` and ``guidance_scale``.
+Every validation failure is turned into :class:`~airflow_provider_flux2.exceptions.FluxValidationError`
+naming the field, the bad value and what is allowed, before any request is sent.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from enum import Enum
+from typing import Any, Literal
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from airflow_provider_flux2.exceptions import FluxValidationError
+
+# --------------------------------------------------------------------------------------------------
+# Models (variants)
+# --------------------------------------------------------------------------------------------------
+
+MODEL_OWNER = "black-forest-labs"
+
+
+class Variant(str, Enum):
+    """The FLUX 2 family as sold on Runflow."""
+
+    PRO = "pro"
+    FLEX = "flex"
+    MAX = "max"
+    TURBO = "turbo"
+
+    @property
+    def model_id(self) -> str:
+        return f"{MODEL_OWNER}/flux-2-{self.value}"
+
+
+DEFAULT_VARIANT = Variant.PRO
+MODEL_IDS: dict[str, Variant] = {v.model_id: v for v in Variant}
+
+
+def resolve_variant(model: str | Variant | None) -> Variant:
+    """Accept ``"pro"``, ``"flux-2-pro"`` or ``"black-forest-labs/flux-2-pro"`` (and the others)."""
+    if model is None or model == "":
+        return DEFAULT_VARIANT
+    if isinstance(model, Variant):
+        return model
+    name = str(model).strip().lower()
+    if name in MODEL_IDS:
+        return MODEL_IDS[name]
+    short = name.removeprefix(f"{MODEL_OWNER}/").removeprefix("flux-2-").removeprefix("flux.2-")
+    try:
+        return Variant(short)
+    except ValueError:
+        allowed = ", ".join(v.model_id for v in Variant)
+        raise FluxValidationError(
+            field="model", value=model, allowed=f"one of {allowed} (or the short names pro, flex, max, turbo)"
+        ) from None
+
+
+# --------------------------------------------------------------------------------------------------
+# Sizes
+# --------------------------------------------------------------------------------------------------
+
+PRESETS: dict[str, tuple[int, int]] = {
+    "square_hd": (1024, 1024),
+    "square": (512, 512),
+    "portrait_4_3": (768, 1024),
+    "portrait_16_9": (576, 1024),
+    "landscape_4_3": (1024, 768),
+    "landscape_16_9": (1024, 576),
+}
+DEFAULT_SIZE = "landscape_4_3"
+MIN_SIDE = 64
+MAX_SIDE = 4096
+_SIZE_TEXT = re.compile(r"^\s*(\d+)\s*[xX×]\s*(\d+)\s*$")
+SIZE_ALLOWED = (
+    f"one of the presets {', '.join(PRESETS)}, or {{width, height}} / 'WIDTHxHEIGHT' "
+    f"with each side an integer {MIN_SIDE}..{MAX_SIDE}"
+)
+
+
+class CustomSize(BaseModel):
+    """A custom output size; any integer side in 64..4096 (the seed prices 1920×1080)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    width: int = Field(ge=MIN_SIDE, le=MAX_SIDE, strict=True)
+    height: int = Field(ge=MIN_SIDE, le=MAX_SIDE, strict=True)
+
+
+ImageSize = str | CustomSize
+
+
+def normalize_image_size(value: Any) -> str | CustomSize:
+    """Turn a preset name, ``{"width", "height"}``, ``(w, h)`` or ``"1920x1080"`` into the wire form."""
+    if isinstance(value, CustomSize):
+        return value
+    if value is None:
+        return DEFAULT_SIZE
+    if isinstance(value, str):
+        if value in PRESETS:
+            return value
+        match = _SIZE_TEXT.match(value)
+        if match:
+            return _custom(int(match.group(1)), int(match.group(2)))
+        raise FluxValidationError(field="image_size", value=value, allowed=SIZE_ALLOWED)
+    if isinstance(value, dict):
+        if set(value) != {"width", "height"}:
+            raise FluxValidationError(field="image_size", value=value, allowed=SIZE_ALLOWED)
+        return _custom(value["width"], value["height"])
+    if isinstance(value, (list, tuple)) and len(value) == 2:
+        return _custom(value[0], value[1])
+    raise FluxValidationError(field="image_size", value=value, allowed=SIZE_ALLOWED)
+
+
+def _custom(width: Any, height: Any) -> CustomSize:
+    for side_name, side in (("width", width), ("height", height)):
+        if isinstance(side, bool) or not isinstance(side, int) or not MIN_SIDE <= side <= MAX_SIDE:
+            raise FluxValidationError(
+                field=f"image_size.{side_name}",
+                value=side,
+                allowed=f"an integer {MIN_SIDE}..{MAX_SIDE}",
+            )
+    return CustomSize(width=width, height=height)
+
+
+def size_of(image_size: str | CustomSize | dict[str, int] | None) -> tuple[int, int]:
+    """Width and height in pixels of a (normalised or raw) ``image_size``."""
+    size = normalize_image_size(image_size)
+    if isinstance(size, CustomSize):
+        return size.width, size.height
+    return PRESETS[size]
+
+
+# --------------------------------------------------------------------------------------------------
+# Prompts and colours
+# --------------------------------------------------------------------------------------------------
+
+MAX_PROMPT_CHARS = 10_000
+MAX_REFERENCE_IMAGES = 8
+HEX_COLOUR = re.compile(r"^#[0-9A-Fa-f]{6}$")
+
+
+def canonical_prompt(prompt: str | dict[str, Any]) -> str:
+    """A JSON-structured prompt is serialised canonically (sorted keys, compact) so it hashes stably."""
+    if isinstance(prompt, dict):
+        return json.dumps(prompt, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return prompt
+
+
+def normalize_colour(value: Any) -> str:
+    if not isinstance(value, str) or not HEX_COLOUR.match(value.strip()):
+        raise FluxValidationError(field="colors", value=value, allowed="HEX colours written #RRGGBB")
+    return value.strip().upper()
+
+
+def apply_colours(prompt: str | dict[str, Any], colours: list[str]) -> str | dict[str, Any]:
+    """Put a validated HEX palette into the prompt, the way the model reads colours.
+
+    A JSON prompt gets a ``color_palette`` key; a text prompt gets a trailing palette sentence.
+    """
+    if not colours:
+        return prompt
+    if isinstance(prompt, dict):
+        return {**prompt, "color_palette": colours}
+    return f"{prompt.rstrip()} Colour palette: {', '.join(colours)}."
+
+
+# --------------------------------------------------------------------------------------------------
+# The request input (wire form)
+# --------------------------------------------------------------------------------------------------
+
+OutputFormat = Literal["jpeg", "png"]
+SAFETY_TOLERANCES = ("1", "2", "3", "4", "5")
+FLEX_STEPS = (1, 50)
+FLEX_GUIDANCE = (1.5, 10.0)
+
+
+class FluxInput(BaseModel):
+    """The ``input`` object of a create-run request, with the protocol's field names.
+
+    Build it with :func:`build_input`, which turns every error into a :class:`FluxValidationError`.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    prompt: str
+    image_size: str | CustomSize = DEFAULT_SIZE
+    output_format: OutputFormat = "jpeg"
+    safety_tolerance: str = "2"
+    enable_safety_checker: bool = True
+    seed: int | None = None
+    sync_mode: bool = False
+    image_urls: list[str] | None = None
+    num_inference_steps: int | None = None
+    guidance_scale: float | None = None
+
+    @field_validator("prompt", mode="before")
+    @classmethod
+    def _prompt(cls, value: Any) -> Any:
+        if isinstance(value, dict):
+            value = canonical_prompt(value)
+        if not isinstance(value, str) or not value.strip():
+            raise ValueError("must be a non-empty string or a JSON object")
+        if len(value) > MAX_PROMPT_CHARS:
+            raise ValueError(f"must be at most {MAX_PROMPT_CHARS} characters (got {len(value)})")
+        return value
+
+    @field_validator("image_size", mode="before")
+    @classmethod
+    def _size(cls, value: Any) -> Any:
+        return normalize_image_size(value)
+
+    @field_validator("safety_tolerance", mode="before")
+    @classmethod
+    def _tolerance(cls, value: Any) -> Any:
+        if isinstance(value, bool):
+            raise ValueError("must be one of '1'..'5'")
+        if isinstance(value, int):
+            value = str(value)
+        if value not in SAFETY_TOLERANCES:
+            raise ValueError("must be one of '1'..'5'")
+        return value
+
+    @field_validator("seed")
+    @classmethod
+    def _seed(cls, value: int | None) -> int | None:
+        if value is not None and not 0 <= value < 2**32:
+            raise ValueError("must be an integer 0..4294967295")
+        return value
+
+    @field_validator("image_urls")
+    @classmethod
+    def _urls(cls, value: list[str] | None) -> list[str] | None:
+        if value is None:
+            return None
+        if len(value) > MAX_REFERENCE_IMAGES:
+            raise ValueError(f"at most {MAX_REFERENCE_IMAGES} reference images (got {len(value)})")
+        for url in value:
+            if not re.match(r"^(https?://|data:image/)", url):
+                raise ValueError("each entry must be an http(s) URL or a data:image/ URI")
+        return value
+
+    @field_validator("num_inference_steps")
+    @classmethod
+    def _steps(cls, value: int | None) -> int | None:
+        if value is not None and not FLEX_STEPS[0] <= value <= FLEX_STEPS[1]:
+            raise ValueError(f"must be an integer {FLEX_STEPS[0]}..{FLEX_STEPS[1]}")
+        return value
+
+    @field_validator("guidance_scale")
+    @classmethod
+    def _guidance(cls, value: float | None) -> float | None:
+        if value is not None and not FLEX_GUIDANCE[0] <= value <= FLEX_GUIDANCE[1]:
+            raise ValueError(f"must be a number {FLEX_GUIDANCE[0]}..{FLEX_GUIDANCE[1]}")
+        return value
+
+    @property
+    def width(self) -> int:
+        return size_of(self.image_size)[0]
+
+    @property
+    def height(self) -> int:
+        return size_of(self.image_size)[1]
+
+    def to_wire(self) -> dict[str, Any]:
+        """The JSON ``input`` object, without fields left unset (the API applies its defaults)."""
+        return self.model_dump(mode="json", exclude_none=True)
+
+
+# Messages for fields whose allowed values are a fixed list; pydantic's own wording for the rest.
+_ALLOWED: dict[str, str] = {
+    "output_format": "'jpeg' or 'png'",
+    "safety_tolerance": "'1'..'5' (1 strictest; integers are accepted)",
+    "enable_safety_checker": "true or false",
+    "sync_mode": "true or false",
+    "seed": "an integer 0..4294967295",
+    "image_size": SIZE_ALLOWED,
+    "num_inference_steps": f"an integer {FLEX_STEPS[0]}..{FLEX_STEPS[1]} (flex only)",
+    "guidance_scale": f"a number {FLEX_GUIDANCE[0]}..{FLEX_GUIDANCE[1]} (flex only)",
+    "image_urls": f"a list of at most {MAX_REFERENCE_IMAGES} http(s) or data:image/ URLs",
+    "prompt": f"a non-empty string (at most {MAX_PROMPT_CHARS} characters) or a JSON object",
+}
+_FLEX_ONLY = ("num_inference_steps", "guidance_scale")
+GENERATION_PARAMS = (*FluxInput.model_fields, "colors")
+
+
+def validation_error_from(error: ValidationError, data: dict[str, Any]) -> FluxValidationError:
+    """Turn pydantic's error into ours: field, bad value, what is allowed (first error; all in details)."""
+    details = []
+    for item in error.errors():
+        loc = ".".join(str(p) for p in item["loc"]) or "input"
+        top = str(item["loc"][0]) if item["loc"] else "input"
+        value = data.get(top, item.get("input"))
+        if item["type"] == "extra_forbidden":
+            allowed = f"one of the parameters {', '.join(GENERATION_PARAMS)}"
+        else:
+            allowed = _ALLOWED.get(top, item["msg"])
+        details.append({"field": loc, "value": value, "allowed": allowed, "msg": item["msg"]})
+    first = details[0]
+    return FluxValidationError(
+        field=first["field"], value=first["value"], allowed=first["allowed"], details=details
+    )
+
+
+def build_input(variant: Variant | str | None = None, **params: Any) -> FluxInput:
+    """Validate generation parameters for a variant and return the wire ``input``.
+
+    Accepts the protocol's fields plus ``colors`` (a list of ``#RRGGBB``, woven into the prompt).
+    """
+    variant = resolve_variant(variant)
+    params = {k: v for k, v in params.items() if v is not None}
+    colours = [normalize_colour(c) for c in (params.pop("colors", None) or [])]
+    if variant is not Variant.FLEX:
+        for name in _FLEX_ONLY:
+            if name in params:
+                raise FluxValidationError(
+                    field=name,
+                    value=params[name],
+                    allowed=f"only with the flex variant ({Variant.FLEX.model_id}); not with {variant.model_id}",
+                )
+    if "image_size" in params:
+        # Normalised here so an error names the exact side (image_size.width) and its range.
+        params["image_size"] = normalize_image_size(params["image_size"])
+    if "prompt" in params and colours:
+        params["prompt"] = apply_colours(params["prompt"], colours)
+    if "prompt" not in params:
+        raise FluxValidationError(field="prompt", value=None, allowed=_ALLOWED["prompt"])
+    try:
+        return FluxInput.model_validate(params)
+    except ValidationError as exc:
+        raise validation_error_from(exc, params) from None
+
+
+# --------------------------------------------------------------------------------------------------
+# Responses
+# --------------------------------------------------------------------------------------------------
+
+
+class RunStatus(str, Enum):
+    QUEUED = "queued"
+    DISPATCHING = "dispatching"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELED = "canceled"
+    PARTIAL_SUCCEEDED = "partial_succeeded"
+
+    @property
+    def terminal(self) -> bool:
+        return self in TERMINAL_STATUSES
+
+
+TERMINAL_STATUSES = frozenset(
+    {RunStatus.SUCCEEDED, RunStatus.FAILED, RunStatus.CANCELED, RunStatus.PARTIAL_SUCCEEDED}
+)
+
+
+class OutputImage(BaseModel):
+    """One output image, whatever shape the API used to describe it."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    url: str
+    content_type: str | None = None
+    width: int | None = None
+    height: int | None = None
+
+
+class RunOutput(BaseModel):
+    """The normalised ``output`` of a succeeded run."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    images: list[OutputImage] = Field(default_factory=list)
+    seed: int | None = None
+    has_nsfw_concepts: list[bool] = Field(default_factory=list)
+    prompt: str | None = None  # the upsampled prompt, when the API returns it
+
+    @property
+    def nsfw(self) -> bool:
+        return any(self.has_nsfw_concepts)
+
+
+class Run(BaseModel):
+    """A run object from ``POST .../runs`` or ``GET /v1/runs/{id}`` (output normalised)."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    id: str
+    status_code: RunStatus
+    model: str | None = None
+    input: dict[str, Any] | None = None
+    output: RunOutput | None = None
+    cost: str | None = None
+    cost_breakdown: Any = None
+    duration_ms: int | None = None
+    created_at: str | None = None
+    started_at: str | None = None
+    completed_at: str | None = None
+    metadata: dict[str, Any] | None = None
+    client_ref: str | None = None
+    failure_code: str | None = None
+    failure_message: str | None = None
+    failure_stage_code: str | None = None
+    current_evaluation_summary: dict[str, Any] | None = None
+
+    @property
+    def terminal(self) -> bool:
+        return self.status_code.terminal
+
+    @property
+    def quality_score(self) -> float | None:
+        """Runflow's Sentinel score (``current_evaluation_summary.score``), when the run has one."""
+        score = (self.current_evaluation_summary or {}).get("score")
+        return float(score) if isinstance(score, (int, float)) else None
+
+
+class BatchItem(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    id: str | None = None
+    sequence_index: int
+    run_id: str | None = None
+    status_code: RunStatus
+    client_ref: str | None = None
+
+
+class Batch(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    id: str
+    status_code: RunStatus
+    items_total: int = 0
+    items_succeeded: int = 0
+    items_failed: int = 0
+    items: list[BatchItem] = Field(default_factory=list)
+
+    @property
+    def terminal(self) -> bool:
+        return self.status_code.terminal
+
+
+# --------------------------------------------------------------------------------------------------
+# What the pipeline records about one image
+# --------------------------------------------------------------------------------------------------
+
+
+class Timings(BaseModel):
+    """ISO-8601 UTC instants; ``finished_at`` is the API's, the others are ours."""
+
+    model_config = ConfigDict(extra="allow")
+
+    submitted_at: str | None = None
+    finished_at: str | None = None
+    detected_at: str | None = None
+    stored_at: str | None = None
+
+
+class CheckVerdict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    check: str
+    passed: bool
+    reason: str = ""
+    value: Any = None
+
+
+ImageStatus = Literal["pending", "succeeded", "failed", "moderated", "skipped", "dropped"]
+
+
+class ImageRecord(BaseModel):
+    """Everything the pipeline learns about one image; what XCom and the manifest carry (no bytes)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    index: int
+    model: str
+    prompt: str
+    upsampled_prompt: str | None = None
+    params: dict[str, Any] = Field(default_factory=dict)
+    seed: int | None = None
+    width: int
+    height: int
+    output_format: str = "jpeg"
+    billed_mp: int
+    cost_usd: str
+    estimated_cost_usd: str
+    api_cost_usd: str | None = None
+    run_id: str | None = None
+    batch_id: str | None = None
+    client_ref: str | None = None
+    idempotency_key: str | None = None
+    status: ImageStatus = "pending"
+    failure_code: str | None = None
+    failure_message: str | None = None
+    nsfw: bool = False
+    quality_score: float | None = None
+    uri: str | None = None
+    content_type: str | None = None
+    content_hash: str | None = None
+    size_bytes: int | None = None
+    attempt: int = 1
+    regenerated_from: str | None = None
+    source_hash: str | None = None
+    checks: list[CheckVerdict] = Field(default_factory=list)
+    timings: Timings = Field(default_factory=Timings)
+    extra: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _cost_strings(self) -> ImageRecord:
+        # Money travels as decimal strings so JSON never rounds it through a float.
+        for name in ("cost_usd", "estimated_cost_usd"):
+            value = getattr(self, name)
+            if not re.match(r"^\d+(\.\d+)?$", value):
+                raise ValueError(f"{name} must be a decimal string, got {value!r}")
+        return self
+
+    def to_xcom(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")

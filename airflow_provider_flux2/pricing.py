@@ -1,0 +1,263 @@
+"""Megapixels and money: the only place either is computed.
+
+One megapixel is 1,048,576 pixels (2^20), rounded up per image, at least one. That is the only unit
+that reproduces every row of the vendor's table: 1024×1024 → 1 MP → $0.030, 1920×1080 → 2 MP →
+$0.045, 2048×2048 → 4 MP → $0.075, 4096×4096 → 16 MP → $0.255 (FLUX 2 [pro]: $0.030 for the first
+megapixel, $0.015 for each further one). Prices are ``Decimal`` and live in one table keyed by
+variant, which a connection can override because vendors change prices.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import io
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field, replace
+from decimal import Decimal, InvalidOperation
+from typing import TYPE_CHECKING, Any
+
+from airflow_provider_flux2.exceptions import BudgetExceededError, FluxValidationError
+from airflow_provider_flux2.models import Variant, resolve_variant
+
+if TYPE_CHECKING:
+    from airflow_provider_flux2.models import FluxInput
+
+MEGAPIXEL = 1_048_576
+#: A reference image whose size cannot be known before the run (an http URL) is priced as one
+#: megapixel, the minimum each reference image is billed. Data URIs are measured.
+ASSUMED_REFERENCE_MP = 1
+
+
+def billed_megapixels(width: int, height: int) -> int:
+    """Billed megapixels of one image: ``ceil(width × height / 2^20)``, at least 1."""
+    if width <= 0 or height <= 0:
+        raise FluxValidationError(field="image_size", value=(width, height), allowed="positive sides")
+    return max(1, -(-(width * height) // MEGAPIXEL))
+
+
+@dataclass(frozen=True)
+class Price:
+    """Price of one variant: the first megapixel, each further one (input references: ``extra_mp``)."""
+
+    first_mp: Decimal
+    extra_mp: Decimal
+    estimate: bool = False
+    source: str = ""
+
+    def cost(self, megapixels: int, reference_mp: int = 0) -> Decimal:
+        """Cost of one output of ``megapixels`` plus ``reference_mp`` of input reference images."""
+        return self.first_mp + self.extra_mp * (megapixels - 1) + self.extra_mp * reference_mp
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "first_mp": str(self.first_mp),
+            "extra_mp": str(self.extra_mp),
+            "estimate": self.estimate,
+            "source": self.source,
+        }
+
+
+#: The price table. Pro and flex are Runflow's published figures (the seed page); max and turbo have
+#: no Runflow figure, so they carry the best public numbers and are flagged as estimates.
+DEFAULT_PRICES: dict[Variant, Price] = {
+    Variant.PRO: Price(Decimal("0.030"), Decimal("0.015"), source="runflow.io flux-2-pro page"),
+    Variant.FLEX: Price(Decimal("0.05"), Decimal("0.05"), source="runflow.io flux-2-pro page (family)"),
+    Variant.MAX: Price(
+        Decimal("0.07"), Decimal("0.03"), estimate=True, source="Black Forest Labs list price (bfl.ai)"
+    ),
+    Variant.TURBO: Price(
+        Decimal("0.008"), Decimal("0.008"), estimate=True, source="fal.ai FLUX.2 turbo list price"
+    ),
+}
+
+
+@dataclass(frozen=True)
+class PriceTable:
+    """Prices by variant; build one from a connection's ``prices`` extra with :meth:`with_overrides`."""
+
+    prices: Mapping[Variant, Price] = field(default_factory=lambda: dict(DEFAULT_PRICES))
+
+    def price(self, model: Variant | str | None) -> Price:
+        return self.prices[resolve_variant(model)]
+
+    def with_overrides(self, overrides: Mapping[str, Any] | None) -> PriceTable:
+        """Override prices, e.g. ``{"pro": {"first_mp": "0.03", "extra_mp": "0.015"}, "max": "0.08"}``.
+
+        A single number sets both the first and the extra megapixel price.
+        """
+        if not overrides:
+            return self
+        prices = dict(self.prices)
+        for name, value in overrides.items():
+            variant = resolve_variant(name)
+            if isinstance(value, Mapping):
+                unknown = set(value) - {"first_mp", "extra_mp"}
+                if unknown:
+                    raise FluxValidationError(
+                        field=f"prices.{name}", value=value, allowed="keys first_mp and extra_mp"
+                    )
+                first = _decimal(value.get("first_mp", prices[variant].first_mp), f"prices.{name}.first_mp")
+                extra = _decimal(value.get("extra_mp", prices[variant].extra_mp), f"prices.{name}.extra_mp")
+            else:
+                first = extra = _decimal(value, f"prices.{name}")
+            prices[variant] = replace(
+                prices[variant], first_mp=first, extra_mp=extra, estimate=False, source="connection override"
+            )
+        return PriceTable(prices)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {variant.model_id: price.as_dict() for variant, price in self.prices.items()}
+
+
+def _decimal(value: Any, name: str) -> Decimal:
+    if isinstance(value, float):
+        value = repr(value)  # 0.03 → "0.03", never the binary expansion
+    try:
+        result = Decimal(str(value))
+    except InvalidOperation:
+        raise FluxValidationError(field=name, value=value, allowed="a decimal number of dollars") from None
+    if not result.is_finite() or result < 0:
+        raise FluxValidationError(field=name, value=value, allowed="a non-negative decimal number of dollars")
+    return result
+
+
+def to_usd(value: Any, name: str = "budget_usd") -> Decimal:
+    """Parse a dollar amount (str, int, float or Decimal) exactly."""
+    return _decimal(value, name)
+
+
+def usd(amount: Decimal) -> str:
+    """Dollars as text with at least three decimals (``0.045``, ``0.030``, ``1.110``)."""
+    if amount == amount.quantize(Decimal("0.001")):
+        return f"{amount:.3f}"
+    return format(amount.normalize(), "f")
+
+
+def reference_megapixels(image_urls: Iterable[str] | None) -> int:
+    """Billed megapixels of input reference images: each measured (data URIs) or assumed 1 MP."""
+    total = 0
+    for url in image_urls or ():
+        size = _data_uri_size(url)
+        total += billed_megapixels(*size) if size else ASSUMED_REFERENCE_MP
+    return total
+
+
+def _data_uri_size(url: str) -> tuple[int, int] | None:
+    if not url.startswith("data:image/") or ";base64," not in url:
+        return None
+    from PIL import Image  # only opened for its header
+
+    try:
+        raw = base64.b64decode(url.split(";base64,", 1)[1], validate=False)
+        with Image.open(io.BytesIO(raw)) as image:
+            return image.size
+    except (binascii.Error, OSError, ValueError):
+        return None
+
+
+@dataclass(frozen=True)
+class ItemCost:
+    index: int
+    model: str
+    width: int
+    height: int
+    billed_mp: int
+    reference_mp: int
+    cost: Decimal
+
+
+@dataclass(frozen=True)
+class CostEstimate:
+    """Per-image costs and their exact total."""
+
+    items: tuple[ItemCost, ...]
+    prices: PriceTable
+
+    @property
+    def total(self) -> Decimal:
+        return sum((item.cost for item in self.items), Decimal("0"))
+
+    @property
+    def total_mp(self) -> int:
+        return sum(item.billed_mp + item.reference_mp for item in self.items)
+
+    @property
+    def count(self) -> int:
+        return len(self.items)
+
+    def by_size(self) -> list[dict[str, Any]]:
+        """Rows grouped by (model, size) for tables: count, MP per image, unit cost, subtotal."""
+        groups: dict[tuple[str, int, int, int], list[ItemCost]] = {}
+        for item in self.items:
+            groups.setdefault((item.model, item.width, item.height, item.reference_mp), []).append(item)
+        rows = []
+        for (model, width, height, ref_mp), items in groups.items():
+            rows.append(
+                {
+                    "model": model,
+                    "width": width,
+                    "height": height,
+                    "count": len(items),
+                    "billed_mp": items[0].billed_mp,
+                    "reference_mp": ref_mp,
+                    "unit_cost": items[0].cost,
+                    "subtotal": sum((i.cost for i in items), Decimal("0")),
+                }
+            )
+        return rows
+
+
+def item_cost(
+    model: Variant | str | None, request: FluxInput, table: PriceTable | None = None, index: int = 0
+) -> ItemCost:
+    """Price one request (its output size and any reference images)."""
+    table = table or PriceTable()
+    variant = resolve_variant(model)
+    mp = billed_megapixels(request.width, request.height)
+    ref_mp = reference_megapixels(request.image_urls)
+    return ItemCost(
+        index=index,
+        model=variant.model_id,
+        width=request.width,
+        height=request.height,
+        billed_mp=mp,
+        reference_mp=ref_mp,
+        cost=table.price(variant).cost(mp, ref_mp),
+    )
+
+
+def estimate(
+    requests: Iterable[tuple[Variant | str | None, FluxInput]], table: PriceTable | None = None
+) -> CostEstimate:
+    """Price a plan of ``(model, input)`` pairs before anything is sent."""
+    table = table or PriceTable()
+    items = tuple(item_cost(model, request, table, index) for index, (model, request) in enumerate(requests))
+    return CostEstimate(items=items, prices=table)
+
+
+@dataclass(frozen=True)
+class Budget:
+    """A spending limit; :meth:`check` refuses a plan over it, naming the estimate and the limit."""
+
+    limit: Decimal
+    scope: str = "task"
+
+    @classmethod
+    def of(cls, limit: Any, scope: str = "task") -> Budget | None:
+        """A budget from a user value, or ``None`` when no limit is set."""
+        if limit is None or limit == "":
+            return None
+        return cls(to_usd(limit), scope)
+
+    def check(self, amount: Decimal | CostEstimate, *, spent: Decimal = Decimal("0")) -> None:
+        """Raise :class:`BudgetExceededError` if ``spent`` plus ``amount`` is over the limit."""
+        images = amount.count if isinstance(amount, CostEstimate) else 0
+        planned = amount.total if isinstance(amount, CostEstimate) else amount
+        if spent + planned > self.limit:
+            raise BudgetExceededError(
+                estimate=spent + planned, limit=self.limit, scope=self.scope, images=images
+            )
+
+    def remaining(self, spent: Decimal) -> Decimal:
+        return max(Decimal("0"), self.limit - spent)
