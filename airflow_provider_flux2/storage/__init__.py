@@ -1,1 +1,20 @@
+"""Publishers: where images, manifests and galleries are stored (``file://`` or ``s3://``)."""
+
 from __future__ import annotations
+
+from airflow_provider_flux2.storage.base import BatchLocation, Publisher, content_hash
+from airflow_provider_flux2.storage.local import LocalPublisher
+
+
+def publisher_for(uri: str, *, aws_conn_id: str | None = None) -> Publisher:
+    """The publisher for a destination URI: ``file:///path`` (or a plain path) or ``s3://bucket/prefix``."""
+    if uri.startswith("s3://"):
+        from airflow_provider_flux2.storage.s3 import S3Publisher
+
+        return S3Publisher(uri, aws_conn_id=aws_conn_id)
+    if uri.startswith("file://") or "://" not in uri:
+        return LocalPublisher(uri)
+    raise ValueError(f"Unsupported output_uri {uri!r}: use file:///absolute/path or s3://bucket/prefix")
+
+
+__all__ = ["BatchLocation", "LocalPublisher", "Publisher", "content_hash", "publisher_for"]
