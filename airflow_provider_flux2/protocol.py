@@ -63,6 +63,8 @@ class ApiRequest:
     run_id: str | None = None  # the run this request is about, named in errors
 
     def url(self, base_url: str) -> str:
+        if "://" in self.path:  # an absolute URL (output downloads)
+            return self.path.split("?", 1)[0]
         return base_url.rstrip("/") + self.path
 
 
@@ -269,12 +271,8 @@ def _api_validation_error(
         loc = [str(p) for p in err.get("loc") or []]
         if loc and loc[0] == "input":
             loc = loc[1:]
-        details.append(
-            {"field": ".".join(loc) or "input", "value": err.get("input"), "allowed": err.get("msg")}
-        )
-    first = (
-        details[0] if details else {"field": "input", "value": None, "allowed": message or "a valid request"}
-    )
+        details.append({"field": ".".join(loc) or "input", "value": err.get("input"), "allowed": err.get("msg")})
+    first = details[0] if details else {"field": "input", "value": None, "allowed": message or "a valid request"}
     return FluxValidationError(
         field=first["field"],
         value=first["value"],
@@ -324,9 +322,7 @@ def normalize_output(raw: Any) -> RunOutput | None:
 def parse_run(data: Any) -> Run:
     """A run object, with its output normalised."""
     if not isinstance(data, dict):
-        raise FluxAPIError(
-            status_code=200, code="BAD_RESPONSE", message=f"expected a run object, got {data!r:.200}"
-        )
+        raise FluxAPIError(status_code=200, code="BAD_RESPONSE", message=f"expected a run object, got {data!r:.200}")
     payload = dict(data)
     payload["output"] = normalize_output(payload.get("output"))
     try:
