@@ -1,0 +1,856 @@
+"""FluxGenerateImageOperator: plan, submit, wait (deferred or not), fetch, verify, store.
+
+The story of a task:
+
+1. **Plan** — validate every item and price the whole batch; over budget → fail, nothing sent.
+2. **Resume or start** — progress recorded by an earlier try (``task_state_store``, Airflow >= 3.3)
+   or an earlier deferral (XCom) is picked up, so runs already paid for are re-attached.
+3. **Top up** — submit chunks (batch requests, or single runs) while fewer than ``max_in_flight``
+   runs are at the API; record the run ids at once.
+4. **Wait** — defer to :class:`FluxGenerationTrigger` (or poll in-process) until enough runs finish
+   to top up again.
+5. **Collect** — read each finished run (fresh URL), download, verify, store, record.
+6. **Finish** — manifest beside the images, small records to XCom (never bytes).
+
+Every image's ``Idempotency-Key`` derives from its Airflow identity and its request, so even where
+progress was lost (Airflow < 3.3 after a worker crash) a resubmission is a replay, not a new charge.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from decimal import Decimal
+from functools import cached_property
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
+
+from airflow.sdk import BaseOperator, BaseOperatorLink, conf
+
+from airflow_provider_flux2 import protocol
+from airflow_provider_flux2.exceptions import (
+    FluxError,
+    FluxModerationError,
+    FluxRunFailedError,
+    FluxTimeoutError,
+    FluxValidationError,
+)
+from airflow_provider_flux2.hooks.flux import BatchEntry, FluxHook, Submission, expected_duration
+from airflow_provider_flux2.models import (
+    GENERATION_PARAMS,
+    FluxInput,
+    ImageRecord,
+    Run,
+    RunStatus,
+    Timings,
+    Variant,
+    build_input,
+    resolve_variant,
+)
+from airflow_provider_flux2.pricing import Budget, CostEstimate, estimate, usd
+from airflow_provider_flux2.storage import BatchLocation, content_hash, publisher_for
+from airflow_provider_flux2.triggers.flux import FluxGenerationTrigger, watch_runs
+
+if TYPE_CHECKING:
+    from airflow.sdk import Context
+    from airflow.sdk.types import TaskInstanceKey
+
+    from airflow_provider_flux2.storage.base import Publisher
+
+ModerationPolicy = Literal["fail", "skip", "record"]
+FailurePolicy = Literal["fail", "record"]
+STATE_VERSION = 1
+XCOM_STATE = "flux_state"
+XCOM_RUN_IDS = "flux_run_ids"
+XCOM_GALLERY = "flux_gallery_url"
+XCOM_MANIFEST = "flux_manifest_uri"
+STATE_KEY = "flux/state"
+
+
+def _now_iso() -> str:
+    return datetime.now(timezone.utc).isoformat()
+
+
+class FluxImagesLink(BaseOperatorLink):
+    """ "FLUX images": the gallery of the task's stored output (or its folder)."""
+
+    name = "FLUX images"
+
+    def get_link(self, operator: BaseOperator, *, ti_key: TaskInstanceKey) -> str:
+        from airflow.sdk.execution_time.xcom import XCom
+
+        uri = XCom.get_value(key=XCOM_GALLERY, ti_key=ti_key)
+        return browsable_url(uri) if uri else ""
+
+
+def browsable_url(uri: str) -> str:
+    """A link a browser can open: S3 URIs go to the S3 console; file URIs stay as they are."""
+    if uri.startswith("s3://"):
+        bucket, _, key = uri[5:].partition("/")
+        folder = key.rsplit("/", 1)[0] + "/" if "/" in key else ""
+        return f"https://s3.console.aws.amazon.com/s3/buckets/{bucket}?prefix={folder}"
+    return uri
+
+
+@dataclass(frozen=True)
+class PlannedImage:
+    """One image of the plan: validated request, price and identity."""
+
+    index: int
+    variant: Variant
+    request: FluxInput
+    prompt: str
+    params: dict[str, Any]
+    idempotency_key: str
+    client_ref: str
+    request_hash: str
+
+    def entry(self, attempt: int) -> BatchEntry:
+        return BatchEntry(self.request, self.client_ref, resubmission_key(self.idempotency_key, attempt))
+
+
+def resubmission_key(key: str, attempt: int) -> str:
+    """Attempt 1 uses the image's key; a failed (unbilled) run is resubmitted under a derived one.
+
+    Deterministic, so a task retry walks the same chain and re-attaches instead of paying again.
+    """
+    return key if attempt <= 1 else f"{key}-r{attempt}"
+
+
+@dataclass(frozen=True)
+class Plan:
+    images: list[PlannedImage]
+    estimate: CostEstimate
+    chunk_size: int
+    digest: str
+
+    @property
+    def chunks(self) -> int:
+        return -(-len(self.images) // self.chunk_size)
+
+    def chunk(self, number: int) -> list[PlannedImage]:
+        return self.images[number * self.chunk_size : (number + 1) * self.chunk_size]
+
+
+class FluxGenerateImageOperator(BaseOperator):
+    """Generate one or many images with FLUX 2 and store them; returns small records, never bytes.
+
+    :param prompt: one prompt (text, or a dict for a JSON-structured prompt).
+    :param prompts: many prompts: strings, or dicts with ``prompt`` and per-item parameters.
+    :param model: ``pro`` (default from the connection), ``flex``, ``max``, ``turbo`` or a full model id.
+    :param image_size: a preset, ``{"width", "height"}`` or ``"WxH"`` (default ``landscape_4_3``).
+    :param output_format: ``jpeg`` or ``png``.
+    :param seed: seed for reproducible output (per-item seeds override it).
+    :param safety_tolerance: ``"1"``..``"5"``.
+    :param enable_safety_checker: let the API flag NSFW output.
+    :param image_urls: reference images (at most 8).
+    :param colors: HEX colours (``#RRGGBB``) woven into the prompt.
+    :param num_inference_steps: flex only.
+    :param guidance_scale: flex only.
+    :param flux_conn_id: the ``flux2`` connection.
+    :param output_uri: where images go: ``file:///abs/path`` or ``s3://bucket/prefix``.
+    :param aws_conn_id: Airflow AWS connection for ``s3://`` (else boto3's default chain).
+    :param deferrable: wait on the triggerer instead of holding a worker slot.
+    :param max_in_flight: most runs at the API at once (the window).
+    :param batch_size: images per submit request (default ``max_in_flight // 2``); 1 means single runs.
+    :param use_batches: use the batch endpoint when the model supports it.
+    :param poll_interval: shortest pause between polls (seconds); the real interval adapts.
+    :param timeout: seconds the whole task may wait for its runs.
+    :param budget_usd: refuse the plan if its estimated cost is over this.
+    :param on_moderation: ``fail`` (after storing the rest), ``skip`` (leave moderated images out;
+        skip the task if nothing is left) or ``record`` (keep them, marked ``moderated``).
+    :param on_run_failure: ``fail`` or ``record`` for runs that still fail after ``resubmit_failed``.
+    :param resubmit_failed: times a failed (unbilled, non-moderation) run is submitted again.
+    :param progress_interval: at most one progress line per this many seconds.
+    :param write_manifest: write ``manifest.json``/``.csv`` and the gallery beside the images.
+    """
+
+    template_fields: Sequence[str] = (
+        "prompt",
+        "prompts",
+        "model",
+        "image_size",
+        "output_format",
+        "seed",
+        "safety_tolerance",
+        "image_urls",
+        "colors",
+        "num_inference_steps",
+        "guidance_scale",
+        "output_uri",
+        "budget_usd",
+    )
+    template_fields_renderers = {"prompts": "json", "prompt": "json"}
+    operator_extra_links = (FluxImagesLink(),)
+    ui_color = "#f3e8ff"
+
+    _PARAM_NAMES: ClassVar[tuple[str, ...]] = GENERATION_PARAMS
+
+    def __init__(
+        self,
+        *,
+        prompt: str | dict[str, Any] | None = None,
+        prompts: list[str | dict[str, Any]] | None = None,
+        model: str | None = None,
+        image_size: str | dict[str, int] | None = None,
+        output_format: str | None = None,
+        seed: int | None = None,
+        safety_tolerance: str | int | None = None,
+        enable_safety_checker: bool | None = None,
+        sync_mode: bool | None = None,
+        image_urls: list[str] | None = None,
+        colors: list[str] | None = None,
+        num_inference_steps: int | None = None,
+        guidance_scale: float | None = None,
+        flux_conn_id: str = FluxHook.default_conn_name,
+        output_uri: str | None = None,
+        aws_conn_id: str | None = None,
+        deferrable: bool = conf.getboolean("operators", "default_deferrable", fallback=False),
+        max_in_flight: int = 8,
+        batch_size: int | None = None,
+        use_batches: bool = True,
+        poll_interval: float = 5.0,
+        timeout: float = 6 * 60 * 60,
+        budget_usd: str | float | Decimal | None = None,
+        on_moderation: ModerationPolicy = "fail",
+        on_run_failure: FailurePolicy = "fail",
+        resubmit_failed: int = 2,
+        progress_interval: float = 5.0,
+        write_manifest: bool = True,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.prompt = prompt
+        self.prompts = prompts
+        self.model = model
+        self.image_size = image_size
+        self.output_format = output_format
+        self.seed = seed
+        self.safety_tolerance = safety_tolerance
+        self.enable_safety_checker = enable_safety_checker
+        self.sync_mode = sync_mode
+        self.image_urls = image_urls
+        self.colors = colors
+        self.num_inference_steps = num_inference_steps
+        self.guidance_scale = guidance_scale
+        self.flux_conn_id = flux_conn_id
+        self.output_uri = output_uri
+        self.aws_conn_id = aws_conn_id
+        self.deferrable = deferrable
+        self.max_in_flight = max_in_flight
+        self.batch_size = batch_size
+        self.use_batches = use_batches
+        self.poll_interval = poll_interval
+        self.timeout = timeout
+        self.budget_usd = budget_usd
+        self.on_moderation = on_moderation
+        self.on_run_failure = on_run_failure
+        self.resubmit_failed = resubmit_failed
+        self.progress_interval = progress_interval
+        self.write_manifest = write_manifest
+        _check_choice("on_moderation", on_moderation, ("fail", "skip", "record"))
+        _check_choice("on_run_failure", on_run_failure, ("fail", "record"))
+        if max_in_flight < 1:
+            raise FluxValidationError(field="max_in_flight", value=max_in_flight, allowed="an integer >= 1")
+        if batch_size is not None and not 1 <= batch_size <= protocol.MAX_BATCH_ITEMS:
+            raise FluxValidationError(
+                field="batch_size", value=batch_size, allowed=f"an integer 1..{protocol.MAX_BATCH_ITEMS}"
+            )
+
+    @cached_property
+    def hook(self) -> FluxHook:
+        return FluxHook(self.flux_conn_id)
+
+    # -- the story ----------------------------------------------------------------------------------
+
+    def execute(self, context: Context) -> list[dict[str, Any]]:
+        plan = self.plan(context)
+        state = self._resume(context, plan, fresh_try=True)
+        return self._advance(context, plan, state, event=None)
+
+    def execute_complete(self, context: Context, event: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+        """Resume after the trigger fired; the progress comes back from XCom (and task_state_store)."""
+        plan = self.plan(context)
+        state = self._resume(context, plan, fresh_try=False)
+        return self._advance(context, plan, state, event=event or {})
+
+    # -- 1. plan --------------------------------------------------------------------------------------
+
+    def plan(self, context: Context) -> Plan:
+        """Validate and price every item; refuse the plan if it is over budget. Sends nothing."""
+        items = self._items()
+        default_variant = resolve_variant(self.model) if self.model else self.hook.default_model
+        identity = _identity(context)
+        images = []
+        for index, item in enumerate(items):
+            variant = resolve_variant(item.pop("model", None) or default_variant)
+            try:
+                request = build_input(variant, **item)
+            except FluxValidationError as error:
+                if len(items) > 1:
+                    error.args = (f"prompts[{index}]: {error.args[0]}",)
+                raise
+            req_hash = protocol.request_hash(variant, request)
+            item_identity = {**identity, "item": index}
+            images.append(
+                PlannedImage(
+                    index=index,
+                    variant=variant,
+                    request=request,
+                    prompt=request.prompt,
+                    params={k: v for k, v in request.to_wire().items() if k != "prompt"},
+                    idempotency_key=protocol.idempotency_key(item_identity, req_hash),
+                    client_ref=protocol.client_ref(item_identity, req_hash),
+                    request_hash=req_hash,
+                )
+            )
+        cost = estimate([(i.variant, i.request) for i in images], self.hook.prices)
+        budget = Budget.of(self.budget_usd)
+        if budget is not None:
+            budget.check(cost)
+        chunk = self.batch_size or (max(1, self.max_in_flight // 2) if self.use_batches else 1)
+        chunk = min(chunk, self.max_in_flight)
+        digest = hashlib.sha256("".join(i.request_hash for i in images).encode()).hexdigest()[:16]
+        return Plan(images=images, estimate=cost, chunk_size=chunk, digest=digest)
+
+    def _items(self) -> list[dict[str, Any]]:
+        if (self.prompt is None) == (self.prompts is None):
+            raise FluxValidationError(
+                field="prompt/prompts", value=None, allowed="exactly one of prompt (one image) or prompts (a list)"
+            )
+        raw = [self.prompt] if self.prompts is None else list(self.prompts)
+        if not raw:
+            raise FluxValidationError(field="prompts", value=[], allowed="a non-empty list of prompts")
+        shared = {
+            "image_size": self.image_size,
+            "output_format": self.output_format,
+            "seed": self.seed,
+            "safety_tolerance": self.safety_tolerance,
+            "enable_safety_checker": self.enable_safety_checker,
+            "sync_mode": self.sync_mode,
+            "image_urls": self.image_urls,
+            "colors": self.colors,
+            "num_inference_steps": self.num_inference_steps,
+            "guidance_scale": self.guidance_scale,
+        }
+        items = []
+        for index, entry in enumerate(raw):
+            if isinstance(entry, dict) and "prompt" in entry:
+                unknown = set(entry) - set(self._PARAM_NAMES) - {"model", "id"}
+                if unknown:
+                    raise FluxValidationError(
+                        field=f"prompts[{index}].{sorted(unknown)[0]}",
+                        value=entry[sorted(unknown)[0]],
+                        allowed=f"per-item keys {', '.join((*self._PARAM_NAMES, 'model'))}",
+                    )
+                item = {**shared, **{k: v for k, v in entry.items() if k != "id"}}
+            else:
+                item = {**shared, "prompt": entry}
+            items.append({k: v for k, v in item.items() if v is not None})
+        return items
+
+    # -- 2. progress ------------------------------------------------------------------------------------
+
+    def _resume(self, context: Context, plan: Plan, *, fresh_try: bool) -> dict[str, Any]:
+        """Progress of this task: from this try's XCom, else an earlier try's task_state_store, else new."""
+        ti = context["ti"]
+        state = None
+        if not fresh_try:
+            state = ti.xcom_pull(task_ids=ti.task_id, key=XCOM_STATE, map_indexes=ti.map_index)
+        store = context.get("task_state_store")
+        if state is None and store is not None:
+            state = store.get(STATE_KEY)
+            if state is not None:
+                self.log.info(
+                    "Resuming from an earlier try: %d chunk(s) submitted, %d stored; re-attaching to runs in flight",
+                    state["next_chunk"],
+                    len(state["done_chunks"]),
+                )
+        if state is not None and fresh_try:
+            state["end_time"] = time.time() + self.timeout  # a new try gets its own deadline
+        if state is not None and state.get("plan") != plan.digest:
+            self.log.warning("The recorded progress belongs to a different plan (inputs changed); starting over")
+            state = None
+        if state is None:
+            state = {
+                "version": STATE_VERSION,
+                "plan": plan.digest,
+                "started_at": time.time(),
+                "end_time": time.time() + self.timeout,
+                "next_chunk": 0,
+                "inflight": {},  # index → {run_id, batch_id, attempt, submitted_at}
+                "records": {},  # index → record of images not yet flushed with their chunk
+                "done_chunks": [],
+                "stats": {"done": 0, "failed": 0, "moderated": 0, "cost": "0", "billed_mp": 0},
+                "last_progress": 0.0,
+            }
+        return state
+
+    def _save(self, context: Context, state: dict[str, Any]) -> None:
+        """Record progress before any wait: XCom for this try, task_state_store across tries (3.3+)."""
+        ti = context["ti"]
+        ti.xcom_push(key=XCOM_STATE, value=state)
+        run_ids = {int(i): f["run_id"] for i, f in state["inflight"].items()}
+        ti.xcom_push(key=XCOM_RUN_IDS, value=run_ids)
+        store = context.get("task_state_store")
+        if store is not None:
+            store.set(STATE_KEY, state)
+
+    def _save_chunk_records(self, context: Context, chunk: int, records: list[dict[str, Any]]) -> None:
+        key = f"flux_records_{chunk:05d}"
+        context["ti"].xcom_push(key=key, value=records)
+        store = context.get("task_state_store")
+        if store is not None:
+            store.set(f"flux/records/{chunk:05d}", records)
+
+    def _load_chunk_records(self, context: Context, chunk: int) -> list[dict[str, Any]]:
+        ti = context["ti"]
+        records = ti.xcom_pull(task_ids=ti.task_id, key=f"flux_records_{chunk:05d}", map_indexes=ti.map_index)
+        store = context.get("task_state_store")
+        if records is None and store is not None:
+            records = store.get(f"flux/records/{chunk:05d}")
+        if records is None:
+            raise FluxError(f"Records of chunk {chunk} are missing from XCom and task_state_store")
+        return records
+
+    # -- 3..5. the window ---------------------------------------------------------------------------
+
+    def _advance(
+        self, context: Context, plan: Plan, state: dict[str, Any], event: dict[str, Any] | None
+    ) -> list[dict[str, Any]]:
+        publisher = self._publisher()
+        location = _location(context)
+        while True:
+            if event:
+                self._absorb(context, plan, state, event, publisher, location)
+            self._top_up(context, plan, state)
+            self._flush_chunks(context, plan, state)
+            self._log_progress(plan, state)
+            self._save(context, state)
+            if not state["inflight"]:
+                return self._finish(context, plan, state, publisher, location)
+            trigger = self._trigger(plan, state)
+            if self.deferrable:
+                self.defer(
+                    trigger=trigger,
+                    method_name="execute_complete",
+                    timeout=timedelta(seconds=max(60.0, state["end_time"] - time.time() + 300)),
+                )
+            event = asyncio.run(
+                watch_runs(
+                    trigger.watch(),
+                    get_batch=self.hook.get_batch,
+                    get_run=self.hook.get_run,
+                    end_time=trigger.end_time,
+                    poll_interval=trigger.poll_interval,
+                    expected_seconds=trigger.expected_seconds,
+                    sleep=time.sleep,
+                    log=self.log,
+                )
+            )
+
+    def _top_up(self, context: Context, plan: Plan, state: dict[str, Any]) -> None:
+        """Submit whole chunks while the window has room; record each submission at once."""
+        while state["next_chunk"] < plan.chunks:
+            images = plan.chunk(state["next_chunk"])
+            if len(state["inflight"]) + len(images) > self.max_in_flight:
+                return
+            submitted_at = _now_iso()
+            if len({image.variant for image in images}) == 1:
+                submission = self.hook.submit_batch(
+                    [image.entry(1) for image in images],
+                    model=images[0].variant,
+                    batch_key=_batch_key(images),
+                    metadata=_metadata(context),
+                    use_batch_endpoint=self.use_batches,
+                )
+            else:  # a batch request carries one model; a mixed chunk goes as single runs
+                submission = self._submit_singles(context, images)
+            for image, run_id in zip(images, submission.run_ids, strict=True):
+                state["inflight"][str(image.index)] = {
+                    "run_id": run_id,
+                    "batch_id": submission.batch_id,
+                    "attempt": 1,
+                    "submitted_at": submitted_at,
+                }
+            state["next_chunk"] += 1
+            # Recorded before anything else can fail: a retry re-attaches to these runs.
+            self._save(context, state)
+
+    def _submit_singles(self, context: Context, images: list[PlannedImage]) -> Submission:
+        runs = [
+            self.hook.submit(
+                image.request,
+                model=image.variant,
+                idempotency_key=image.idempotency_key,
+                client_ref=image.client_ref,
+                metadata=_metadata(context),
+            )
+            for image in images
+        ]
+        return Submission(run_ids=[r.id for r in runs])
+
+    def _trigger(self, plan: Plan, state: dict[str, Any]) -> FluxGenerationTrigger:
+        batches: dict[str, list[str]] = {}
+        runs: list[str] = []
+        largest = 0.0
+        for index, flight in state["inflight"].items():
+            if flight["batch_id"]:
+                batches.setdefault(flight["batch_id"], []).append(flight["run_id"])
+            else:
+                runs.append(flight["run_id"])
+            request = plan.images[int(index)].request
+            largest = max(largest, expected_duration(request.width, request.height))
+        return FluxGenerationTrigger(
+            flux_conn_id=self.flux_conn_id,
+            batches=batches,
+            runs=runs,
+            min_finished=self._min_finished(plan, state),
+            end_time=state["end_time"],
+            poll_interval=self.poll_interval,
+            expected_seconds=largest,
+        )
+
+    def _min_finished(self, plan: Plan, state: dict[str, Any]) -> int:
+        """Finished runs needed before the next chunk fits in the window (or all, at the tail)."""
+        inflight = len(state["inflight"])
+        if state["next_chunk"] >= plan.chunks:
+            return max(1, min(inflight, self.max_in_flight // 2 or 1))
+        next_size = len(plan.chunk(state["next_chunk"]))
+        return max(1, min(inflight, inflight + next_size - self.max_in_flight))
+
+    def _absorb(
+        self,
+        context: Context,
+        plan: Plan,
+        state: dict[str, Any],
+        event: dict[str, Any],
+        publisher: Publisher,
+        location: BatchLocation,
+    ) -> None:
+        """Collect every finished run of an event; raise on a timeout or a polling error."""
+        finished = event.get("finished") or {}
+        by_run = {f["run_id"]: index for index, f in state["inflight"].items()}
+        for run_id, seen in finished.items():
+            index = by_run.get(run_id)
+            if index is not None:
+                self._collect(context, plan, state, index, seen, publisher, location)
+        status = event.get("status")
+        if status == "timeout":
+            self._save(context, state)
+            raise FluxTimeoutError(
+                f"{event.get('message')} (timeout {self.timeout:.0f}s); progress is recorded, "
+                "a retry re-attaches to these runs",
+                run_ids=list(event.get("pending") or []),
+            )
+        if status == "error":
+            self._save(context, state)
+            raise FluxError(f"Waiting for FLUX runs failed: {event.get('message')}")
+
+    def _collect(
+        self,
+        context: Context,
+        plan: Plan,
+        state: dict[str, Any],
+        index: str,
+        seen: dict[str, Any],
+        publisher: Publisher,
+        location: BatchLocation,
+    ) -> None:
+        """Turn one finished run into a record: fresh read, download, verify, store (or resubmit)."""
+        flight = state["inflight"][index]
+        image = plan.images[int(index)]
+        run = self.hook.get_run(flight["run_id"])  # fresh URL, cost, seed, failure details
+        failure = protocol.failure_of(run)
+        moderated = isinstance(failure, FluxModerationError) or (
+            run.status_code == RunStatus.SUCCEEDED and run.output is not None and run.output.nsfw
+        )
+        if failure is not None and not moderated and flight["attempt"] <= self.resubmit_failed:
+            self._resubmit(context, state, image, flight, failure)
+            return
+        record = self._record(plan, image, flight, run, seen)
+        if run.status_code == RunStatus.SUCCEEDED and not (moderated and self.on_moderation == "skip"):
+            downloaded = self.hook.download(
+                run,
+                width=image.request.width,
+                height=image.request.height,
+                output_format=image.request.output_format,
+            )
+            record.uri = publisher.put_image(
+                location,
+                image.index,
+                downloaded.data,
+                downloaded.content_type,
+                metadata=_object_metadata(record),
+            )
+            record.content_hash = content_hash(downloaded.data)
+            record.content_type = downloaded.content_type
+            record.size_bytes = downloaded.size_bytes
+            record.timings.stored_at = _now_iso()
+        if moderated:
+            record.status = "skipped" if self.on_moderation == "skip" else "moderated"
+            state["stats"]["moderated"] += 1
+        elif failure is not None:
+            record.status = "failed"
+            state["stats"]["failed"] += 1
+        else:
+            record.status = "succeeded"
+            state["stats"]["done"] += 1
+        stats = state["stats"]
+        stats["cost"] = str(Decimal(stats["cost"]) + Decimal(record.cost_usd))
+        if Decimal(record.cost_usd) > 0:
+            stats["billed_mp"] += record.billed_mp
+        state["records"][index] = record.to_xcom()
+        del state["inflight"][index]
+
+    def _resubmit(
+        self,
+        context: Context,
+        state: dict[str, Any],
+        image: PlannedImage,
+        flight: dict[str, Any],
+        failure: FluxRunFailedError,
+    ) -> None:
+        attempt = flight["attempt"] + 1
+        self.log.warning(
+            "Run %s of image %d failed (%s); submitting it again (attempt %d, not billed twice: failed runs are free)",
+            flight["run_id"],
+            image.index,
+            failure.failure_code,
+            attempt,
+        )
+        entry = image.entry(attempt)
+        run = self.hook.submit(
+            entry.request,
+            model=image.variant,
+            idempotency_key=entry.idempotency_key,
+            client_ref=entry.client_ref,
+            metadata=_metadata(context),
+        )
+        state["inflight"][str(image.index)] = {
+            "run_id": run.id,
+            "batch_id": None,
+            "attempt": attempt,
+            "submitted_at": _now_iso(),
+            "previous_run_ids": [*flight.get("previous_run_ids", []), flight["run_id"]],
+        }
+        self._save(context, state)
+
+    def _record(
+        self, plan: Plan, image: PlannedImage, flight: dict[str, Any], run: Run, seen: dict[str, Any]
+    ) -> ImageRecord:
+        item_cost = plan.estimate.items[image.index]
+        billed = run.status_code == RunStatus.SUCCEEDED
+        estimated = item_cost.cost if billed else Decimal("0")
+        api_cost = self.hook.api_cost(run)
+        if api_cost is not None and billed and api_cost != item_cost.cost:
+            self.log.warning(
+                "Run %s (image %d) was billed $%s by the API; the estimate was $%s",
+                run.id,
+                image.index,
+                usd(api_cost),
+                usd(item_cost.cost),
+            )
+        output = run.output
+        return ImageRecord(
+            index=image.index,
+            model=image.variant.model_id,
+            prompt=image.prompt,
+            upsampled_prompt=output.prompt if output else None,
+            params=image.params,
+            seed=(output.seed if output and output.seed is not None else image.request.seed),
+            width=image.request.width,
+            height=image.request.height,
+            output_format=image.request.output_format,
+            billed_mp=item_cost.billed_mp,
+            cost_usd=usd(api_cost if (api_cost is not None and billed) else estimated),
+            estimated_cost_usd=usd(item_cost.cost),
+            api_cost_usd=usd(api_cost) if api_cost is not None else None,
+            run_id=run.id,
+            batch_id=flight.get("batch_id"),
+            client_ref=image.client_ref,
+            idempotency_key=resubmission_key(image.idempotency_key, flight["attempt"]),
+            failure_code=run.failure_code,
+            failure_message=run.failure_message,
+            nsfw=bool(output and output.nsfw),
+            quality_score=run.quality_score,
+            attempt=flight["attempt"],
+            timings=Timings(
+                submitted_at=flight.get("submitted_at"),
+                finished_at=run.completed_at or seen.get("completed_at"),
+                detected_at=seen.get("detected_at"),
+            ),
+        )
+
+    def _flush_chunks(self, context: Context, plan: Plan, state: dict[str, Any]) -> None:
+        """A chunk whose every image has a record is written out once and dropped from the state."""
+        for chunk in range(state["next_chunk"]):
+            if chunk in state["done_chunks"]:
+                continue
+            indices = [str(i.index) for i in plan.chunk(chunk)]
+            if all(i in state["records"] for i in indices):
+                self._save_chunk_records(context, chunk, [state["records"].pop(i) for i in indices])
+                state["done_chunks"].append(chunk)
+
+    def _log_progress(self, plan: Plan, state: dict[str, Any], *, final: bool = False) -> None:
+        now = time.time()
+        if not final and now - state["last_progress"] < self.progress_interval:
+            return
+        state["last_progress"] = now
+        stats = state["stats"]
+        total = len(plan.images)
+        finished = stats["done"] + stats["failed"] + stats["moderated"]
+        elapsed = now - state["started_at"]
+        budget = f" of ${usd(Budget.of(self.budget_usd).limit)} budget" if self.budget_usd not in (None, "") else ""
+        eta = ""
+        if 0 < finished < total and elapsed > 0:
+            eta = f" · ETA {_duration((total - finished) * elapsed / finished)}"
+        self.log.info(
+            "%d/%d done · %d failed · %d moderated · %d in flight · $%s%s%s",
+            finished,
+            total,
+            stats["failed"],
+            stats["moderated"],
+            len(state["inflight"]),
+            usd(Decimal(stats["cost"])),
+            budget,
+            eta,
+        )
+
+    # -- 6. finish ----------------------------------------------------------------------------------------
+
+    def _finish(
+        self, context: Context, plan: Plan, state: dict[str, Any], publisher: Publisher, location: BatchLocation
+    ) -> list[dict[str, Any]]:
+        records = [r for chunk in range(plan.chunks) for r in self._load_chunk_records(context, chunk)]
+        stats = state["stats"]
+        self._log_progress(plan, state, final=True)
+        failures: dict[str, int] = {}
+        for record in records:
+            if record["status"] in ("failed", "moderated", "skipped"):
+                kind = record.get("failure_code") or ("NSFW_FLAGGED" if record.get("nsfw") else "UNKNOWN")
+                failures[kind] = failures.get(kind, 0) + 1
+        self.log.info(
+            "Finished %d image(s): %d stored, failures by kind %s, %d MP billed, $%s (estimate $%s) in %s",
+            len(records),
+            sum(1 for r in records if r.get("uri")),
+            failures or "none",
+            stats["billed_mp"],
+            usd(Decimal(stats["cost"])),
+            usd(plan.estimate.total),
+            _duration(time.time() - state["started_at"]),
+        )
+        self._write_report(context, publisher, location, records)
+        self._raise_for_outcome(records)
+        kept = [r for r in records if r["status"] != "skipped"]
+        if not kept and self.on_moderation == "skip":
+            from airflow.exceptions import AirflowSkipException
+
+            raise AirflowSkipException("Every image was moderated; on_moderation='skip'")
+        return kept
+
+    def _write_report(
+        self, context: Context, publisher: Publisher, location: BatchLocation, records: list[dict[str, Any]]
+    ) -> None:
+        ti = context["ti"]
+        folder = publisher.folder_uri(location)
+        gallery = folder
+        if self.write_manifest:
+            try:
+                from airflow_provider_flux2.storage.gallery import write_batch_report
+            except ImportError:  # the gallery module ships with the storage layer
+                write_batch_report = None
+            if write_batch_report is not None:
+                uris = write_batch_report(publisher, location, records, self.hook.prices)
+                gallery = uris.get("gallery_uri", folder)
+                ti.xcom_push(key=XCOM_MANIFEST, value=uris.get("manifest_uri"))
+                self.log.info("Manifest: %s · gallery: %s", uris.get("manifest_uri"), gallery)
+        ti.xcom_push(key=XCOM_GALLERY, value=gallery)
+
+    def _raise_for_outcome(self, records: list[dict[str, Any]]) -> None:
+        moderated = [r for r in records if r["status"] == "moderated"]
+        failed = [r for r in records if r["status"] == "failed"]
+        if moderated and self.on_moderation == "fail":
+            first = moderated[0]
+            raise FluxModerationError(
+                run_id=first["run_id"],
+                status="moderated",
+                failure_code=first.get("failure_code") or "NSFW_FLAGGED",
+                failure_message=f"{len(moderated)} image(s) moderated: "
+                + ", ".join(f"#{r['index']} (run {r['run_id']})" for r in moderated)
+                + "; the others are stored. Set on_moderation='skip' or 'record' to accept this.",
+            )
+        if failed and self.on_run_failure == "fail":
+            first = failed[0]
+            raise FluxRunFailedError(
+                run_id=first["run_id"],
+                status="failed",
+                failure_code=first.get("failure_code"),
+                failure_message=f"{len(failed)} image(s) failed after resubmission: "
+                + ", ".join(f"#{r['index']} (run {r['run_id']}: {r.get('failure_code')})" for r in failed),
+            )
+
+    def _publisher(self) -> Publisher:
+        uri = self.output_uri or conf.get("flux2", "default_output_uri", fallback=None)
+        if not uri:
+            raise FluxValidationError(
+                field="output_uri",
+                value=None,
+                allowed="file:///absolute/path or s3://bucket/prefix (or [flux2] default_output_uri)",
+            )
+        return publisher_for(uri, aws_conn_id=self.aws_conn_id)
+
+
+# -- small pure pieces ---------------------------------------------------------------------------------
+
+
+def _check_choice(name: str, value: str, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise FluxValidationError(field=name, value=value, allowed=" | ".join(allowed))
+
+
+def _identity(context: Context) -> dict[str, Any]:
+    ti = context["ti"]
+    return {"dag_id": ti.dag_id, "task_id": ti.task_id, "run_id": ti.run_id, "map_index": ti.map_index}
+
+
+def _location(context: Context) -> BatchLocation:
+    ti = context["ti"]
+    return BatchLocation(dag_id=ti.dag_id, run_id=ti.run_id, task_id=ti.task_id, map_index=ti.map_index)
+
+
+def _metadata(context: Context) -> dict[str, Any]:
+    ti = context["ti"]
+    return {"dag_id": ti.dag_id, "task_id": ti.task_id, "run_id": ti.run_id, "map_index": ti.map_index}
+
+
+def _batch_key(images: list[PlannedImage]) -> str:
+    """A batch's Idempotency-Key: fixed by its images' keys (chunks are fixed by index, not timing)."""
+    digest = hashlib.sha256("\x1f".join(i.idempotency_key for i in images).encode()).hexdigest()
+    return f"flux2-batch-{digest[:43]}"
+
+
+def _object_metadata(record: ImageRecord) -> dict[str, str]:
+    return {
+        "prompt-sha256": hashlib.sha256(record.prompt.encode()).hexdigest(),
+        "seed": "" if record.seed is None else str(record.seed),
+        "model": record.model,
+        "billed-mp": str(record.billed_mp),
+        "cost-usd": record.cost_usd,
+        "run-id": record.run_id or "",
+    }
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(max(0, seconds))
+    if seconds >= 3600:
+        return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+    if seconds >= 60:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds}s"
+
+
+__all__ = ["FluxGenerateImageOperator", "FluxImagesLink"]
