@@ -309,9 +309,7 @@ def validation_error_from(error: ValidationError, data: dict[str, Any]) -> FluxV
             allowed = _ALLOWED.get(top, item["msg"])
         details.append({"field": loc, "value": value, "allowed": allowed, "msg": item["msg"]})
     first = details[0]
-    return FluxValidationError(
-        field=first["field"], value=first["value"], allowed=first["allowed"], details=details
-    )
+    return FluxValidationError(field=first["field"], value=first["value"], allowed=first["allowed"], details=details)
 
 
 def build_input(variant: Variant | str | None = None, **params: Any) -> FluxInput:
@@ -362,9 +360,7 @@ class RunStatus(str, Enum):
         return self in TERMINAL_STATUSES
 
 
-TERMINAL_STATUSES = frozenset(
-    {RunStatus.SUCCEEDED, RunStatus.FAILED, RunStatus.CANCELED, RunStatus.PARTIAL_SUCCEEDED}
-)
+TERMINAL_STATUSES = frozenset({RunStatus.SUCCEEDED, RunStatus.FAILED, RunStatus.CANCELED, RunStatus.PARTIAL_SUCCEEDED})
 
 
 class OutputImage(BaseModel):

@@ -63,12 +63,8 @@ class Price:
 DEFAULT_PRICES: dict[Variant, Price] = {
     Variant.PRO: Price(Decimal("0.030"), Decimal("0.015"), source="runflow.io flux-2-pro page"),
     Variant.FLEX: Price(Decimal("0.05"), Decimal("0.05"), source="runflow.io flux-2-pro page (family)"),
-    Variant.MAX: Price(
-        Decimal("0.07"), Decimal("0.03"), estimate=True, source="Black Forest Labs list price (bfl.ai)"
-    ),
-    Variant.TURBO: Price(
-        Decimal("0.008"), Decimal("0.008"), estimate=True, source="fal.ai FLUX.2 turbo list price"
-    ),
+    Variant.MAX: Price(Decimal("0.07"), Decimal("0.03"), estimate=True, source="Black Forest Labs list price (bfl.ai)"),
+    Variant.TURBO: Price(Decimal("0.008"), Decimal("0.008"), estimate=True, source="fal.ai FLUX.2 turbo list price"),
 }
 
 
@@ -94,9 +90,7 @@ class PriceTable:
             if isinstance(value, Mapping):
                 unknown = set(value) - {"first_mp", "extra_mp"}
                 if unknown:
-                    raise FluxValidationError(
-                        field=f"prices.{name}", value=value, allowed="keys first_mp and extra_mp"
-                    )
+                    raise FluxValidationError(field=f"prices.{name}", value=value, allowed="keys first_mp and extra_mp")
                 first = _decimal(value.get("first_mp", prices[variant].first_mp), f"prices.{name}.first_mp")
                 extra = _decimal(value.get("extra_mp", prices[variant].extra_mp), f"prices.{name}.extra_mp")
             else:
@@ -255,9 +249,7 @@ class Budget:
         images = amount.count if isinstance(amount, CostEstimate) else 0
         planned = amount.total if isinstance(amount, CostEstimate) else amount
         if spent + planned > self.limit:
-            raise BudgetExceededError(
-                estimate=spent + planned, limit=self.limit, scope=self.scope, images=images
-            )
+            raise BudgetExceededError(estimate=spent + planned, limit=self.limit, scope=self.scope, images=images)
 
     def remaining(self, spent: Decimal) -> Decimal:
         return max(Decimal("0"), self.limit - spent)

@@ -116,9 +116,9 @@ def test_price_overrides_from_connection_extras():
 
 
 def test_price_override_rejects_nonsense():
-    with pytest.raises(FluxValidationError, match="prices.pro"):
+    with pytest.raises(FluxValidationError, match=r"prices\.pro"):
         PriceTable().with_overrides({"pro": {"first": "1"}})
-    with pytest.raises(FluxValidationError, match="prices.pro"):
+    with pytest.raises(FluxValidationError, match=r"prices\.pro"):
         PriceTable().with_overrides({"pro": "-1"})
 
 

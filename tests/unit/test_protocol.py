@@ -165,7 +165,7 @@ def test_batch_request_puts_client_ref_on_each_item_and_caps_at_100():
     request = build_input("pro", prompt="p")
     call = protocol.create_batch("pro", [(request, "a"), (request, "b")], idempotency_key="k")
     assert [item["client_ref"] for item in call.json["input"]] == ["a", "b"]
-    with pytest.raises(FluxValidationError, match="1..100"):
+    with pytest.raises(FluxValidationError, match=r"1\.\.100"):
         protocol.create_batch("pro", [(request, "x")] * 101, idempotency_key="k")
 
 
