@@ -183,8 +183,20 @@ class BudgetExceededError(FluxError):
         self.images = images
         count = f" for {images} image{'s' if images != 1 else ''}" if images else ""
         super().__init__(
-            f"Estimated cost ${estimate}{count} exceeds the {scope} budget of ${limit}; nothing was submitted"
+            f"Estimated cost ${format_usd(estimate)}{count} exceeds the {scope} budget of ${format_usd(limit)}; "
+            "nothing was submitted"
         )
+
+
+def format_usd(amount: Decimal) -> str:
+    """Dollars as text with at least three decimals (``0.045``, ``0.030``, ``1.110``).
+
+    Lives here because error messages need it and :mod:`pricing` imports this module;
+    ``pricing.usd`` is the same function.
+    """
+    if amount == amount.quantize(Decimal("0.001")):
+        return f"{amount:.3f}"
+    return format(amount.normalize(), "f")
 
 
 def _short(value: Any, limit: int = 120) -> str:

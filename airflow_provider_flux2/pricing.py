@@ -17,7 +17,7 @@ from dataclasses import dataclass, field, replace
 from decimal import Decimal, InvalidOperation
 from typing import TYPE_CHECKING, Any
 
-from airflow_provider_flux2.exceptions import BudgetExceededError, FluxValidationError
+from airflow_provider_flux2.exceptions import BudgetExceededError, FluxValidationError, format_usd
 from airflow_provider_flux2.models import Variant, resolve_variant
 
 if TYPE_CHECKING:
@@ -121,11 +121,8 @@ def to_usd(value: Any, name: str = "budget_usd") -> Decimal:
     return _decimal(value, name)
 
 
-def usd(amount: Decimal) -> str:
-    """Dollars as text with at least three decimals (``0.045``, ``0.030``, ``1.110``)."""
-    if amount == amount.quantize(Decimal("0.001")):
-        return f"{amount:.3f}"
-    return format(amount.normalize(), "f")
+#: Dollars as text with at least three decimals (``0.045``); one formatter for messages and tables.
+usd = format_usd
 
 
 def reference_megapixels(image_urls: Iterable[str] | None) -> int:
