@@ -173,6 +173,23 @@ class FluxImageError(FluxError):
         super().__init__(f"{message} (run {run_id})" if run_id else message)
 
 
+class FluxQualityError(FluxError):
+    """Images failed their quality checks under the ``fail`` policy (or ran out of regenerations).
+
+    :param failures: one entry per failed image: ``{"index", "run_id", "checks": [{"check", "reason"}]}``.
+    :param total: how many images were checked.
+    """
+
+    def __init__(self, failures: list[dict[str, Any]], *, total: int) -> None:
+        self.failures = failures
+        self.total = total
+        shown = "; ".join(
+            f"#{f['index']} " + ", ".join(f"{c['check']} ({c['reason']})" for c in f["checks"]) for f in failures[:5]
+        )
+        more = f"; and {len(failures) - 5} more" if len(failures) > 5 else ""
+        super().__init__(f"{len(failures)} of {total} images failed quality checks: {shown}{more}")
+
+
 class BudgetExceededError(FluxError):
     """A plan costs more than its budget; raised before the first submit."""
 
