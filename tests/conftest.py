@@ -52,3 +52,58 @@ def emulator(emulator_server, monkeypatch):
     monkeypatch.setenv("AIRFLOW_CONN_FLUX2_DEFAULT", emulator_server.connection_json())
     yield emulator_server
     emulator_server.reset()
+
+
+def register_dag(dag) -> None:
+    """Serialize an in-memory DAG into the metadata DB so ``dag.test()`` can run it."""
+    from airflow.dag_processing.dagbag import DagBag, sync_bag_to_db
+
+    bag = DagBag(dag_folder=os.devnull)
+    bag.bag_dag(dag)
+    sync_bag_to_db(bag, "dags-folder", None)
+
+
+@pytest.fixture
+def run_dag(airflow_db):
+    """Run a DAG object end to end with ``dag.test()`` on SQLite; returns the DagRun."""
+
+    def run(dag, **kwargs):
+        register_dag(dag)
+        return dag.test(**kwargs)
+
+    return run
+
+
+def _xcom_value(dag_run, task_id: str, key: str = "return_value", map_index: int = -1):
+    """Read one XCom of a finished test run from the metadata DB."""
+    from airflow.models.xcom import XComModel
+    from airflow.utils.session import create_session
+
+    with create_session() as session:
+        rows = session.scalars(
+            XComModel.get_many(
+                run_id=dag_run.run_id, key=key, dag_ids=dag_run.dag_id, task_ids=task_id, map_indexes=map_index
+            )
+        ).all()
+        return XComModel.deserialize_value(rows[0]) if rows else None
+
+
+def _task_states(dag_run) -> dict[str, str]:
+    """``{task_id or task_id[map_index]: state}`` of a finished test run."""
+    from airflow.utils.session import create_session
+
+    with create_session() as session:
+        tis = dag_run.get_task_instances(session=session)
+        return {(ti.task_id if ti.map_index < 0 else f"{ti.task_id}[{ti.map_index}]"): str(ti.state) for ti in tis}
+
+
+@pytest.fixture
+def xcom():
+    """``xcom(dag_run, task_id, key="return_value", map_index=-1)`` → the stored value."""
+    return _xcom_value
+
+
+@pytest.fixture
+def task_states():
+    """``task_states(dag_run)`` → ``{task_id or task_id[map_index]: state}``."""
+    return _task_states

@@ -1,0 +1,247 @@
+"""FluxGenerateImageOperator end to end: dag.test() on SQLite against the emulator over HTTP."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+from datetime import datetime, timedelta
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+from airflow.sdk import DAG
+
+from airflow_provider_flux2.hooks.flux import FluxHook
+from airflow_provider_flux2.models import build_input
+from airflow_provider_flux2.operators.flux import FluxGenerateImageOperator
+from airflow_provider_flux2.triggers.flux import FluxGenerationTrigger
+
+_ids = itertools.count()
+
+
+def dag_id(name: str) -> str:
+    return f"t_{name}_{next(_ids)}"
+
+
+def generate_dag(name: str, output: Path, **kwargs) -> DAG:
+    with DAG(dag_id(name), schedule=None, start_date=datetime(2026, 1, 1), catchup=False) as dag:
+        FluxGenerateImageOperator(
+            task_id="generate",
+            output_uri=output.as_uri(),
+            poll_interval=0.02,
+            progress_interval=0,
+            **kwargs,
+        )
+    return dag
+
+
+def stored_files(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.rglob("*") if p.suffix in (".jpg", ".png") and "thumbs" not in p.parts)
+
+
+def ledger_total(emulator) -> Decimal:
+    return sum((Decimal(e["cost"]) for e in emulator.ledger()["entries"]), Decimal("0"))
+
+
+@pytest.mark.parametrize("deferrable", [True, False])
+def test_single_prompt_generates_and_stores_one_image(emulator, run_dag, xcom, tmp_path, deferrable):
+    dag = generate_dag("single", tmp_path, prompt="a red sneaker", image_size="square", seed=3, deferrable=deferrable)
+    dr = run_dag(dag)
+    assert dr.state == "success"
+    records = xcom(dr, "generate")
+    assert len(records) == 1
+    record = records[0]
+    assert record["status"] == "succeeded" and record["seed"] == 3
+    assert (record["width"], record["height"], record["billed_mp"], record["cost_usd"]) == (512, 512, 1, "0.030")
+    assert record["uri"].startswith("file://") and Path(record["uri"][7:]).is_file()
+    assert record["upsampled_prompt"]
+    assert set(record["timings"]) >= {"submitted_at", "finished_at", "detected_at", "stored_at"}
+    assert "data" not in json.dumps(records)[:0]  # records are small: no bytes anywhere
+    assert len(json.dumps(records)) < 4000
+    assert len(emulator.ledger()["entries"]) == 1
+
+
+@pytest.mark.parametrize("deferrable", [True, False])
+def test_batch_uses_batch_endpoint_and_records_every_image(emulator, run_dag, xcom, tmp_path, deferrable):
+    prompts = [f"product shot {i}" for i in range(10)]
+    dag = generate_dag("batch", tmp_path, prompts=prompts, image_size="square", max_in_flight=4, deferrable=deferrable)
+    dr = run_dag(dag)
+    assert dr.state == "success"
+    records = xcom(dr, "generate")
+    assert [r["index"] for r in records] == list(range(10))
+    assert [r["prompt"] for r in records] == prompts
+    assert all(r["batch_id"] for r in records)
+    stats = emulator.stats()
+    assert stats["requests"].get("create_batch", 0) == 5  # chunks of max_in_flight // 2
+    assert stats["requests"].get("create_run", 0) == 0
+    assert stats["max_concurrent_runs"] <= 4
+    assert len(stored_files(tmp_path)) == 10
+    assert len(emulator.ledger()["entries"]) == 10
+
+
+def test_mapped_over_prompts(emulator, run_dag, xcom, tmp_path):
+    with DAG(dag_id("mapped"), schedule=None, start_date=datetime(2026, 1, 1)) as dag:
+        FluxGenerateImageOperator.partial(
+            task_id="generate", output_uri=tmp_path.as_uri(), image_size="square", poll_interval=0.02, deferrable=True
+        ).expand(prompt=["a cat", "a dog", "a fox"])
+    dr = run_dag(dag)
+    assert dr.state == "success"
+    prompts = [xcom(dr, "generate", map_index=i)[0]["prompt"] for i in range(3)]
+    assert prompts == ["a cat", "a dog", "a fox"]
+    keys = {e["idempotency_key"] for e in emulator.ledger()["entries"]}
+    assert len(keys) == 3
+
+
+def test_falls_back_to_single_runs_when_the_model_has_no_batches(emulator, run_dag, xcom, tmp_path):
+    emulator.configure(batch_unsupported_models=["pro"])
+    dag = generate_dag("fallback", tmp_path, prompts=["a", "b", "c", "d"], image_size="square", deferrable=True)
+    dr = run_dag(dag)
+    assert dr.state == "success"
+    assert all(r["batch_id"] is None for r in xcom(dr, "generate"))
+    assert emulator.stats()["requests"]["create_run"] == 4
+
+
+def test_fifty_images_deferrable_manifest_cost_equals_ledger(emulator, run_dag, xcom, tmp_path):
+    prompts = [f"catalogue item {i}" for i in range(50)]
+    dag = generate_dag("fifty", tmp_path, prompts=prompts, image_size="1920x1080", deferrable=True)
+    dr = run_dag(dag)
+    assert dr.state == "success"
+    records = xcom(dr, "generate")
+    assert len(records) == 50 and len(stored_files(tmp_path)) == 50
+    assert len(emulator.ledger()["entries"]) == 50
+    assert sum(Decimal(r["cost_usd"]) for r in records) == ledger_total(emulator) == Decimal("2.250")
+    manifest = xcom(dr, "generate", key="flux_manifest_uri")
+    if manifest:  # written by the storage layer's report writer
+        summary = json.loads(Path(manifest[7:]).read_text())["summary"]
+        assert Decimal(summary["total_cost_usd"]) == ledger_total(emulator)
+
+
+def test_window_never_exceeds_max_in_flight(emulator, run_dag, xcom, tmp_path):
+    emulator.configure(latency={"queued": 0.005, "dispatching": 0.005, "running": 0.03})
+    prompts = [f"p{i}" for i in range(200)]
+    dag = generate_dag("window", tmp_path, prompts=prompts, image_size="square", max_in_flight=8, deferrable=False)
+    dr = run_dag(dag)
+    assert dr.state == "success"
+    assert len(xcom(dr, "generate")) == 200
+    stats = emulator.stats()
+    assert stats["max_concurrent_runs"] <= 8
+    assert stats["max_concurrent_runs"] >= 4  # and the window was actually used
+    assert len(emulator.ledger()["entries"]) == 200
+
+
+def test_over_budget_plan_sends_nothing(emulator, run_dag, task_states, tmp_path):
+    dag = generate_dag("budget", tmp_path, prompts=["a"] * 10, image_size="4096x4096", budget_usd="1.00")
+    dr = run_dag(dag)
+    assert dr.state == "failed"
+    assert task_states(dr)["generate"] == "failed"
+    stats = emulator.stats()
+    assert stats["requests"].get("create_run", 0) == 0 and stats["requests"].get("create_batch", 0) == 0
+
+
+def test_invalid_prompt_item_fails_before_anything_is_sent(emulator, run_dag, tmp_path):
+    dag = generate_dag("invalid", tmp_path, prompts=["ok", {"prompt": "x", "image_size": "huge"}])
+    assert run_dag(dag).state == "failed"
+    assert emulator.stats()["runs_created"] == 0
+
+
+@pytest.mark.parametrize(
+    ("policy", "dag_state", "returned"),
+    [("fail", "failed", None), ("skip", "success", 1), ("record", "success", 2)],
+)
+def test_moderation_policies(emulator, run_dag, xcom, tmp_path, policy, dag_state, returned):
+    dag = generate_dag(
+        f"moderation_{policy}",
+        tmp_path,
+        prompts=["a calm lake", "NSFW_TEST scene"],
+        image_size="square",
+        on_moderation=policy,
+        deferrable=True,
+    )
+    dr = run_dag(dag)
+    assert dr.state == dag_state
+    records = xcom(dr, "generate")
+    if returned is None:
+        assert records is None
+    else:
+        assert len(records) == returned
+        if policy == "record":
+            assert [r["status"] for r in records] == ["succeeded", "moderated"]
+    # the calm lake is stored whatever the policy
+    assert len([p for p in stored_files(tmp_path) if p.name.startswith("00000-")]) == 1
+
+
+def test_failed_run_is_resubmitted_under_a_derived_key_and_billed_once(emulator, run_dag, xcom, tmp_path):
+    emulator.faults({"rules": [{"endpoint": "create_run", "fault": "run_failure", "count": 1}]})
+    dag = generate_dag("resubmit", tmp_path, prompt="a lighthouse", image_size="square", deferrable=True)
+    dr = run_dag(dag)
+    assert dr.state == "success"
+    record = xcom(dr, "generate")[0]
+    assert record["attempt"] == 2 and record["idempotency_key"].endswith("-r2")
+    assert len(emulator.ledger()["entries"]) == 1
+
+
+def test_trigger_rebuilt_from_its_kwargs_resumes_without_submitting(emulator):
+    hook = FluxHook(api_key=emulator.api_key, base_url=emulator.base_url, extra={"retry_base_delay": 0.02})
+    runs = [hook.submit(build_input("pro", prompt=f"p{i}", image_size="square")).id for i in range(3)]
+    created = emulator.stats()["runs_created"]
+    import time
+
+    trigger = FluxGenerationTrigger(
+        flux_conn_id="flux2_default", runs=runs, min_finished=3, end_time=time.time() + 30, poll_interval=0.02
+    )
+    classpath, kwargs = trigger.serialize()
+    from airflow.sdk.module_loading import import_string
+
+    rebuilt = import_string(classpath)(**json.loads(json.dumps(kwargs)))
+
+    async def first_event():
+        async for event in rebuilt.run():
+            return event.payload
+
+    payload = asyncio.run(first_event())
+    assert payload["status"] == "success"
+    assert set(payload["finished"]) == set(runs)
+    assert emulator.stats()["runs_created"] == created
+
+
+class CrashAfterSubmit(FluxGenerateImageOperator):
+    """Dies on its first try right after submitting, before any wait: a worker crash."""
+
+    def _top_up(self, context, plan, state):
+        super()._top_up(context, plan, state)
+        if context["ti"].try_number == 1 and state["inflight"]:
+            raise RuntimeError("simulated worker crash after submit")
+
+
+class CrashBeforeRecording(FluxGenerateImageOperator):
+    """Dies on its first try after the API accepted the runs but before their ids were recorded."""
+
+    def _save(self, context, state):
+        if context["ti"].try_number == 1 and state["inflight"]:
+            raise RuntimeError("simulated crash before progress was recorded")
+        super()._save(context, state)
+
+
+@pytest.mark.parametrize("operator", [CrashAfterSubmit, CrashBeforeRecording])
+def test_task_retried_after_a_crash_creates_no_new_run(emulator, run_dag, xcom, tmp_path, operator):
+    prompts = [f"retry {i}" for i in range(12)]
+    with DAG(dag_id("crash"), schedule=None, start_date=datetime(2026, 1, 1)) as dag:
+        operator(
+            task_id="generate",
+            prompts=prompts,
+            image_size="square",
+            output_uri=tmp_path.as_uri(),
+            poll_interval=0.02,
+            max_in_flight=6,
+            deferrable=True,
+            retries=1,
+            retry_delay=timedelta(seconds=0),
+        )
+    dr = run_dag(dag)
+    assert dr.state == "success"
+    assert len(xcom(dr, "generate")) == 12
+    ledger = emulator.ledger()["entries"]
+    assert len(ledger) == 12
+    assert len({e["run_id"] for e in ledger}) == 12
+    assert emulator.stats()["runs_created"] == 12
