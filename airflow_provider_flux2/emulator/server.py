@@ -1,0 +1,712 @@
+"""The emulator's HTTP surface: the Runflow protocol under ``/v1``, files under ``/_files``, and the
+control surface under ``/_emulator`` (a Starlette app, served by uvicorn).
+
+Each API request goes the same way: count it, check the Bearer key, learn what it is about (its
+prompts and model, for the fault plan's ``match``), ask the fault plan, then handle it (or not, or
+lose the answer). Runs are never advanced by a loop: their status is derived from the clock, and
+only callbacks need a background task.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import hmac
+import json
+import logging
+import secrets
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import Any
+
+import anyio.to_thread
+import httpx
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import Route
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from airflow_provider_flux2.emulator.config import ConfigError
+from airflow_provider_flux2.emulator.faults import Fault, FaultPlan, PlanError
+from airflow_provider_flux2.emulator.images import render
+from airflow_provider_flux2.emulator.state import (
+    BatchRecord,
+    EmulatorState,
+    InsufficientCreditError,
+    RunRecord,
+    RunSpec,
+    StoredResponse,
+)
+from airflow_provider_flux2.emulator.wire import (
+    batch_items_entry,
+    batch_object,
+    callback_payload,
+    check_presigned,
+    envelope,
+    file_path,
+    presign,
+    run_object,
+    sign_callback,
+)
+from airflow_provider_flux2.exceptions import FluxValidationError
+from airflow_provider_flux2.models import MODEL_IDS, RunStatus, Variant, build_input, canonical_prompt
+from airflow_provider_flux2.protocol import MAX_BATCH_ITEMS, MAX_CLIENT_REF
+
+log = logging.getLogger(__name__)
+
+# The creation response shows the run as it was accepted (queued), whatever the latency model says
+# about the next microsecond: the protocol's create answers ``status_code: "queued"``.
+_ACCEPTED = 1e-6
+
+
+def new_request_id() -> str:
+    return f"req_{secrets.token_hex(12)}"
+
+
+def error(
+    status: int,
+    code: str,
+    message: str,
+    errors: list[dict[str, Any]] | None = None,
+    headers: dict[str, str] | None = None,
+) -> JSONResponse:
+    return JSONResponse(envelope(code, message, errors), status_code=status, headers=headers)
+
+
+class RequestError(Exception):
+    """A request the API refuses; turned into the error envelope."""
+
+    def __init__(self, status: int, code: str, message: str, errors: list[dict[str, Any]] | None = None) -> None:
+        self.status = status
+        self.code = code
+        self.message = message
+        self.errors = errors
+        super().__init__(message)
+
+    def response(self) -> JSONResponse:
+        return error(self.status, self.code, self.message, self.errors)
+
+
+def _invalid(loc: list[Any], msg: str, value: Any = None) -> RequestError:
+    return RequestError(422, "VALIDATION_ERROR", f"Invalid {'.'.join(map(str, loc))}: {msg}", [_err(loc, msg, value)])
+
+
+def _err(loc: list[Any], msg: str, value: Any) -> dict[str, Any]:
+    return {"loc": loc, "msg": msg, "input": _json_safe(value)}
+
+
+def _json_safe(value: Any) -> Any:
+    try:
+        return json.loads(json.dumps(value, default=str))
+    except (TypeError, ValueError):
+        return str(value)
+
+
+# --------------------------------------------------------------------------------------------------
+# Middleware and special responses
+# --------------------------------------------------------------------------------------------------
+
+
+class RequestIdMiddleware:
+    """Give every response an ``X-Request-Id``, including errors the app did not expect."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        request_id = new_request_id()
+        started = False
+
+        async def send_with_id(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+                message = {**message, "headers": [*message.get("headers", []), (b"x-request-id", request_id.encode())]}
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_id)
+        except Exception:
+            # Caught here rather than by Starlette's outermost handler so the 500 keeps its request id.
+            log.exception("Emulator error in request %s", request_id)
+            if started:
+                raise
+            await error(500, "INTERNAL", f"emulator error (request {request_id})")(scope, receive, send_with_id)
+
+
+class DroppedResponse(Response):
+    """Start a response, send part of its body, then close the connection.
+
+    The client sees headers promising ``Content-Length`` bytes and then end-of-file, which httpx
+    reports as ``RemoteProtocolError`` (a transport error, retried like a 5xx).
+    """
+
+    def __init__(self, original: Response | None = None) -> None:
+        if original is not None and isinstance(original.body, bytes) and original.body:
+            self._status, self._payload, self._headers = original.status_code, original.body, original.raw_headers
+        else:
+            payload = json.dumps(envelope("INTERNAL", "x" * 200)).encode()
+            headers = [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode())]
+            self._status, self._payload, self._headers = 200, payload, headers
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await send({"type": "http.response.start", "status": self._status, "headers": self._headers})
+        await send({"type": "http.response.body", "body": self._payload[: len(self._payload) // 2], "more_body": True})
+        await _close_connection(receive)
+
+
+async def _close_connection(receive: Receive) -> None:
+    # uvicorn's receive is a method of its request cycle, which holds the transport: closing it
+    # ends the connection cleanly (uvicorn then sees a client disconnect and logs nothing). Under
+    # another server, returning mid-response makes the server close the connection itself.
+    cycle = getattr(receive, "__self__", None)
+    transport = getattr(cycle, "transport", None)
+    if transport is None:
+        return
+    transport.close()
+    for _ in range(100):
+        if getattr(cycle, "disconnected", True):
+            return
+        await asyncio.sleep(0.001)
+
+
+# --------------------------------------------------------------------------------------------------
+# The app
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Context:
+    """What a request is about: for the handlers, and for the fault plan's ``match``."""
+
+    prompts: list[str] = field(default_factory=list)
+    variant: Variant | None = None
+    raw: bytes = b""
+    body: Any = None
+    body_ok: bool = True
+    run: RunRecord | None = None
+    batch: BatchRecord | None = None
+    throttle: int | None = None  # bytes per second, set by a slow_download fault
+
+
+Handler = Callable[[Request, Context], Awaitable[Response]]
+
+
+class EmulatorApp:
+    """The Starlette application around one :class:`EmulatorState`.
+
+    :param state: the emulator's memory.
+    """
+
+    def __init__(self, state: EmulatorState) -> None:
+        self.state = state
+        self.tasks: set[asyncio.Task[None]] = set()
+        self._abort: asyncio.Event | None = None
+        self.loop: asyncio.AbstractEventLoop | None = None
+        routes = [
+            Route("/v1/health", self.health, methods=["GET"]),
+            Route("/v1/models/{owner}/{slug}/runs", self.create_run, methods=["POST"]),
+            Route("/v1/models/{owner}/{slug}/batches", self.create_batch, methods=["POST"]),
+            Route("/v1/runs/{run_id}", self.get_run, methods=["GET"]),
+            Route("/v1/batches/{batch_id}", self.get_batch, methods=["GET"]),
+            Route("/v1/batches/{batch_id}/items", self.get_batch_items, methods=["GET"]),
+            Route("/_files/{run_id}/{name}", self.download, methods=["GET"]),
+            Route("/_emulator/ledger", self.ledger, methods=["GET"]),
+            Route("/_emulator/stats", self.stats, methods=["GET"]),
+            Route("/_emulator/reset", self.reset, methods=["POST"]),
+            Route("/_emulator/config", self.config, methods=["GET", "POST"]),
+            Route("/_emulator/faults", self.faults, methods=["GET", "POST", "DELETE"]),
+        ]
+        self.app = Starlette(
+            routes=routes,
+            middleware=[Middleware(RequestIdMiddleware)],
+            exception_handlers={HTTPException: self._http_exception},
+            lifespan=self._lifespan,
+        )
+
+    @asynccontextmanager
+    async def _lifespan(self, app: Starlette) -> AsyncIterator[None]:
+        self.loop = asyncio.get_running_loop()
+        yield
+        self.abort_background()
+
+    # -- background work and interruptible waits -----------------------------------------------------
+
+    def _abort_event(self) -> asyncio.Event:
+        if self._abort is None:
+            self._abort = asyncio.Event()
+        return self._abort
+
+    async def _sleep(self, seconds: float) -> bool:
+        """Sleep, unless a reset or shutdown interrupts; returns whether it was interrupted."""
+        try:
+            await asyncio.wait_for(self._abort_event().wait(), timeout=max(0.0, seconds))
+        except asyncio.TimeoutError:
+            return False
+        return True
+
+    def abort_background(self) -> None:
+        """Wake every stall and slow download and cancel pending callbacks (on reset and shutdown)."""
+        self._abort_event().set()
+        self._abort = asyncio.Event()
+        for task in list(self.tasks):
+            task.cancel()
+
+    def _spawn(self, coroutine: Awaitable[None]) -> None:
+        task: asyncio.Task[None] = asyncio.ensure_future(coroutine)
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    # -- the request pipeline --------------------------------------------------------------------------
+
+    async def _serve(
+        self,
+        request: Request,
+        endpoint: str,
+        handle: Handler,
+        about: Callable[[Request], Awaitable[Context]] | None = None,
+        *,
+        auth: bool = True,
+    ) -> Response:
+        self.state.count(endpoint)
+        if auth and (denied := self._unauthorized(request)) is not None:
+            return denied
+        context = await about(request) if about else Context()
+        fault = self.state.plan.select(endpoint, "request", context.prompts, context.variant)
+        if fault is None:
+            return await handle(request, context)
+        ids = {"run_id": context.run.id} if context.run else {}
+        self.state.record_fault(endpoint, fault, **ids)
+        return await self._apply(fault, lambda: handle(request, context), context)
+
+    async def _apply(self, fault: Fault, handle: Callable[[], Awaitable[Response]], context: Context) -> Response:
+        """Answer a request the way ``fault`` says (``phase: after`` handles it first)."""
+        if fault.kind == "url_expired":
+            return error(403, "URL_EXPIRED", "The output URL has expired; fetch the run again for a fresh one")
+        if fault.kind == "slow_download":
+            context.throttle = int(fault.params["bytes_per_second"])
+            return await handle()
+        if fault.phase == "after":
+            response = await handle()
+            if fault.kind == "stall":
+                await self._sleep(float(fault.params["seconds"]))
+                return response
+            return DroppedResponse(response) if fault.kind == "drop" else self._fault_response(fault)
+        if fault.kind == "stall":
+            await self._sleep(float(fault.params["seconds"]))
+            return error(503, "MODEL_UNAVAILABLE", "The request stalled and was not processed (emulated stall)")
+        return DroppedResponse() if fault.kind == "drop" else self._fault_response(fault)
+
+    @staticmethod
+    def _fault_response(fault: Fault) -> Response:
+        if fault.kind == "rate_limit":
+            retry_after = fault.params.get("retry_after")
+            headers = {"Retry-After": f"{retry_after:g}"} if retry_after is not None else None
+            return error(429, "RATE_LIMITED", "Too many requests (emulated rate limit)", headers=headers)
+        status = int(fault.params.get("status", 500))
+        code = "MODEL_UNAVAILABLE" if status == 503 else "INTERNAL"
+        return error(status, code, f"Emulated server error {status}")
+
+    def _unauthorized(self, request: Request) -> Response | None:
+        scheme, _, token = request.headers.get("authorization", "").partition(" ")
+        token = token.strip()
+        if scheme.lower() != "bearer" or not token:
+            return error(401, "UNAUTHORIZED", "Missing API key: send 'Authorization: Bearer <api key>'")
+        expected = self.state.api_key
+        if expected is not None and not hmac.compare_digest(token.encode(), expected.encode()):
+            return error(401, "UNAUTHORIZED", "Invalid API key")
+        return None
+
+    async def _http_exception(self, request: Request, exc: Exception) -> Response:
+        status = exc.status_code if isinstance(exc, HTTPException) else 500
+        code = {404: "NOT_FOUND", 405: "METHOD_NOT_ALLOWED"}.get(status, "BAD_REQUEST")
+        detail = exc.detail if isinstance(exc, HTTPException) else str(exc)
+        return error(status, code, f"{detail}: {request.method} {request.url.path}")
+
+    # -- what a request is about -------------------------------------------------------------------------
+
+    async def _about_create(self, request: Request) -> Context:
+        model_id = f"{request.path_params['owner']}/{request.path_params['slug']}"
+        context = Context(variant=MODEL_IDS.get(model_id), raw=await request.body())
+        try:
+            context.body = json.loads(context.raw) if context.raw else None
+        except (ValueError, UnicodeDecodeError):
+            context.body_ok = False
+        entries = context.body.get("input") if isinstance(context.body, dict) else None
+        entries = entries if isinstance(entries, list) else [entries]
+        context.prompts = [_prompt_text(entry) for entry in entries if isinstance(entry, dict)]
+        return context
+
+    async def _about_run(self, request: Request) -> Context:
+        run = self.state.runs.get(request.path_params["run_id"])
+        return Context(prompts=[run.request.prompt], variant=run.variant, run=run) if run else Context()
+
+    async def _about_batch(self, request: Request) -> Context:
+        batch = self.state.batches.get(request.path_params["batch_id"])
+        if batch is None:
+            return Context()
+        prompts = [self.state.runs[run_id].request.prompt for run_id in batch.run_ids]
+        return Context(prompts=prompts, variant=batch.variant, batch=batch)
+
+    # -- /v1 ---------------------------------------------------------------------------------------------
+
+    async def health(self, request: Request) -> Response:
+        async def handle(request: Request, context: Context) -> Response:
+            return JSONResponse({"status": "ok"})
+
+        return await self._serve(request, "health", handle, auth=False)
+
+    async def create_run(self, request: Request) -> Response:
+        return await self._serve(request, "create_run", self._create_run, self._about_create)
+
+    async def create_batch(self, request: Request) -> Response:
+        return await self._serve(request, "create_batch", self._create_batch, self._about_create)
+
+    async def get_run(self, request: Request) -> Response:
+        return await self._serve(request, "get_run", self._get_run, self._about_run)
+
+    async def get_batch(self, request: Request) -> Response:
+        return await self._serve(request, "get_batch", self._get_batch, self._about_batch)
+
+    async def get_batch_items(self, request: Request) -> Response:
+        return await self._serve(request, "get_batch_items", self._get_batch_items, self._about_batch)
+
+    async def download(self, request: Request) -> Response:
+        return await self._serve(request, "download", self._download, self._about_run, auth=False)
+
+    async def _create_run(self, request: Request, context: Context) -> Response:
+        try:
+            variant = self._model_for(context, batch=False)
+            key = request.headers.get("idempotency-key") or None
+            replay = self._replay(key, request, context)
+            if replay is not None:
+                return replay
+            spec = self._run_spec(variant, context.body, request, key)
+            self.state.check_credit(self.state.price_of(spec))
+        except RequestError as exc:
+            return exc.response()
+        except InsufficientCreditError as exc:
+            return error(402, "INSUFFICIENT_CREDIT", f"Insufficient credit: {exc}")
+        run = self.state.create_run(spec)
+        body = run_object(run, run.timeline.created - _ACCEPTED)
+        self._remember(key, request, context, body)
+        self._callback_later(run)
+        return JSONResponse(body, status_code=201)
+
+    async def _create_batch(self, request: Request, context: Context) -> Response:
+        try:
+            variant = self._model_for(context, batch=True)
+            key = request.headers.get("idempotency-key") or None
+            replay = self._replay(key, request, context)
+            if replay is not None:
+                return replay
+            specs, metadata, callback_url = self._batch_specs(variant, context.body, request, key)
+            self.state.check_credit(sum((self.state.price_of(spec) for spec in specs), Decimal("0")))
+        except RequestError as exc:
+            return exc.response()
+        except InsufficientCreditError as exc:
+            return error(402, "INSUFFICIENT_CREDIT", f"Insufficient credit: {exc}")
+        batch = self.state.create_batch(
+            variant, specs, metadata=metadata, callback_url=callback_url, idempotency_key=key
+        )
+        body = batch_object(self.state, batch, batch.created - _ACCEPTED)
+        self._remember(key, request, context, body)
+        for run_id in batch.run_ids:
+            self._callback_later(self.state.runs[run_id])
+        return JSONResponse(body, status_code=201)
+
+    async def _get_run(self, request: Request, context: Context) -> Response:
+        if context.run is None:
+            return error(404, "RUN_NOT_FOUND", f"No run {request.path_params['run_id']!r}")
+        now = self.state.clock()
+        url = await self._output_url(context.run, now, str(request.base_url))
+        return JSONResponse(run_object(context.run, now, url))
+
+    async def _get_batch(self, request: Request, context: Context) -> Response:
+        if context.batch is None:
+            return error(404, "BATCH_NOT_FOUND", f"No batch {request.path_params['batch_id']!r}")
+        return JSONResponse(batch_object(self.state, context.batch, self.state.clock()))
+
+    async def _get_batch_items(self, request: Request, context: Context) -> Response:
+        if context.batch is None:
+            return error(404, "BATCH_NOT_FOUND", f"No batch {request.path_params['batch_id']!r}")
+        now = self.state.clock()
+        items = []
+        for run_id in context.batch.run_ids:
+            run = self.state.runs[run_id]
+            items.append(batch_items_entry(run, now, await self._output_url(run, now, str(request.base_url))))
+        return JSONResponse({"items": items})
+
+    async def _download(self, request: Request, context: Context) -> Response:
+        now = self.state.clock()
+        problem = check_presigned(
+            self.state.url_secret,
+            request.url.path,
+            request.query_params.get("expires"),
+            request.query_params.get("sig"),
+            now,
+        )
+        if problem == "URL_EXPIRED":
+            return error(403, "URL_EXPIRED", "The output URL has expired; fetch the run again for a fresh one")
+        if problem is not None:
+            return error(403, "PERMISSION_DENIED", "The output URL's signature is not valid")
+        run = context.run
+        if run is None or request.url.path != file_path(run) or run.status(now) is not RunStatus.SUCCEEDED:
+            return error(404, "FILE_NOT_FOUND", f"No output at {request.url.path}")
+        spec = run.image_spec()
+        data = await anyio.to_thread.run_sync(render, spec)
+        headers = {"Content-Length": str(len(data)), "Cache-Control": "private, no-transform"}
+        if context.throttle:
+            return StreamingResponse(
+                self._trickle(data, context.throttle), media_type=spec.content_type, headers=headers
+            )
+        return Response(data, media_type=spec.content_type, headers=headers)
+
+    async def _trickle(self, data: bytes, bytes_per_second: int) -> AsyncIterator[bytes]:
+        # Ten chunks a second; a reset or shutdown ends the body early (the client sees a short read).
+        step = max(1, bytes_per_second // 10)
+        for offset in range(0, len(data), step):
+            yield data[offset : offset + step]
+            if offset + step < len(data) and await self._sleep(step / bytes_per_second):
+                return
+
+    # -- validation, idempotency, outputs, callbacks ---------------------------------------------------
+
+    def _model_for(self, context: Context, *, batch: bool) -> Variant:
+        variant = context.variant
+        if variant is None:
+            known = ", ".join(MODEL_IDS)
+            raise RequestError(404, "MODEL_NOT_FOUND", f"Unknown model; this API serves {known}")
+        if self.state.config.is_disabled(variant):
+            raise RequestError(403, "PERMISSION_DENIED", f"This API key may not use {variant.model_id}")
+        if batch and not self.state.config.supports_batches(variant):
+            msg = f"{variant.model_id} does not support batch requests; submit single runs"
+            raise RequestError(422, "VALIDATION_ERROR", msg, [_err(["model"], msg, variant.model_id)])
+        if not context.body_ok:
+            raise RequestError(400, "BAD_REQUEST", "The request body is not valid JSON")
+        return variant
+
+    @staticmethod
+    def _fingerprint(request: Request, context: Context) -> str:
+        canonical = json.dumps(context.body, sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(f"{request.method} {request.url.path}\n{canonical}".encode()).hexdigest()
+
+    def _replay(self, key: str | None, request: Request, context: Context) -> Response | None:
+        """The stored response for a repeated ``Idempotency-Key``, or a 409 if the body changed."""
+        stored = self.state.idempotency.get(key) if key else None
+        if stored is None:
+            return None
+        if stored.fingerprint != self._fingerprint(request, context):
+            raise RequestError(409, "CONFLICT", "This Idempotency-Key was already used with a different request body")
+        return JSONResponse(stored.body, status_code=stored.status, headers={"Idempotent-Replayed": "true"})
+
+    def _remember(self, key: str | None, request: Request, context: Context, body: dict[str, Any]) -> None:
+        if key:
+            self.state.idempotency[key] = StoredResponse(self._fingerprint(request, context), 201, body)
+
+    def _run_spec(self, variant: Variant, body: Any, request: Request, key: str | None) -> RunSpec:
+        if not isinstance(body, dict):
+            raise _invalid(["body"], "a JSON object with an 'input' object", body)
+        return RunSpec(
+            variant=variant,
+            request=_validated_input(variant, body.get("input"), ["input"]),
+            base_url=str(request.base_url),
+            metadata=_metadata(body.get("metadata")),
+            callback_url=_callback_url(body.get("callback_url")),
+            client_ref=_client_ref(body.get("client_ref"), ["client_ref"]),
+            idempotency_key=key,
+        )
+
+    def _batch_specs(
+        self, variant: Variant, body: Any, request: Request, key: str | None
+    ) -> tuple[list[RunSpec], dict[str, Any] | None, str | None]:
+        if not isinstance(body, dict):
+            raise _invalid(["body"], "a JSON object with an 'input' list", body)
+        items = body.get("input")
+        if not isinstance(items, list) or not 1 <= len(items) <= MAX_BATCH_ITEMS:
+            count = len(items) if isinstance(items, list) else items
+            raise _invalid(["input"], f"a list of 1..{MAX_BATCH_ITEMS} input objects", count)
+        metadata = _metadata(body.get("metadata"))
+        callback_url = _callback_url(body.get("callback_url"))
+        specs, errors = [], []
+        for index, item in enumerate(items):
+            loc: list[Any] = ["input", index]
+            fields = dict(item) if isinstance(item, dict) else item
+            try:
+                ref = (
+                    _client_ref(fields.pop("client_ref", None), [*loc, "client_ref"])
+                    if isinstance(fields, dict)
+                    else None
+                )
+                specs.append(
+                    RunSpec(
+                        variant=variant,
+                        request=_validated_input(variant, fields, loc),
+                        base_url=str(request.base_url),
+                        metadata=metadata,
+                        callback_url=callback_url,
+                        client_ref=ref,
+                        idempotency_key=key,
+                    )
+                )
+            except RequestError as exc:
+                errors.extend(exc.errors or [])
+        if errors:
+            raise RequestError(422, "VALIDATION_ERROR", f"{len(errors)} invalid field(s) in the batch", errors)
+        return specs, metadata, callback_url
+
+    async def _output_url(self, run: RunRecord, now: float, base_url: str) -> str | None:
+        """A fresh presigned URL (or a ``data:`` URI with ``sync_mode``) for a succeeded run."""
+        if run.status(now) is not RunStatus.SUCCEEDED:
+            return None
+        if run.request.sync_mode:
+            spec = run.image_spec()
+            data = await anyio.to_thread.run_sync(render, spec)
+            return f"data:{spec.content_type};base64,{base64.b64encode(data).decode()}"
+        return presign(self.state.url_secret, base_url, file_path(run), now + self.state.config.url_ttl)
+
+    def _callback_later(self, run: RunRecord) -> None:
+        if run.callback_url:
+            self._spawn(self._deliver(run))
+
+    async def _deliver(self, run: RunRecord) -> None:
+        """POST the run's terminal state to its ``callback_url``, retrying with exponential backoff."""
+        if await self._sleep(run.timeline.end - self.state.clock()):
+            return
+        config = self.state.config
+        now = max(self.state.clock(), run.timeline.end)
+        payload = callback_payload(run, now, await self._output_url(run, now, run.base_url))
+        raw = json.dumps(payload, separators=(",", ":")).encode()
+        headers = {
+            "Content-Type": "application/json",
+            "Runflow-Signature": sign_callback(config.callback_secret, raw),
+            "Runflow-Request-Id": new_request_id(),
+            "User-Agent": "flux2-emulator-callbacks",
+        }
+        async with httpx.AsyncClient(timeout=config.callback_timeout, trust_env=False) as client:
+            for attempt in range(1, config.callback_max_attempts + 1):
+                status, problem = None, None
+                try:
+                    status = (await client.post(str(run.callback_url), content=raw, headers=headers)).status_code
+                except httpx.HTTPError as exc:
+                    problem = f"{type(exc).__name__}: {exc}"
+                delivered = status is not None and 200 <= status < 300
+                self.state.callbacks.append(
+                    {
+                        "run_id": run.id,
+                        "url": run.callback_url,
+                        "event": payload["event"],
+                        "attempt": attempt,
+                        "status": status,
+                        "error": problem,
+                        "delivered": delivered,
+                        "request_id": headers["Runflow-Request-Id"],
+                    }
+                )
+                if delivered or attempt == config.callback_max_attempts:
+                    return
+                if await self._sleep(config.callback_retry_base * 2 ** (attempt - 1) * config.time_scale):
+                    return
+
+    # -- /_emulator (no auth: the control surface of a local test double) ------------------------------
+
+    async def ledger(self, request: Request) -> Response:
+        return JSONResponse(self.state.ledger())
+
+    async def stats(self, request: Request) -> Response:
+        return JSONResponse(self.state.stats())
+
+    async def reset(self, request: Request) -> Response:
+        self.abort_background()
+        self.state.reset()
+        return JSONResponse({"status": "reset", "config": self.state.config.as_json()})
+
+    async def config(self, request: Request) -> Response:
+        if request.method == "POST":
+            changes = await _json_object(request)
+            if isinstance(changes, Response):
+                return changes
+            try:
+                self.state.configure(changes)
+            except ConfigError as exc:
+                return error(422, "VALIDATION_ERROR", f"Invalid configuration: {exc}", exc.errors)
+        return JSONResponse(self.state.config.as_json())
+
+    async def faults(self, request: Request) -> Response:
+        if request.method == "DELETE":
+            self.state.plan = FaultPlan()
+        elif request.method == "POST":
+            plan = await _json_object(request)
+            if isinstance(plan, Response):
+                return plan
+            try:
+                self.state.plan = FaultPlan.parse(plan)
+            except PlanError as exc:
+                return error(422, "VALIDATION_ERROR", f"Invalid fault plan: {exc}", exc.errors)
+        return JSONResponse(self.state.plan.describe())
+
+
+# --------------------------------------------------------------------------------------------------
+# Request-body checks (pure)
+# --------------------------------------------------------------------------------------------------
+
+
+def _prompt_text(entry: dict[str, Any]) -> str:
+    prompt = entry.get("prompt")
+    return canonical_prompt(prompt) if isinstance(prompt, (str, dict)) else ""
+
+
+def _validated_input(variant: Variant, fields: Any, loc: list[Any]) -> Any:
+    """The input through the provider's own validation; its errors become the 422 ``errors[]``."""
+    if not isinstance(fields, dict):
+        raise _invalid(loc, "an object with the generation parameters (prompt, image_size, ...)", fields)
+    if "variant" in fields:
+        raise _invalid([*loc, "variant"], "not a generation parameter (the model is in the URL)", fields["variant"])
+    try:
+        return build_input(variant, **fields)
+    except FluxValidationError as exc:
+        errors = [_err([*loc, *_field_parts(d["field"])], d["allowed"], d.get("value")) for d in exc.details]
+        raise RequestError(422, "VALIDATION_ERROR", str(exc), errors) from None
+
+
+def _field_parts(dotted: str) -> list[Any]:
+    return [int(part) if part.isdigit() else part for part in dotted.split(".") if part]
+
+
+def _client_ref(value: Any, loc: list[Any]) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str) or len(value) > MAX_CLIENT_REF:
+        raise _invalid(loc, f"a string of at most {MAX_CLIENT_REF} characters", value)
+    return value
+
+
+def _metadata(value: Any) -> dict[str, Any] | None:
+    if value is not None and not isinstance(value, dict):
+        raise _invalid(["metadata"], "a JSON object", value)
+    return value
+
+
+def _callback_url(value: Any) -> str | None:
+    if value is not None and not (isinstance(value, str) and value.startswith(("http://", "https://"))):
+        raise _invalid(["callback_url"], "an http(s) URL", value)
+    return value
+
+
+async def _json_object(request: Request) -> dict[str, Any] | Response:
+    try:
+        body = json.loads(await request.body() or b"{}")
+    except (ValueError, UnicodeDecodeError):
+        return error(400, "BAD_REQUEST", "The request body is not valid JSON")
+    if not isinstance(body, dict):
+        return error(422, "VALIDATION_ERROR", "Expected a JSON object", [_err(["body"], "a JSON object", body)])
+    return body

@@ -1,0 +1,465 @@
+"""What the emulator remembers: runs, batches, idempotent responses, faults, statistics and money.
+
+Everything here is plain data and synchronous code, used from the server's event loop only (the
+control helpers of :class:`~airflow_provider_flux2.emulator.Emulator` go over HTTP, so no other
+thread touches it). A run's whole future is decided at creation (its timeline from the latency
+model and the fleet, its outcome from the prompt, the configuration and the fault plan), so its
+status, the ledger and the statistics are derived from the clock when asked.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+import secrets
+import time
+from collections import Counter
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from decimal import Decimal
+from typing import Any
+
+from airflow_provider_flux2.emulator.config import EmulatorConfig
+from airflow_provider_flux2.emulator.faults import Fault, FaultPlan
+from airflow_provider_flux2.emulator.images import ImageSpec, Style
+from airflow_provider_flux2.emulator.schedule import Fleet, Timeline, peak_overlap, sample_phases
+from airflow_provider_flux2.models import FluxInput, RunStatus, Variant
+from airflow_provider_flux2.pricing import Price, billed_megapixels, reference_megapixels, usd
+
+MODERATED = "CONTENT_MODERATED"
+
+
+def new_id(prefix: str) -> str:
+    return f"{prefix}_{secrets.token_hex(12)}"
+
+
+def iso(instant: float) -> str:
+    """Epoch seconds as ISO-8601 UTC with milliseconds (``2026-01-02T03:04:05.678Z``)."""
+    text = datetime.fromtimestamp(instant, timezone.utc).isoformat(timespec="milliseconds")
+    return text.replace("+00:00", "Z")
+
+
+# --------------------------------------------------------------------------------------------------
+# What the model "does" with a prompt
+# --------------------------------------------------------------------------------------------------
+
+_LIGHT = ("soft natural light", "golden-hour light", "crisp studio lighting", "dramatic rim light", "overcast light")
+_DETAIL = ("rich textures", "fine detail", "a shallow depth of field", "balanced colours", "clean lines")
+
+
+def _hash(*parts: object) -> bytes:
+    return hashlib.sha256("\x1f".join(map(str, parts)).encode()).digest()
+
+
+def upsample(variant: Variant, prompt: str) -> str:
+    """The prompt as the model rewrote it: pro, max and turbo upsample, flex keeps it as given."""
+    if variant is Variant.FLEX:
+        return prompt
+    digest = _hash("upsample", prompt)
+    light, detail = _LIGHT[digest[0] % len(_LIGHT)], _DETAIL[digest[1] % len(_DETAIL)]
+    return f"{prompt.rstrip().rstrip('.')}, rendered in {light} with {detail}, coherent composition, high fidelity."
+
+
+def evaluation_score(prompt: str, seed: int) -> float:
+    """Sentinel's score for an ordinary output: a stable value in 0.62..0.98."""
+    digest = _hash("score", prompt, seed)
+    return round(0.62 + int.from_bytes(digest[:2], "big") / 65535 * 0.36, 3)
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """How a run ends, decided when it is created."""
+
+    render_prompt: str
+    render_seed: int
+    score: float
+    style: Style = "normal"
+    nsfw: bool = False
+    failure_code: str | None = None
+    failure_message: str | None = None
+    failure_stage: str | None = None
+
+    @property
+    def succeeded(self) -> bool:
+        return self.failure_code is None
+
+
+def decide_outcome(
+    config: EmulatorConfig,
+    request: FluxInput,
+    seed: int,
+    fault: Fault | None,
+    duplicate_of: tuple[str, int] | None,
+) -> Outcome:
+    """The outcome of a run from its input, the moderation rule and a run-level fault.
+
+    :param config: the emulator's configuration (``moderation_marker``, ``moderation_mode``).
+    :param request: the validated input.
+    :param seed: the run's seed.
+    :param fault: the run-level fault that fired for this run, if any.
+    :param duplicate_of: the (prompt, seed) a ``duplicate_image`` fault copies.
+    """
+    kind = fault.kind if fault else None
+    params = fault.params if fault else {}
+    base = Outcome(render_prompt=request.prompt, render_seed=seed, score=evaluation_score(request.prompt, seed))
+    if kind == "run_failure":
+        return _failed(base, params["code"], params["message"], params["stage"])
+    flagged = config.moderation_marker.lower() in request.prompt.lower()
+    refused = flagged and (config.moderation_mode == "fail" or not request.enable_safety_checker)
+    if kind == "moderation" or refused:
+        message = params.get("message", "The output was withheld by content moderation")
+        return _failed(base, MODERATED, message, params.get("stage", "OUTPUT_MODERATION"))
+    if kind == "nsfw" or flagged:
+        return Outcome(base.render_prompt, seed, base.score, style="black", nsfw=True)
+    if kind == "blank_image":
+        return Outcome(base.render_prompt, seed, base.score, style="blank")
+    if kind == "duplicate_image" and duplicate_of is not None:
+        return Outcome(duplicate_of[0], duplicate_of[1], base.score, style="duplicate")
+    if kind == "low_score":
+        return Outcome(base.render_prompt, seed, float(params["score"]))
+    return base
+
+
+def _failed(base: Outcome, code: str, message: str, stage: str) -> Outcome:
+    return Outcome(
+        base.render_prompt,
+        base.render_seed,
+        base.score,
+        failure_code=code,
+        failure_message=message,
+        failure_stage=stage,
+    )
+
+
+# --------------------------------------------------------------------------------------------------
+# Records
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class RunRecord:
+    """One run: its request, its decided timeline and outcome, and its price."""
+
+    id: str
+    variant: Variant
+    request: FluxInput
+    seed: int
+    upsampled_prompt: str
+    timeline: Timeline
+    outcome: Outcome
+    price: Price
+    billed_mp: int
+    reference_mp: int
+    base_url: str
+    metadata: dict[str, Any] | None = None
+    callback_url: str | None = None
+    client_ref: str | None = None
+    idempotency_key: str | None = None
+    batch_id: str | None = None
+    item_id: str | None = None
+    sequence_index: int | None = None
+    fault: Fault | None = None
+
+    @property
+    def cost(self) -> Decimal:
+        """What the run costs if it succeeds (failed runs are not billed)."""
+        return self.price.cost(self.billed_mp, self.reference_mp)
+
+    @property
+    def width(self) -> int:
+        return self.request.width
+
+    @property
+    def height(self) -> int:
+        return self.request.height
+
+    def status(self, now: float) -> RunStatus:
+        phase = self.timeline.phase_at(now)
+        if phase != "ended":
+            return RunStatus(phase)
+        return RunStatus.SUCCEEDED if self.outcome.succeeded else RunStatus.FAILED
+
+    def billed(self, now: float) -> bool:
+        return self.outcome.succeeded and now >= self.timeline.end
+
+    def image_spec(self) -> ImageSpec:
+        return ImageSpec(
+            prompt=self.outcome.render_prompt,
+            seed=self.outcome.render_seed,
+            width=self.width,
+            height=self.height,
+            fmt=self.request.output_format,
+            style=self.outcome.style,
+        )
+
+
+@dataclass
+class BatchRecord:
+    id: str
+    variant: Variant
+    run_ids: list[str]
+    created: float
+    metadata: dict[str, Any] | None = None
+    callback_url: str | None = None
+    idempotency_key: str | None = None
+
+
+@dataclass(frozen=True)
+class StoredResponse:
+    """The first response to an ``Idempotency-Key``, replayed for the same body."""
+
+    fingerprint: str
+    status: int
+    body: dict[str, Any]
+
+
+class InsufficientCreditError(Exception):
+    def __init__(self, cost: Decimal, remaining: Decimal) -> None:
+        self.cost = cost
+        self.remaining = remaining
+        super().__init__(f"this request costs ${usd(cost)} but only ${usd(remaining)} of credit remains")
+
+
+# --------------------------------------------------------------------------------------------------
+# The state
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class RunSpec:
+    """What a caller asks for one run (the request body, validated)."""
+
+    variant: Variant
+    request: FluxInput
+    base_url: str
+    metadata: dict[str, Any] | None = None
+    callback_url: str | None = None
+    client_ref: str | None = None
+    idempotency_key: str | None = None
+
+
+@dataclass
+class EmulatorState:
+    """All of the emulator's memory; :meth:`reset` returns it to the start-up state.
+
+    :param startup_config: the configuration restored by :meth:`reset`.
+    :param api_key: the only accepted Bearer token, or ``None`` to accept any non-empty one.
+    :param clock: epoch seconds (``time.time``; tests of the state may pass their own).
+    """
+
+    startup_config: EmulatorConfig
+    api_key: str | None = None
+    clock: Callable[[], float] = time.time
+    # Signs output URLs; kept across resets so a URL minted before a reset still verifies.
+    url_secret: bytes = field(default_factory=lambda: secrets.token_bytes(32))
+
+    def __post_init__(self) -> None:
+        self.reset()
+
+    def reset(self) -> None:
+        self.config = self.startup_config
+        self.runs: dict[str, RunRecord] = {}
+        self.batches: dict[str, BatchRecord] = {}
+        self.idempotency: dict[str, StoredResponse] = {}
+        self.plan = FaultPlan()
+        self.requests: Counter[str] = Counter()
+        self.faults_fired: list[dict[str, Any]] = []
+        self.callbacks: list[dict[str, Any]] = []
+        self.fleet = Fleet(self.config.fleet_size)
+        self.rng = random.Random(self.config.random_seed)
+
+    # -- configuration and faults -----------------------------------------------------------------
+
+    def configure(self, changes: Mapping[str, Any]) -> EmulatorConfig:
+        """Apply a partial configuration update (raises ``ConfigError``, leaving the old one)."""
+        new = self.config.updated(changes)
+        if new.fleet_size != self.config.fleet_size:
+            now = self.clock()
+            self.fleet = Fleet(new.fleet_size, [r.timeline.end for r in self.runs.values() if r.timeline.end > now])
+        if "random_seed" in changes:
+            self.rng = random.Random(new.random_seed)
+        self.config = new
+        return new
+
+    def count(self, endpoint: str) -> None:
+        self.requests[endpoint] += 1
+
+    def record_fault(self, endpoint: str, fault: Fault, **about: Any) -> None:
+        self.faults_fired.append({"endpoint": endpoint, "at": iso(self.clock()), **fault.describe(), **about})
+
+    # -- money ---------------------------------------------------------------------------------------
+
+    def committed(self) -> Decimal:
+        """The cost of every run that has succeeded or will: credit already spoken for."""
+        return sum((r.cost for r in self.runs.values() if r.outcome.succeeded), Decimal("0"))
+
+    def check_credit(self, cost: Decimal) -> None:
+        """Refuse a request when ``credit_usd`` is set and ``cost`` is more than what remains."""
+        if self.config.credit_usd is None:
+            return
+        remaining = max(Decimal("0"), self.config.credit_usd - self.committed())
+        if cost > remaining:
+            raise InsufficientCreditError(cost, remaining)
+
+    def price_of(self, spec: RunSpec) -> Decimal:
+        price = self.config.price_table().price(spec.variant)
+        return price.cost(
+            billed_megapixels(spec.request.width, spec.request.height),
+            reference_megapixels(spec.request.image_urls),
+        )
+
+    # -- creation ------------------------------------------------------------------------------------
+
+    def create_run(
+        self,
+        spec: RunSpec,
+        *,
+        endpoint: str = "create_run",
+        batch_id: str | None = None,
+        sequence_index: int | None = None,
+        previous: RunRecord | None = None,
+    ) -> RunRecord:
+        """Create one run: pick its seed, decide its outcome (faults included) and schedule it.
+
+        :param spec: the validated request.
+        :param endpoint: the endpoint that creates it (for the fault plan's rules).
+        :param batch_id: the batch it belongs to.
+        :param sequence_index: its position in the batch.
+        :param previous: the run before it (what ``duplicate_image`` copies by default).
+        """
+        now = self.clock()
+        request = spec.request
+        seed = request.seed if request.seed is not None else self.rng.randrange(2**32)
+        fault = self.plan.select(endpoint, "run", [request.prompt], spec.variant)
+        outcome = decide_outcome(self.config, request, seed, fault, self._duplicate_source(fault, seed, previous))
+        price = self.config.price_table().price(spec.variant)
+        billed_mp = billed_megapixels(request.width, request.height)
+        phases = sample_phases(self.config, billed_mp, self.rng)
+        run = RunRecord(
+            id=new_id("run"),
+            variant=spec.variant,
+            request=request,
+            seed=seed,
+            upsampled_prompt=upsample(spec.variant, request.prompt),
+            timeline=self.fleet.place(now, phases),
+            outcome=outcome,
+            price=price,
+            billed_mp=billed_mp,
+            reference_mp=reference_megapixels(request.image_urls),
+            base_url=spec.base_url,
+            metadata=spec.metadata,
+            callback_url=spec.callback_url,
+            client_ref=spec.client_ref,
+            idempotency_key=spec.idempotency_key,
+            batch_id=batch_id,
+            item_id=new_id("item") if batch_id else None,
+            sequence_index=sequence_index,
+            fault=fault,
+        )
+        self.runs[run.id] = run
+        if fault is not None:
+            self.record_fault(endpoint, fault, run_id=run.id)
+        return run
+
+    def create_batch(
+        self,
+        variant: Variant,
+        specs: list[RunSpec],
+        *,
+        metadata: dict[str, Any] | None,
+        callback_url: str | None,
+        idempotency_key: str | None,
+    ) -> BatchRecord:
+        """Create a batch: one run per item, in order, each a full run."""
+        batch = BatchRecord(
+            id=new_id("batch"),
+            variant=variant,
+            run_ids=[],
+            created=self.clock(),
+            metadata=metadata,
+            callback_url=callback_url,
+            idempotency_key=idempotency_key,
+        )
+        previous = None
+        for index, spec in enumerate(specs):
+            previous = self.create_run(
+                spec, endpoint="create_batch", batch_id=batch.id, sequence_index=index, previous=previous
+            )
+            batch.run_ids.append(previous.id)
+        self.batches[batch.id] = batch
+        return batch
+
+    def _duplicate_source(self, fault: Fault | None, seed: int, previous: RunRecord | None) -> tuple[str, int] | None:
+        """The (prompt, seed) a ``duplicate_image`` fault renders: ``of_prompt``, else the run before."""
+        if fault is None or fault.kind != "duplicate_image":
+            return None
+        of_prompt = fault.params.get("of_prompt")
+        if of_prompt is not None:
+            if fault.params.get("of_seed") is not None:
+                return of_prompt, int(fault.params["of_seed"])
+            earlier = [r for r in self.runs.values() if r.request.prompt == of_prompt]
+            return of_prompt, earlier[-1].outcome.render_seed if earlier else seed
+        source = previous or (next(reversed(self.runs.values())) if self.runs else None)
+        if source is None:
+            return None
+        return source.outcome.render_prompt, source.outcome.render_seed
+
+    # -- views ---------------------------------------------------------------------------------------
+
+    def batch_status(self, batch: BatchRecord, now: float) -> tuple[RunStatus, int, int]:
+        """The batch's status and its counts of succeeded and failed items."""
+        statuses = [self.runs[run_id].status(now) for run_id in batch.run_ids]
+        succeeded = sum(s is RunStatus.SUCCEEDED for s in statuses)
+        failed = sum(s is RunStatus.FAILED for s in statuses)
+        if succeeded + failed < len(statuses):
+            started = any(s is not RunStatus.QUEUED for s in statuses)
+            return (RunStatus.RUNNING if started else RunStatus.QUEUED), succeeded, failed
+        if failed == 0:
+            return RunStatus.SUCCEEDED, succeeded, failed
+        if succeeded == 0:
+            return RunStatus.FAILED, succeeded, failed
+        return RunStatus.PARTIAL_SUCCEEDED, succeeded, failed
+
+    def ledger(self) -> dict[str, Any]:
+        """Every billed run, in the order they were billed, and the total."""
+        now = self.clock()
+        billed = sorted((r for r in self.runs.values() if r.billed(now)), key=lambda r: r.timeline.end)
+        entries = [
+            {
+                "run_id": run.id,
+                "idempotency_key": run.idempotency_key,
+                "client_ref": run.client_ref,
+                "batch_id": run.batch_id,
+                "model": run.variant.model_id,
+                "width": run.width,
+                "height": run.height,
+                "billed_mp": run.billed_mp,
+                "reference_mp": run.reference_mp,
+                "cost": usd(run.cost),
+                "billed_at": iso(run.timeline.end),
+            }
+            for run in billed
+        ]
+        total = sum((run.cost for run in billed), Decimal("0"))
+        credit = self.config.credit_usd
+        return {
+            "entries": entries,
+            "total_cost": usd(total),
+            "credit_usd": None if credit is None else usd(credit),
+            "remaining_credit_usd": None if credit is None else usd(max(Decimal("0"), credit - self.committed())),
+        }
+
+    def stats(self) -> dict[str, Any]:
+        now = self.clock()
+        statuses = Counter(run.status(now).value for run in self.runs.values())
+        return {
+            "requests": dict(self.requests),
+            "runs_created": len(self.runs),
+            "batches_created": len(self.batches),
+            "runs_by_status": dict(statuses),
+            "max_concurrent_runs": peak_overlap((r.timeline.created, r.timeline.end) for r in self.runs.values()),
+            "max_running_runs": peak_overlap((r.timeline.start, r.timeline.end) for r in self.runs.values()),
+            "faults_fired": list(self.faults_fired),
+            "callbacks": list(self.callbacks),
+        }
