@@ -448,13 +448,7 @@ class EmulatorApp:
 
     async def _download(self, request: Request, context: Context) -> Response:
         now = self.state.clock()
-        problem = check_presigned(
-            self.state.url_secret,
-            request.url.path,
-            request.query_params.get("expires"),
-            request.query_params.get("sig"),
-            now,
-        )
+        problem = check_presigned(self.state.url_secret, request.url.path, request.query_params, now)
         if problem == "URL_EXPIRED":
             return error(403, "URL_EXPIRED", "The output URL has expired; fetch the run again for a fresh one")
         if problem is not None:

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import secrets
+from collections.abc import Mapping
 from typing import Any
 from urllib.parse import urlencode
 
@@ -37,22 +39,25 @@ def file_path(run: RunRecord) -> str:
     return f"/_files/{run.id}/output-0.{EXTENSIONS[run.request.output_format]}"
 
 
-def _signature(secret: bytes, path: str, expires: str) -> str:
-    return hmac.new(secret, f"{path}\n{expires}".encode(), hashlib.sha256).hexdigest()
+def _signature(secret: bytes, path: str, expires: str, nonce: str) -> str:
+    return hmac.new(secret, f"{path}\n{expires}\n{nonce}".encode(), hashlib.sha256).hexdigest()
 
 
 def presign(secret: bytes, base_url: str, path: str, expires_at: float) -> str:
-    """A URL for ``path`` that answers until ``expires_at`` (epoch seconds, millisecond precision)."""
-    expires = f"{expires_at:.3f}"
-    query = urlencode(
-        {"X-Emulator-Algorithm": "HMAC-SHA256", "expires": expires, "sig": _signature(secret, path, expires)}
-    )
+    """A URL for ``path`` that answers until ``expires_at`` (epoch seconds, millisecond precision).
+
+    A random nonce makes every minted URL distinct, as a real presigned URL is, even twice in a millisecond.
+    """
+    expires, nonce = f"{expires_at:.3f}", secrets.token_hex(6)
+    signature = _signature(secret, path, expires, nonce)
+    query = urlencode({"X-Emulator-Algorithm": "HMAC-SHA256", "nonce": nonce, "expires": expires, "sig": signature})
     return f"{base_url.rstrip('/')}{path}?{query}"
 
 
-def check_presigned(secret: bytes, path: str, expires: str | None, sig: str | None, now: float) -> str | None:
+def check_presigned(secret: bytes, path: str, query: Mapping[str, str], now: float) -> str | None:
     """``None`` when the URL is valid, else the error code: ``URL_INVALID`` or ``URL_EXPIRED``."""
-    if not expires or not sig or not hmac.compare_digest(_signature(secret, path, expires), sig):
+    expires, nonce, sig = query.get("expires"), query.get("nonce", ""), query.get("sig")
+    if not expires or not sig or not hmac.compare_digest(_signature(secret, path, expires, nonce), sig):
         return "URL_INVALID"
     try:
         deadline = float(expires)
