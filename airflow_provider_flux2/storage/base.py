@@ -6,16 +6,22 @@ so a re-run overwrites what it wrote before instead of duplicating it.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import re
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 CONTENT_TYPES = {"jpeg": "image/jpeg", "jpg": "image/jpeg", "png": "image/png"}
 EXTENSIONS = {"image/jpeg": "jpg", "image/png": "png"}
 _UNSAFE = re.compile(r"[^A-Za-z0-9._+:=@,-]")
+_METADATA_KEY = re.compile(r"^[a-z0-9][a-z0-9_.-]*$")
+#: S3 refuses a request whose user metadata (keys plus values, UTF-8) exceeds 2 KB; both publishers
+#: enforce the same limit so a DAG that works on ``file://`` also works on ``s3://``.
+MAX_METADATA_BYTES = 2048
+_HASH_CHUNK = 1024 * 1024
 
 
 def content_hash(data: bytes) -> str:
@@ -23,9 +29,42 @@ def content_hash(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+def file_hash(path: Path | str) -> str:
+    """SHA-256 hex digest of a file, read in chunks so a large image is never held in memory twice."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as src:
+        while chunk := src.read(_HASH_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
 def safe_segment(text: str) -> str:
     """A path segment that is the same on S3 and on a local disk (no slashes, no spaces)."""
     return _UNSAFE.sub("_", text) or "_"
+
+
+def ascii_metadata(metadata: Mapping[str, object] | None) -> dict[str, str]:
+    """Object metadata both stores accept: lower-case keys, printable-ASCII values.
+
+    Keys are lower-cased (S3 does it anyway) and must be ``[a-z0-9][a-z0-9_.-]*``. A value with any
+    character outside printable ASCII is stored as one RFC 2047 encoded word (``=?utf-8?b?…?=``) —
+    the convention S3 itself uses for non-ASCII metadata, which ``email.header.decode_header`` reads.
+
+    :raises ValueError: a key is not allowed, or the whole exceeds :data:`MAX_METADATA_BYTES`.
+    """
+    result: dict[str, str] = {}
+    for raw_key, raw_value in (metadata or {}).items():
+        key = str(raw_key).lower()
+        if not _METADATA_KEY.match(key):
+            raise ValueError(f"Metadata key {raw_key!r} is not allowed: use letters, digits, '-', '_' and '.'")
+        value = "" if raw_value is None else str(raw_value)
+        if not all(" " <= ch <= "~" for ch in value):
+            value = "=?utf-8?b?" + base64.b64encode(value.encode("utf-8")).decode("ascii") + "?="
+        result[key] = value
+    size = sum(len(k) + len(v) for k, v in result.items())
+    if size > MAX_METADATA_BYTES:
+        raise ValueError(f"Object metadata is {size} bytes; S3 allows at most {MAX_METADATA_BYTES}")
+    return result
 
 
 @dataclass(frozen=True)
@@ -40,6 +79,18 @@ class BatchLocation:
     def parts(self) -> list[str]:
         task = self.task_id if self.map_index < 0 else f"{self.task_id}/{self.map_index}"
         return [safe_segment(self.dag_id), safe_segment(self.run_id), *map(safe_segment, task.split("/"))]
+
+
+@dataclass(frozen=True)
+class ObjectInfo:
+    """What a store knows about one object besides its bytes."""
+
+    uri: str
+    size: int
+    content_type: str
+    metadata: dict[str, str] = field(default_factory=dict)
+    #: The store's entity tag when it has one (S3: ``"<md5>"``, or ``"<md5>-<parts>"`` after a multipart upload).
+    etag: str | None = None
 
 
 def image_name(index: int, digest: str, content_type: str) -> str:
@@ -73,25 +124,55 @@ class Publisher(ABC):
         metadata: Mapping[str, str] | None = None,
         digest: str | None = None,
     ) -> str:
-        """Store one image under its deterministic key and return its URI."""
+        """Store one image under its deterministic key and return its URI.
+
+        :param data: the bytes, or the path of a file holding them (streamed; large files go multipart).
+        :param digest: the SHA-256 of the bytes when the caller already has it.
+        """
         if digest is None:
-            digest = content_hash(data if isinstance(data, bytes) else Path(data).read_bytes())
+            digest = content_hash(data) if isinstance(data, bytes) else file_hash(data)
         uri = self.uri_for(location, image_name(index, digest, content_type))
-        self.put(uri, data, content_type, metadata or {})
+        self.put(uri, data, content_type, metadata)
         return uri
 
+    def put_named(
+        self,
+        location: BatchLocation,
+        name: str,
+        data: bytes | Path,
+        content_type: str,
+        metadata: Mapping[str, str] | None = None,
+    ) -> str:
+        """Store an object under ``name`` (may contain ``/``) in the batch folder; return its URI."""
+        uri = self.uri_for(location, name)
+        self.put(uri, data, content_type, metadata)
+        return uri
+
+    def put(
+        self, uri: str, data: bytes | Path, content_type: str, metadata: Mapping[str, object] | None = None
+    ) -> None:
+        """Write bytes (or a file, streamed) to ``uri`` with its content type and metadata.
+
+        Metadata goes through :func:`ascii_metadata` first, so both stores keep exactly the same values.
+        """
+        self._put(uri, data, content_type, ascii_metadata(metadata))
+
+    def metadata(self, uri: str) -> dict[str, str]:
+        """The metadata stored with an object (its content type is in :meth:`head`)."""
+        return self.head(uri).metadata
+
     @abstractmethod
-    def put(self, uri: str, data: bytes | Path, content_type: str, metadata: Mapping[str, str]) -> None:
-        """Write bytes (or a file, streamed) to ``uri`` with its content type and metadata."""
+    def _put(self, uri: str, data: bytes | Path, content_type: str, metadata: dict[str, str]) -> None:
+        """Write to ``uri``; ``metadata`` is already ASCII-safe."""
 
     @abstractmethod
     def get(self, uri: str) -> bytes:
-        """Read an object back."""
+        """Read an object back; :class:`FileNotFoundError` when there is none."""
 
     @abstractmethod
     def exists(self, uri: str) -> bool:
         """Whether an object is at ``uri``."""
 
     @abstractmethod
-    def metadata(self, uri: str) -> dict[str, str]:
-        """The metadata stored with an object."""
+    def head(self, uri: str) -> ObjectInfo:
+        """Size, content type and metadata of an object; :class:`FileNotFoundError` when there is none."""

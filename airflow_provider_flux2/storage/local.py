@@ -1,18 +1,24 @@
-"""``file://`` storage: a local folder, with metadata in a sidecar JSON file per object."""
+"""``file://`` storage: a local folder; each object's content type and metadata live in a hidden ``.meta/`` folder.
+
+Why ``.meta/<name>.json`` rather than a ``<name>.meta.json`` beside every file: the batch folder is what
+people open (the gallery, the manifest, the images), and a sidecar per image doubles its listing. One
+small file per object — not one shared index — keeps writes atomic and independent, so parallel
+uploads into the same folder cannot lose each other's metadata.
+"""
 
 from __future__ import annotations
 
 import json
+import mimetypes
 import os
 import shutil
 import tempfile
-from collections.abc import Mapping
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
-from airflow_provider_flux2.storage.base import Publisher
+from airflow_provider_flux2.storage.base import ObjectInfo, Publisher
 
-SIDECAR_SUFFIX = ".meta.json"
+META_DIR = ".meta"
 
 
 def path_of(uri: str) -> Path:
@@ -21,6 +27,29 @@ def path_of(uri: str) -> Path:
     if parsed.scheme not in ("file", ""):
         raise ValueError(f"not a file:// URI: {uri!r}")
     return Path(unquote(parsed.path) if parsed.scheme else uri)
+
+
+def sidecar_of(path: Path) -> Path:
+    """Where the content type and metadata of the object at ``path`` are kept."""
+    return path.parent / META_DIR / f"{path.name}.json"
+
+
+def _write_atomically(target: Path, data: bytes | Path) -> None:
+    # A temp file in the same folder, then a rename: a reader never sees half an image, and a
+    # crash leaves the previous version (or nothing) rather than a truncated file.
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.")
+    try:
+        with os.fdopen(fd, "wb") as out:
+            if isinstance(data, bytes):
+                out.write(data)
+            else:
+                with open(data, "rb") as src:
+                    shutil.copyfileobj(src, out)
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 class LocalPublisher(Publisher):
@@ -33,23 +62,11 @@ class LocalPublisher(Publisher):
             base_uri = Path(base_uri).resolve().as_uri()
         super().__init__(base_uri)
 
-    def put(self, uri: str, data: bytes | Path, content_type: str, metadata: Mapping[str, str]) -> None:
+    def _put(self, uri: str, data: bytes | Path, content_type: str, metadata: dict[str, str]) -> None:
         target = path_of(uri)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.")
-        try:
-            with os.fdopen(fd, "wb") as out:
-                if isinstance(data, bytes):
-                    out.write(data)
-                else:
-                    with open(data, "rb") as src:
-                        shutil.copyfileobj(src, out)
-            os.replace(tmp, target)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-        sidecar = {"content_type": content_type, "metadata": dict(metadata)}
-        target.with_name(target.name + SIDECAR_SUFFIX).write_text(json.dumps(sidecar, sort_keys=True))
+        _write_atomically(target, data)
+        sidecar = {"content_type": content_type, "metadata": metadata}
+        _write_atomically(sidecar_of(target), json.dumps(sidecar, sort_keys=True).encode("utf-8"))
 
     def get(self, uri: str) -> bytes:
         return path_of(uri).read_bytes()
@@ -57,9 +74,11 @@ class LocalPublisher(Publisher):
     def exists(self, uri: str) -> bool:
         return path_of(uri).is_file()
 
-    def metadata(self, uri: str) -> dict[str, str]:
-        sidecar = path_of(uri)
-        sidecar = sidecar.with_name(sidecar.name + SIDECAR_SUFFIX)
-        if not sidecar.is_file():
-            return {}
-        return dict(json.loads(sidecar.read_text()).get("metadata", {}))
+    def head(self, uri: str) -> ObjectInfo:
+        path = path_of(uri)
+        size = path.stat().st_size  # FileNotFoundError when there is no object, as on S3
+        sidecar = sidecar_of(path)
+        stored = json.loads(sidecar.read_text("utf-8")) if sidecar.is_file() else {}
+        # A file written by something else has no sidecar: guess its type from the extension.
+        content_type = stored.get("content_type") or mimetypes.guess_type(path.name)[0] or "application/octet-stream"
+        return ObjectInfo(uri=uri, size=size, content_type=content_type, metadata=dict(stored.get("metadata", {})))

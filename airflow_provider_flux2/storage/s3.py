@@ -1,0 +1,161 @@
+"""``s3://bucket/prefix`` storage through boto3: AWS S3, MinIO or any S3-compatible store.
+
+Credentials come from an Airflow connection when ``aws_conn_id`` is given (login = access key id,
+password = secret access key; extras ``region_name``, ``endpoint_url``, ``aws_session_token``,
+``addressing_style``), otherwise from boto3's default chain (environment variables including
+``AWS_ENDPOINT_URL``, shared config and credentials files, instance or container roles).
+"""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+import boto3
+from boto3.s3.transfer import TransferConfig
+from botocore.config import Config
+from botocore.exceptions import ClientError
+
+from airflow_provider_flux2.storage.base import ObjectInfo, Publisher
+
+#: Objects above this size go through boto3's managed transfer, which splits them into parts of
+#: this size uploaded in parallel; below it one PUT is cheaper than the three calls of a multipart.
+MULTIPART_THRESHOLD = 8 * 1024 * 1024
+_NOT_FOUND = {"404", "NoSuchKey", "NotFound"}
+
+
+def split_s3_uri(uri: str) -> tuple[str, str]:
+    """``s3://bucket/a/b`` → ``("bucket", "a/b")``."""
+    parsed = urlparse(uri)
+    if parsed.scheme != "s3" or not parsed.netloc:
+        raise ValueError(f"not an s3:// URI: {uri!r} (expected s3://bucket/prefix)")
+    return parsed.netloc, parsed.path.lstrip("/")
+
+
+def client_kwargs_from_connection(login: str | None, password: str | None, extra: dict[str, Any]) -> dict[str, Any]:
+    """boto3 client arguments from an Airflow AWS connection's fields; absent fields are left to boto3.
+
+    :param login: the access key id.
+    :param password: the secret access key.
+    :param extra: the connection's extras (``region_name``, ``endpoint_url``, ``aws_session_token``,
+        ``addressing_style``).
+    """
+    kwargs: dict[str, Any] = {}
+    if login:
+        kwargs["aws_access_key_id"] = login
+        kwargs["aws_secret_access_key"] = password
+        if extra.get("aws_session_token"):
+            kwargs["aws_session_token"] = extra["aws_session_token"]
+    if extra.get("region_name"):
+        kwargs["region_name"] = extra["region_name"]
+    if extra.get("endpoint_url"):
+        kwargs["endpoint_url"] = extra["endpoint_url"]
+    # MinIO and most S3-compatible stores only answer path-style requests unless told otherwise.
+    style = extra.get("addressing_style") or ("path" if extra.get("endpoint_url") else None)
+    kwargs["config"] = _client_config(style)
+    return kwargs
+
+
+def _client_config(addressing_style: str | None = None) -> Config:
+    # "standard" retries back off on throttling and 5xx for every call, including multipart parts.
+    s3: Any = {"addressing_style": addressing_style} if addressing_style else None
+    return Config(s3=s3, retries={"mode": "standard"})
+
+
+class S3Publisher(Publisher):
+    """Writes under ``s3://bucket/prefix``.
+
+    :param base_uri: ``s3://bucket`` or ``s3://bucket/prefix``.
+    :param aws_conn_id: an Airflow connection to take credentials and endpoint from; ``None`` uses
+        boto3's default chain.
+    :param multipart_threshold: objects larger than this many bytes are uploaded in parts.
+    """
+
+    scheme = "s3"
+
+    def __init__(
+        self, base_uri: str, aws_conn_id: str | None = None, *, multipart_threshold: int = MULTIPART_THRESHOLD
+    ) -> None:
+        split_s3_uri(base_uri)  # fail at construction on a malformed destination, not at the first upload
+        super().__init__(base_uri)
+        self.aws_conn_id = aws_conn_id
+        self.multipart_threshold = multipart_threshold
+        self._transfer = TransferConfig(
+            multipart_threshold=multipart_threshold, multipart_chunksize=multipart_threshold, max_concurrency=4
+        )
+        self._client: Any = None
+
+    @property
+    def client(self) -> Any:
+        """The boto3 S3 client, made on first use (so a DAG file can build a publisher without credentials)."""
+        if self._client is None:
+            self._client = self._make_client()
+        return self._client
+
+    def _make_client(self) -> Any:
+        if self.aws_conn_id is None:
+            return boto3.session.Session().client("s3", config=_client_config())
+        from airflow.sdk import BaseHook
+
+        conn = BaseHook.get_connection(self.aws_conn_id)
+        kwargs = client_kwargs_from_connection(conn.login, conn.password, conn.extra_dejson)
+        return boto3.session.Session().client("s3", **kwargs)
+
+    def _put(self, uri: str, data: bytes | Path, content_type: str, metadata: dict[str, str]) -> None:
+        bucket, key = split_s3_uri(uri)
+        extra = {"ContentType": content_type, "Metadata": metadata}
+        if isinstance(data, bytes):
+            if len(data) <= self.multipart_threshold:
+                self.client.put_object(Bucket=bucket, Key=key, Body=data, **extra)
+            else:
+                # BytesIO shares the bytes object's buffer until written to, so this is not a copy.
+                self.client.upload_fileobj(io.BytesIO(data), bucket, key, ExtraArgs=extra, Config=self._transfer)
+            return
+        path = Path(data)
+        if path.stat().st_size <= self.multipart_threshold:
+            with open(path, "rb") as body:
+                self.client.put_object(Bucket=bucket, Key=key, Body=body, **extra)
+        else:
+            # The managed transfer reads parts straight from the file, in parallel, without
+            # loading the whole image into memory.
+            self.client.upload_file(str(path), bucket, key, ExtraArgs=extra, Config=self._transfer)
+
+    def get(self, uri: str) -> bytes:
+        bucket, key = split_s3_uri(uri)
+        try:
+            response = self.client.get_object(Bucket=bucket, Key=key)
+        except ClientError as exc:
+            raise _not_found_or(exc, uri) from exc
+        return response["Body"].read()
+
+    def exists(self, uri: str) -> bool:
+        try:
+            self.head(uri)
+        except FileNotFoundError:
+            return False
+        return True
+
+    def head(self, uri: str) -> ObjectInfo:
+        bucket, key = split_s3_uri(uri)
+        try:
+            response = self.client.head_object(Bucket=bucket, Key=key)
+        except ClientError as exc:
+            raise _not_found_or(exc, uri) from exc
+        return ObjectInfo(
+            uri=uri,
+            size=int(response["ContentLength"]),
+            content_type=response.get("ContentType", "binary/octet-stream"),
+            metadata=dict(response.get("Metadata", {})),
+            etag=response.get("ETag"),
+        )
+
+
+def _not_found_or(exc: ClientError, uri: str) -> Exception:
+    # A missing object is FileNotFoundError on both stores; anything else (access denied, a missing
+    # bucket, throttling) stays boto3's error, which names the cause.
+    code = str(exc.response.get("Error", {}).get("Code", ""))
+    if code in _NOT_FOUND:
+        return FileNotFoundError(f"No object at {uri}")
+    return exc
