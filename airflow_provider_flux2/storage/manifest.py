@@ -1,0 +1,219 @@
+"""The batch manifest: ``manifest.json`` and ``manifest.csv`` beside the images.
+
+One row per image — every :class:`~airflow_provider_flux2.models.ImageRecord` field, its check
+verdicts, its final URI and what it was billed — and a summary whose money is the exact ``Decimal``
+sum of the rows.
+
+The cost rule: every image counts at its ``cost_usd`` — what the generate step recorded as billed
+(the API's cost for a run that succeeded, ``0`` for one the API did not bill) — except records whose
+run ``failed`` or is still ``pending``, which count 0 whatever they carry, because the API never
+bills a failed run and a pending one has no final figure. So an image dropped by a quality check,
+or superseded by a regeneration, was paid for and stays in the total (``dropped_cost_usd`` says how
+much of the total bought images that were not delivered); so does a run that succeeded but was
+moderated or skipped for its NSFW flag.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from collections import Counter
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from decimal import Decimal
+from typing import Any
+
+from airflow_provider_flux2.exceptions import FluxValidationError
+from airflow_provider_flux2.models import ImageRecord, resolve_variant
+from airflow_provider_flux2.pricing import PriceTable, usd
+from airflow_provider_flux2.storage.base import BatchLocation, Publisher
+
+MANIFEST_JSON = "manifest.json"
+MANIFEST_CSV = "manifest.csv"
+MANIFEST_VERSION = 1
+COST_RULE = (
+    "Each image counts at its cost_usd (what the API billed), dropped, moderated and skipped images included: "
+    "they were paid for. Failed and pending runs count 0: the API does not bill a failed run."
+)
+#: Statuses whose runs the API has not billed (or not yet), whatever ``cost_usd`` says.
+UNBILLED_STATUSES = frozenset({"failed", "pending"})
+# Spreadsheets run a cell that starts with one of these as a formula; prompts are user text.
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def billed_cost(record: ImageRecord) -> Decimal:
+    """What this image cost under the module's cost rule."""
+    return Decimal("0") if record.status in UNBILLED_STATUSES else Decimal(record.cost_usd)
+
+
+def is_billed(record: ImageRecord) -> bool:
+    """Whether this image cost anything."""
+    return billed_cost(record) > 0
+
+
+def outcome_of(record: ImageRecord) -> str:
+    """``passed``, ``failed_checks`` (succeeded but failed a check), or the record's status."""
+    if record.status == "succeeded":
+        return "failed_checks" if any(not v.passed for v in record.checks) else "passed"
+    return record.status
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """A batch's rows and summary, ready to be written as JSON and CSV."""
+
+    rows: list[dict[str, Any]]
+    summary: dict[str, Any]
+    context: dict[str, Any] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"version": MANIFEST_VERSION, **self.context, "summary": self.summary, "images": self.rows}
+
+    def to_json(self) -> bytes:
+        return json.dumps(self.as_dict(), indent=2, ensure_ascii=False).encode("utf-8")
+
+    def to_csv(self) -> bytes:
+        flat = [_flatten(row) for row in self.rows]
+        columns = _columns(flat)
+        out = io.StringIO()
+        writer = csv.DictWriter(out, fieldnames=columns, extrasaction="raise", lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(flat)
+        return out.getvalue().encode("utf-8")
+
+
+def build_manifest(
+    records: Iterable[ImageRecord | Mapping[str, Any]],
+    prices: PriceTable | Mapping[str, Any] | None = None,
+    *,
+    generated_at: datetime | None = None,
+    context: Mapping[str, Any] | None = None,
+) -> Manifest:
+    """Rows and summary of a batch.
+
+    :param records: every image of the batch, superseded and dropped ones included (they were paid for).
+    :param prices: the table the batch was priced with (default: :class:`PriceTable` defaults), or its
+        ``as_dict()``; the summary lists the prices of the models in the batch.
+    :param generated_at: when the manifest is made (default: now, UTC).
+    :param context: extra top-level fields, e.g. ``{"dag_id": ..., "run_id": ..., "checks": [...]}``.
+    """
+    batch = sorted(
+        (r if isinstance(r, ImageRecord) else ImageRecord.model_validate(r) for r in records),
+        key=lambda r: (r.index, r.attempt),
+    )
+    rows = [_row(record) for record in batch]
+    summary = _summary(batch, rows, _prices_dict(prices), generated_at or datetime.now(timezone.utc))
+    return Manifest(rows=rows, summary=summary, context=dict(context or {}))
+
+
+def _row(record: ImageRecord) -> dict[str, Any]:
+    row = record.to_xcom()
+    failed = [v.check for v in record.checks if not v.passed]
+    row.update(
+        outcome=outcome_of(record),
+        checks_passed=(not failed) if record.checks else None,
+        failed_checks=failed,
+        billed=is_billed(record),
+        billed_cost_usd=usd(billed_cost(record)),
+    )
+    return row
+
+
+def _summary(
+    batch: list[ImageRecord], rows: list[dict[str, Any]], prices: dict[str, Any], generated_at: datetime
+) -> dict[str, Any]:
+    outcomes = Counter(row["outcome"] for row in rows)
+    billed = [r for r in batch if is_billed(r)]
+    models = sorted({r.model for r in batch})
+    return {
+        "generated_at": generated_at.isoformat(),
+        "count": len(rows),
+        "passed": outcomes["passed"],
+        "failed": outcomes["failed_checks"] + outcomes["failed"] + outcomes["moderated"],
+        "dropped": outcomes["dropped"],
+        "regenerated": sum(1 for r in batch if r.attempt > 1),
+        "outcomes": dict(sorted(outcomes.items())),
+        "billed": len(billed),
+        "total_billed_mp": sum(r.billed_mp for r in billed),
+        # Summed from the rows' own strings, so the total is the rows' sum by construction.
+        "total_cost_usd": usd(sum((Decimal(row["billed_cost_usd"]) for row in rows), Decimal("0"))),
+        "dropped_cost_usd": usd(sum((billed_cost(r) for r in batch if r.status == "dropped"), Decimal("0"))),
+        "estimated_cost_usd": usd(sum((Decimal(r.estimated_cost_usd) for r in batch), Decimal("0"))),
+        "models": models,
+        "prices": {model: prices[model] for model in (_model_id(m) for m in models) if model in prices},
+        "cost_rule": COST_RULE,
+    }
+
+
+def _model_id(model: str) -> str:
+    try:
+        return resolve_variant(model).model_id
+    except FluxValidationError:
+        return model  # a model the table does not know: listed without a price
+
+
+def _prices_dict(prices: PriceTable | Mapping[str, Any] | None) -> dict[str, Any]:
+    if prices is None:
+        return PriceTable().as_dict()
+    if isinstance(prices, PriceTable):
+        return prices.as_dict()
+    return dict(prices)
+
+
+# --------------------------------------------------------------------------------------------------
+# CSV flattening
+# --------------------------------------------------------------------------------------------------
+
+
+def _flatten(row: Mapping[str, Any]) -> dict[str, str]:
+    """One CSV line: scalars as text, nested fields as JSON, checks as three columns per check."""
+    flat: dict[str, str] = {}
+    for key, value in row.items():
+        if key == "checks":
+            continue
+        if key == "timings":
+            flat.update({f"timings.{name}": _cell(v) for name, v in value.items()})
+        elif key == "failed_checks":
+            flat[key] = ";".join(value)
+        else:
+            flat[key] = _cell(value)
+    for verdict in row.get("checks", []):
+        name = verdict["check"]
+        flat[f"check.{name}"] = "pass" if verdict["passed"] else "fail"
+        flat[f"check.{name}.reason"] = _cell(verdict["reason"])
+        flat[f"check.{name}.value"] = "" if verdict["value"] is None else json.dumps(verdict["value"])
+    return flat
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (dict, list)):
+        return json.dumps(value, ensure_ascii=False, sort_keys=True)
+    text = str(value)
+    if isinstance(value, str) and text.startswith(_FORMULA_START):
+        return "'" + text  # shown as text by spreadsheets, never evaluated
+    return text
+
+
+def _columns(rows: list[dict[str, str]]) -> list[str]:
+    """Record fields first, then ``timings.*``, then ``check.*``; each group in order of first appearance."""
+    columns: dict[str, None] = {}
+    for row in rows:
+        columns.update(dict.fromkeys(row))
+
+    def group(column: str) -> int:
+        return 2 if column.startswith("check.") else 1 if column.startswith("timings.") else 0
+
+    return sorted(columns, key=group)  # sorted() is stable: first-appearance order holds within a group
+
+
+def write_manifest(publisher: Publisher, location: BatchLocation, manifest: Manifest) -> tuple[str, str]:
+    """Write ``manifest.json`` and ``manifest.csv`` into the batch folder; return their URIs."""
+    json_uri = publisher.put_named(location, MANIFEST_JSON, manifest.to_json(), "application/json")
+    csv_uri = publisher.put_named(location, MANIFEST_CSV, manifest.to_csv(), "text/csv; charset=utf-8")
+    return json_uri, csv_uri
