@@ -42,6 +42,7 @@ from airflow_provider_flux2.emulator.state import (
     RunRecord,
     RunSpec,
     StoredResponse,
+    iso,
 )
 from airflow_provider_flux2.emulator.wire import (
     batch_items_entry,
@@ -604,6 +605,7 @@ class EmulatorApp:
                         "error": problem,
                         "delivered": delivered,
                         "request_id": headers["Runflow-Request-Id"],
+                        "at": iso(self.state.clock()),
                     }
                 )
                 if delivered or attempt == config.callback_max_attempts:
