@@ -1,0 +1,287 @@
+"""The gallery: ``index.html`` (a contact sheet people can open) and ``contact_sheet.png`` beside the manifest.
+
+The page is self-contained: inline CSS, no script, no font or image from the network (a
+Content-Security-Policy says so to the browser), thumbnails linked relatively from ``thumbs/``. Every
+user-supplied string — prompts first — is HTML-escaped.
+"""
+
+from __future__ import annotations
+
+import html
+import io
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from PIL import Image, ImageDraw, ImageFont
+
+from airflow_provider_flux2.quality.decoding import decode_image
+from airflow_provider_flux2.storage.manifest import MANIFEST_CSV, MANIFEST_JSON, Manifest
+
+GALLERY_HTML = "index.html"
+CONTACT_SHEET_PNG = "contact_sheet.png"
+THUMBS_DIR = "thumbs"
+THUMB_SIDE = 320
+#: A PNG contact sheet of thousands of images would be too large to look at; past this it says how many are left out.
+SHEET_MAX_IMAGES = 100
+
+_BADGES = {
+    "passed": ("PASSED", "passed"),
+    "failed_checks": ("FAILED CHECKS", "failed"),
+    "failed": ("FAILED", "failed"),
+    "moderated": ("MODERATED", "failed"),
+    "dropped": ("DROPPED", "failed dropped"),
+    "skipped": ("SKIPPED", "neutral"),
+    "pending": ("PENDING", "neutral"),
+}
+_FRAME = {"passed": (46, 160, 67), "failed": (207, 34, 46), "neutral": (140, 140, 140)}
+
+
+@dataclass(frozen=True)
+class Card:
+    """One image on the contact sheet.
+
+    :param row: the image's manifest row.
+    :param thumb: the thumbnail's path relative to the gallery (``None``: no image to show).
+    :param thumb_size: the thumbnail's width and height in pixels.
+    :param link: the full image's path relative to the gallery, when it lives under it.
+    """
+
+    row: Mapping[str, Any]
+    thumb: str | None = None
+    thumb_size: tuple[int, int] | None = None
+    link: str | None = None
+
+
+def thumbnail_jpeg(data: bytes | None, side: int = THUMB_SIDE) -> tuple[bytes, tuple[int, int]] | None:
+    """A small JPEG of an image (longest side ``side``), and its size; ``None`` if the bytes do not decode."""
+    decoded = decode_image(data)
+    if decoded.image is None:
+        return None
+    image = decoded.image.convert("RGB")
+    image.thumbnail((side, side), Image.Resampling.LANCZOS, reducing_gap=3.0)
+    out = io.BytesIO()
+    image.save(out, "JPEG", quality=82, optimize=True)
+    return out.getvalue(), image.size
+
+
+def thumb_name(row: Mapping[str, Any]) -> str:
+    """``thumbs/<image file stem>.jpg``: unique per stored image, stable across re-runs."""
+    uri = row.get("uri")
+    stem = uri.rsplit("/", 1)[-1].rsplit(".", 1)[0] if uri else f"{row['index']:05d}-attempt{row['attempt']}"
+    return f"{THUMBS_DIR}/{stem}.jpg"
+
+
+def relative_link(folder_uri: str, uri: str | None) -> str | None:
+    """``uri`` relative to ``folder_uri`` when it is inside it, else ``None`` (no absolute links in the page)."""
+    if uri and uri.startswith(folder_uri.rstrip("/") + "/"):
+        return uri[len(folder_uri.rstrip("/")) + 1 :]
+    return None
+
+
+# --------------------------------------------------------------------------------------------------
+# HTML
+# --------------------------------------------------------------------------------------------------
+
+_CSS = """
+*{box-sizing:border-box}
+body{margin:0;padding:24px;color:#1f2328;background:#f6f8fa;
+  font:14px/1.45 system-ui,-apple-system,"Segoe UI",Roboto,sans-serif}
+h1{font-size:20px;margin:0 0 12px}
+.summary{display:flex;flex-wrap:wrap;gap:8px 24px;margin:0 0 12px;padding:12px 16px;
+  background:#fff;border:1px solid #d0d7de;border-radius:8px}
+.summary div{display:flex;flex-direction:column}
+.summary dt{font-size:12px;color:#57606a}.summary dd{margin:0;font-weight:600}
+.files a{margin-right:16px}
+.grid{display:grid;grid-template-columns:repeat(auto-fill,minmax(280px,1fr));gap:16px;margin-top:16px}
+.card{margin:0;background:#fff;border:3px solid #d0d7de;border-radius:8px;overflow:hidden;position:relative}
+.card.passed{border-color:#2ea043}.card.failed{border-color:#cf222e}.card.dropped{opacity:.8}
+.thumb{display:flex;align-items:center;justify-content:center;height:240px;background:#eaeef2}
+.thumb img{max-width:100%;max-height:240px;display:block}
+.noimage{color:#57606a}
+.badge{position:absolute;top:8px;left:8px;padding:2px 8px;border-radius:4px;
+  font-size:12px;font-weight:700;color:#fff;background:#57606a}
+.passed .badge{background:#2ea043}.failed .badge{background:#cf222e}
+figcaption{padding:10px 12px}
+.prompt{margin:0 0 8px;white-space:pre-wrap;overflow-wrap:anywhere}
+.facts{display:grid;grid-template-columns:auto 1fr;gap:0 8px;margin:0 0 8px;font-size:13px}
+.facts dt{color:#57606a}.facts dd{margin:0}
+.checks{list-style:none;margin:0;padding:0;font-size:13px}
+.checks li{padding:1px 0}.checks .pass{color:#1a7f37}.checks .fail{color:#cf222e;font-weight:600}
+"""
+_CSP = "default-src 'none'; img-src 'self' file: data:; style-src 'unsafe-inline'; base-uri 'none'; form-action 'none'"
+
+
+def _e(value: Any) -> str:
+    return html.escape("" if value is None else str(value), quote=True)
+
+
+def render_gallery(manifest: Manifest, cards: Sequence[Card], title: str = "FLUX 2 batch") -> str:
+    """The ``index.html`` page: the batch summary, then one card per image."""
+    parts = [
+        "<!doctype html>",
+        '<html lang="en"><head><meta charset="utf-8">',
+        f'<meta http-equiv="Content-Security-Policy" content="{_CSP}">',
+        '<meta name="viewport" content="width=device-width, initial-scale=1">',
+        f"<title>{_e(title)}</title><style>{_CSS}</style></head><body>",
+        f"<header><h1>{_e(title)}</h1>{_summary_html(manifest.summary)}",
+        f'<p class="files"><a href="{MANIFEST_JSON}">{MANIFEST_JSON}</a><a href="{MANIFEST_CSV}">{MANIFEST_CSV}</a>'
+        f'<a href="{CONTACT_SHEET_PNG}">{CONTACT_SHEET_PNG}</a></p></header>',
+        '<main class="grid">',
+        *(_card_html(card) for card in cards),
+        "</main></body></html>",
+    ]
+    return "\n".join(parts) + "\n"
+
+
+def _summary_html(summary: Mapping[str, Any]) -> str:
+    facts = [
+        ("Images", summary["count"]),
+        ("Passed", summary["passed"]),
+        ("Failed", summary["failed"]),
+        ("Dropped", summary["dropped"]),
+        ("Regenerated", summary["regenerated"]),
+        ("Billed MP", summary["total_billed_mp"]),
+        ("Total cost", f"${summary['total_cost_usd']}"),
+        ("Spent on dropped", f"${summary['dropped_cost_usd']}"),
+        ("Models", ", ".join(summary["models"])),
+        ("Generated", summary["generated_at"]),
+    ]
+    items = "".join(f"<div><dt>{_e(k)}</dt><dd>{_e(v)}</dd></div>" for k, v in facts)
+    return f'<dl class="summary" id="summary">{items}</dl>'
+
+
+def _card_html(card: Card) -> str:
+    row = card.row
+    label, css = _BADGES.get(row["outcome"], (row["outcome"].upper(), "neutral"))
+    return (
+        f'<figure class="card {css}" data-index="{_e(row["index"])}" data-outcome="{_e(row["outcome"])}">'
+        f'<span class="badge">{_e(label)}</span>{_thumb_html(card)}'
+        f'<figcaption><p class="prompt">{_e(row["prompt"])}</p>{_facts_html(row)}{_checks_html(row)}</figcaption>'
+        "</figure>"
+    )
+
+
+def _thumb_html(card: Card) -> str:
+    if card.thumb is None:
+        return '<div class="thumb"><span class="noimage">no image</span></div>'
+    size = f' width="{card.thumb_size[0]}" height="{card.thumb_size[1]}"' if card.thumb_size else ""
+    img = f'<img src="{_e(card.thumb)}" alt="image {_e(card.row["index"])}"{size}>'
+    if card.link:
+        img = f'<a href="{_e(card.link)}">{img}</a>'
+    return f'<div class="thumb">{img}</div>'
+
+
+def _facts_html(row: Mapping[str, Any]) -> str:
+    facts = [
+        ("Index", row["index"]),
+        ("Seed", "—" if row["seed"] is None else row["seed"]),
+        ("Size", f"{row['width']}×{row['height']} ({row['output_format']})"),
+        ("Cost", f"${row['billed_cost_usd']} ({row['billed_mp']} MP)"),
+        ("Attempt", row["attempt"]),
+        ("Model", row["model"]),
+    ]
+    if row.get("failure_message"):
+        facts.append(("Why", row["failure_message"]))
+    if not row.get("uri"):
+        facts.append(("Stored", "—"))
+    items = "".join(f"<dt>{_e(k)}</dt><dd>{_e(v)}</dd>" for k, v in facts)
+    return f'<dl class="facts">{items}</dl>'
+
+
+def _checks_html(row: Mapping[str, Any]) -> str:
+    if not row["checks"]:
+        return '<ul class="checks"><li>not checked</li></ul>'
+    items = "".join(
+        f'<li class="{"pass" if v["passed"] else "fail"}">{"✓" if v["passed"] else "✗"} '
+        f"{_e(v['check'])}: {_e(v['reason'])}</li>"
+        for v in row["checks"]
+    )
+    return f'<ul class="checks">{items}</ul>'
+
+
+# --------------------------------------------------------------------------------------------------
+# PNG contact sheet
+# --------------------------------------------------------------------------------------------------
+
+
+def contact_sheet_png(
+    manifest: Manifest, thumbs: Sequence[bytes | None], *, title: str = "FLUX 2 batch", columns: int = 5
+) -> bytes:
+    """A PNG grid of the thumbnails (``thumbs[i]`` is row ``i``'s JPEG), each framed green or red and captioned."""
+    cell, caption, pad = 200, 62, 12
+    shown = list(zip(manifest.rows, thumbs, strict=True))[:SHEET_MAX_IMAGES]
+    cols = max(1, min(columns, len(shown)))
+    rows = max(1, -(-len(shown) // cols))
+    header = 56
+    sheet = Image.new("RGB", (pad + cols * (cell + pad), header + rows * (cell + caption + pad)), "white")
+    draw = ImageDraw.Draw(sheet)
+    font = ImageFont.load_default(size=13)
+    draw.text((pad, 8), title, fill="black", font=ImageFont.load_default(size=18))
+    draw.text((pad, 32), _summary_line(manifest, len(shown)), fill=(87, 96, 106), font=font)
+    for i, (row, thumb) in enumerate(shown):
+        x = pad + (i % cols) * (cell + pad)
+        y = header + (i // cols) * (cell + caption + pad)
+        _draw_cell(sheet, draw, font, (x, y, cell), row, thumb)
+    out = io.BytesIO()
+    sheet.save(out, "PNG", optimize=True)
+    return out.getvalue()
+
+
+def _summary_line(manifest: Manifest, shown: int) -> str:
+    s = manifest.summary
+    line = (
+        f"{s['count']} images · passed {s['passed']} · failed {s['failed']} · dropped {s['dropped']} · "
+        f"regenerated {s['regenerated']} · {s['total_billed_mp']} MP · ${s['total_cost_usd']}"
+    )
+    return line if shown == s["count"] else f"{line} · first {shown} shown"
+
+
+def _draw_cell(
+    sheet: Image.Image,
+    draw: ImageDraw.ImageDraw,
+    font: ImageFont.ImageFont | ImageFont.FreeTypeFont,
+    box: tuple[int, int, int],
+    row: Mapping[str, Any],
+    thumb: bytes | None,
+) -> None:
+    x, y, cell = box
+    css = _BADGES.get(row["outcome"], ("", "neutral"))[1].split()[0]
+    draw.rectangle((x, y, x + cell - 1, y + cell - 1), fill=(234, 238, 242))
+    if thumb is not None:
+        with Image.open(io.BytesIO(thumb)) as image:
+            image.thumbnail((cell - 8, cell - 8))
+            sheet.paste(image, (x + (cell - image.width) // 2, y + (cell - image.height) // 2))
+    else:
+        draw.text((x + 8, y + cell // 2 - 8), "no image", fill=(87, 96, 106), font=font)
+    draw.rectangle((x, y, x + cell - 1, y + cell - 1), outline=_FRAME[css], width=4)
+    label = "PASS" if row["outcome"] == "passed" else _BADGES.get(row["outcome"], (row["outcome"].upper(), ""))[0]
+    failed = ", ".join(row["failed_checks"])
+    seed = "—" if row["seed"] is None else row["seed"]
+    lines: list[tuple[str, str | tuple[int, int, int]]] = [
+        (f"#{row['index']} seed {seed} · ${row['billed_cost_usd']}", "black"),
+        (f"{label}: {failed}" if failed else label, _FRAME[css]),
+        (" ".join(str(row["prompt"]).split()), (87, 96, 106)),
+    ]
+    for n, (text, colour) in enumerate(lines):
+        draw.text((x, y + cell + 4 + n * 18), _fit(draw, font, text, cell), fill=colour, font=font)
+
+
+def _fit(draw: ImageDraw.ImageDraw, font: Any, text: str, width: int) -> str:
+    """``text`` cut with an ellipsis so it fits ``width`` pixels."""
+    if draw.textlength(text, font=font) <= width:
+        return text
+    while text and draw.textlength(text + "…", font=font) > width:
+        text = text[:-1]
+    return text + "…"
+
+
+def __getattr__(name: str) -> Any:
+    # ``write_batch_report`` lives in :mod:`.report` (it writes the manifest too); it is importable
+    # from here as well because the generate operator imports it from this module. Lazy, because
+    # report imports this module.
+    if name == "write_batch_report":
+        from airflow_provider_flux2.storage.report import write_batch_report
+
+        return write_batch_report
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,0 +1,85 @@
+"""Publish a checked batch: copy each passing image to its deterministic key with its object metadata."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Iterable, Mapping
+from datetime import datetime, timezone
+from typing import Any
+
+from airflow_provider_flux2.models import ImageRecord
+from airflow_provider_flux2.storage.base import CONTENT_TYPES, BatchLocation, Publisher, content_hash, image_name
+
+
+def object_metadata(record: ImageRecord) -> dict[str, str]:
+    """The metadata stored with an image object: enough to trace and price it without the manifest.
+
+    The prompt itself is not stored (S3 allows 2 KB of metadata, and prompts may be private); its
+    SHA-256 is, so an object can be matched to its manifest row.
+    """
+    values: dict[str, Any] = {
+        "prompt-sha256": hashlib.sha256(record.prompt.encode("utf-8")).hexdigest(),
+        "seed": record.seed,
+        "model": record.model,
+        "billed-mp": record.billed_mp,
+        "cost-usd": record.cost_usd,
+        "index": record.index,
+        "attempt": record.attempt,
+        "run-id": record.run_id,
+    }
+    return {key: str(value) for key, value in values.items() if value is not None}
+
+
+def content_type_of(record: ImageRecord) -> str:
+    """The record's content type, or the one its ``output_format`` implies."""
+    return record.content_type or CONTENT_TYPES.get(record.output_format.lower(), "application/octet-stream")
+
+
+def is_publishable(record: ImageRecord) -> bool:
+    """A succeeded image with a stored source that failed none of its checks."""
+    return record.status == "succeeded" and bool(record.uri) and all(v.passed for v in record.checks)
+
+
+def publish_records(
+    records: Iterable[ImageRecord | Mapping[str, Any]],
+    publisher: Publisher,
+    location: BatchLocation,
+    *,
+    reader: Callable[[str], bytes],
+) -> list[ImageRecord]:
+    """Copy every publishable image to ``publisher`` under ``location``; return the batch with final URIs.
+
+    Images that are not publishable (failed, dropped, failing a check) keep their record unchanged,
+    so the manifest written after this still shows where they were. An image already at its
+    destination key is not copied again.
+
+    :param reader: reads an image's bytes from its current URI (e.g. the staging publisher's ``get``).
+    """
+    batch = [r if isinstance(r, ImageRecord) else ImageRecord.model_validate(r) for r in records]
+    return [_publish(record, publisher, location, reader) if is_publishable(record) else record for record in batch]
+
+
+def _publish(
+    record: ImageRecord, publisher: Publisher, location: BatchLocation, reader: Callable[[str], bytes]
+) -> ImageRecord:
+    assert record.uri is not None
+    ctype = content_type_of(record)
+    # Already written to this very key (the generate step stored straight to the destination):
+    # nothing to read, nothing to copy.
+    if record.content_hash and record.uri == publisher.uri_for(
+        location, image_name(record.index, record.content_hash, ctype)
+    ):
+        return record
+    data = reader(record.uri)
+    digest = content_hash(data)
+    uri = publisher.put_image(location, record.index, data, ctype, object_metadata(record), digest)
+    stored_at = datetime.now(timezone.utc).isoformat()
+    return record.model_copy(
+        update={
+            "uri": uri,
+            "content_hash": digest,
+            "content_type": ctype,
+            "size_bytes": len(data),
+            "timings": record.timings.model_copy(update={"stored_at": stored_at}),
+        }
+    )

@@ -1,0 +1,100 @@
+"""Write a batch's report beside its images: the manifest (JSON and CSV), the gallery and the PNG contact sheet."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+from datetime import datetime
+from typing import Any
+
+from airflow_provider_flux2.models import ImageRecord
+from airflow_provider_flux2.pricing import PriceTable
+from airflow_provider_flux2.storage.base import BatchLocation, Publisher
+from airflow_provider_flux2.storage.gallery import (
+    CONTACT_SHEET_PNG,
+    GALLERY_HTML,
+    Card,
+    contact_sheet_png,
+    relative_link,
+    render_gallery,
+    thumb_name,
+    thumbnail_jpeg,
+)
+from airflow_provider_flux2.storage.manifest import Manifest, build_manifest, write_manifest
+
+
+def write_batch_report(
+    publisher: Publisher,
+    location: BatchLocation,
+    records: Iterable[ImageRecord | Mapping[str, Any]],
+    prices: PriceTable | Mapping[str, Any] | None = None,
+    *,
+    reader: Callable[[str], bytes] | None = None,
+    title: str | None = None,
+    generated_at: datetime | None = None,
+    context: Mapping[str, Any] | None = None,
+) -> dict[str, str]:
+    """Write ``manifest.json``, ``manifest.csv``, ``index.html`` (with ``thumbs/``) and ``contact_sheet.png``.
+
+    The manifest is written first: it is the audit record, and it must exist even if an image
+    cannot be read back for its thumbnail.
+
+    :param publisher: where the batch folder is.
+    :param location: the batch folder (dag, run, task, map index).
+    :param records: every image of the batch (dropped and superseded ones included: they were paid for).
+    :param prices: the price table used (default: the built-in table).
+    :param reader: reads an image's bytes from its URI for the thumbnails (default: ``publisher.get``).
+    :param title: the gallery's heading (default: ``dag / run / task``).
+    :param generated_at: when the report is made (default: now).
+    :param context: extra top-level manifest fields (e.g. the checks applied).
+    :return: ``{"manifest_uri", "manifest_csv_uri", "gallery_uri", "contact_sheet_uri"}``.
+    """
+    title = title or " / ".join(location.parts())
+    base_context = {
+        "dag_id": location.dag_id,
+        "run_id": location.run_id,
+        "task_id": location.task_id,
+        "map_index": location.map_index,
+        "folder_uri": publisher.folder_uri(location),
+    }
+    manifest = build_manifest(records, prices, generated_at=generated_at, context={**base_context, **(context or {})})
+    manifest_uri, manifest_csv_uri = write_manifest(publisher, location, manifest)
+    cards, thumbs = _write_thumbnails(publisher, location, manifest, reader or publisher.get)
+    page = render_gallery(manifest, cards, title).encode("utf-8")
+    gallery_uri = publisher.put_named(location, GALLERY_HTML, page, "text/html; charset=utf-8")
+    sheet = contact_sheet_png(manifest, thumbs, title=title)
+    contact_sheet_uri = publisher.put_named(location, CONTACT_SHEET_PNG, sheet, "image/png")
+    return {
+        "manifest_uri": manifest_uri,
+        "manifest_csv_uri": manifest_csv_uri,
+        "gallery_uri": gallery_uri,
+        "contact_sheet_uri": contact_sheet_uri,
+    }
+
+
+def _write_thumbnails(
+    publisher: Publisher, location: BatchLocation, manifest: Manifest, reader: Callable[[str], bytes]
+) -> tuple[list[Card], list[bytes | None]]:
+    folder = publisher.folder_uri(location)
+    cards: list[Card] = []
+    thumbs: list[bytes | None] = []
+    for row in manifest.rows:
+        made = thumbnail_jpeg(_read(reader, row.get("uri")))
+        if made is None:
+            cards.append(Card(row))
+            thumbs.append(None)
+            continue
+        data, size = made
+        name = thumb_name(row)
+        publisher.put_named(location, name, data, "image/jpeg")
+        cards.append(Card(row, thumb=name, thumb_size=size, link=relative_link(folder, row.get("uri"))))
+        thumbs.append(data)
+    return cards, thumbs
+
+
+def _read(reader: Callable[[str], bytes], uri: str | None) -> bytes | None:
+    if not uri:
+        return None
+    try:
+        return reader(uri)
+    except FileNotFoundError:
+        return None  # shown as "no image"; the manifest row still says where it should have been
