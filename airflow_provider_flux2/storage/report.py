@@ -8,6 +8,7 @@ from typing import Any
 
 from airflow_provider_flux2.models import ImageRecord
 from airflow_provider_flux2.pricing import PriceTable
+from airflow_provider_flux2.storage import uri_reader
 from airflow_provider_flux2.storage.base import BatchLocation, Publisher
 from airflow_provider_flux2.storage.gallery import (
     CONTACT_SHEET_PNG,
@@ -42,7 +43,9 @@ def write_batch_report(
     :param location: the batch folder (dag, run, task, map index).
     :param records: every image of the batch (dropped and superseded ones included: they were paid for).
     :param prices: the price table used (default: the built-in table).
-    :param reader: reads an image's bytes from its URI for the thumbnails (default: ``publisher.get``).
+    :param reader: reads an image's bytes from its URI for the thumbnails (default: ``publisher.get`` for
+        images under the publisher, :func:`~airflow_provider_flux2.storage.uri_reader` for others, e.g.
+        dropped images left in staging).
     :param title: the gallery's heading (default: ``dag / run / task``).
     :param generated_at: when the report is made (default: now).
     :param context: extra top-level manifest fields (e.g. the checks applied).
@@ -58,7 +61,7 @@ def write_batch_report(
     }
     manifest = build_manifest(records, prices, generated_at=generated_at, context={**base_context, **(context or {})})
     manifest_uri, manifest_csv_uri = write_manifest(publisher, location, manifest)
-    cards, thumbs = _write_thumbnails(publisher, location, manifest, reader or publisher.get)
+    cards, thumbs = _write_thumbnails(publisher, location, manifest, reader or _reader_for(publisher))
     page = render_gallery(manifest, cards, title).encode("utf-8")
     gallery_uri = publisher.put_named(location, GALLERY_HTML, page, "text/html; charset=utf-8")
     sheet = contact_sheet_png(manifest, thumbs, title=title)
@@ -89,6 +92,15 @@ def _write_thumbnails(
         cards.append(Card(row, thumb=name, thumb_size=size, link=relative_link(folder, row.get("uri"))))
         thumbs.append(data)
     return cards, thumbs
+
+
+def _reader_for(publisher: Publisher) -> Callable[[str], bytes]:
+    others = uri_reader(aws_conn_id=getattr(publisher, "aws_conn_id", None))
+
+    def read(uri: str) -> bytes:
+        return publisher.get(uri) if uri.startswith(publisher.base_uri + "/") else others(uri)
+
+    return read
 
 
 def _read(reader: Callable[[str], bytes], uri: str | None) -> bytes | None:

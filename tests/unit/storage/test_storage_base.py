@@ -4,7 +4,7 @@ import hashlib
 
 import pytest
 
-from airflow_provider_flux2.storage import BatchLocation, LocalPublisher, publisher_for
+from airflow_provider_flux2.storage import BatchLocation, LocalPublisher, publisher_for, uri_reader
 from airflow_provider_flux2.storage.base import (
     MAX_METADATA_BYTES,
     ascii_metadata,
@@ -79,3 +79,14 @@ def test_publisher_for_picks_the_store_from_the_uri(tmp_path):
     assert type(publisher_for("s3://bucket/prefix")).__name__ == "S3Publisher"
     with pytest.raises(ValueError, match="Unsupported output_uri"):
         publisher_for("gs://bucket/prefix")
+
+
+def test_uri_reader_reads_from_any_folder(tmp_path):
+    staging, published = LocalPublisher(str(tmp_path / "a")), LocalPublisher(str(tmp_path / "b"))
+    first = staging.put_named(BatchLocation("d", "r", "t"), "x.png", b"staged", "image/png")
+    second = published.put_named(BatchLocation("d", "r", "t"), "x.png", b"published", "image/png")
+    read = uri_reader()
+
+    assert (read(first), read(second)) == (b"staged", b"published")
+    with pytest.raises(FileNotFoundError):
+        read(f"{tmp_path.as_uri()}/missing.png")
