@@ -7,7 +7,7 @@ plan's seeded random source), on the next ``count`` matching requests, or follow
 requests first, and ``match`` narrows the requests (or batch items) a rule sees. Rules are tried in
 order; the first that fires wins and later rules do not see that request.
 
-Request-level kinds (``rate_limit``, ``server_error``, ``drop``, ``stall``, and on downloads
+Request-level kinds (``rate_limit``, ``server_error``, ``http_error``, ``drop``, ``stall``, and on downloads
 ``url_expired``, ``slow_download``) are decided once per HTTP request. Run-level kinds
 (``run_failure``, ``moderation``, ``nsfw``, ``blank_image``, ``duplicate_image``, ``low_score``)
 are decided once per created run, so on ``create_batch`` once per item.
@@ -29,7 +29,7 @@ EndpointName = Literal[
 ]
 ENDPOINTS = tuple(name for name in get_args(EndpointName) if name != "*")
 CREATE_ENDPOINTS = ("create_run", "create_batch")
-HTTP_KINDS = frozenset({"rate_limit", "server_error", "drop", "stall"})
+HTTP_KINDS = frozenset({"rate_limit", "server_error", "http_error", "drop", "stall"})
 DOWNLOAD_KINDS = frozenset({"url_expired", "slow_download"})
 RUN_KINDS = frozenset({"run_failure", "moderation", "nsfw", "blank_image", "duplicate_image", "low_score"})
 KINDS = HTTP_KINDS | DOWNLOAD_KINDS | RUN_KINDS
@@ -56,6 +56,15 @@ class RateLimitParams(_HttpParams):
 
 class ServerErrorParams(_HttpParams):
     status: Literal[500, 502, 503] = 500
+
+
+class HttpErrorParams(_HttpParams):
+    """Any error status with the envelope: for the codes no other kind produces (400, 408, 404, ...)."""
+
+    status: int = Field(500, ge=400, le=599)
+    code: str | None = None  # None: the protocol's code for the status
+    message: str | None = None
+    retry_after: float | None = Field(None, ge=0)
 
 
 class DropParams(_HttpParams):
@@ -93,6 +102,7 @@ class SlowDownloadParams(_Params):
 PARAMS: dict[str, type[_Params]] = {
     "rate_limit": RateLimitParams,
     "server_error": ServerErrorParams,
+    "http_error": HttpErrorParams,
     "drop": DropParams,
     "stall": StallParams,
     "run_failure": RunFailureParams,

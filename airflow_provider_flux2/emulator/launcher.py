@@ -8,13 +8,13 @@ import contextlib
 import json
 import os
 import socket
-import subprocess
 import sys
 import tempfile
 import threading
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
+from subprocess import STDOUT, Popen, TimeoutExpired
 from types import TracebackType
 from typing import Any
 from urllib.parse import quote
@@ -168,7 +168,7 @@ class Emulator:
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
         self._app: EmulatorApp | None = None
-        self._process: subprocess.Popen[bytes] | None = None
+        self._process: Popen[bytes] | None = None
         self._workdir: tempfile.TemporaryDirectory[str] | None = None
         self._client: httpx.Client | None = None
 
@@ -223,7 +223,7 @@ class Emulator:
             # Passed through the environment rather than argv, where `ps` would show it.
             env[API_KEY_ENV] = self._server_key
         with log_path.open("wb") as log_file:
-            self._process = subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT, env=env)
+            self._process = Popen(command, stdout=log_file, stderr=STDOUT, env=env)
         deadline = time.monotonic() + self.startup_timeout
         while not (port_file.exists() and port_file.read_text().strip()):
             if self._process.poll() is not None or time.monotonic() > deadline:
@@ -248,7 +248,7 @@ class Emulator:
             self._process.terminate()
             try:
                 self._process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
+            except TimeoutExpired:
                 self._process.kill()
                 self._process.wait(timeout=5)
             self._process = None

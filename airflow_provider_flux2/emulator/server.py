@@ -66,6 +66,23 @@ log = logging.getLogger(__name__)
 _ACCEPTED = 1e-6
 
 
+#: The protocol's error code for each status an injected fault can answer with.
+STATUS_CODES = {
+    400: "BAD_REQUEST",
+    401: "UNAUTHORIZED",
+    402: "INSUFFICIENT_CREDIT",
+    403: "PERMISSION_DENIED",
+    404: "NOT_FOUND",
+    408: "REQUEST_TIMEOUT",
+    409: "CONFLICT",
+    422: "VALIDATION_ERROR",
+    429: "RATE_LIMITED",
+    500: "INTERNAL",
+    502: "INTERNAL",
+    503: "MODEL_UNAVAILABLE",
+}
+
+
 def new_request_id() -> str:
     return f"req_{secrets.token_hex(12)}"
 
@@ -153,14 +170,14 @@ class DroppedResponse(Response):
 
     def __init__(self, original: Response | None = None) -> None:
         if original is not None and isinstance(original.body, bytes) and original.body:
-            self._status, self._payload, self._headers = original.status_code, original.body, original.raw_headers
+            self._status, self._payload, self._raw = original.status_code, original.body, original.raw_headers
         else:
             payload = json.dumps(envelope("INTERNAL", "x" * 200)).encode()
             headers = [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode())]
-            self._status, self._payload, self._headers = 200, payload, headers
+            self._status, self._payload, self._raw = 200, payload, headers
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        await send({"type": "http.response.start", "status": self._status, "headers": self._headers})
+        await send({"type": "http.response.start", "status": self._status, "headers": self._raw})
         await send({"type": "http.response.body", "body": self._payload[: len(self._payload) // 2], "more_body": True})
         await _close_connection(receive)
 
@@ -309,13 +326,14 @@ class EmulatorApp:
 
     @staticmethod
     def _fault_response(fault: Fault) -> Response:
-        if fault.kind == "rate_limit":
-            retry_after = fault.params.get("retry_after")
-            headers = {"Retry-After": f"{retry_after:g}"} if retry_after is not None else None
-            return error(429, "RATE_LIMITED", "Too many requests (emulated rate limit)", headers=headers)
-        status = int(fault.params.get("status", 500))
-        code = "MODEL_UNAVAILABLE" if status == 503 else "INTERNAL"
-        return error(status, code, f"Emulated server error {status}")
+        status = {"rate_limit": 429}.get(fault.kind, int(fault.params.get("status", 500)))
+        code = (
+            fault.params.get("code") or STATUS_CODES.get(status) or ("INTERNAL" if status >= 500 else f"HTTP_{status}")
+        )
+        message = fault.params.get("message") or f"Emulated {fault.kind.replace('_', ' ')} (HTTP {status})"
+        retry_after = fault.params.get("retry_after")
+        headers = {"Retry-After": f"{retry_after:g}"} if retry_after is not None else None
+        return error(status, code, message, headers=headers)
 
     def _unauthorized(self, request: Request) -> Response | None:
         scheme, _, token = request.headers.get("authorization", "").partition(" ")

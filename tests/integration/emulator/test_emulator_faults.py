@@ -48,6 +48,32 @@ def test_server_errors_answer_the_envelope(api, status, code):
     assert api.emulator.stats()["runs_created"] == 0  # phase "before": nothing happened
 
 
+@pytest.mark.parametrize(
+    ("params", "status", "code"),
+    [
+        ({"status": 400}, 400, "BAD_REQUEST"),
+        ({"status": 408}, 408, "REQUEST_TIMEOUT"),
+        ({"status": 403, "code": "EMAIL_NOT_VERIFIED", "message": "verify your e-mail"}, 403, "EMAIL_NOT_VERIFIED"),
+        ({"status": 504}, 504, "INTERNAL"),
+        ({"status": 418}, 418, "HTTP_418"),
+    ],
+)
+def test_http_error_answers_any_status_with_the_envelope(api, params, status, code):
+    _plan(api, {"endpoint": "create_run", "fault": "http_error", "count": 1, **params})
+    response = api.create_run()
+    assert response.status_code == status
+    body = response.json()
+    assert body["code"] == code
+    assert body["message"] == params.get("message", body["message"])
+    assert api.emulator.stats()["runs_created"] == 0
+
+
+def test_http_error_can_carry_retry_after(api):
+    _plan(api, {"endpoint": "get_run", "fault": "http_error", "status": 503, "retry_after": 0.5, "count": 1})
+    response = api.client.get("/v1/runs/run_x")
+    assert (response.status_code, response.headers["retry-after"]) == (503, "0.5")
+
+
 def test_drop_closes_the_connection_mid_response(api):
     _plan(api, {"endpoint": "create_run", "fault": "drop", "count": 1})
     with pytest.raises(httpx.RemoteProtocolError):

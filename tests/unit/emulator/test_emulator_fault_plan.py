@@ -91,6 +91,13 @@ def test_defaults_of_each_kind():
     assert params("stall") == {"phase": "before", "seconds": 30.0}
     assert params("server_error") == {"phase": "before", "status": 500}
     assert params("rate_limit") == {"phase": "before", "retry_after": None}
+    assert params("http_error") == {
+        "phase": "before",
+        "status": 500,
+        "code": None,
+        "message": None,
+        "retry_after": None,
+    }
     assert params("slow_download", endpoint="download") == {"bytes_per_second": 65536}
     assert params("run_failure", "run")["code"] == "INTERNAL_ERROR"
     assert params("moderation", "run")["stage"] == "OUTPUT_MODERATION"
@@ -104,6 +111,7 @@ def test_defaults_of_each_kind():
         ({"fault": "meteor"}, ["faults", "rules", 0, "fault"]),
         ({}, ["faults", "rules", 0, "fault"]),
         ({"fault": "server_error", "status": 504}, ["faults", "rules", 0, "status"]),
+        ({"fault": "http_error", "status": 302}, ["faults", "rules", 0, "status"]),
         ({"fault": "rate_limit", "retry_after": -1}, ["faults", "rules", 0, "retry_after"]),
         ({"fault": "drop", "phase": "during"}, ["faults", "rules", 0, "phase"]),
         ({"fault": "drop", "colour": "red"}, ["faults", "rules", 0, "colour"]),
