@@ -423,6 +423,9 @@ class FluxGenerateImageOperator(BaseOperator):
     ) -> list[dict[str, Any]]:
         publisher = self._publisher()
         location = _location(context)
+        if event is None:
+            # The extra link resolves from the first deferral on: the folder now, the gallery at the end.
+            context["ti"].xcom_push(key=XCOM_GALLERY, value=publisher.folder_uri(location))
         while True:
             if event:
                 self._absorb(context, plan, state, event, publisher, location)

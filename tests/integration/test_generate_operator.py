@@ -37,7 +37,9 @@ def generate_dag(name: str, output: Path, **kwargs) -> DAG:
 
 
 def stored_files(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.rglob("*") if p.suffix in (".jpg", ".png") and "thumbs" not in p.parts)
+    """The stored images (``00007-<hash>.jpg``), not thumbnails or contact sheets."""
+    images = folder.rglob("[0-9][0-9][0-9][0-9][0-9]-*")
+    return sorted(p for p in images if p.suffix in (".jpg", ".png") and "thumbs" not in p.parts)
 
 
 def ledger_total(emulator) -> Decimal:
