@@ -172,7 +172,8 @@ class DroppedResponse(Response):
         if original is not None and isinstance(original.body, bytes) and original.body:
             self._status, self._payload, self._raw = original.status_code, original.body, original.raw_headers
         else:
-            payload = json.dumps(envelope("INTERNAL", "x" * 200)).encode()
+            # Only the first half is ever sent: the client cannot parse it, whatever it says.
+            payload = json.dumps(envelope("INTERNAL", "The connection was dropped (emulated drop)")).encode()
             headers = [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode())]
             self._status, self._payload, self._raw = 200, payload, headers
 

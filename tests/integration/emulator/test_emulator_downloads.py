@@ -71,9 +71,9 @@ def test_every_poll_mints_a_fresh_url(api):
 
 
 def test_expired_url_is_403_and_a_fresh_one_works(api):
-    api.emulator.configure(url_ttl=0.3)
+    api.emulator.configure(url_ttl=0.6)
     run = api.run("short-lived url")
-    time.sleep(0.4)
+    time.sleep(0.7)
     expired = api.download(run)
     assert expired.status_code == 403
     assert expired.json()["code"] == "URL_EXPIRED"

@@ -13,7 +13,7 @@ def _instant(text: str) -> float:
 
 
 def test_fleet_size_keeps_extra_runs_queued(api):
-    api.emulator.configure(fleet_size=2, latency={"queued": 0, "dispatching": 0, "running": 0.5})
+    api.emulator.configure(fleet_size=2, latency={"queued": 0, "dispatching": 0, "running": 0.8})
     run_ids = [api.create_run(f"fleet {i}").json()["id"] for i in range(4)]
     statuses = [api.get_run(run_id)["status_code"] for run_id in run_ids]
     assert statuses == ["running", "running", "queued", "queued"]
@@ -30,7 +30,7 @@ def test_max_concurrent_runs_is_the_peak_of_runs_in_flight(api):
     for i in range(3):
         api.run(f"one at a time {i}")
     assert api.emulator.stats()["max_concurrent_runs"] == 1
-    api.emulator.configure(latency={"queued": 0.3, "dispatching": 0, "running": 0})
+    api.emulator.configure(latency={"queued": 2.0, "dispatching": 0, "running": 0})
     for i in range(3):
         api.create_run(f"together {i}")
     assert api.emulator.stats()["max_concurrent_runs"] == 3
