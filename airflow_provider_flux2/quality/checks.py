@@ -282,14 +282,16 @@ class NearDuplicateCheck(BatchCheck):
         if self.hash not in _HASHES:
             raise FluxValidationError(field="checks.near_duplicate.hash", value=self.hash, allowed=", ".join(_HASHES))
 
-    def fingerprint(self, sample: Sample) -> imagehash.ImageHash:
+    def fingerprint(self, sample: Sample) -> int:
         assert sample.decoded.image is not None
-        return _HASHES[self.hash](sample.decoded.image, hash_size=self.hash_size)
+        # Kept as an int: XOR and bit_count compare two hashes ~10× faster than ImageHash's own
+        # subtraction, which matters because a batch compares every image with every kept one.
+        return int(str(_HASHES[self.hash](sample.decoded.image, hash_size=self.hash_size)), 16)
 
     def verdicts(
         self, records: Sequence[ImageRecord], prints: Sequence[Any], eligible: Sequence[bool]
     ) -> list[CheckVerdict]:
-        kept: list[tuple[ImageRecord, imagehash.ImageHash]] = []
+        kept: list[tuple[ImageRecord, int]] = []
         result = []
         for record, digest, keepable in zip(records, prints, eligible, strict=True):
             if digest is None:
@@ -312,12 +314,11 @@ class NearDuplicateCheck(BatchCheck):
         return CheckVerdict(check=self.name, passed=passed, reason=reason, value=value)
 
 
-def _closest(
-    digest: imagehash.ImageHash, kept: Sequence[tuple[ImageRecord, imagehash.ImageHash]]
-) -> tuple[ImageRecord, int] | None:
+def _closest(digest: int, kept: Sequence[tuple[ImageRecord, int]]) -> tuple[ImageRecord, int] | None:
+    """The kept image nearest to ``digest`` and its Hamming distance (the number of differing bits)."""
     best: tuple[ImageRecord, int] | None = None
     for record, other in kept:
-        distance = int(digest - other)
+        distance = (digest ^ other).bit_count()
         if best is None or distance < best[1]:
             best = (record, distance)
     return best
