@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import re
+from decimal import Decimal
 from enum import Enum
 from typing import Any, Literal
 
@@ -415,6 +416,11 @@ class Run(BaseModel):
     @property
     def terminal(self) -> bool:
         return self.status_code.terminal
+
+    @property
+    def api_cost(self) -> Decimal | None:
+        """The cost the API reports for this run (a decimal string on the wire), if it reports one."""
+        return Decimal(self.cost) if self.cost not in (None, "") else None
 
     @property
     def quality_score(self) -> float | None:

@@ -16,7 +16,6 @@ import time
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from decimal import Decimal
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
@@ -598,9 +597,6 @@ class FluxHook(BaseHook):
             raise failure
         image = self.download(run, width=request.width, height=request.height, output_format=request.output_format)
         return run, image
-
-    def api_cost(self, run: Run) -> Decimal | None:
-        return Decimal(run.cost) if run.cost not in (None, "") else None
 
 
 class _ExpiredURL(Exception):

@@ -50,8 +50,10 @@ from airflow_provider_flux2.models import (
     build_input,
     resolve_variant,
 )
-from airflow_provider_flux2.pricing import Budget, CostEstimate, estimate, usd
+from airflow_provider_flux2.pricing import Budget, CostEstimate, ItemCost, estimate, usd
 from airflow_provider_flux2.storage import BatchLocation, content_hash, publisher_for
+from airflow_provider_flux2.storage.publish import object_metadata
+from airflow_provider_flux2.storage.report import write_batch_report
 from airflow_provider_flux2.triggers.flux import FluxGenerationTrigger, watch_runs
 
 if TYPE_CHECKING:
@@ -110,6 +112,111 @@ class PlannedImage:
 
     def entry(self, attempt: int) -> BatchEntry:
         return BatchEntry(self.request, self.client_ref, resubmission_key(self.idempotency_key, attempt))
+
+
+def planned_image(
+    identity: dict[str, Any], index: int, variant: Variant, request: FluxInput, item: str | int | None = None
+) -> PlannedImage:
+    """An image of a plan, with the keys that make its submission idempotent.
+
+    :param identity: the task's Airflow identity (dag, task, run, map index).
+    :param item: what tells this image apart inside the task (default: its index).
+    """
+    req_hash = protocol.request_hash(variant, request)
+    item_identity = {**identity, "item": index if item is None else item}
+    return PlannedImage(
+        index=index,
+        variant=variant,
+        request=request,
+        prompt=request.prompt,
+        params={k: v for k, v in request.to_wire().items() if k != "prompt"},
+        idempotency_key=protocol.idempotency_key(item_identity, req_hash),
+        client_ref=protocol.client_ref(item_identity, req_hash),
+        request_hash=req_hash,
+    )
+
+
+def is_moderated(run: Run, failure: FluxRunFailedError | None) -> bool:
+    """Moderated: failed with a moderation code, or succeeded with the NSFW flag (a blacked-out image)."""
+    if isinstance(failure, FluxModerationError):
+        return True
+    return run.status_code == RunStatus.SUCCEEDED and run.output is not None and run.output.nsfw
+
+
+def record_for_run(
+    image: PlannedImage,
+    item_cost: ItemCost,
+    run: Run,
+    *,
+    attempt: int,
+    batch_id: str | None,
+    submitted_at: str | None,
+    seen: dict[str, Any],
+    log: Any,
+) -> ImageRecord:
+    """What the API said about one finished run, next to what we planned (status set by the caller).
+
+    The cost is the API's when it reports one (that is what is billed) and the estimate otherwise;
+    a run that did not succeed costs nothing. A mismatch is logged as a warning naming the run.
+    """
+    billed = run.status_code == RunStatus.SUCCEEDED
+    api_cost = run.api_cost
+    if api_cost is not None and billed and api_cost != item_cost.cost:
+        log.warning(
+            "Run %s (image %d) was billed $%s by the API; the estimate was $%s",
+            run.id,
+            image.index,
+            usd(api_cost),
+            usd(item_cost.cost),
+        )
+    cost = (api_cost if api_cost is not None else item_cost.cost) if billed else Decimal("0")
+    output = run.output
+    return ImageRecord(
+        index=image.index,
+        model=image.variant.model_id,
+        prompt=image.prompt,
+        upsampled_prompt=output.prompt if output else None,
+        params=image.params,
+        seed=(output.seed if output and output.seed is not None else image.request.seed),
+        width=image.request.width,
+        height=image.request.height,
+        output_format=image.request.output_format,
+        billed_mp=item_cost.billed_mp,
+        cost_usd=usd(cost),
+        estimated_cost_usd=usd(item_cost.cost),
+        api_cost_usd=usd(api_cost) if api_cost is not None else None,
+        run_id=run.id,
+        batch_id=batch_id,
+        client_ref=image.client_ref,
+        idempotency_key=resubmission_key(image.idempotency_key, attempt),
+        failure_code=run.failure_code,
+        failure_message=run.failure_message,
+        nsfw=bool(output and output.nsfw),
+        quality_score=run.quality_score,
+        attempt=attempt,
+        timings=Timings(
+            submitted_at=submitted_at,
+            finished_at=run.completed_at or seen.get("completed_at"),
+            detected_at=seen.get("detected_at"),
+        ),
+    )
+
+
+def store_run_image(
+    hook: FluxHook, publisher: Publisher, location: BatchLocation, run: Run, image: PlannedImage, record: ImageRecord
+) -> None:
+    """Download a succeeded run's image, verify it, store it under its deterministic key; fill the record."""
+    downloaded = hook.download(
+        run, width=image.request.width, height=image.request.height, output_format=image.request.output_format
+    )
+    digest = content_hash(downloaded.data)
+    record.content_hash = digest
+    record.content_type = downloaded.content_type
+    record.size_bytes = downloaded.size_bytes
+    record.uri = publisher.put_image(
+        location, image.index, downloaded.data, downloaded.content_type, object_metadata(record), digest
+    )
+    record.timings.stored_at = _now_iso()
 
 
 def resubmission_key(key: str, attempt: int) -> str:
@@ -293,20 +400,7 @@ class FluxGenerateImageOperator(BaseOperator):
                 if len(items) > 1:
                     error.args = (f"prompts[{index}]: {error.args[0]}",)
                 raise
-            req_hash = protocol.request_hash(variant, request)
-            item_identity = {**identity, "item": index}
-            images.append(
-                PlannedImage(
-                    index=index,
-                    variant=variant,
-                    request=request,
-                    prompt=request.prompt,
-                    params={k: v for k, v in request.to_wire().items() if k != "prompt"},
-                    idempotency_key=protocol.idempotency_key(item_identity, req_hash),
-                    client_ref=protocol.client_ref(item_identity, req_hash),
-                    request_hash=req_hash,
-                )
-            )
+            images.append(planned_image(identity, index, variant, request))
         cost = estimate([(i.variant, i.request) for i in images], self.hook.prices)
         budget = Budget.of(self.budget_usd)
         if budget is not None:
@@ -568,31 +662,22 @@ class FluxGenerateImageOperator(BaseOperator):
         image = plan.images[int(index)]
         run = self.hook.get_run(flight["run_id"])  # fresh URL, cost, seed, failure details
         failure = protocol.failure_of(run)
-        moderated = isinstance(failure, FluxModerationError) or (
-            run.status_code == RunStatus.SUCCEEDED and run.output is not None and run.output.nsfw
-        )
+        moderated = is_moderated(run, failure)
         if failure is not None and not moderated and flight["attempt"] <= self.resubmit_failed:
             self._resubmit(context, state, image, flight, failure)
             return
-        record = self._record(plan, image, flight, run, seen)
+        record = record_for_run(
+            image,
+            plan.estimate.items[image.index],
+            run,
+            attempt=flight["attempt"],
+            batch_id=flight.get("batch_id"),
+            submitted_at=flight.get("submitted_at"),
+            seen=seen,
+            log=self.log,
+        )
         if run.status_code == RunStatus.SUCCEEDED and not (moderated and self.on_moderation == "skip"):
-            downloaded = self.hook.download(
-                run,
-                width=image.request.width,
-                height=image.request.height,
-                output_format=image.request.output_format,
-            )
-            record.uri = publisher.put_image(
-                location,
-                image.index,
-                downloaded.data,
-                downloaded.content_type,
-                metadata=_object_metadata(record),
-            )
-            record.content_hash = content_hash(downloaded.data)
-            record.content_type = downloaded.content_type
-            record.size_bytes = downloaded.size_bytes
-            record.timings.stored_at = _now_iso()
+            store_run_image(self.hook, publisher, location, run, image, record)
         if moderated:
             record.status = "skipped" if self.on_moderation == "skip" else "moderated"
             state["stats"]["moderated"] += 1
@@ -641,52 +726,6 @@ class FluxGenerateImageOperator(BaseOperator):
             "previous_run_ids": [*flight.get("previous_run_ids", []), flight["run_id"]],
         }
         self._save(context, state)
-
-    def _record(
-        self, plan: Plan, image: PlannedImage, flight: dict[str, Any], run: Run, seen: dict[str, Any]
-    ) -> ImageRecord:
-        item_cost = plan.estimate.items[image.index]
-        billed = run.status_code == RunStatus.SUCCEEDED
-        estimated = item_cost.cost if billed else Decimal("0")
-        api_cost = self.hook.api_cost(run)
-        if api_cost is not None and billed and api_cost != item_cost.cost:
-            self.log.warning(
-                "Run %s (image %d) was billed $%s by the API; the estimate was $%s",
-                run.id,
-                image.index,
-                usd(api_cost),
-                usd(item_cost.cost),
-            )
-        output = run.output
-        return ImageRecord(
-            index=image.index,
-            model=image.variant.model_id,
-            prompt=image.prompt,
-            upsampled_prompt=output.prompt if output else None,
-            params=image.params,
-            seed=(output.seed if output and output.seed is not None else image.request.seed),
-            width=image.request.width,
-            height=image.request.height,
-            output_format=image.request.output_format,
-            billed_mp=item_cost.billed_mp,
-            cost_usd=usd(api_cost if (api_cost is not None and billed) else estimated),
-            estimated_cost_usd=usd(item_cost.cost),
-            api_cost_usd=usd(api_cost) if api_cost is not None else None,
-            run_id=run.id,
-            batch_id=flight.get("batch_id"),
-            client_ref=image.client_ref,
-            idempotency_key=resubmission_key(image.idempotency_key, flight["attempt"]),
-            failure_code=run.failure_code,
-            failure_message=run.failure_message,
-            nsfw=bool(output and output.nsfw),
-            quality_score=run.quality_score,
-            attempt=flight["attempt"],
-            timings=Timings(
-                submitted_at=flight.get("submitted_at"),
-                finished_at=run.completed_at or seen.get("completed_at"),
-                detected_at=seen.get("detected_at"),
-            ),
-        )
 
     def _flush_chunks(self, context: Context, plan: Plan, state: dict[str, Any]) -> None:
         """A chunk whose every image has a record is written out once and dropped from the state."""
@@ -762,15 +801,10 @@ class FluxGenerateImageOperator(BaseOperator):
         folder = publisher.folder_uri(location)
         gallery = folder
         if self.write_manifest:
-            try:
-                from airflow_provider_flux2.storage.gallery import write_batch_report
-            except ImportError:  # the gallery module ships with the storage layer
-                write_batch_report = None
-            if write_batch_report is not None:
-                uris = write_batch_report(publisher, location, records, self.hook.prices)
-                gallery = uris.get("gallery_uri", folder)
-                ti.xcom_push(key=XCOM_MANIFEST, value=uris.get("manifest_uri"))
-                self.log.info("Manifest: %s · gallery: %s", uris.get("manifest_uri"), gallery)
+            uris = write_batch_report(publisher, location, records, self.hook.prices)
+            gallery = uris["gallery_uri"]
+            ti.xcom_push(key=XCOM_MANIFEST, value=uris["manifest_uri"])
+            self.log.info("Manifest: %s · gallery: %s", uris["manifest_uri"], gallery)
         ti.xcom_push(key=XCOM_GALLERY, value=gallery)
 
     def _raise_for_outcome(self, records: list[dict[str, Any]]) -> None:
@@ -834,17 +868,6 @@ def _batch_key(images: list[PlannedImage]) -> str:
     """A batch's Idempotency-Key: fixed by its images' keys (chunks are fixed by index, not timing)."""
     digest = hashlib.sha256("\x1f".join(i.idempotency_key for i in images).encode()).hexdigest()
     return f"flux2-batch-{digest[:43]}"
-
-
-def _object_metadata(record: ImageRecord) -> dict[str, str]:
-    return {
-        "prompt-sha256": hashlib.sha256(record.prompt.encode()).hexdigest(),
-        "seed": "" if record.seed is None else str(record.seed),
-        "model": record.model,
-        "billed-mp": str(record.billed_mp),
-        "cost-usd": record.cost_usd,
-        "run-id": record.run_id or "",
-    }
 
 
 def _duration(seconds: float) -> str:
