@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import re
+from datetime import datetime, timezone
 from decimal import Decimal
 from enum import Enum
 from typing import Any, Literal
@@ -457,6 +458,11 @@ class Batch(BaseModel):
 # --------------------------------------------------------------------------------------------------
 # What the pipeline records about one image
 # --------------------------------------------------------------------------------------------------
+
+
+def utc_now_iso() -> str:
+    """Now, as the ISO-8601 UTC text every ``Timings`` field holds."""
+    return datetime.now(timezone.utc).isoformat()
 
 
 class Timings(BaseModel):

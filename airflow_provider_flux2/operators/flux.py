@@ -23,7 +23,7 @@ import hashlib
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import timedelta
 from decimal import Decimal
 from functools import cached_property
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
@@ -49,6 +49,7 @@ from airflow_provider_flux2.models import (
     Variant,
     build_input,
     resolve_variant,
+    utc_now_iso,
 )
 from airflow_provider_flux2.pricing import Budget, CostEstimate, ItemCost, estimate, usd
 from airflow_provider_flux2.storage import BatchLocation, content_hash, publisher_for
@@ -70,10 +71,6 @@ XCOM_RUN_IDS = "flux_run_ids"
 XCOM_GALLERY = "flux_gallery_url"
 XCOM_MANIFEST = "flux_manifest_uri"
 STATE_KEY = "flux/state"
-
-
-def _now_iso() -> str:
-    return datetime.now(timezone.utc).isoformat()
 
 
 class FluxImagesLink(BaseOperatorLink):
@@ -216,7 +213,7 @@ def store_run_image(
     record.uri = publisher.put_image(
         location, image.index, downloaded.data, downloaded.content_type, object_metadata(record), digest
     )
-    record.timings.stored_at = _now_iso()
+    record.timings.stored_at = utc_now_iso()
 
 
 def resubmission_key(key: str, attempt: int) -> str:
@@ -390,7 +387,7 @@ class FluxGenerateImageOperator(BaseOperator):
         """Validate and price every item; refuse the plan if it is over budget. Sends nothing."""
         items = self._items()
         default_variant = resolve_variant(self.model) if self.model else self.hook.default_model
-        identity = _identity(context)
+        identity = task_identity(context)
         images = []
         for index, item in enumerate(items):
             variant = resolve_variant(item.pop("model", None) or default_variant)
@@ -516,7 +513,7 @@ class FluxGenerateImageOperator(BaseOperator):
         self, context: Context, plan: Plan, state: dict[str, Any], event: dict[str, Any] | None
     ) -> list[dict[str, Any]]:
         publisher = self._publisher()
-        location = _location(context)
+        location = task_location(context)
         if event is None:
             # The extra link resolves from the first deferral on: the folder now, the gallery at the end.
             context["ti"].xcom_push(key=XCOM_GALLERY, value=publisher.folder_uri(location))
@@ -555,13 +552,13 @@ class FluxGenerateImageOperator(BaseOperator):
             images = plan.chunk(state["next_chunk"])
             if len(state["inflight"]) + len(images) > self.max_in_flight:
                 return
-            submitted_at = _now_iso()
+            submitted_at = utc_now_iso()
             if len({image.variant for image in images}) == 1:
                 submission = self.hook.submit_batch(
                     [image.entry(1) for image in images],
                     model=images[0].variant,
                     batch_key=_batch_key(images),
-                    metadata=_metadata(context),
+                    metadata=run_metadata(context),
                     use_batch_endpoint=self.use_batches,
                 )
             else:  # a batch request carries one model; a mixed chunk goes as single runs
@@ -584,7 +581,7 @@ class FluxGenerateImageOperator(BaseOperator):
                 model=image.variant,
                 idempotency_key=image.idempotency_key,
                 client_ref=image.client_ref,
-                metadata=_metadata(context),
+                metadata=run_metadata(context),
             )
             for image in images
         ]
@@ -716,13 +713,13 @@ class FluxGenerateImageOperator(BaseOperator):
             model=image.variant,
             idempotency_key=entry.idempotency_key,
             client_ref=entry.client_ref,
-            metadata=_metadata(context),
+            metadata=run_metadata(context),
         )
         state["inflight"][str(image.index)] = {
             "run_id": run.id,
             "batch_id": None,
             "attempt": attempt,
-            "submitted_at": _now_iso(),
+            "submitted_at": utc_now_iso(),
             "previous_run_ids": [*flight.get("previous_run_ids", []), flight["run_id"]],
         }
         self._save(context, state)
@@ -849,17 +846,17 @@ def _check_choice(name: str, value: str, allowed: tuple[str, ...]) -> None:
         raise FluxValidationError(field=name, value=value, allowed=" | ".join(allowed))
 
 
-def _identity(context: Context) -> dict[str, Any]:
+def task_identity(context: Context) -> dict[str, Any]:
     ti = context["ti"]
     return {"dag_id": ti.dag_id, "task_id": ti.task_id, "run_id": ti.run_id, "map_index": ti.map_index}
 
 
-def _location(context: Context) -> BatchLocation:
+def task_location(context: Context) -> BatchLocation:
     ti = context["ti"]
     return BatchLocation(dag_id=ti.dag_id, run_id=ti.run_id, task_id=ti.task_id, map_index=ti.map_index)
 
 
-def _metadata(context: Context) -> dict[str, Any]:
+def run_metadata(context: Context) -> dict[str, Any]:
     ti = context["ti"]
     return {"dag_id": ti.dag_id, "task_id": ti.task_id, "run_id": ti.run_id, "map_index": ti.map_index}
 

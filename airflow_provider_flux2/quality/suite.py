@@ -165,14 +165,14 @@ def run_checks(
     :return: the records with ``checks`` filled, as XCom dicts.
     """
     batch = [r if isinstance(r, ImageRecord) else ImageRecord.model_validate(r) for r in records]
-    result = CheckSuite.from_config(checks).run(_read_each(batch, reader))
+    result = CheckSuite.from_config(checks).run(read_each(batch, reader))
     return [record.to_xcom() for record in result.records]
 
 
-def _read_each(
+def read_each(
     records: Sequence[ImageRecord], reader: Callable[[str], bytes]
 ) -> Iterable[tuple[ImageRecord, bytes | None]]:
-    # A generator, so only one image's bytes are in memory at a time.
+    """``(record, bytes)`` for :meth:`CheckSuite.run`, reading one image at a time (a generator)."""
     for record in records:
         if record.status != "succeeded" or not record.uri:
             yield record, None

@@ -11,14 +11,13 @@ import asyncio
 import time
 from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from typing import Any
 
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 
 from airflow_provider_flux2.exceptions import FluxAPIError, FluxValidationError
 from airflow_provider_flux2.hooks.flux import FluxHook, adaptive_poll_interval
-from airflow_provider_flux2.models import Batch, Run, RunStatus
+from airflow_provider_flux2.models import Batch, Run, RunStatus, utc_now_iso
 
 #: Polls that may fail in a row (after the hook's own retries) before the wait is given up.
 MAX_CONSECUTIVE_POLL_FAILURES = 5
@@ -29,10 +28,6 @@ def _is_permanent_poll_error(error: BaseException) -> bool:
     if isinstance(error, FluxValidationError):
         return True
     return isinstance(error, FluxAPIError) and 400 <= error.status_code < 500 and error.status_code not in (408, 429)
-
-
-def _now_iso() -> str:
-    return datetime.now(timezone.utc).isoformat()
 
 
 @dataclass
@@ -71,7 +66,7 @@ class RunWatch:
             self.finished[run_id] = {
                 "status": status.value,
                 "completed_at": completed_at,
-                "detected_at": _now_iso(),
+                "detected_at": utc_now_iso(),
             }
             if self.first_finish_at is None:
                 self.first_finish_at = time.time()

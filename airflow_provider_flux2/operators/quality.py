@@ -1,0 +1,262 @@
+"""FluxQualityCheckOperator: check a batch on its real bytes; fail, drop or regenerate what fails.
+
+Regenerations are priced and checked against the budget before they are sent, carry idempotency
+keys derived from the task and the image (so a retried task replays them instead of paying twice),
+and are checked again like the originals — up to ``max_regenerations`` times per image.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Sequence
+from decimal import Decimal
+from functools import cached_property
+from typing import TYPE_CHECKING, Any, Literal
+
+from airflow.sdk import BaseOperator, conf
+
+from airflow_provider_flux2 import protocol
+from airflow_provider_flux2.exceptions import FluxError, FluxValidationError
+from airflow_provider_flux2.hooks.flux import FluxHook, expected_duration
+from airflow_provider_flux2.models import ImageRecord, RunStatus, utc_now_iso
+from airflow_provider_flux2.operators.flux import (
+    is_moderated,
+    planned_image,
+    record_for_run,
+    run_metadata,
+    store_run_image,
+    task_identity,
+    task_location,
+)
+from airflow_provider_flux2.pricing import Budget, usd
+from airflow_provider_flux2.quality.policy import apply_failure_policy
+from airflow_provider_flux2.quality.regeneration import RegenerationPlan, supersede
+from airflow_provider_flux2.quality.suite import CheckSuite, failed_checks, read_each
+from airflow_provider_flux2.storage import publisher_for, uri_reader
+from airflow_provider_flux2.storage.manifest import billed_cost
+from airflow_provider_flux2.triggers.flux import RunWatch, watch_runs
+
+if TYPE_CHECKING:
+    from airflow.sdk import Context
+
+    from airflow_provider_flux2.operators.flux import PlannedImage
+    from airflow_provider_flux2.storage.base import Publisher
+
+XCOM_QUALITY = "flux_quality_summary"
+
+
+class FluxQualityCheckOperator(BaseOperator):
+    """Check generated images and apply a policy to the ones that fail.
+
+    :param records: the batch's records (e.g. ``generate.output``); images are read from their ``uri``.
+    :param checks: names or ``{"check": name, **options}`` dicts (``decodes``, ``format``, ``size``,
+        ``not_blank``, ``nsfw``, ``near_duplicate``, ``quality_score``); ``None`` runs them all.
+    :param on_failure: ``fail`` the task, ``drop`` the failing images, or ``regenerate`` them with a new seed.
+    :param max_regenerations: with ``regenerate``: how many times one image may be made again.
+    :param on_exhausted: with ``regenerate``: ``drop`` or ``fail`` for images still failing at the end.
+    :param budget_usd: with ``regenerate``: total spend allowed, the batch's billed cost included;
+        regenerations that would go over it are refused before anything is sent.
+    :param flux_conn_id: the ``flux2`` connection (regeneration).
+    :param output_uri: where regenerated images are stored (``file://`` or ``s3://``).
+    :param aws_conn_id: AWS connection for reading and writing ``s3://`` images.
+    :param poll_interval: shortest pause between polls while regenerating.
+    :param timeout: seconds to wait for one round of regenerations.
+    """
+
+    template_fields: Sequence[str] = ("records", "checks", "output_uri", "budget_usd")
+    template_fields_renderers = {"records": "json", "checks": "json"}
+    ui_color = "#e8f5e9"
+
+    def __init__(
+        self,
+        *,
+        records: Any,
+        checks: list[str | dict[str, Any]] | None = None,
+        on_failure: Literal["fail", "drop", "regenerate"] = "drop",
+        max_regenerations: int = 1,
+        on_exhausted: Literal["fail", "drop"] = "drop",
+        budget_usd: str | float | Decimal | None = None,
+        flux_conn_id: str = FluxHook.default_conn_name,
+        output_uri: str | None = None,
+        aws_conn_id: str | None = None,
+        poll_interval: float = 5.0,
+        timeout: float = 60 * 60,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.records = records
+        self.checks = checks
+        self.on_failure = on_failure
+        self.max_regenerations = max_regenerations
+        self.on_exhausted = on_exhausted
+        self.budget_usd = budget_usd
+        self.flux_conn_id = flux_conn_id
+        self.output_uri = output_uri
+        self.aws_conn_id = aws_conn_id
+        self.poll_interval = poll_interval
+        self.timeout = timeout
+        if on_failure not in ("fail", "drop", "regenerate"):
+            raise FluxValidationError(field="on_failure", value=on_failure, allowed="fail | drop | regenerate")
+        # Fail on a bad check list at parse time, not at 3 a.m. (templated lists are checked at run time).
+        if isinstance(checks, list):
+            CheckSuite.from_config(checks)
+
+    @cached_property
+    def hook(self) -> FluxHook:
+        return FluxHook(self.flux_conn_id)
+
+    def execute(self, context: Context) -> list[dict[str, Any]]:
+        records = [ImageRecord.model_validate(r) for r in _flatten(self.records)]
+        suite = CheckSuite.from_config(self.checks)
+        read = uri_reader(aws_conn_id=self.aws_conn_id)
+        budget = Budget.of(self.budget_usd)
+        regenerated = 0
+        rounds = 0
+        while True:
+            records = suite.run(read_each(records, read)).records
+            outcome = apply_failure_policy(
+                records,
+                self.on_failure,
+                max_regenerations=self.max_regenerations,
+                on_exhausted=self.on_exhausted,
+                budget=budget,
+                prices=self.hook.prices if self.on_failure == "regenerate" else None,
+            )
+            records = outcome.records
+            if outcome.finished or outcome.plan is None:
+                break
+            rounds += 1
+            plan = outcome.plan
+            self.log.info(
+                "Round %d: regenerating %d image(s) for $%s (spent so far $%s%s)",
+                rounds,
+                len(plan.items),
+                usd(plan.total),
+                usd(plan.spent),
+                f", budget ${usd(budget.limit)}" if budget else "",
+            )
+            replacements = self._regenerate(context, plan)
+            regenerated += len(replacements)
+            records = supersede(records, replacements)
+        summary = _summary(records, suite, regenerated)
+        self.log.info(
+            "Quality: %d checked · %d passed · %d dropped · %d regenerated · $%s billed in all",
+            summary["checked"],
+            summary["passed"],
+            summary["dropped"],
+            regenerated,
+            summary["total_cost_usd"],
+        )
+        context["ti"].xcom_push(key=XCOM_QUALITY, value=summary)
+        return [r.to_xcom() for r in records]
+
+    # -- regeneration ---------------------------------------------------------------------------------
+
+    def _regenerate(self, context: Context, plan: RegenerationPlan) -> list[ImageRecord]:
+        """Submit a round of regenerations, wait for them, store them; return their records."""
+        publisher = self._publisher()
+        location = task_location(context)
+        identity = task_identity(context)
+        images: list[PlannedImage] = []
+        for item in plan.items:
+            variant, request = self.hook.build_request(item.model, prompt=item.prompt, **item.params)
+            images.append(planned_image(identity, item.index, variant, request, item=f"{item.index}/{item.attempt}"))
+        submitted_at = utc_now_iso()
+        run_ids = [
+            self.hook.submit(
+                image.request,
+                model=image.variant,
+                idempotency_key=image.idempotency_key,
+                client_ref=image.client_ref,
+                metadata=run_metadata(context),
+            ).id
+            for image in images
+        ]
+        finished = self._wait(run_ids, images)
+        records = []
+        for item, image, run_id, cost in zip(plan.items, images, run_ids, plan.estimate.items, strict=True):
+            run = self.hook.get_run(run_id)
+            failure = protocol.failure_of(run)
+            record = record_for_run(
+                image,
+                cost,
+                run,
+                attempt=item.attempt,
+                batch_id=None,
+                submitted_at=submitted_at,
+                seen=finished.get(run_id, {}),
+                log=self.log,
+            )
+            if run.status_code == RunStatus.SUCCEEDED:
+                store_run_image(self.hook, publisher, location, run, image, record)
+            record.status = (
+                "moderated" if is_moderated(run, failure) else "failed" if failure is not None else "succeeded"
+            )
+            records.append(record)
+        return records
+
+    def _wait(self, run_ids: list[str], images: list[PlannedImage]) -> dict[str, dict[str, Any]]:
+        watch = RunWatch(batches={}, runs=run_ids, min_finished=len(run_ids))
+        event = asyncio.run(
+            watch_runs(
+                watch,
+                get_batch=self.hook.get_batch,
+                get_run=self.hook.get_run,
+                end_time=time.time() + self.timeout,
+                poll_interval=self.poll_interval,
+                expected_seconds=max(expected_duration(i.request.width, i.request.height) for i in images),
+                sleep=time.sleep,
+                log=self.log,
+            )
+        )
+        if event["status"] != "success":
+            raise FluxError(f"Regeneration did not complete: {event['message']}")
+        return event["finished"]
+
+    def _publisher(self) -> Publisher:
+        uri = self.output_uri or conf.get("flux2", "default_output_uri", fallback=None)
+        if not uri:
+            raise FluxValidationError(
+                field="output_uri",
+                value=None,
+                allowed="where regenerated images go: file:///path or s3://bucket/prefix",
+            )
+        return publisher_for(uri, aws_conn_id=self.aws_conn_id)
+
+    def get_openlineage_facets_on_complete(self, task_instance: Any) -> Any:
+        from airflow_provider_flux2.lineage import lineage
+
+        records = _flatten(self.records)
+        outputs = [self.output_uri] if self.output_uri and self.on_failure == "regenerate" else []
+        return lineage(inputs=[_folder(r.get("uri")) for r in records], outputs=outputs)
+
+
+def _flatten(records: Any) -> list[dict[str, Any]]:
+    """Records from XCom: a list, or (mapped upstream) a list of lists."""
+    out: list[dict[str, Any]] = []
+    for item in records or []:
+        if isinstance(item, (list, tuple)):
+            out.extend(item)
+        elif isinstance(item, ImageRecord):
+            out.append(item.to_xcom())
+        else:
+            out.append(item)
+    return out
+
+
+def _folder(uri: str | None) -> str:
+    return uri.rsplit("/", 1)[0] if uri else ""
+
+
+def _summary(records: list[ImageRecord], suite: CheckSuite, regenerated: int) -> dict[str, Any]:
+    checked = [r for r in records if r.checks]
+    return {
+        "checks": suite.as_config(),
+        "images": len(records),
+        "checked": len(checked),
+        "passed": sum(1 for r in records if r.status == "succeeded" and r.checks and not failed_checks(r)),
+        "dropped": sum(1 for r in records if r.status == "dropped"),
+        "regenerated": regenerated,
+        "total_cost_usd": usd(sum((billed_cost(r) for r in records), Decimal("0"))),
+    }
