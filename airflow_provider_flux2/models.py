@@ -537,3 +537,14 @@ class ImageRecord(BaseModel):
 
     def to_xcom(self) -> dict[str, Any]:
         return self.model_dump(mode="json")
+
+
+def records_from_xcom(value: Any) -> list[ImageRecord]:
+    """Records as XCom delivers them: a list of dicts, or — from a mapped upstream — a list of lists."""
+    records: list[ImageRecord] = []
+    for item in value or []:
+        if isinstance(item, (list, tuple)):
+            records.extend(records_from_xcom(item))
+        else:
+            records.append(item if isinstance(item, ImageRecord) else ImageRecord.model_validate(item))
+    return records

@@ -270,6 +270,7 @@ class FluxGenerateImageOperator(BaseOperator):
     :param resubmit_failed: times a failed (unbilled, non-moderation) run is submitted again.
     :param progress_interval: at most one progress line per this many seconds.
     :param write_manifest: write ``manifest.json``/``.csv`` and the gallery beside the images.
+    :param prompt_source: where the prompts came from (``s3://…/catalogue.csv``, ``file:///…``), for lineage.
     """
 
     template_fields: Sequence[str] = (
@@ -286,6 +287,7 @@ class FluxGenerateImageOperator(BaseOperator):
         "guidance_scale",
         "output_uri",
         "budget_usd",
+        "prompt_source",
     )
     template_fields_renderers = {"prompts": "json", "prompt": "json"}
     operator_extra_links = (FluxImagesLink(),)
@@ -324,9 +326,11 @@ class FluxGenerateImageOperator(BaseOperator):
         resubmit_failed: int = 2,
         progress_interval: float = 5.0,
         write_manifest: bool = True,
+        prompt_source: str | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
+        self.prompt_source = prompt_source
         self.prompt = prompt
         self.prompts = prompts
         self.model = model
@@ -826,6 +830,19 @@ class FluxGenerateImageOperator(BaseOperator):
                 failure_message=f"{len(failed)} image(s) failed after resubmission: "
                 + ", ".join(f"#{r['index']} (run {r['run_id']}: {r.get('failure_code')})" for r in failed),
             )
+
+    def get_openlineage_facets_on_complete(self, task_instance: Any) -> Any:
+        """Lineage: the prompt source (when given) in, the task's image folder out."""
+        from airflow_provider_flux2.lineage import lineage
+
+        location = BatchLocation(
+            dag_id=task_instance.dag_id,
+            run_id=task_instance.run_id,
+            task_id=task_instance.task_id,
+            map_index=task_instance.map_index,
+        )
+        output = self._publisher().folder_uri(location)
+        return lineage(inputs=[self.prompt_source] if self.prompt_source else [], outputs=[output])
 
     def _publisher(self) -> Publisher:
         uri = self.output_uri or conf.get("flux2", "default_output_uri", fallback=None)

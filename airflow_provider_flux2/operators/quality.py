@@ -19,7 +19,7 @@ from airflow.sdk import BaseOperator, conf
 from airflow_provider_flux2 import protocol
 from airflow_provider_flux2.exceptions import FluxError, FluxValidationError
 from airflow_provider_flux2.hooks.flux import FluxHook, expected_duration
-from airflow_provider_flux2.models import ImageRecord, RunStatus, utc_now_iso
+from airflow_provider_flux2.models import ImageRecord, RunStatus, records_from_xcom, utc_now_iso
 from airflow_provider_flux2.operators.flux import (
     is_moderated,
     planned_image,
@@ -34,6 +34,7 @@ from airflow_provider_flux2.quality.policy import apply_failure_policy
 from airflow_provider_flux2.quality.regeneration import RegenerationPlan, supersede
 from airflow_provider_flux2.quality.suite import CheckSuite, failed_checks, read_each
 from airflow_provider_flux2.storage import publisher_for, uri_reader
+from airflow_provider_flux2.storage.base import folder_of
 from airflow_provider_flux2.storage.manifest import billed_cost
 from airflow_provider_flux2.triggers.flux import RunWatch, watch_runs
 
@@ -107,7 +108,7 @@ class FluxQualityCheckOperator(BaseOperator):
         return FluxHook(self.flux_conn_id)
 
     def execute(self, context: Context) -> list[dict[str, Any]]:
-        records = [ImageRecord.model_validate(r) for r in _flatten(self.records)]
+        records = records_from_xcom(self.records)
         suite = CheckSuite.from_config(self.checks)
         read = uri_reader(aws_conn_id=self.aws_conn_id)
         budget = Budget.of(self.budget_usd)
@@ -227,26 +228,9 @@ class FluxQualityCheckOperator(BaseOperator):
     def get_openlineage_facets_on_complete(self, task_instance: Any) -> Any:
         from airflow_provider_flux2.lineage import lineage
 
-        records = _flatten(self.records)
+        records = records_from_xcom(self.records)
         outputs = [self.output_uri] if self.output_uri and self.on_failure == "regenerate" else []
-        return lineage(inputs=[_folder(r.get("uri")) for r in records], outputs=outputs)
-
-
-def _flatten(records: Any) -> list[dict[str, Any]]:
-    """Records from XCom: a list, or (mapped upstream) a list of lists."""
-    out: list[dict[str, Any]] = []
-    for item in records or []:
-        if isinstance(item, (list, tuple)):
-            out.extend(item)
-        elif isinstance(item, ImageRecord):
-            out.append(item.to_xcom())
-        else:
-            out.append(item)
-    return out
-
-
-def _folder(uri: str | None) -> str:
-    return uri.rsplit("/", 1)[0] if uri else ""
+        return lineage(inputs=[folder_of(r.uri) for r in records if r.uri], outputs=outputs)
 
 
 def _summary(records: list[ImageRecord], suite: CheckSuite, regenerated: int) -> dict[str, Any]:

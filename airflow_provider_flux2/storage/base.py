@@ -38,6 +38,11 @@ def file_hash(path: Path | str) -> str:
     return digest.hexdigest()
 
 
+def folder_of(uri: str) -> str:
+    """The folder (prefix) holding an object: ``s3://b/a/x.jpg`` → ``s3://b/a``."""
+    return uri.rsplit("/", 1)[0]
+
+
 def safe_segment(text: str) -> str:
     """A path segment that is the same on S3 and on a local disk (no slashes, no spaces)."""
     return _UNSAFE.sub("_", text) or "_"

@@ -1,0 +1,126 @@
+"""FluxPublishOperator: deliver a checked batch — images, manifest, gallery — and announce it as an asset event."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from decimal import Decimal
+from typing import TYPE_CHECKING, Any
+
+from airflow.sdk import Asset, BaseOperator
+
+from airflow_provider_flux2.hooks.flux import FluxHook
+from airflow_provider_flux2.models import records_from_xcom
+from airflow_provider_flux2.operators.flux import XCOM_GALLERY, XCOM_MANIFEST, FluxImagesLink, task_location
+from airflow_provider_flux2.pricing import usd
+from airflow_provider_flux2.storage import publisher_for, uri_reader
+from airflow_provider_flux2.storage.base import folder_of
+from airflow_provider_flux2.storage.manifest import billed_cost
+from airflow_provider_flux2.storage.publish import is_publishable, publish_records
+from airflow_provider_flux2.storage.report import write_batch_report
+
+if TYPE_CHECKING:
+    from airflow.sdk import Context
+
+
+def destination_asset(uri: str) -> Asset:
+    """The asset a publish task updates: its destination, as a URI (``s3://bucket/prefix``, ``file:///path``)."""
+    return Asset(uri=uri.rstrip("/"), name=f"flux2-images:{uri.rstrip('/')}", group="flux2")
+
+
+class FluxPublishOperator(BaseOperator):
+    """Copy the images that passed their checks to the destination, with a manifest and a gallery.
+
+    Every image of the batch — dropped and superseded ones too, since they were paid for — is a
+    row of the manifest; only publishable ones (succeeded, stored, no failed check) are copied.
+    Keys are deterministic, so a re-run overwrites instead of duplicating. The task's outlet is an
+    :class:`~airflow.sdk.Asset` for the destination; its event carries the manifest URI, the count
+    and the cost, so downstream DAGs can be scheduled on it.
+
+    :param records: the batch's records (e.g. ``check.output``).
+    :param destination_uri: ``file:///absolute/path`` or ``s3://bucket/prefix``.
+    :param aws_conn_id: AWS connection for an ``s3://`` destination.
+    :param source_aws_conn_id: AWS connection to read ``s3://`` sources (default: ``aws_conn_id``).
+    :param asset: the outlet to update (default: an asset for ``destination_uri``, when it is not templated).
+    :param flux_conn_id: the ``flux2`` connection whose price table the manifest records.
+    :param title: the gallery's heading.
+    """
+
+    template_fields: Sequence[str] = ("records", "destination_uri", "title")
+    template_fields_renderers = {"records": "json"}
+    operator_extra_links = (FluxImagesLink(),)
+    ui_color = "#e3f2fd"
+
+    def __init__(
+        self,
+        *,
+        records: Any,
+        destination_uri: str,
+        aws_conn_id: str | None = None,
+        source_aws_conn_id: str | None = None,
+        asset: Asset | None = None,
+        flux_conn_id: str = FluxHook.default_conn_name,
+        title: str | None = None,
+        **kwargs: Any,
+    ) -> None:
+        if asset is None and "{{" not in destination_uri:
+            asset = destination_asset(destination_uri)
+        if asset is not None:
+            kwargs["outlets"] = [*list(kwargs.get("outlets") or []), asset]
+        super().__init__(**kwargs)
+        self.records = records
+        self.destination_uri = destination_uri
+        self.aws_conn_id = aws_conn_id
+        self.source_aws_conn_id = source_aws_conn_id
+        self.asset = asset
+        self.flux_conn_id = flux_conn_id
+        self.title = title
+
+    def execute(self, context: Context) -> dict[str, Any]:
+        batch = records_from_xcom(self.records)
+        publisher = publisher_for(self.destination_uri, aws_conn_id=self.aws_conn_id)
+        location = task_location(context)
+        reader = uri_reader(aws_conn_id=self.source_aws_conn_id or self.aws_conn_id)
+        published = publish_records(batch, publisher, location, reader=reader)
+        uris = write_batch_report(
+            publisher, location, published, FluxHook(self.flux_conn_id).prices, reader=reader, title=self.title
+        )
+        delivered = [r for r in published if is_publishable(r)]
+        cost = sum((billed_cost(r) for r in published), Decimal("0"))
+        summary = {
+            "manifest_uri": uris["manifest_uri"],
+            "gallery_uri": uris["gallery_uri"],
+            "contact_sheet_uri": uris["contact_sheet_uri"],
+            "folder_uri": publisher.folder_uri(location),
+            "count": len(delivered),
+            "images": len(published),
+            "billed_mp": sum(r.billed_mp for r in published if billed_cost(r) > 0),
+            "cost_usd": usd(cost),
+            "uris": [r.uri for r in delivered],
+        }
+        ti = context["ti"]
+        ti.xcom_push(key=XCOM_GALLERY, value=uris["gallery_uri"])
+        ti.xcom_push(key=XCOM_MANIFEST, value=uris["manifest_uri"])
+        if self.asset is not None:
+            context["outlet_events"][self.asset].extra = {
+                k: summary[k] for k in ("manifest_uri", "gallery_uri", "folder_uri", "count", "cost_usd")
+            }
+        self.log.info(
+            "Published %d of %d image(s) to %s; $%s billed for the batch. Manifest: %s · gallery: %s",
+            len(delivered),
+            len(published),
+            summary["folder_uri"],
+            summary["cost_usd"],
+            uris["manifest_uri"],
+            uris["gallery_uri"],
+        )
+        self._published_to = summary["folder_uri"]
+        self._sources = sorted({folder_of(r.uri) for r in batch if r.uri})
+        return summary
+
+    def get_openlineage_facets_on_complete(self, task_instance: Any) -> Any:
+        from airflow_provider_flux2.lineage import lineage
+
+        sources = getattr(self, "_sources", None) or sorted(
+            {folder_of(r.uri) for r in records_from_xcom(self.records) if r.uri}
+        )
+        return lineage(inputs=sources, outputs=[getattr(self, "_published_to", self.destination_uri)])
