@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import pytest
+from browser import CHROMIUM_ARGS, chromium_path
 from synthetic_images import Pictures, image_record
 
 from airflow_provider_flux2.quality.suite import CheckSuite
@@ -13,25 +13,7 @@ from airflow_provider_flux2.storage import BatchLocation, LocalPublisher
 from airflow_provider_flux2.storage.local import path_of
 from airflow_provider_flux2.storage.report import write_batch_report
 
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 HOSTILE_PROMPT = 'a chair <img src="https://evil.example/x.png"> <script>document.title="pwned"</script>'
-
-
-def chromium_path() -> str:
-    """The system Chromium; its absence fails the test (``make test`` installs it), never skips it."""
-    path = shutil.which("chromium") or ("/usr/bin/chromium" if Path("/usr/bin/chromium").exists() else None)
-    if path is None:
-        pytest.fail("Chromium is not installed: run `make browser` (Debian's chromium package) for the gallery test")
-    return path
 
 
 @pytest.fixture
