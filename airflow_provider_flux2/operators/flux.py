@@ -22,7 +22,7 @@ import asyncio
 import hashlib
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
 from decimal import Decimal
 from functools import cached_property
@@ -71,6 +71,8 @@ XCOM_RUN_IDS = "flux_run_ids"
 XCOM_GALLERY = "flux_gallery_url"
 XCOM_MANIFEST = "flux_manifest_uri"
 STATE_KEY = "flux/state"
+#: Per-item keys that describe an item rather than generate it; they are kept on its record.
+ITEM_META = ("id", "source_hash", "extra")
 
 
 class FluxImagesLink(BaseOperatorLink):
@@ -106,13 +108,19 @@ class PlannedImage:
     idempotency_key: str
     client_ref: str
     request_hash: str
+    meta: dict[str, Any] = field(default_factory=dict)  # per-item id / source_hash / extra, kept on the record
 
     def entry(self, attempt: int) -> BatchEntry:
         return BatchEntry(self.request, self.client_ref, resubmission_key(self.idempotency_key, attempt))
 
 
 def planned_image(
-    identity: dict[str, Any], index: int, variant: Variant, request: FluxInput, item: str | int | None = None
+    identity: dict[str, Any],
+    index: int,
+    variant: Variant,
+    request: FluxInput,
+    item: str | int | None = None,
+    meta: dict[str, Any] | None = None,
 ) -> PlannedImage:
     """An image of a plan, with the keys that make its submission idempotent.
 
@@ -130,6 +138,7 @@ def planned_image(
         idempotency_key=protocol.idempotency_key(item_identity, req_hash),
         client_ref=protocol.client_ref(item_identity, req_hash),
         request_hash=req_hash,
+        meta=dict(meta or {}),
     )
 
 
@@ -191,6 +200,8 @@ def record_for_run(
         nsfw=bool(output and output.nsfw),
         quality_score=run.quality_score,
         attempt=attempt,
+        source_hash=image.meta.get("source_hash"),
+        extra={k: v for k, v in image.meta.items() if k != "source_hash"},
         timings=Timings(
             submitted_at=submitted_at,
             finished_at=run.completed_at or seen.get("completed_at"),
@@ -393,7 +404,7 @@ class FluxGenerateImageOperator(BaseOperator):
         default_variant = resolve_variant(self.model) if self.model else self.hook.default_model
         identity = task_identity(context)
         images = []
-        for index, item in enumerate(items):
+        for index, (item, meta) in enumerate(items):
             variant = resolve_variant(item.pop("model", None) or default_variant)
             try:
                 request = build_input(variant, **item)
@@ -401,7 +412,7 @@ class FluxGenerateImageOperator(BaseOperator):
                 if len(items) > 1:
                     error.args = (f"prompts[{index}]: {error.args[0]}",)
                 raise
-            images.append(planned_image(identity, index, variant, request))
+            images.append(planned_image(identity, index, variant, request, meta=meta))
         cost = estimate([(i.variant, i.request) for i in images], self.hook.prices)
         budget = Budget.of(self.budget_usd)
         if budget is not None:
@@ -411,7 +422,8 @@ class FluxGenerateImageOperator(BaseOperator):
         digest = hashlib.sha256("".join(i.request_hash for i in images).encode()).hexdigest()[:16]
         return Plan(images=images, estimate=cost, chunk_size=chunk, digest=digest)
 
-    def _items(self) -> list[dict[str, Any]]:
+    def _items(self) -> list[tuple[dict[str, Any], dict[str, Any]]]:
+        """``(generation params, meta)`` per item; meta (``id``, ``source_hash``, ``extra``) rides on the record."""
         if (self.prompt is None) == (self.prompts is None):
             raise FluxValidationError(
                 field="prompt/prompts", value=None, allowed="exactly one of prompt (one image) or prompts (a list)"
@@ -433,18 +445,21 @@ class FluxGenerateImageOperator(BaseOperator):
         }
         items = []
         for index, entry in enumerate(raw):
+            meta: dict[str, Any] = {}
             if isinstance(entry, dict) and "prompt" in entry:
-                unknown = set(entry) - set(self._PARAM_NAMES) - {"model", "id"}
+                unknown = set(entry) - set(self._PARAM_NAMES) - {"model", *ITEM_META}
                 if unknown:
                     raise FluxValidationError(
                         field=f"prompts[{index}].{sorted(unknown)[0]}",
                         value=entry[sorted(unknown)[0]],
-                        allowed=f"per-item keys {', '.join((*self._PARAM_NAMES, 'model'))}",
+                        allowed=f"per-item keys {', '.join((*self._PARAM_NAMES, 'model', *ITEM_META))}",
                     )
-                item = {**shared, **{k: v for k, v in entry.items() if k != "id"}}
+                meta = {k: entry[k] for k in ("id", "source_hash") if entry.get(k) is not None}
+                meta.update(entry.get("extra") or {})
+                item = {**shared, **{k: v for k, v in entry.items() if k not in ITEM_META}}
             else:
                 item = {**shared, "prompt": entry}
-            items.append({k: v for k, v in item.items() if v is not None})
+            items.append(({k: v for k, v in item.items() if v is not None}, meta))
         return items
 
     # -- 2. progress ------------------------------------------------------------------------------------

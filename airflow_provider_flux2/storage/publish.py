@@ -8,7 +8,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 from airflow_provider_flux2.models import ImageRecord
-from airflow_provider_flux2.storage.base import CONTENT_TYPES, BatchLocation, Publisher, content_hash, image_name
+from airflow_provider_flux2.storage.base import CONTENT_TYPES, BatchLocation, Publisher, content_hash
 
 
 def object_metadata(record: ImageRecord) -> dict[str, str]:
@@ -50,8 +50,8 @@ def publish_records(
     """Copy every publishable image to ``publisher`` under ``location``; return the batch with final URIs.
 
     Images that are not publishable (failed, dropped, failing a check) keep their record unchanged,
-    so the manifest written after this still shows where they were. An image already at its
-    destination key is not copied again.
+    so the manifest written after this still shows where they were. An image already under the
+    destination (stored there by the generate step, or published by an earlier run) is not copied again.
 
     :param reader: reads an image's bytes from its current URI (e.g. the staging publisher's ``get``).
     """
@@ -64,11 +64,9 @@ def _publish(
 ) -> ImageRecord:
     assert record.uri is not None
     ctype = content_type_of(record)
-    # Already written to this very key (the generate step stored straight to the destination):
-    # nothing to read, nothing to copy.
-    if record.content_hash and record.uri == publisher.uri_for(
-        location, image_name(record.index, record.content_hash, ctype)
-    ):
+    # Already under this destination (the generate step stored straight there, or an earlier run
+    # published it and the batch carries it forward): nothing to read, nothing to copy.
+    if record.uri.startswith(publisher.base_uri + "/"):
         return record
     data = reader(record.uri)
     digest = content_hash(data)
