@@ -299,6 +299,7 @@ class FluxGenerateImageOperator(BaseOperator):
         "output_uri",
         "budget_usd",
         "prompt_source",
+        "aws_conn_id",
     )
     template_fields_renderers = {"prompts": "json", "prompt": "json"}
     operator_extra_links = (FluxImagesLink(),)

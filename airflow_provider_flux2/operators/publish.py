@@ -45,7 +45,7 @@ class FluxPublishOperator(BaseOperator):
     :param title: the gallery's heading.
     """
 
-    template_fields: Sequence[str] = ("records", "destination_uri", "title")
+    template_fields: Sequence[str] = ("records", "destination_uri", "title", "aws_conn_id", "source_aws_conn_id")
     template_fields_renderers = {"records": "json"}
     operator_extra_links = (FluxImagesLink(),)
     ui_color = "#e3f2fd"
@@ -62,7 +62,7 @@ class FluxPublishOperator(BaseOperator):
         title: str | None = None,
         **kwargs: Any,
     ) -> None:
-        if asset is None and "{{" not in destination_uri:
+        if asset is None and isinstance(destination_uri, str) and "{{" not in destination_uri:
             asset = destination_asset(destination_uri)
         if asset is not None:
             kwargs["outlets"] = [*list(kwargs.get("outlets") or []), asset]

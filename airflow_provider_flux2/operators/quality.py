@@ -65,7 +65,7 @@ class FluxQualityCheckOperator(BaseOperator):
     :param timeout: seconds to wait for one round of regenerations.
     """
 
-    template_fields: Sequence[str] = ("records", "checks", "output_uri", "budget_usd")
+    template_fields: Sequence[str] = ("records", "checks", "output_uri", "budget_usd", "aws_conn_id")
     template_fields_renderers = {"records": "json", "checks": "json"}
     ui_color = "#e8f5e9"
 
