@@ -81,7 +81,6 @@ with DAG(
         """Prompts for new or changed products only; the estimate is printed and checked before anything is sent."""
         import json
 
-        from airflow_provider_flux2.models import build_input
         from airflow_provider_flux2.pricing import Budget, usd
         from airflow_provider_flux2.prompts import parse_rows, plan_refresh, read_rows
         from airflow_provider_flux2.storage import uri_reader
