@@ -19,6 +19,7 @@ AWS connection named by the ``flux2_aws_conn_id`` variable (or boto3's default c
 | ``flux2_catalogue_uri`` | the catalogue (CSV/JSON/JSONL; ``file://`` or ``s3://``) | ``dags/data/products.csv`` |
 | ``flux2_catalogue_json`` | the catalogue itself, as JSON rows (wins over the URI) | — |
 | ``flux2_output_uri`` | where published images, manifests and galleries go | ``$AIRFLOW_HOME/flux2-output`` |
+| ``flux2_staging_uri`` | where images wait for their checks | ``<output>-staging`` |
 | ``flux2_aws_conn_id`` | AWS connection for ``s3://`` | boto3's chain |
 | ``flux2_nightly_budget_usd`` | the most one night may spend | ``5.00`` |
 | ``flux2_model`` | ``pro``, ``flex``, ``max`` or ``turbo`` | ``pro`` |
@@ -70,7 +71,8 @@ with DAG(
         return {
             "catalogue_uri": Variable.get("flux2_catalogue_uri", default=SHIPPED_CATALOGUE),
             "output_uri": output,
-            "staging_uri": f"{output}/_staging",
+            # A sibling of the output, not inside it: publishing copies what passed out of staging.
+            "staging_uri": Variable.get("flux2_staging_uri", default=f"{output}-staging"),
             "aws_conn_id": Variable.get("flux2_aws_conn_id", default=None) or None,
             "budget_usd": Variable.get("flux2_nightly_budget_usd", default="5.00"),
             "model": Variable.get("flux2_model", default="pro"),
