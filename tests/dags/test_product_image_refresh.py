@@ -76,3 +76,22 @@ def test_second_night_pays_only_for_the_changed_product(emulator, run_dag, xcom,
     assert Decimal(manifest["summary"]["total_cost_usd"]) == Decimal("0.030")
     carried = [row for row in manifest["images"] if row["extra"].get("carried_from")]
     assert len(carried) == 15
+
+
+def test_publishes_to_s3_through_an_aws_connection(
+    emulator, run_dag, xcom, refresh_dag, monkeypatch, moto_aws_conn, bucket, s3_admin
+):
+    monkeypatch.setenv("AIRFLOW_VAR_FLUX2_OUTPUT_URI", f"s3://{bucket}/nightly")
+    monkeypatch.setenv("AIRFLOW_VAR_FLUX2_AWS_CONN_ID", moto_aws_conn)
+    dr = run_dag(refresh_dag)
+    assert dr.state == "success"
+    summary = published(dr, xcom)
+    assert summary["manifest_uri"].startswith(f"s3://{bucket}/nightly/flux2_product_image_refresh/")
+    keys = [o["Key"] for o in s3_admin.list_objects_v2(Bucket=bucket)["Contents"]]
+    published_images = [k for k in keys if k.startswith("nightly/") and "/publish/" in k and k.endswith(".jpg")]
+    staged = [k for k in keys if k.startswith("nightly-staging/") and k.endswith(".jpg")]
+    assert len([k for k in published_images if "/thumbs/" not in k]) == 16
+    assert len(staged) == 16
+    manifest_key = summary["manifest_uri"].split(f"s3://{bucket}/", 1)[1]
+    manifest = json.loads(s3_admin.get_object(Bucket=bucket, Key=manifest_key)["Body"].read())
+    assert Decimal(manifest["summary"]["total_cost_usd"]) == Decimal(emulator.ledger()["total_cost"])

@@ -17,28 +17,10 @@ from airflow_provider_flux2.operators.flux import FluxGenerateImageOperator
 from airflow_provider_flux2.operators.publish import FluxPublishOperator, destination_asset
 from airflow_provider_flux2.operators.quality import FluxQualityCheckOperator
 
-REGION = "eu-west-1"
 PROMPTS = [f"catalogue product {i}, studio light" for i in range(20)]
 BLANK = (5, 12)  # these come back as a single flat colour
 DUPLICATES = {9: 3, 17: 14}  # these come back as a copy of another image of the batch
 _ids = itertools.count()
-
-
-@pytest.fixture
-def minio_conn(monkeypatch, moto_endpoint, isolated_aws) -> str:
-    """An Airflow AWS connection to the moto server, as a MinIO user would configure one."""
-    monkeypatch.setenv(
-        "AIRFLOW_CONN_AWS_TEST",
-        json.dumps(
-            {
-                "conn_type": "aws",
-                "login": "AKIATEST",
-                "password": "secret",
-                "extra": {"endpoint_url": moto_endpoint, "region_name": REGION},
-            }
-        ),
-    )
-    return "aws_test"
 
 
 def inject_faults(emulator) -> None:
@@ -111,10 +93,10 @@ def asset_event_extra(uri: str) -> dict:
 
 
 def test_drop_policy_publishes_the_sixteen_good_images(
-    emulator, run_dag, xcom, tmp_path, minio_conn, bucket, s3_admin, moto_endpoint
+    emulator, run_dag, xcom, tmp_path, moto_aws_conn, bucket, s3_admin, moto_endpoint
 ):
     inject_faults(emulator)
-    dag = pipeline(tmp_path, bucket, minio_conn, on_failure="drop")
+    dag = pipeline(tmp_path, bucket, moto_aws_conn, on_failure="drop")
     dr = run_dag(dag)
     assert dr.state == "success"
 
@@ -162,10 +144,10 @@ def test_drop_policy_publishes_the_sixteen_good_images(
 
 
 def test_regenerate_policy_ends_with_twenty_good_images_within_budget(
-    emulator, run_dag, xcom, tmp_path, minio_conn, bucket, s3_admin
+    emulator, run_dag, xcom, tmp_path, moto_aws_conn, bucket, s3_admin
 ):
     inject_faults(emulator)
-    dag = pipeline(tmp_path, bucket, minio_conn, on_failure="regenerate", max_regenerations=2, budget_usd="1.00")
+    dag = pipeline(tmp_path, bucket, moto_aws_conn, on_failure="regenerate", max_regenerations=2, budget_usd="1.00")
     dr = run_dag(dag)
     assert dr.state == "success"
     checked = xcom(dr, "check")
@@ -180,18 +162,18 @@ def test_regenerate_policy_ends_with_twenty_good_images_within_budget(
 
 
 def test_regeneration_over_budget_is_refused_before_it_is_sent(
-    emulator, run_dag, task_states, tmp_path, minio_conn, bucket
+    emulator, run_dag, task_states, tmp_path, moto_aws_conn, bucket
 ):
     inject_faults(emulator)
-    dag = pipeline(tmp_path, bucket, minio_conn, on_failure="regenerate", budget_usd="0.65")
+    dag = pipeline(tmp_path, bucket, moto_aws_conn, on_failure="regenerate", budget_usd="0.65")
     dr = run_dag(dag)
     assert task_states(dr)["check"] == "failed"
     assert len(emulator.ledger()["entries"]) == 20  # the batch, and nothing more
 
 
-def test_fail_policy_names_every_failed_image(emulator, run_dag, task_states, tmp_path, minio_conn, bucket):
+def test_fail_policy_names_every_failed_image(emulator, run_dag, task_states, tmp_path, moto_aws_conn, bucket):
     inject_faults(emulator)
-    dag = pipeline(tmp_path, bucket, minio_conn, on_failure="fail")
+    dag = pipeline(tmp_path, bucket, moto_aws_conn, on_failure="fail")
     dr = run_dag(dag)
     assert task_states(dr)["check"] == "failed"
     assert task_states(dr)["publish"] == "upstream_failed"
