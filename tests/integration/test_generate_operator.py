@@ -227,7 +227,7 @@ class CrashBeforeRecording(FluxGenerateImageOperator):
 
 @pytest.mark.parametrize("operator", [CrashAfterSubmit, CrashBeforeRecording])
 def test_task_retried_after_a_crash_creates_no_new_run(emulator, run_dag, xcom, tmp_path, operator):
-    prompts = [f"retry {i}" for i in range(12)]
+    prompts = [f"retry {i}" for i in range(50)]
     with DAG(dag_id("crash"), schedule=None, start_date=datetime(2026, 1, 1)) as dag:
         operator(
             task_id="generate",
@@ -242,8 +242,23 @@ def test_task_retried_after_a_crash_creates_no_new_run(emulator, run_dag, xcom, 
         )
     dr = run_dag(dag)
     assert dr.state == "success"
-    assert len(xcom(dr, "generate")) == 12
+    records = xcom(dr, "generate")
+    assert len(records) == 50 and len(stored_files(tmp_path)) == 50
     ledger = emulator.ledger()["entries"]
-    assert len(ledger) == 12
-    assert len({e["run_id"] for e in ledger}) == 12
-    assert emulator.stats()["runs_created"] == 12
+    assert len(ledger) == 50
+    assert len({e["run_id"] for e in ledger}) == 50
+    assert emulator.stats()["runs_created"] == 50
+    assert sum(Decimal(r["cost_usd"]) for r in records) == ledger_total(emulator)
+
+
+def test_api_cost_is_recorded_beside_the_estimate_and_a_mismatch_is_logged(emulator, run_dag, xcom, tmp_path, capfd):
+    emulator.configure(prices={"pro": {"first_mp": "0.04", "extra_mp": "0.02"}})
+    dag = generate_dag("mismatch", tmp_path, prompt="a brass compass", image_size="square", deferrable=True)
+    dr = run_dag(dag)
+    assert dr.state == "success"
+    record = xcom(dr, "generate")[0]
+    assert (record["cost_usd"], record["api_cost_usd"], record["estimated_cost_usd"]) == ("0.040", "0.040", "0.030")
+    out = capfd.readouterr()
+    assert (
+        f"Run {record['run_id']} (image 0) was billed $0.040 by the API; the estimate was $0.030" in out.out + out.err
+    )
