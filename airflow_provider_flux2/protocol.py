@@ -274,7 +274,7 @@ def _api_validation_error(
         details.append({"field": ".".join(loc) or "input", "value": err.get("input"), "allowed": err.get("msg")})
     first = details[0] if details else {"field": "input", "value": None, "allowed": message or "a valid request"}
     return FluxValidationError(
-        field=first["field"],
+        field=str(first["field"]),
         value=first["value"],
         allowed=str(first["allowed"]),
         details=details or None,

@@ -468,7 +468,7 @@ class FluxGenerateImageOperator(BaseOperator):
     def _resume(self, context: Context, plan: Plan, *, fresh_try: bool) -> dict[str, Any]:
         """Progress of this task: from this try's XCom, else an earlier try's task_state_store, else new."""
         ti = context["ti"]
-        state = None
+        state: Any = None
         if not fresh_try:
             state = ti.xcom_pull(task_ids=ti.task_id, key=XCOM_STATE, map_indexes=ti.map_index)
         store = context.get("task_state_store")
@@ -515,11 +515,11 @@ class FluxGenerateImageOperator(BaseOperator):
         context["ti"].xcom_push(key=key, value=records)
         store = context.get("task_state_store")
         if store is not None:
-            store.set(f"flux/records/{chunk:05d}", records)
+            store.set(f"flux/records/{chunk:05d}", list(records))
 
     def _load_chunk_records(self, context: Context, chunk: int) -> list[dict[str, Any]]:
         ti = context["ti"]
-        records = ti.xcom_pull(task_ids=ti.task_id, key=f"flux_records_{chunk:05d}", map_indexes=ti.map_index)
+        records: Any = ti.xcom_pull(task_ids=ti.task_id, key=f"flux_records_{chunk:05d}", map_indexes=ti.map_index)
         store = context.get("task_state_store")
         if records is None and store is not None:
             records = store.get(f"flux/records/{chunk:05d}")
@@ -764,7 +764,8 @@ class FluxGenerateImageOperator(BaseOperator):
         total = len(plan.images)
         finished = stats["done"] + stats["failed"] + stats["moderated"]
         elapsed = now - state["started_at"]
-        budget = f" of ${usd(Budget.of(self.budget_usd).limit)} budget" if self.budget_usd not in (None, "") else ""
+        limit = Budget.of(self.budget_usd)
+        budget = f" of ${usd(limit.limit)} budget" if limit is not None else ""
         eta = ""
         if 0 < finished < total and elapsed > 0:
             eta = f" · ETA {_duration((total - finished) * elapsed / finished)}"
@@ -855,7 +856,7 @@ class FluxGenerateImageOperator(BaseOperator):
             dag_id=task_instance.dag_id,
             run_id=task_instance.run_id,
             task_id=task_instance.task_id,
-            map_index=task_instance.map_index,
+            map_index=_map_index(task_instance),
         )
         output = self._publisher().folder_uri(location)
         return lineage(inputs=[self.prompt_source] if self.prompt_source else [], outputs=[output])
@@ -879,6 +880,10 @@ def _check_choice(name: str, value: str, allowed: tuple[str, ...]) -> None:
         raise FluxValidationError(field=name, value=value, allowed=" | ".join(allowed))
 
 
+def _map_index(ti: Any) -> int:
+    return -1 if ti.map_index is None else int(ti.map_index)
+
+
 def task_identity(context: Context) -> dict[str, Any]:
     ti = context["ti"]
     return {"dag_id": ti.dag_id, "task_id": ti.task_id, "run_id": ti.run_id, "map_index": ti.map_index}
@@ -886,7 +891,7 @@ def task_identity(context: Context) -> dict[str, Any]:
 
 def task_location(context: Context) -> BatchLocation:
     ti = context["ti"]
-    return BatchLocation(dag_id=ti.dag_id, run_id=ti.run_id, task_id=ti.task_id, map_index=ti.map_index)
+    return BatchLocation(dag_id=ti.dag_id, run_id=ti.run_id, task_id=ti.task_id, map_index=_map_index(ti))
 
 
 def run_metadata(context: Context) -> dict[str, Any]:

@@ -86,7 +86,7 @@ class FluxPublishOperator(BaseOperator):
         )
         delivered = [r for r in published if is_publishable(r)]
         cost = sum((billed_cost(r) for r in published), Decimal("0"))
-        summary = {
+        summary: dict[str, Any] = {
             "manifest_uri": uris["manifest_uri"],
             "gallery_uri": uris["gallery_uri"],
             "contact_sheet_uri": uris["contact_sheet_uri"],
