@@ -862,17 +862,22 @@ class FluxGenerateImageOperator(BaseOperator):
         return lineage(inputs=[self.prompt_source] if self.prompt_source else [], outputs=[output])
 
     def _publisher(self) -> Publisher:
-        uri = self.output_uri or conf.get("flux2", "default_output_uri", fallback=None)
-        if not uri:
-            raise FluxValidationError(
-                field="output_uri",
-                value=None,
-                allowed="file:///absolute/path or s3://bucket/prefix (or [flux2] default_output_uri)",
-            )
-        return publisher_for(uri, aws_conn_id=self.aws_conn_id)
+        return output_publisher(self.output_uri, self.aws_conn_id)
 
 
 # -- small pure pieces ---------------------------------------------------------------------------------
+
+
+def output_publisher(output_uri: str | None, aws_conn_id: str | None) -> Publisher:
+    """Where an operator stores images: its ``output_uri``, else ``[flux2] default_output_uri``."""
+    uri = output_uri or conf.get("flux2", "default_output_uri", fallback=None)
+    if not uri:
+        raise FluxValidationError(
+            field="output_uri",
+            value=None,
+            allowed="file:///absolute/path or s3://bucket/prefix (or [flux2] default_output_uri)",
+        )
+    return publisher_for(uri, aws_conn_id=aws_conn_id)
 
 
 def _check_choice(name: str, value: str, allowed: tuple[str, ...]) -> None:

@@ -14,7 +14,7 @@ from decimal import Decimal
 from functools import cached_property
 from typing import TYPE_CHECKING, Any, Literal
 
-from airflow.sdk import BaseOperator, conf
+from airflow.sdk import BaseOperator
 
 from airflow_provider_flux2 import protocol
 from airflow_provider_flux2.exceptions import FluxError, FluxValidationError
@@ -22,6 +22,7 @@ from airflow_provider_flux2.hooks.flux import FluxHook, expected_duration
 from airflow_provider_flux2.models import ImageRecord, RunStatus, records_from_xcom, utc_now_iso
 from airflow_provider_flux2.operators.flux import (
     is_moderated,
+    output_publisher,
     planned_image,
     record_for_run,
     run_metadata,
@@ -33,7 +34,7 @@ from airflow_provider_flux2.pricing import Budget, usd
 from airflow_provider_flux2.quality.policy import apply_failure_policy
 from airflow_provider_flux2.quality.regeneration import RegenerationPlan, supersede
 from airflow_provider_flux2.quality.suite import CheckSuite, failed_checks, read_each
-from airflow_provider_flux2.storage import publisher_for, uri_reader
+from airflow_provider_flux2.storage import uri_reader
 from airflow_provider_flux2.storage.base import folder_of
 from airflow_provider_flux2.storage.manifest import billed_cost
 from airflow_provider_flux2.triggers.flux import RunWatch, watch_runs
@@ -42,7 +43,6 @@ if TYPE_CHECKING:
     from airflow.sdk import Context
 
     from airflow_provider_flux2.operators.flux import PlannedImage
-    from airflow_provider_flux2.storage.base import Publisher
 
 XCOM_QUALITY = "flux_quality_summary"
 
@@ -156,7 +156,7 @@ class FluxQualityCheckOperator(BaseOperator):
 
     def _regenerate(self, context: Context, plan: RegenerationPlan) -> list[ImageRecord]:
         """Submit a round of regenerations, wait for them, store them; return their records."""
-        publisher = self._publisher()
+        publisher = output_publisher(self.output_uri, self.aws_conn_id)
         location = task_location(context)
         identity = task_identity(context)
         images: list[PlannedImage] = []
@@ -214,16 +214,6 @@ class FluxQualityCheckOperator(BaseOperator):
         if event["status"] != "success":
             raise FluxError(f"Regeneration did not complete: {event['message']}")
         return event["finished"]
-
-    def _publisher(self) -> Publisher:
-        uri = self.output_uri or conf.get("flux2", "default_output_uri", fallback=None)
-        if not uri:
-            raise FluxValidationError(
-                field="output_uri",
-                value=None,
-                allowed="where regenerated images go: file:///path or s3://bucket/prefix",
-            )
-        return publisher_for(uri, aws_conn_id=self.aws_conn_id)
 
     def get_openlineage_facets_on_complete(self, task_instance: Any) -> Any:
         from airflow_provider_flux2.lineage import lineage
