@@ -304,7 +304,7 @@ class FluxHook(BaseHook):
         self.log.warning(
             "%s %s failed (%s); attempt %d of %d, retrying in %.2fs",
             request.method,
-            request.path,
+            request.path.split("?", 1)[0],  # never a presigned URL's signature
             _describe(error),
             attempt,
             policy.max_attempts,
