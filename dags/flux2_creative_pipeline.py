@@ -75,15 +75,25 @@ with DAG(
 
         read = uri_reader(aws_conn_id=config["aws_conn_id"])
         briefs: list[dict[str, Any]] = []
-        events = triggering_asset_events or {}
-        for event in events.get(PRODUCT_IMAGES, []):
+        events = triggering_asset_events
+
+        def of(asset: Asset) -> list[Any]:
+            # Index the accessor itself: it resolves the asset (Asset objects are not hashable on 3.1).
+            if not events:
+                return []
+            try:
+                return list(events[asset])
+            except KeyError:
+                return []
+
+        for event in of(PRODUCT_IMAGES):
             manifest = json.loads(read(event.extra["manifest_uri"]))
             for row in manifest["images"]:
                 fresh = row["status"] == "succeeded" and not (row.get("extra") or {}).get("carried_from")
                 if fresh:  # only products regenerated tonight get new ads
                     product = (row.get("extra") or {}).get("id", row["index"])
                     briefs.append({"prompt": AD_TEMPLATE.format(prompt=row["prompt"]), "id": f"ad-{product}"})
-        for event in events.get(CREATIVE_BRIEFS, []):
+        for event in of(CREATIVE_BRIEFS):
             briefs.extend(event.extra.get("briefs") or [])
             if event.extra.get("briefs_uri"):
                 briefs.extend(read_rows(event.extra["briefs_uri"], read))

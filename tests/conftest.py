@@ -13,6 +13,7 @@ from pathlib import Path
 
 import boto3
 import pytest
+from dagbags import dag_bag, dagbag_module
 from moto.server import ThreadedMotoServer
 
 REPO = Path(__file__).resolve().parent.parent
@@ -61,12 +62,11 @@ def emulator(emulator_server, monkeypatch):
 def register_dag(dag) -> None:
     """Serialize an in-memory DAG into the metadata DB so ``dag.test()`` can run it."""
     from airflow.dag_processing.bundles.manager import DagBundlesManager
-    from airflow.dag_processing.dagbag import DagBag, sync_bag_to_db
 
     DagBundlesManager().sync_bundles_to_db()  # the dag row refers to its bundle
-    bag = DagBag(dag_folder=os.devnull)
+    bag = dag_bag(os.devnull)
     bag.bag_dag(dag)
-    sync_bag_to_db(bag, "dags-folder", None)
+    dagbag_module().sync_bag_to_db(bag, "dags-folder", None)
 
 
 @pytest.fixture

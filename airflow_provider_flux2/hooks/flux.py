@@ -223,6 +223,26 @@ class FluxHook(BaseHook):
 
     # -- connection -------------------------------------------------------------------------------
 
+    @classmethod
+    def get_ui_field_behaviour(cls) -> dict[str, Any]:
+        """The connection form's behaviour, for Airflow 3.1 (3.2+ reads it from the provider info)."""
+        return dict(_connection_type_info()["ui-field-behaviour"])
+
+    @classmethod
+    def get_connection_form_widgets(cls) -> dict[str, Any]:
+        """The extra fields of the form, for Airflow 3.1 with its FAB UI (3.2+ reads ``conn-fields``)."""
+        from flask_appbuilder.fieldwidgets import BS3TextFieldWidget
+        from flask_babel import lazy_gettext
+        from wtforms import IntegerField, StringField
+
+        widgets = {}
+        for name, spec in _connection_type_info()["conn-fields"].items():
+            kind = IntegerField if "integer" in spec["schema"]["type"] else StringField
+            widgets[name] = kind(
+                lazy_gettext(spec["label"]), widget=BS3TextFieldWidget(), description=spec.get("description", "")
+            )
+        return widgets
+
     @property
     def config(self) -> FluxConnectionConfig:
         if self._config is None:
@@ -597,6 +617,13 @@ class FluxHook(BaseHook):
             raise failure
         image = self.download(run, width=request.width, height=request.height, output_format=request.output_format)
         return run, image
+
+
+def _connection_type_info() -> dict[str, Any]:
+    """The ``flux2`` connection type as declared in the provider info (one source for every Airflow version)."""
+    from airflow_provider_flux2.get_provider_info import get_provider_info
+
+    return next(c for c in get_provider_info()["connection-types"] if c["connection-type"] == FluxHook.conn_type)
 
 
 class _ExpiredURL(Exception):

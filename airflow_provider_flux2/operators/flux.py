@@ -28,7 +28,12 @@ from decimal import Decimal
 from functools import cached_property
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
-from airflow.sdk import BaseOperator, BaseOperatorLink, conf
+from airflow.sdk import BaseOperator, BaseOperatorLink
+
+try:
+    from airflow.sdk import conf
+except ImportError:  # Airflow 3.1: the Task SDK exposes conf from 3.2 on
+    from airflow.configuration import conf  # type: ignore[no-redef]
 
 from airflow_provider_flux2 import protocol
 from airflow_provider_flux2.exceptions import (

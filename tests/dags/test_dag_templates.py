@@ -16,9 +16,9 @@ DAG_IDS = {"flux2_product_image_refresh", "flux2_preproduction_batch", "flux2_cr
 
 @pytest.fixture(scope="module")
 def dagbag(airflow_db):
-    from airflow.dag_processing.dagbag import DagBag
+    from dagbags import dag_bag
 
-    return DagBag(dag_folder=str(REPO / "dags"))
+    return dag_bag(REPO / "dags")
 
 
 def test_every_dag_imports_without_error(dagbag):

@@ -29,9 +29,9 @@ def no_earlier_nights(airflow_db):
 
 @pytest.fixture
 def refresh_dag():
-    from airflow.dag_processing.dagbag import DagBag
+    from dagbags import dag_bag
 
-    bag = DagBag(dag_folder=str(REPO / "dags" / "flux2_product_image_refresh.py"))
+    bag = dag_bag(REPO / "dags" / "flux2_product_image_refresh.py")
     assert not bag.import_errors, bag.import_errors
     return bag.get_dag("flux2_product_image_refresh")
 

@@ -8,6 +8,7 @@ import sys
 from importlib import import_module
 
 from airflow_provider_flux2.get_provider_info import get_provider_info
+from airflow_provider_flux2.hooks.flux import FluxHook
 
 
 def test_every_module_and_class_named_in_provider_info_imports():
@@ -39,6 +40,13 @@ def test_providers_manager_registers_connection_type_form_fields_and_link():
     hook = manager.hooks["flux2"]
     assert hook.hook_class_name == "airflow_provider_flux2.hooks.flux.FluxHook"
     assert hook.connection_type == "flux2"
+    from airflow import __version__ as airflow_version
+    from packaging.version import Version
+
+    if Version(airflow_version) < Version("3.2"):
+        # 3.1 builds the form from the hook's methods, and only when the FAB UI (wtforms) is installed.
+        assert FluxHook.get_ui_field_behaviour()["relabeling"]["password"] == "API Key"
+        return
     behaviour = manager.field_behaviours["flux2"]
     assert behaviour["relabeling"] == {"password": "API Key", "host": "Base URL"}
     assert "login" in behaviour["hidden_fields"]
