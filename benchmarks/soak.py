@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shutil
 import sys
 import tempfile
@@ -247,6 +248,18 @@ def output_to(path: Path) -> Iterator[None]:
             os.close(saved[1])
 
 
+def task_failures(log: Path) -> list[str]:
+    """The exception that ended each failed try, read from the captured log (tracebacks end with it)."""
+    failures, waiting = [], False
+    for line in log.read_text(errors="replace").splitlines():
+        if "Task failed with exception" in line:
+            waiting = True
+        elif waiting and re.match(r"[A-Za-z_][\w.]*(Error|Exception)\b", line):
+            failures.append(line.strip()[:300])
+            waiting = False
+    return failures
+
+
 def say(message: str) -> None:
     print(f"[soak] {message}", flush=True)
 
@@ -293,8 +306,8 @@ def main(argv: list[str]) -> int:
             say(f"VIOLATION: {problem}")
         say(f"logs kept in {log_path}")
         return 1
-    say(f"all invariants hold ({log_path.stat().st_size // 1024} KiB of logs searched for the key)")
-    shutil.rmtree(workdir, ignore_errors=True)
+    say(f"all invariants hold ({log_path.stat().st_size // 1024} KiB of logs searched for the key; kept in {log_path})")
+    shutil.rmtree(workdir / "images", ignore_errors=True)
     return 0
 
 
@@ -316,6 +329,8 @@ def run_soak(images: int, crash_images: int, seed: int, workdir: Path, log_path:
         stats, ledger = emulator.stats(), emulator.ledger()
     tries = sandbox.try_numbers(dag_run)
     summarize(stats, tries, seconds, images + crash_images)
+    for failure in task_failures(log_path):
+        say(f"a try ended with: {failure}")
     if str(dag_run.state) != "success":
         return [f"DAG run ended {dag_run.state} (task tries {tries})"]
     return verify(dag_run, images, crash_images, output, stats, ledger)
