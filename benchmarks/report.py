@@ -15,6 +15,8 @@ from pathlib import Path
 
 START = "<!-- bench:start -->"
 END = "<!-- bench:end -->"
+SOAK_START = "<!-- soak:start -->"
+SOAK_END = "<!-- soak:end -->"
 
 
 def number(value: float, digits: int = 2) -> str:
@@ -67,11 +69,11 @@ def machine(airflow_version: str) -> list[tuple[str, str]]:
     ]
 
 
-def replace_block(page: Path, block: str) -> None:
+def replace_block(page: Path, block: str, markers: tuple[str, str] = (START, END)) -> None:
     """Put ``block`` between the markers of ``page``, leaving the rest of the page as it is."""
-    text = page.read_text()
-    head, start, rest = text.partition(START)
-    _, end, tail = rest.partition(END)
+    first, last = markers
+    head, start, rest = page.read_text().partition(first)
+    _, end, tail = rest.partition(last)
     if not start or not end:
-        raise SystemExit(f"{page} has no {START} … {END} block to replace")
-    page.write_text(f"{head}{START}\n{block.strip()}\n{END}{tail}")
+        raise SystemExit(f"{page} has no {first} … {last} block to replace")
+    page.write_text(f"{head}{first}\n{block.strip()}\n{last}{tail}")

@@ -34,8 +34,10 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote
 
+import report
 import sandbox
 
+DOCS_PAGE = sandbox.REPO / "docs" / "performance.md"
 API_KEY = "rf_soak_secret_key_9b3d71e5a2"
 TIME_SCALE = 0.05
 MAX_IN_FLIGHT = 8
@@ -264,84 +266,108 @@ def say(message: str) -> None:
     print(f"[soak] {message}", flush=True)
 
 
-def summarize(stats: dict[str, Any], tries: dict[str, int], seconds: float, images: int) -> None:
-    fired = Counter(
-        f"{f['endpoint']}:{f['fault']}{'/after' if f.get('phase') == 'after' else ''}" for f in stats["faults_fired"]
-    )
+@dataclass
+class Outcome:
+    """What one soak did and what it found."""
+
+    images: int
+    crash_images: int
+    seed: int
+    seconds: float = 0.0
+    stats: dict[str, Any] = field(default_factory=dict)
+    ledger: dict[str, Any] = field(default_factory=dict)
+    tries: dict[str, int] = field(default_factory=dict)
+    failures: list[str] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+
+
+def summarize(outcome: Outcome) -> None:
+    stats = outcome.stats
     requests = sum(stats["requests"].values())
-    say(f"{images} images in {seconds:.0f} s; {requests} requests, {len(stats['faults_fired'])} faults fired")
+    fired = Counter(_fault_name(f) for f in stats["faults_fired"])
+    say(f"{outcome.images + outcome.crash_images} images in {outcome.seconds:.0f} s; {requests} requests")
     say(f"requests per endpoint: {dict(sorted(stats['requests'].items()))}")
-    say("faults fired: " + ", ".join(f"{k} {n}" for k, n in sorted(fired.items())))
+    say(f"{len(stats['faults_fired'])} faults fired: " + ", ".join(f"{k} {n}" for k, n in sorted(fired.items())))
     say(
         f"runs created {stats['runs_created']} (by status {stats['runs_by_status']}); "
         f"peak in flight {stats['max_concurrent_runs']}"
     )
-    say(
-        f"task tries: {tries}; crash on try {CRASH.crashed_on_try} after {CRASH.stored_before_crash} stored, "
-        f"{len(CRASH.inflight_at_crash)} in flight"
+    say(f"task tries: {outcome.tries}; the crash: {crash_text()}")
+    for failure in outcome.failures:
+        say(f"a try ended with: {failure}")
+
+
+def crash_text() -> str:
+    if CRASH.crashed_on_try is None:
+        return "did not happen"
+    return (
+        f"try {CRASH.crashed_on_try}, {CRASH.stored_before_crash} images stored, "
+        f"{len(CRASH.inflight_at_crash)} runs in flight"
     )
 
 
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument(
-        "--images", type=int, default=2000, help="images in all (default 2000; a quarter in the crash task)"
-    )
+    parser.add_argument("--images", type=int, default=2000, help="images in all (default 2000; a quarter crash)")
     parser.add_argument("--seed", type=int, default=7, help="seed of the fault plan and the emulator")
+    parser.add_argument("--no-docs", action="store_true", help="print only; leave docs/performance.md alone")
     args = parser.parse_args(argv)
     crash_images = args.images // 4
-    images = args.images - crash_images
+    outcome = Outcome(images=args.images - crash_images, crash_images=crash_images, seed=args.seed)
 
     os.environ["AIRFLOW__LOGGING__LOGGING_LEVEL"] = "INFO"  # every log line is searched for the key
     home = sandbox.prepare("flux2-soak-airflow-")
     workdir = Path(tempfile.mkdtemp(prefix="flux2-soak-"))
     log_path = workdir / "soak.log"
     try:
-        problems = run_soak(images, crash_images, args.seed, workdir, log_path)
-        problems += check_secret(log_path, [workdir / "images", home / "logs"])
+        import airflow
+
+        run_soak(outcome, workdir, log_path)
+        outcome.problems += check_secret(log_path, [workdir / "images", home / "logs"])
     finally:
         shutil.rmtree(home, ignore_errors=True)
-    if problems:
-        for problem in problems:
-            say(f"VIOLATION: {problem}")
-        say(f"logs kept in {log_path}")
-        return 1
-    say(f"all invariants hold ({log_path.stat().st_size // 1024} KiB of logs searched for the key; kept in {log_path})")
+    for problem in outcome.problems:
+        say(f"VIOLATION: {problem}")
+    if not outcome.problems:
+        say(f"all invariants hold ({log_path.stat().st_size // 1024} KiB of logs searched for the key)")
+    say(f"logs kept in {log_path}")
     shutil.rmtree(workdir / "images", ignore_errors=True)
-    return 0
+    if not args.no_docs:
+        block = soak_block(outcome, report.machine(airflow.__version__))
+        report.replace_block(DOCS_PAGE, block, (report.SOAK_START, report.SOAK_END))
+        say(f"summary written to {DOCS_PAGE.relative_to(sandbox.REPO)}")
+    return 1 if outcome.problems else 0
 
 
-def run_soak(images: int, crash_images: int, seed: int, workdir: Path, log_path: Path) -> list[str]:
+def run_soak(outcome: Outcome, workdir: Path, log_path: Path) -> None:
     from airflow_provider_flux2.emulator import Emulator
 
     output = workdir / "images"
-    with Emulator(profile="realistic", time_scale=TIME_SCALE, api_key=API_KEY, random_seed=seed) as emulator:
+    total = outcome.images + outcome.crash_images
+    with Emulator(profile="realistic", time_scale=TIME_SCALE, api_key=API_KEY, random_seed=outcome.seed) as emulator:
         os.environ["AIRFLOW_CONN_FLUX2_DEFAULT"] = json.dumps(
             {"conn_type": "flux2", "host": emulator.base_url, "password": API_KEY, "extra": CONNECTION_EXTRA}
         )
-        emulator.faults(fault_plan(seed))
-        say(f"{images + crash_images} images ({crash_images} in the task that crashes), logs in {log_path}")
+        emulator.faults(fault_plan(outcome.seed))
+        say(f"{total} images ({outcome.crash_images} in the task that crashes), logs in {log_path}")
         started = time.perf_counter()
         with output_to(log_path):
-            dag_run = sandbox.run_dag(build_dag(images, crash_images, output))
-        seconds = time.perf_counter() - started
-        emulator.clear_faults()  # the checks below read the control surface, which faults do not touch anyway
-        stats, ledger = emulator.stats(), emulator.ledger()
-    tries = sandbox.try_numbers(dag_run)
-    summarize(stats, tries, seconds, images + crash_images)
-    for failure in task_failures(log_path):
-        say(f"a try ended with: {failure}")
+            dag_run = sandbox.run_dag(build_dag(outcome.images, outcome.crash_images, output))
+        outcome.seconds = time.perf_counter() - started
+        outcome.stats, outcome.ledger = emulator.stats(), emulator.ledger()
+    outcome.tries = sandbox.try_numbers(dag_run)
+    outcome.failures = task_failures(log_path)
+    summarize(outcome)
     if str(dag_run.state) != "success":
-        return [f"DAG run ended {dag_run.state} (task tries {tries})"]
-    return verify(dag_run, images, crash_images, output, stats, ledger)
+        outcome.problems.append(f"DAG run ended {dag_run.state} (task tries {outcome.tries})")
+        return
+    outcome.problems += verify(dag_run, outcome, output)
 
 
-def verify(
-    dag_run: Any, images: int, crash_images: int, output: Path, stats: dict[str, Any], ledger: dict[str, Any]
-) -> list[str]:
+def verify(dag_run: Any, outcome: Outcome, output: Path) -> list[str]:
     problems: list[str] = []
     all_records = []
-    for task, expected in (("generate", images), ("generate_crash", crash_images)):
+    for task, expected in (("generate", outcome.images), ("generate_crash", outcome.crash_images)):
         records = sandbox.xcom_value(dag_run, task) or []
         folders = [p for p in output.rglob(task) if p.is_dir()]
         if len(folders) != 1:
@@ -349,15 +375,69 @@ def verify(
             continue
         problems += check_storage(task, records, expected, stored_images(folders[0]))
         all_records += records
-    problems += check_ledger(all_records, ledger)
+    problems += check_ledger(all_records, outcome.ledger)
     manifests = {t: sandbox.xcom_value(dag_run, t, key="flux_manifest_uri") for t in ("generate", "generate_crash")}
-    problems += check_manifests(manifests, Decimal(ledger["total_cost"]))
+    problems += check_manifests(manifests, Decimal(outcome.ledger["total_cost"]))
     if CRASH.crashed_on_try is None:
         problems.append("the mid-flight crash never happened: the retry path was not exercised")
-    if stats["max_concurrent_runs"] > MAX_IN_FLIGHT:
-        problems.append(f"{stats['max_concurrent_runs']} runs in flight at once (max_in_flight {MAX_IN_FLIGHT})")
-    say(f"ledger: {len(ledger['entries'])} billed runs, ${ledger['total_cost']}; records: {len(all_records)}")
+    peak = outcome.stats["max_concurrent_runs"]
+    if peak > MAX_IN_FLIGHT:
+        problems.append(f"{peak} runs in flight at once (max_in_flight {MAX_IN_FLIGHT})")
+    billed = len(outcome.ledger["entries"])
+    say(f"ledger: {billed} billed runs, ${outcome.ledger['total_cost']}; records: {len(all_records)}")
     return problems
+
+
+# -- the page ----------------------------------------------------------------------------------------------
+
+
+def soak_block(outcome: Outcome, machine: list[tuple[str, str]]) -> str:
+    """The soak's summary for the page: the verdict first, then what the API threw at the tasks."""
+    stats, ledger = outcome.stats, outcome.ledger
+    requests = sum(stats.get("requests", {}).values())
+    fired = len(stats.get("faults_fired", []))
+    verdict = "all invariants hold" if not outcome.problems else "VIOLATIONS: " + "; ".join(outcome.problems)
+    rows = [
+        ["verdict", verdict],
+        ["images", f"{outcome.images + outcome.crash_images} ({outcome.crash_images} in the task that crashes)"],
+        ["wall time", f"{outcome.seconds:.0f} s (time scale {TIME_SCALE:g}, fault and emulator seed {outcome.seed})"],
+        ["requests", f"{requests}: " + ", ".join(f"{k} {v}" for k, v in sorted(stats.get("requests", {}).items()))],
+        ["faults fired", f"{fired} ({fired / requests:.0%} of requests)" if requests else "0"],
+        ["runs created", f"{stats.get('runs_created')} (by status: {stats.get('runs_by_status')})"],
+        ["billed", f"{len(ledger.get('entries', []))} runs, ${ledger.get('total_cost')}"],
+        ["peak runs in flight", str(stats.get("max_concurrent_runs"))],
+        ["task tries", ", ".join(f"{task} {n}" for task, n in sorted(outcome.tries.items()))],
+        ["the crash", crash_text()],
+        *[["a try ended with", f"`{failure}`"] for failure in outcome.failures],
+    ]
+    kinds = Counter(_fault_name(f) for f in stats.get("faults_fired", []))
+    info = dict(machine)
+    lines = [
+        f"_Last `make soak`: {info['date (UTC)']} UTC, {info['cores']} cores, Python {info['Python']}, "
+        f"Airflow {info['Airflow']}._",
+        "",
+        *report.markdown_table(["", ""], rows),
+        "",
+        "Faults fired, by endpoint and kind:",
+        "",
+        *report.markdown_table(["endpoint: kind", "fired"], [[k, str(n)] for k, n in sorted(kinds.items())]),
+    ]
+    return "\n".join(lines)
+
+
+def _fault_name(fault: dict[str, Any]) -> str:
+    """``get_run: rate_limit (no Retry-After)``: the kind with the parameters that tell faults apart."""
+    details = []
+    if fault.get("status"):
+        details.append(str(fault["status"]))
+    if fault["fault"] == "rate_limit":
+        retry_after = fault.get("retry_after")
+        details.append(f"Retry-After {retry_after:g} s" if retry_after is not None else "no Retry-After")
+    if fault["fault"] == "stall":
+        details.append(f"{fault.get('seconds', 30):g} s")
+    if fault.get("phase") == "after":
+        details.append("after the work")
+    return f"{fault['endpoint']}: {fault['fault']}" + (f" ({', '.join(details)})" if details else "")
 
 
 if __name__ == "__main__":
