@@ -39,12 +39,16 @@ def prepare(prefix: str) -> Path:
 def run_dag(dag: Any) -> Any:
     """Serialize an in-memory DAG into the metadata DB and run it with ``dag.test()``; returns the DagRun."""
     from airflow.dag_processing.bundles.manager import DagBundlesManager
-    from airflow.dag_processing.dagbag import DagBag, sync_bag_to_db
+
+    try:
+        from airflow.dag_processing import dagbag
+    except ImportError:  # Airflow 3.1 keeps it in airflow.models
+        from airflow.models import dagbag  # type: ignore[no-redef]
 
     DagBundlesManager().sync_bundles_to_db()  # the dag row refers to its bundle
-    bag = DagBag(dag_folder=os.devnull)
+    bag = dagbag.DagBag(dag_folder=os.devnull)
     bag.bag_dag(dag)
-    sync_bag_to_db(bag, "dags-folder", None)
+    dagbag.sync_bag_to_db(bag, "dags-folder", None)
     return dag.test()
 
 

@@ -118,7 +118,7 @@ def build_dag(images: int, crash_images: int, output: Path) -> Any:
 
     from airflow_provider_flux2.operators.flux import FluxGenerateImageOperator
 
-    common = {
+    common: dict[str, Any] = {
         "output_uri": output.as_uri(),
         "deferrable": True,
         "max_in_flight": MAX_IN_FLIGHT,
@@ -136,7 +136,7 @@ def build_dag(images: int, crash_images: int, output: Path) -> Any:
     return dag
 
 
-def prompts(tag: str, count: int) -> list[dict[str, Any]]:
+def prompts(tag: str, count: int) -> list[str | dict[str, Any]]:
     return [{"prompt": f"{tag} item {i}", "image_size": SIZES[i % len(SIZES)], "seed": i} for i in range(count)]
 
 
@@ -308,7 +308,12 @@ def crash_text() -> str:
 
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--images", type=int, default=2000, help="images in all (default 2000; a quarter crash)")
+    parser.add_argument(
+        "--images",
+        type=int,
+        default=2000,
+        help="images in all (default 2000, a quarter of them in the task that crashes; at least ~40)",
+    )
     parser.add_argument("--seed", type=int, default=7, help="seed of the fault plan and the emulator")
     parser.add_argument("--no-docs", action="store_true", help="print only; leave docs/performance.md alone")
     args = parser.parse_args(argv)
@@ -366,7 +371,7 @@ def run_soak(outcome: Outcome, workdir: Path, log_path: Path) -> None:
 
 def verify(dag_run: Any, outcome: Outcome, output: Path) -> list[str]:
     problems: list[str] = []
-    all_records = []
+    all_records: list[dict[str, Any]] = []
     for task, expected in (("generate", outcome.images), ("generate_crash", outcome.crash_images)):
         records = sandbox.xcom_value(dag_run, task) or []
         folders = [p for p in output.rglob(task) if p.is_dir()]
