@@ -33,7 +33,7 @@ from airflow.sdk import BaseOperator, BaseOperatorLink
 try:
     from airflow.sdk import conf
 except ImportError:  # Airflow 3.1: the Task SDK exposes conf from 3.2 on
-    from airflow.configuration import conf  # type: ignore[no-redef]
+    from airflow.configuration import conf  # type: ignore[assignment]
 
 from airflow_provider_flux2 import protocol
 from airflow_provider_flux2.exceptions import (
@@ -653,10 +653,11 @@ class FluxGenerateImageOperator(BaseOperator):
         """Collect every finished run of an event; raise on a timeout or a polling error."""
         finished = event.get("finished") or {}
         by_run = {f["run_id"]: index for index, f in state["inflight"].items()}
+        runs = self._read_finished([run_id for run_id in finished if run_id in by_run], state)
         for run_id, seen in finished.items():
             index = by_run.get(run_id)
             if index is not None:
-                self._collect(context, plan, state, index, seen, publisher, location)
+                self._collect(context, plan, state, index, seen, publisher, location, runs.get(run_id))
         status = event.get("status")
         if status == "timeout":
             self._save(context, state)
@@ -669,6 +670,24 @@ class FluxGenerateImageOperator(BaseOperator):
             self._save(context, state)
             raise FluxError(f"Waiting for FLUX runs failed: {event.get('message')}")
 
+    def _read_finished(self, run_ids: list[str], state: dict[str, Any]) -> dict[str, Run]:
+        """Finished runs read in as few requests as the API allows: one ``/items`` read per batch.
+
+        Reading now (not at poll time) gets fresh output URLs, the cost, the seed and any failure.
+        A run of a batch with a single finished run is read alone (``/items`` returns the whole batch).
+        """
+        batch_of = {f["run_id"]: f["batch_id"] for f in state["inflight"].values() if f["batch_id"]}
+        by_batch: dict[str, list[str]] = {}
+        for run_id in run_ids:
+            if run_id in batch_of:
+                by_batch.setdefault(batch_of[run_id], []).append(run_id)
+        runs: dict[str, Run] = {}
+        for batch_id, members in by_batch.items():
+            if len(members) > 1:
+                items = {run.id: run for run in self.hook.get_batch_items(batch_id)}
+                runs.update({run_id: items[run_id] for run_id in members if run_id in items})
+        return runs
+
     def _collect(
         self,
         context: Context,
@@ -678,11 +697,13 @@ class FluxGenerateImageOperator(BaseOperator):
         seen: dict[str, Any],
         publisher: Publisher,
         location: BatchLocation,
+        run: Run | None = None,
     ) -> None:
-        """Turn one finished run into a record: fresh read, download, verify, store (or resubmit)."""
+        """Turn one finished run into a record: download, verify, store (or resubmit)."""
         flight = state["inflight"][index]
         image = plan.images[int(index)]
-        run = self.hook.get_run(flight["run_id"])  # fresh URL, cost, seed, failure details
+        if run is None or not run.terminal:
+            run = self.hook.get_run(flight["run_id"])  # fresh URL, cost, seed, failure details
         failure = protocol.failure_of(run)
         moderated = is_moderated(run, failure)
         if failure is not None and not moderated and flight["attempt"] <= self.resubmit_failed:

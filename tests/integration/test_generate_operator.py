@@ -77,6 +77,9 @@ def test_batch_uses_batch_endpoint_and_records_every_image(emulator, run_dag, xc
     stats = emulator.stats()
     assert stats["requests"].get("create_batch", 0) == 5  # chunks of max_in_flight // 2
     assert stats["requests"].get("create_run", 0) == 0
+    # Finished runs of one batch are read together from /items, not one GET /v1/runs each.
+    assert stats["requests"].get("get_batch_items", 0) >= 1
+    assert stats["requests"].get("get_run", 0) < 10
     assert stats["max_concurrent_runs"] <= 4
     assert len(stored_files(tmp_path)) == 10
     assert len(emulator.ledger()["entries"]) == 10
