@@ -13,9 +13,10 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-#: Requests that only watch runs: what "poll requests" counts (the operator's fresh read of each
-#: finished run is a ``get_run`` too, so it is in the count; it is one per image in every mode).
-POLL_ENDPOINTS = ("get_batch", "get_run")
+#: Requests that read runs: what "poll requests" counts. Besides the trigger's polls, the operator
+#: reads each finished run once more for its fresh URL, cost and seed (``get_run``, or one
+#: ``get_batch_items`` for several finished runs of one batch); those reads are in the count too.
+POLL_ENDPOINTS = ("get_batch", "get_batch_items", "get_run")
 
 
 def instant(text: str) -> float:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 import os
 import platform
+import subprocess
 from collections.abc import Sequence
 from datetime import datetime, timezone
 from pathlib import Path
@@ -57,10 +58,25 @@ def _cpu_model() -> str:
     return platform.processor() or "unknown"
 
 
-def machine(airflow_version: str) -> list[tuple[str, str]]:
-    """What the figures were measured on."""
+def code_version(repo: Path) -> str:
+    """The commit measured, and whether the package had uncommitted changes on top of it."""
+    try:
+        head = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=repo, capture_output=True, text=True, check=True
+        ).stdout.strip()
+        changed = subprocess.run(
+            ["git", "status", "--porcelain", "airflow_provider_flux2"], cwd=repo, capture_output=True, text=True
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown (not a git checkout)"
+    return f"{head} + uncommitted changes in the package" if changed else head
+
+
+def machine(airflow_version: str, repo: Path) -> list[tuple[str, str]]:
+    """What the figures were measured on, and which code."""
     return [
         ("date (UTC)", datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M")),
+        ("commit", code_version(repo)),
         ("cores", str(os.cpu_count())),
         ("CPU", _cpu_model()),
         ("OS", platform.platform()),

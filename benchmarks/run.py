@@ -169,7 +169,7 @@ COMPARED = ("shipped", "waves", "per_run", "fixed")
 
 def tasks_table(results: dict[str, TaskFigures], labels: dict[str, str]) -> Table:
     """Every figure of the same-N tasks, one row each."""
-    header = ["task", "window (s)", "images/s", "of ideal", "polls/image", "get_batch", "get_run"]
+    header = ["task", "window (s)", "images/s", "of ideal", "polls/image", "get_batch", "get_batch_items", "get_run"]
     header += ["lag p50 (s)", "lag p95 (s)", "worker entries", "peak in flight"]
     rows = []
     for key in COMPARED:
@@ -182,8 +182,7 @@ def tasks_table(results: dict[str, TaskFigures], labels: dict[str, str]) -> Tabl
                 number(f.images_per_second),
                 percent(of_ideal),
                 number(f.polls_per_image),
-                str(f.requests.get("get_batch", 0)),
-                str(f.requests.get("get_run", 0)),
+                *(str(f.requests.get(endpoint, 0)) for endpoint in figures.POLL_ENDPOINTS),
                 number(f.lag_p50, 3),
                 number(f.lag_p95, 3),
                 str(f.worker_entries),
@@ -408,7 +407,7 @@ def main(argv: list[str]) -> int:
     finally:
         shutil.rmtree(home, ignore_errors=True)
     print_console(results, settings)
-    block = results_block(results, settings, report.machine(airflow.__version__))
+    block = results_block(results, settings, report.machine(airflow.__version__, sandbox.REPO))
     if write_docs:
         report.replace_block(DOCS_PAGE, block)
         print(f"\nResults written to {DOCS_PAGE.relative_to(sandbox.REPO)}")

@@ -338,7 +338,7 @@ def main(argv: list[str]) -> int:
     say(f"logs kept in {log_path}")
     shutil.rmtree(workdir / "images", ignore_errors=True)
     if not args.no_docs:
-        block = soak_block(outcome, report.machine(airflow.__version__))
+        block = soak_block(outcome, report.machine(airflow.__version__, sandbox.REPO))
         report.replace_block(DOCS_PAGE, block, (report.SOAK_START, report.SOAK_END))
         say(f"summary written to {DOCS_PAGE.relative_to(sandbox.REPO)}")
     return 1 if outcome.problems else 0
@@ -418,8 +418,8 @@ def soak_block(outcome: Outcome, machine: list[tuple[str, str]]) -> str:
     kinds = Counter(_fault_name(f) for f in stats.get("faults_fired", []))
     info = dict(machine)
     lines = [
-        f"_Last `make soak`: {info['date (UTC)']} UTC, {info['cores']} cores, Python {info['Python']}, "
-        f"Airflow {info['Airflow']}._",
+        f"_Last `make soak`: {info['date (UTC)']} UTC, commit {info['commit']}, {info['cores']} cores, "
+        f"Python {info['Python']}, Airflow {info['Airflow']}._",
         "",
         *report.markdown_table(["", ""], rows),
         "",
