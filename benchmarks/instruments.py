@@ -45,10 +45,19 @@ class SlotUse:
 SLOT_USE: dict[str, SlotUse] = {}
 
 
+#: The DAG whose task holds the slot right now (``dag.test()`` runs one task at a time).
+_OPEN_SLOT: list[str] = []
+
+
+def _current_dag_id() -> str:
+    return _OPEN_SLOT[-1] if _OPEN_SLOT else "unknown"
+
+
 @contextmanager
 def worker_slot(dag_id: str) -> Iterator[None]:
     """Account the time a worker slot is held; a deferral leaves by an exception, so ``finally``."""
     use = SLOT_USE.setdefault(dag_id, SlotUse())
+    _OPEN_SLOT.append(dag_id)
     started = time.perf_counter()
     use.entries += 1
     use.first_entry = use.first_entry if use.first_entry is not None else started
@@ -58,6 +67,7 @@ def worker_slot(dag_id: str) -> Iterator[None]:
         ended = time.perf_counter()
         use.seconds += ended - started
         use.last_exit = ended
+        _OPEN_SLOT.pop()
 
 
 @contextmanager
@@ -97,6 +107,11 @@ class BenchOperator(FluxGenerateImageOperator):
     def plan(self, context: Context) -> Plan:
         with step(context["ti"].dag_id, "plan (re-validated on every resume)"):
             return super().plan(context)
+
+    def _read_finished(self, run_ids: list[str], state: dict[str, Any]) -> Any:
+        # No context here: the one task running is the one whose slot is open (dag.test runs one at a time).
+        with step(_current_dag_id(), "read finished runs (one /items per batch)"):
+            return super()._read_finished(run_ids, state)
 
     def _collect(self, context: Context, plan: Plan, state: dict[str, Any], index: str, *args: Any) -> None:
         with step(context["ti"].dag_id, "collect (read, download, verify, store)"):

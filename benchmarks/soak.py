@@ -80,7 +80,7 @@ def fault_plan(seed: int) -> dict[str, Any]:
         {"fault": "stall", "seconds": LONG_STALL, "probability": 0.002},
     ]
     rules = [{"endpoint": e, **r} for e in ("create_batch", "create_run") for r in writes]
-    rules += [{"endpoint": e, **r} for e in ("get_batch", "get_run") for r in reads]
+    rules += [{"endpoint": e, **r} for e in ("get_batch", "get_batch_items", "get_run") for r in reads]
     rules += [{"endpoint": "download", **r} for r in downloads]
     return {"seed": seed, "rules": rules}
 
