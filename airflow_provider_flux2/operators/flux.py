@@ -18,7 +18,6 @@ progress was lost (Airflow < 3.3 after a worker crash) a resubmission is a repla
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import time
 from collections.abc import Sequence
@@ -60,7 +59,7 @@ from airflow_provider_flux2.pricing import Budget, CostEstimate, ItemCost, estim
 from airflow_provider_flux2.storage import BatchLocation, content_hash, publisher_for
 from airflow_provider_flux2.storage.publish import object_metadata
 from airflow_provider_flux2.storage.report import write_batch_report
-from airflow_provider_flux2.triggers.flux import FluxGenerationTrigger, watch_runs
+from airflow_provider_flux2.triggers.flux import FluxGenerationTrigger, wait_in_worker
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
@@ -558,17 +557,13 @@ class FluxGenerateImageOperator(BaseOperator):
                     method_name="execute_complete",
                     timeout=timedelta(seconds=max(60.0, state["end_time"] - time.time() + 300)),
                 )
-            event = asyncio.run(
-                watch_runs(
-                    trigger.watch(),
-                    get_batch=self.hook.get_batch,
-                    get_run=self.hook.get_run,
-                    end_time=trigger.end_time,
-                    poll_interval=trigger.poll_interval,
-                    expected_seconds=trigger.expected_seconds,
-                    sleep=time.sleep,
-                    log=self.log,
-                )
+            event = wait_in_worker(
+                self.hook,
+                trigger.watch(),
+                end_time=trigger.end_time,
+                poll_interval=trigger.poll_interval,
+                expected_seconds=trigger.expected_seconds,
+                log=self.log,
             )
 
     def _top_up(self, context: Context, plan: Plan, state: dict[str, Any]) -> None:

@@ -7,7 +7,6 @@ and are checked again like the originals — up to ``max_regenerations`` times p
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import Sequence
 from decimal import Decimal
@@ -37,7 +36,7 @@ from airflow_provider_flux2.quality.suite import CheckSuite, failed_checks, read
 from airflow_provider_flux2.storage import uri_reader
 from airflow_provider_flux2.storage.base import folder_of
 from airflow_provider_flux2.storage.manifest import billed_cost
-from airflow_provider_flux2.triggers.flux import RunWatch, watch_runs
+from airflow_provider_flux2.triggers.flux import RunWatch, wait_in_worker
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
@@ -199,17 +198,13 @@ class FluxQualityCheckOperator(BaseOperator):
 
     def _wait(self, run_ids: list[str], images: list[PlannedImage]) -> dict[str, dict[str, Any]]:
         watch = RunWatch(batches={}, runs=run_ids, min_finished=len(run_ids))
-        event = asyncio.run(
-            watch_runs(
-                watch,
-                get_batch=self.hook.get_batch,
-                get_run=self.hook.get_run,
-                end_time=time.time() + self.timeout,
-                poll_interval=self.poll_interval,
-                expected_seconds=max(expected_duration(i.request.width, i.request.height) for i in images),
-                sleep=time.sleep,
-                log=self.log,
-            )
+        event = wait_in_worker(
+            self.hook,
+            watch,
+            end_time=time.time() + self.timeout,
+            poll_interval=self.poll_interval,
+            expected_seconds=max(expected_duration(i.request.width, i.request.height) for i in images),
+            log=self.log,
         )
         if event["status"] != "success":
             raise FluxError(f"Regeneration did not complete: {event['message']}")

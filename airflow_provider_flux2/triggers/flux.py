@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -232,6 +232,30 @@ async def watch_runs(
             await result
 
 
+def wait_in_worker(
+    hook: FluxHook,
+    watch: RunWatch,
+    *,
+    end_time: float,
+    poll_interval: float,
+    expected_seconds: float,
+    log: Any,
+) -> dict[str, Any]:
+    """The trigger's wait, run in the worker with the hook's sync client (non-deferrable tasks)."""
+    return asyncio.run(
+        watch_runs(
+            watch,
+            get_batch=hook.get_batch,
+            get_run=hook.get_run,
+            end_time=end_time,
+            poll_interval=poll_interval,
+            expected_seconds=expected_seconds,
+            sleep=time.sleep,
+            log=log,
+        )
+    )
+
+
 async def _poll_once(watch: RunWatch, get_batch: Callable[[str], Any], get_run: Callable[[str], Any]) -> None:
     for batch_id in watch.batches_to_poll():
         watch.observe_batch(await _maybe_await(get_batch(batch_id)))
@@ -241,8 +265,3 @@ async def _poll_once(watch: RunWatch, get_batch: Callable[[str], Any], get_run: 
 
 async def _maybe_await(value: Any) -> Any:
     return await value if asyncio.iscoroutine(value) else value
-
-
-def awaited_ids(batches: dict[str, Iterable[str]], runs: Iterable[str]) -> list[str]:
-    """All run ids awaited through batches and singly, in order."""
-    return [r for ids in batches.values() for r in ids] + list(runs)
