@@ -403,11 +403,13 @@ def main(argv: list[str]) -> int:
     try:
         import airflow
 
+        # Taken before measuring: the commit is the code this process imports, whatever lands meanwhile.
+        machine = report.machine(airflow.__version__, sandbox.REPO)
         results = measure_all(settings)
     finally:
         shutil.rmtree(home, ignore_errors=True)
     print_console(results, settings)
-    block = results_block(results, settings, report.machine(airflow.__version__, sandbox.REPO))
+    block = results_block(results, settings, machine)
     if write_docs:
         report.replace_block(DOCS_PAGE, block)
         print(f"\nResults written to {DOCS_PAGE.relative_to(sandbox.REPO)}")

@@ -327,6 +327,8 @@ def main(argv: list[str]) -> int:
     try:
         import airflow
 
+        # Taken before the run: the commit is the code this process imports, whatever lands meanwhile.
+        machine = report.machine(airflow.__version__, sandbox.REPO)
         run_soak(outcome, workdir, log_path)
         outcome.problems += check_secret(log_path, [workdir / "images", home / "logs"])
     finally:
@@ -338,7 +340,7 @@ def main(argv: list[str]) -> int:
     say(f"logs kept in {log_path}")
     shutil.rmtree(workdir / "images", ignore_errors=True)
     if not args.no_docs:
-        block = soak_block(outcome, report.machine(airflow.__version__, sandbox.REPO))
+        block = soak_block(outcome, machine)
         report.replace_block(DOCS_PAGE, block, (report.SOAK_START, report.SOAK_END))
         say(f"summary written to {DOCS_PAGE.relative_to(sandbox.REPO)}")
     return 1 if outcome.problems else 0
