@@ -162,19 +162,24 @@ class BatchEntry:
 def adaptive_poll_interval(
     statuses: Iterable[RunStatus | str], *, base: float, elapsed: float, expected: float
 ) -> float:
-    """Seconds until the next poll: slow while runs queue, quicker as they near their expected end.
+    """Seconds until the next poll: slow while runs queue or have long to go, ``base`` near their end.
 
-    ``expected`` is the expected generation time of the largest image in flight; polling faster than
-    ``base`` is never done, and a queue is polled at most every ``4 × base`` seconds.
+    :param base: the shortest pause (the operator's ``poll_interval``); never polled faster.
+    :param elapsed: seconds since the oldest awaited run was submitted.
+    :param expected: the expected generation time of the largest image awaited (``expected_duration``).
+
+    A queue is polled every ``2 × base`` (or ``expected / 2``, at most ``4 × base``): a cold start takes
+    5–10 s. A running batch far from its expected end is polled every half of the time left (at most
+    ``4 × base``); within ``2 × base`` of it, every ``base``.
     """
     states = {RunStatus(s) for s in statuses}
     if not states:
         return base
     if states <= {RunStatus.QUEUED}:
-        return min(4 * base, max(base, expected / 4))
+        return min(4 * base, max(2 * base, expected / 2))
     remaining = expected - elapsed
     if remaining > 2 * base:
-        return min(2 * base, remaining / 2)
+        return min(4 * base, remaining / 2)
     return base
 
 

@@ -22,7 +22,7 @@ import hashlib
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta
 from decimal import Decimal
 from functools import cached_property
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
@@ -36,9 +36,13 @@ except ImportError:  # Airflow 3.1: the Task SDK exposes conf from 3.2 on
 
 from airflow_provider_flux2 import protocol
 from airflow_provider_flux2.exceptions import (
+    FluxConnectionError,
     FluxError,
+    FluxImageError,
     FluxModerationError,
+    FluxRateLimitError,
     FluxRunFailedError,
+    FluxServerError,
     FluxTimeoutError,
     FluxValidationError,
 )
@@ -75,6 +79,9 @@ XCOM_RUN_IDS = "flux_run_ids"
 XCOM_GALLERY = "flux_gallery_url"
 XCOM_MANIFEST = "flux_manifest_uri"
 STATE_KEY = "flux/state"
+#: Collecting one finished image (download, verify, store) is tried this many times across cycles.
+MAX_COLLECT_ATTEMPTS = 3
+COLLECT_RETRYABLE = (FluxConnectionError, FluxServerError, FluxRateLimitError, FluxImageError, OSError)
 #: Per-item keys that describe an item rather than generate it; they are kept on its record.
 ITEM_META = ("id", "source_hash", "extra")
 
@@ -334,7 +341,7 @@ class FluxGenerateImageOperator(BaseOperator):
         max_in_flight: int = 8,
         batch_size: int | None = None,
         use_batches: bool = True,
-        poll_interval: float = 5.0,
+        poll_interval: float = 2.0,
         timeout: float = 6 * 60 * 60,
         budget_usd: str | float | Decimal | None = None,
         on_moderation: ModerationPolicy = "fail",
@@ -522,11 +529,13 @@ class FluxGenerateImageOperator(BaseOperator):
             store.set(f"flux/records/{chunk:05d}", list(records))
 
     def _load_chunk_records(self, context: Context, chunk: int) -> list[dict[str, Any]]:
-        ti = context["ti"]
-        records: Any = ti.xcom_pull(task_ids=ti.task_id, key=f"flux_records_{chunk:05d}", map_indexes=ti.map_index)
+        # task_state_store first: after a retry it holds the chunks of earlier tries, which this
+        # try's XCom does not (and a missing XCom is logged as an error by the Task SDK).
         store = context.get("task_state_store")
-        if records is None and store is not None:
-            records = store.get(f"flux/records/{chunk:05d}")
+        records: Any = store.get(f"flux/records/{chunk:05d}") if store is not None else None
+        if records is None:
+            ti = context["ti"]
+            records = ti.xcom_pull(task_ids=ti.task_id, key=f"flux_records_{chunk:05d}", map_indexes=ti.map_index)
         if records is None:
             raise FluxError(f"Records of chunk {chunk} are missing from XCom and task_state_store")
         return records
@@ -564,6 +573,7 @@ class FluxGenerateImageOperator(BaseOperator):
                 poll_interval=trigger.poll_interval,
                 expected_seconds=trigger.expected_seconds,
                 log=self.log,
+                started_at=trigger.started_at,
             )
 
     def _top_up(self, context: Context, plan: Plan, state: dict[str, Any]) -> None:
@@ -618,6 +628,7 @@ class FluxGenerateImageOperator(BaseOperator):
                 runs.append(flight["run_id"])
             request = plan.images[int(index)].request
             largest = max(largest, expected_duration(request.width, request.height))
+        oldest = min(f["submitted_at"] for f in state["inflight"].values())
         return FluxGenerationTrigger(
             flux_conn_id=self.flux_conn_id,
             batches=batches,
@@ -626,6 +637,7 @@ class FluxGenerateImageOperator(BaseOperator):
             end_time=state["end_time"],
             poll_interval=self.poll_interval,
             expected_seconds=largest,
+            started_at=datetime.fromisoformat(oldest).timestamp(),
         )
 
     def _min_finished(self, plan: Plan, state: dict[str, Any]) -> int:
@@ -715,7 +727,23 @@ class FluxGenerateImageOperator(BaseOperator):
             log=self.log,
         )
         if run.status_code == RunStatus.SUCCEEDED and not (moderated and self.on_moderation == "skip"):
-            store_run_image(self.hook, publisher, location, run, image, record)
+            try:
+                store_run_image(self.hook, publisher, location, run, image, record)
+            except COLLECT_RETRYABLE as error:
+                # One image's bad luck (URLs expiring, a flaky store) must not fail a 1,000-image try:
+                # the run stays in flight, already finished, and is collected again on the next cycle.
+                flight["collect_failures"] = flight.get("collect_failures", 0) + 1
+                if flight["collect_failures"] >= MAX_COLLECT_ATTEMPTS:
+                    raise
+                self.log.warning(
+                    "Could not fetch or store image %d of run %s (%s); trying again on the next cycle (%d of %d)",
+                    image.index,
+                    run.id,
+                    error,
+                    flight["collect_failures"],
+                    MAX_COLLECT_ATTEMPTS,
+                )
+                return
         if moderated:
             record.status = "skipped" if self.on_moderation == "skip" else "moderated"
             state["stats"]["moderated"] += 1

@@ -106,6 +106,8 @@ class FluxGenerationTrigger(BaseTrigger):
     :param poll_interval: the shortest pause between polls; the actual one adapts to the runs' status.
     :param expected_seconds: the expected generation time of the largest image, for the interval.
     :param flush_after: yield this long after the first run finished even below ``min_finished``.
+    :param started_at: when the oldest awaited run was submitted (epoch seconds), so the interval
+        follows the runs' age rather than the age of this wait (a task defers many times).
     """
 
     def __init__(
@@ -119,6 +121,7 @@ class FluxGenerationTrigger(BaseTrigger):
         poll_interval: float = 5.0,
         expected_seconds: float = 10.0,
         flush_after: float = 300.0,
+        started_at: float | None = None,
     ) -> None:
         super().__init__()
         self.flux_conn_id = flux_conn_id
@@ -129,6 +132,7 @@ class FluxGenerationTrigger(BaseTrigger):
         self.poll_interval = poll_interval
         self.expected_seconds = expected_seconds
         self.flush_after = flush_after
+        self.started_at = started_at
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
         return (
@@ -142,6 +146,7 @@ class FluxGenerationTrigger(BaseTrigger):
                 "poll_interval": self.poll_interval,
                 "expected_seconds": self.expected_seconds,
                 "flush_after": self.flush_after,
+                "started_at": self.started_at,
             },
         )
 
@@ -163,6 +168,7 @@ class FluxGenerationTrigger(BaseTrigger):
                 expected_seconds=self.expected_seconds,
                 sleep=asyncio.sleep,
                 log=self.log,
+                started_at=self.started_at,
             )
         finally:
             await hook.aclose()
@@ -195,13 +201,14 @@ async def watch_runs(
     expected_seconds: float,
     sleep: Callable[[float], Any],
     log: Any,
+    started_at: float | None = None,
 ) -> dict[str, Any]:
     """Drive ``watch`` until it is ready, the deadline passes, or polling fails for good.
 
     ``get_batch``/``get_run`` may be coroutines (the trigger) or plain functions (the operator's
     synchronous path); the bookkeeping and the decisions are the same.
     """
-    started = time.time()
+    started = time.time() if started_at is None else started_at
     failures = 0
     while True:
         try:
@@ -240,6 +247,7 @@ def wait_in_worker(
     poll_interval: float,
     expected_seconds: float,
     log: Any,
+    started_at: float | None = None,
 ) -> dict[str, Any]:
     """The trigger's wait, run in the worker with the hook's sync client (non-deferrable tasks)."""
     return asyncio.run(
@@ -252,6 +260,7 @@ def wait_in_worker(
             expected_seconds=expected_seconds,
             sleep=time.sleep,
             log=log,
+            started_at=started_at,
         )
     )
 

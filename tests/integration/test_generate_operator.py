@@ -265,3 +265,15 @@ def test_api_cost_is_recorded_beside_the_estimate_and_a_mismatch_is_logged(emula
     assert (
         f"Run {record['run_id']} (image 0) was billed $0.040 by the API; the estimate was $0.030" in out.out + out.err
     )
+
+
+def test_an_image_that_cannot_be_fetched_yet_is_collected_on_the_next_cycle(emulator, run_dag, xcom, tmp_path):
+    # Three expired URLs in a row outlast the hook's two refreshes: the first collect fails, the next succeeds.
+    emulator.faults({"rules": [{"endpoint": "download", "fault": "url_expired", "count": 3}]})
+    dag = generate_dag("collect_again", tmp_path, prompts=["a red kite", "a blue kite"], image_size="square")
+    dr = run_dag(dag)
+    assert dr.state == "success"
+    records = xcom(dr, "generate")
+    assert [r["status"] for r in records] == ["succeeded", "succeeded"]
+    assert len(stored_files(tmp_path)) == 2
+    assert len(emulator.ledger()["entries"]) == 2
