@@ -23,7 +23,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from decimal import Decimal
+from decimal import ROUND_HALF_UP, Decimal
 from functools import cached_property
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
@@ -804,7 +804,11 @@ class FluxGenerateImageOperator(BaseOperator):
                 state["done_chunks"].append(chunk)
 
     def _log_progress(self, plan: Plan, state: dict[str, Any]) -> None:
-        """``37/200 done · 2 failed · … · $1.110 of $6.000 budget · ETA 3m10s``, at most every few seconds."""
+        """``37/200 done · 2 failed · $1.11 of $6.00 budget · ETA 3m10s · 8 in flight``, every few seconds.
+
+        Money here is rounded to the cent for reading; the final summary and the records keep the
+        exact figures.
+        """
         now = time.time()
         if now - state["last_progress"] < self.progress_interval:
             return
@@ -814,20 +818,21 @@ class FluxGenerateImageOperator(BaseOperator):
         finished = stats["done"] + stats["failed"] + stats["moderated"]
         elapsed = now - state["started_at"]
         limit = Budget.of(self.budget_usd)
-        budget = f" of ${usd(limit.limit)} budget" if limit is not None else ""
+        spent = f"${_cents(Decimal(stats['cost']))}"
+        spent += f" of ${_cents(limit.limit)} budget" if limit is not None else " spent"
         eta = ""
         if 0 < finished < total and elapsed > 0:
             eta = f" · ETA {_duration((total - finished) * elapsed / finished)}"
+        moderated = f" · {stats['moderated']} moderated" if stats["moderated"] else ""
         self.log.info(
-            "%d/%d done · %d failed · %d moderated · %d in flight · $%s%s%s",
+            "%d/%d done · %d failed · %s%s · %d in flight%s",
             finished,
             total,
             stats["failed"],
-            stats["moderated"],
-            len(state["inflight"]),
-            usd(Decimal(stats["cost"])),
-            budget,
+            spent,
             eta,
+            len(state["inflight"]),
+            moderated,
         )
 
     # -- 6. finish ----------------------------------------------------------------------------------------
@@ -957,6 +962,11 @@ def _batch_key(images: list[PlannedImage]) -> str:
     """A batch's Idempotency-Key: fixed by its images' keys (chunks are fixed by index, not timing)."""
     digest = hashlib.sha256("\x1f".join(i.idempotency_key for i in images).encode()).hexdigest()
     return f"flux2-batch-{digest[:43]}"
+
+
+def _cents(amount: Decimal) -> str:
+    """``1.11`` for a progress line; exact amounts stay in records, manifests and the summary."""
+    return f"{amount.quantize(Decimal('0.01'), rounding=ROUND_HALF_UP):.2f}"
 
 
 def _duration(seconds: float) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
+import re
 from datetime import datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
@@ -277,3 +278,24 @@ def test_an_image_that_cannot_be_fetched_yet_is_collected_on_the_next_cycle(emul
     assert [r["status"] for r in records] == ["succeeded", "succeeded"]
     assert len(stored_files(tmp_path)) == 2
     assert len(emulator.ledger()["entries"]) == 2
+
+
+def test_progress_lines_and_final_summary_a_person_can_follow(emulator, run_dag, xcom, tmp_path, capfd):
+    emulator.faults({"rules": [{"endpoint": "create_batch", "fault": "run_failure", "count": 2}]})
+    prompts = [f"poster variant {i}" for i in range(12)]
+    dag = generate_dag(
+        "progress", tmp_path, prompts=prompts, image_size="square", max_in_flight=4, budget_usd="6", deferrable=True
+    )
+    dr = run_dag(dag)
+    assert dr.state == "success"
+    out = capfd.readouterr()
+    text = out.out + out.err
+    progress = r"(\d+)/12 done · (\d+) failed · \$(\d+\.\d\d) of \$6\.00 budget(?: · ETA \w+)? · \d+ in flight"
+    lines = re.findall(progress, text)
+    assert lines, text[-3000:]
+    done = [int(d) for d, _, _ in lines]
+    assert done == sorted(done) and done[-1] == 12
+    # Failed runs were resubmitted, so the batch ends with 12 images billed and nothing failed.
+    assert emulator.stats()["runs_by_status"] == {"failed": 2, "succeeded": 12}
+    assert lines[-1][1:] == ("0", "0.36")
+    assert re.search(r"Finished 12 image\(s\): 12 stored, failures by kind none, 12 MP billed, \$0\.360", text)
