@@ -680,12 +680,37 @@ def _prompt_text(entry: dict[str, Any]) -> str:
     return canonical_prompt(prompt) if isinstance(prompt, (str, dict)) else ""
 
 
+# The API takes typed JSON: a quoted seed or a "yes" for a boolean is a 422, not coerced as the
+# provider's own models do for values that come from templates.
+_WIRE_TYPES = {
+    "seed": "integer",
+    "num_inference_steps": "integer",
+    "guidance_scale": "number",
+    "enable_safety_checker": "boolean",
+    "sync_mode": "boolean",
+}
+_ALLOWED_TYPES = {"integer": "an integer", "number": "a number", "boolean": "true or false"}
+
+
+def _has_wire_type(value: Any, expected: str) -> bool:
+    if expected == "boolean":
+        return isinstance(value, bool)
+    if isinstance(value, bool):
+        return False
+    return isinstance(value, int) or (expected == "number" and isinstance(value, float))
+
+
 def _validated_input(variant: Variant, fields: Any, loc: list[Any]) -> Any:
     """The input through the provider's own validation; its errors become the 422 ``errors[]``."""
     if not isinstance(fields, dict):
         raise _invalid(loc, "an object with the generation parameters (prompt, image_size, ...)", fields)
     if "variant" in fields:
         raise _invalid([*loc, "variant"], "not a generation parameter (the model is in the URL)", fields["variant"])
+    for name, expected in _WIRE_TYPES.items():
+        value = fields.get(name)
+        if value is not None and not _has_wire_type(value, expected):
+            allowed = f"{_ALLOWED_TYPES[expected]} (JSON {expected}, got {type(value).__name__})"
+            raise _invalid([*loc, name], allowed, value)
     try:
         return build_input(variant, **fields)
     except FluxValidationError as exc:

@@ -68,6 +68,12 @@ def test_malformed_json_is_400_bad_request(api):
         ({"safety_tolerance": "9"}, ["input", "safety_tolerance"], "9"),
         ({"num_inference_steps": 20}, ["input", "num_inference_steps"], 20),
         ({"colour": "red"}, ["input", "colour"], "red"),
+        # typed JSON: the API refuses rather than coerces
+        ({"seed": "42"}, ["input", "seed"], "42"),
+        ({"seed": True}, ["input", "seed"], True),
+        ({"enable_safety_checker": "yes"}, ["input", "enable_safety_checker"], "yes"),
+        ({"enable_safety_checker": 0}, ["input", "enable_safety_checker"], 0),
+        ({"sync_mode": "true"}, ["input", "sync_mode"], "true"),
     ],
 )
 def test_invalid_input_is_422_naming_the_field(api, fields, loc, value):
@@ -75,6 +81,14 @@ def test_invalid_input_is_422_naming_the_field(api, fields, loc, value):
     assert body["errors"][0]["loc"] == loc
     assert body["errors"][0]["input"] == value
     assert body["errors"][0]["msg"]
+
+
+def test_flex_steps_must_be_a_json_integer(api):
+    flex = "/v1/models/black-forest-labs/flux-2-flex/runs"
+    response = api.client.post(flex, json={"input": {"prompt": "a cat", "num_inference_steps": "5"}})
+    body = _envelope(response, 422, "VALIDATION_ERROR")
+    assert body["errors"][0]["loc"] == ["input", "num_inference_steps"]
+    assert "integer" in body["errors"][0]["msg"]
 
 
 def test_missing_prompt_is_422(api):
