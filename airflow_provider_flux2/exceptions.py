@@ -165,6 +165,10 @@ class FluxTimeoutError(FluxError):
         super().__init__(message)
 
 
+class FluxRequestTimeoutError(FluxConnectionError, FluxTimeoutError):
+    """Every attempt of one request timed out (the API stalled): both a connection and a timeout error."""
+
+
 class FluxImageError(FluxError):
     """Downloaded bytes are not the image that was asked for (size, format, too large, undecodable)."""
 

@@ -14,7 +14,7 @@ import re
 from datetime import datetime, timezone
 from decimal import Decimal
 from enum import Enum
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import (
     BaseModel,
@@ -161,10 +161,36 @@ def canonical_prompt(prompt: str | dict[str, Any]) -> str:
     return prompt
 
 
-def normalize_colour(value: Any) -> str:
+def normalize_colour(value: Any, field: str = "colors") -> str:
     if not isinstance(value, str) or not HEX_COLOUR.match(value.strip()):
-        raise FluxValidationError(field="colors", value=value, allowed="HEX colours written #RRGGBB")
+        raise FluxValidationError(field=field, value=value, allowed="HEX colours written #RRGGBB")
     return value.strip().upper()
+
+
+def normalize_colours(value: Any) -> list[str]:
+    """The ``colors`` parameter: one ``#RRGGBB`` or a list of them, upper-cased."""
+    if value is None:
+        return []
+    values = [value] if isinstance(value, str) else value
+    if not isinstance(values, (list, tuple)):
+        raise FluxValidationError(field="colors", value=value, allowed="a HEX colour #RRGGBB or a list of them")
+    return [normalize_colour(v) for v in values]
+
+
+def check_prompt_colours(prompt: Any, path: str = "prompt") -> None:
+    """In a JSON prompt, every ``#...`` value under a colour key (``color_palette``, ``colors``,
+    ``background_colour``...) must be a valid ``#RRGGBB``; named colours ("navy") are left alone."""
+    if isinstance(prompt, dict):
+        for key, value in prompt.items():
+            here = f"{path}.{key}"
+            if "colo" in str(key).lower():
+                for i, entry in enumerate(value if isinstance(value, list) else [value]):
+                    if isinstance(entry, str) and entry.strip().startswith("#"):
+                        normalize_colour(entry, f"{here}.{i}" if isinstance(value, list) else here)
+            check_prompt_colours(value, here)
+    elif isinstance(prompt, list):
+        for i, entry in enumerate(prompt):
+            check_prompt_colours(entry, f"{path}.{i}")
 
 
 def apply_colours(prompt: str | dict[str, Any], colours: list[str]) -> str | dict[str, Any]:
@@ -192,10 +218,30 @@ FLEX_GUIDANCE = (1.5, 10.0)
 class FluxInput(BaseModel):
     """The ``input`` object of a create-run request, with the protocol's field names.
 
-    Build it with :func:`build_input`, which turns every error into a :class:`FluxValidationError`.
+    Build it with :func:`build_input` (which also takes ``colors``) or construct a variant's own
+    class (:class:`FluxProInput`, :class:`FluxFlexInput`, :class:`FluxMaxInput`,
+    :class:`FluxTurboInput`); either way every error is a :class:`FluxValidationError`.
     """
 
     model_config = ConfigDict(extra="forbid")
+    #: The variant this input is for (``None``: whichever the caller names, pro by default).
+    variant: ClassVar[Variant | None] = None
+
+    def __init__(self, **data: Any) -> None:
+        _check_flex_only(self.variant, data)
+        try:
+            super().__init__(**data)
+        except ValidationError as exc:
+            raise validation_error_from(exc, data) from None
+
+    @classmethod
+    def model_validate(cls, obj: Any, **kwargs: Any) -> Any:
+        if isinstance(obj, dict):
+            _check_flex_only(cls.variant, obj)
+        try:
+            return super().model_validate(obj, **kwargs)
+        except ValidationError as exc:
+            raise validation_error_from(exc, obj if isinstance(obj, dict) else {}) from None
 
     prompt: str
     image_size: str | CustomSize = DEFAULT_SIZE
@@ -212,6 +258,7 @@ class FluxInput(BaseModel):
     @classmethod
     def _prompt(cls, value: Any) -> Any:
         if isinstance(value, dict):
+            check_prompt_colours(value)
             value = canonical_prompt(value)
         if not isinstance(value, str) or not value.strip():
             raise ValueError("must be a non-empty string or a JSON object")
@@ -298,8 +345,57 @@ _FLEX_ONLY = ("num_inference_steps", "guidance_scale")
 GENERATION_PARAMS = (*FluxInput.model_fields, "colors")
 
 
+class FluxProInput(FluxInput):
+    """FLUX 2 [pro]: the default variant."""
+
+    variant: ClassVar[Variant | None] = Variant.PRO
+
+
+class FluxFlexInput(FluxInput):
+    """FLUX 2 [flex]: adds ``num_inference_steps`` and ``guidance_scale``."""
+
+    variant: ClassVar[Variant | None] = Variant.FLEX
+
+
+class FluxMaxInput(FluxInput):
+    """FLUX 2 [max]."""
+
+    variant: ClassVar[Variant | None] = Variant.MAX
+
+
+class FluxTurboInput(FluxInput):
+    """FLUX 2 [turbo]."""
+
+    variant: ClassVar[Variant | None] = Variant.TURBO
+
+
+#: The input model of each variant.
+INPUT_MODELS: dict[Variant, type[FluxInput]] = {
+    Variant.PRO: FluxProInput,
+    Variant.FLEX: FluxFlexInput,
+    Variant.MAX: FluxMaxInput,
+    Variant.TURBO: FluxTurboInput,
+}
+
+
+def _check_flex_only(variant: Variant | None, params: dict[str, Any]) -> None:
+    if variant is None or variant is Variant.FLEX:
+        return
+    for name in _FLEX_ONLY:
+        if params.get(name) is not None:
+            raise FluxValidationError(
+                field=name,
+                value=params[name],
+                allowed=f"only with the flex variant ({Variant.FLEX.model_id}); not with {variant.model_id}",
+            )
+
+
 def validation_error_from(error: ValidationError, data: dict[str, Any]) -> FluxValidationError:
     """Turn pydantic's error into ours: field, bad value, what is allowed (first error; all in details)."""
+    for item in error.errors():
+        ours = (item.get("ctx") or {}).get("error")
+        if isinstance(ours, FluxValidationError):  # raised by one of our validators: already precise
+            return ours
     details = []
     for item in error.errors():
         loc = ".".join(str(p) for p in item["loc"]) or "input"
@@ -321,15 +417,8 @@ def build_input(variant: Variant | str | None = None, **params: Any) -> FluxInpu
     """
     variant = resolve_variant(variant)
     params = {k: v for k, v in params.items() if v is not None}
-    colours = [normalize_colour(c) for c in (params.pop("colors", None) or [])]
-    if variant is not Variant.FLEX:
-        for name in _FLEX_ONLY:
-            if name in params:
-                raise FluxValidationError(
-                    field=name,
-                    value=params[name],
-                    allowed=f"only with the flex variant ({Variant.FLEX.model_id}); not with {variant.model_id}",
-                )
+    colours = normalize_colours(params.pop("colors", None))
+    _check_flex_only(variant, params)
     if "image_size" in params:
         # Normalised here so an error names the exact side (image_size.width) and its range.
         params["image_size"] = normalize_image_size(params["image_size"])
@@ -337,10 +426,9 @@ def build_input(variant: Variant | str | None = None, **params: Any) -> FluxInpu
         params["prompt"] = apply_colours(params["prompt"], colours)
     if "prompt" not in params:
         raise FluxValidationError(field="prompt", value=None, allowed=_ALLOWED["prompt"])
-    try:
-        return FluxInput.model_validate(params)
-    except ValidationError as exc:
-        raise validation_error_from(exc, params) from None
+    if isinstance(params["prompt"], dict):
+        check_prompt_colours(params["prompt"])  # before colours are woven in, so errors name the user's key
+    return INPUT_MODELS[variant].model_validate(params)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -413,6 +501,8 @@ class Run(BaseModel):
     failure_message: str | None = None
     failure_stage_code: str | None = None
     current_evaluation_summary: dict[str, Any] | None = None
+    #: The API's request id (``X-Request-Id``) of the response this run object came from.
+    request_id: str | None = None
 
     @property
     def terminal(self) -> bool:
@@ -508,6 +598,7 @@ class ImageRecord(BaseModel):
     api_cost_usd: str | None = None
     run_id: str | None = None
     batch_id: str | None = None
+    request_id: str | None = None
     client_ref: str | None = None
     idempotency_key: str | None = None
     status: ImageStatus = "pending"

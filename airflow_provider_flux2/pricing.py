@@ -15,7 +15,7 @@ import io
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from decimal import Decimal, InvalidOperation
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Union
 
 from airflow_provider_flux2.exceptions import BudgetExceededError, FluxValidationError, format_usd
 from airflow_provider_flux2.models import Variant, resolve_variant
@@ -218,13 +218,51 @@ def item_cost(
     )
 
 
+PlanInput = Union["FluxInput", Mapping[str, Any]]
+#: One item of a plan to price: an input, or a ``(model, input)`` pair.
+PlanItem = Union[PlanInput, "tuple[Variant | str | None, PlanInput]"]
+
+
 def estimate(
-    requests: Iterable[tuple[Variant | str | None, FluxInput]], table: PriceTable | None = None
+    requests: Iterable[PlanItem], table: PriceTable | None = None, *, model: Variant | str | None = None
 ) -> CostEstimate:
-    """Price a plan of ``(model, input)`` pairs before anything is sent."""
+    """Price a plan before anything is sent.
+
+    Each item is a :class:`~airflow_provider_flux2.models.FluxInput` (priced for its variant, or
+    ``model``), a mapping of generation parameters (``{"prompt": ..., "image_size": "1920x1080"}``,
+    optionally with ``"model"``), or a ``(model, input)`` pair. Invalid parameters raise
+    :class:`FluxValidationError` naming the item.
+    """
     table = table or PriceTable()
-    items = tuple(item_cost(model, request, table, index) for index, (model, request) in enumerate(requests))
-    return CostEstimate(items=items, prices=table)
+    items = []
+    for index, entry in enumerate(requests):
+        variant, request = _plan_item(entry, model, index)
+        items.append(item_cost(variant, request, table, index))
+    return CostEstimate(items=tuple(items), prices=table)
+
+
+def _plan_item(entry: Any, model: Variant | str | None, index: int) -> tuple[Variant, FluxInput]:
+    from airflow_provider_flux2.models import FluxInput, build_input
+
+    if isinstance(entry, tuple) and len(entry) == 2:
+        model, entry = entry
+    if isinstance(entry, FluxInput):
+        return resolve_variant(model or entry.variant), entry
+    if isinstance(entry, Mapping):
+        fields = dict(entry)
+        variant = resolve_variant(model or fields.pop("model", None))
+        try:
+            return variant, build_input(variant, **fields)
+        except FluxValidationError as error:
+            field = f"requests[{index}].{error.field}"
+            raise FluxValidationError(
+                field=field, value=error.value, allowed=error.allowed, details=error.details
+            ) from None
+    raise FluxValidationError(
+        field=f"requests.{index}",
+        value=entry,
+        allowed="a FluxInput, a mapping of generation parameters, or a (model, input) pair",
+    )
 
 
 @dataclass(frozen=True)
@@ -233,6 +271,10 @@ class Budget:
 
     limit: Decimal
     scope: str = "task"
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.limit, Decimal):  # Budget("5.00") or Budget(5) work as Budget.of does
+            object.__setattr__(self, "limit", to_usd(self.limit))
 
     @classmethod
     def of(cls, limit: Any, scope: str = "task") -> Budget | None:

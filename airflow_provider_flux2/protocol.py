@@ -288,10 +288,27 @@ def _api_validation_error(
 def check_response(
     status: int, headers: Mapping[str, str], body: bytes | str | None, *, run_id: str | None = None
 ) -> Any:
-    """Return the decoded JSON of a 2xx response; raise the typed error for anything else."""
+    """Return the decoded JSON of a 2xx response; raise the typed error for anything else.
+
+    The response's request id (``X-Request-Id``) is added as ``request_id`` to the object, or to
+    each entry of an item list, that does not carry one, so a run read from it remembers which
+    request reported it.
+    """
     if 200 <= status < 300:
-        return _json(body)
+        return _with_request_id(_json(body), request_id_of(headers))
     raise error_from_response(status, headers, body, run_id=run_id)
+
+
+def _with_request_id(data: Any, request_id: str | None) -> Any:
+    if request_id is None:
+        return data
+    entries = data if isinstance(data, list) else [data]
+    if isinstance(data, dict) and isinstance(data.get("items"), list):
+        entries = [data, *data["items"]]
+    for entry in entries:
+        if isinstance(entry, dict):
+            entry.setdefault("request_id", request_id)
+    return data
 
 
 def normalize_output(raw: Any) -> RunOutput | None:
@@ -385,9 +402,14 @@ def is_retryable(error: BaseException) -> bool:
     return isinstance(error, httpx.TransportError)
 
 
+#: Each backoff delay is lengthened by up to this fraction, at random, so clients do not retry in step.
+JITTER = 0.25
+
+
 @dataclass(frozen=True)
 class RetryPolicy:
-    """Exponential backoff with jitter: ``base`` seconds doubling to ``cap``, ``max_attempts`` in all."""
+    """Exponential backoff plus jitter: ``base`` seconds doubling to ``cap`` (1 s → 32 s by default),
+    each delay lengthened by up to :data:`JITTER` at random; ``max_attempts`` in all."""
 
     max_attempts: int = 5
     base: float = 1.0
@@ -399,5 +421,5 @@ class RetryPolicy:
         retry_after = getattr(error, "retry_after", None)
         if retry_after is not None:
             return min(float(retry_after), self.max_retry_after)
-        ceiling = min(self.cap, self.base * 2 ** (attempt - 1))
-        return ceiling * (0.5 + 0.5 * (rng or random).random())
+        delay = min(self.cap, self.base * 2 ** (attempt - 1))
+        return delay + delay * JITTER * (rng or random).random()

@@ -14,7 +14,7 @@ import io
 import json
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
@@ -30,7 +30,9 @@ from airflow_provider_flux2.exceptions import (
     FluxConnectionError,
     FluxError,
     FluxImageError,
+    FluxModerationError,
     FluxNotFoundError,
+    FluxRequestTimeoutError,
     FluxTimeoutError,
     FluxValidationError,
 )
@@ -48,7 +50,7 @@ from airflow_provider_flux2.pricing import PriceTable, billed_megapixels, estima
 if TYPE_CHECKING:
     from collections.abc import Iterable
 
-    from airflow_provider_flux2.pricing import CostEstimate
+    from airflow_provider_flux2.pricing import CostEstimate, PlanItem
 
 #: Output URLs answer these when they have expired; the run is re-read for a fresh URL.
 EXPIRED_URL_STATUSES = frozenset({403, 404, 410})
@@ -342,6 +344,12 @@ class FluxHook(BaseHook):
             return error.with_hint(
                 f"Check the API key in Airflow connection {self.config.conn_id!r} (the key itself is never shown)"
             )
+        if isinstance(error, httpx.TimeoutException):
+            return FluxRequestTimeoutError(
+                f"The FLUX API did not answer in time: {_describe(error)}",
+                attempts=attempt,
+                url=request.url(self.config.base_url),
+            )
         if isinstance(error, httpx.TransportError):
             return FluxConnectionError(
                 f"Could not reach the FLUX API: {_describe(error)}",
@@ -405,21 +413,45 @@ class FluxHook(BaseHook):
         variant = resolve_variant(model) if model else self.default_model
         return variant, build_input(variant, **params)
 
-    def estimate(self, requests: Iterable[tuple[Variant | str | None, FluxInput]]) -> CostEstimate:
-        return estimate(requests, self.prices)
+    def estimate(self, requests: Iterable[PlanItem], *, model: Variant | str | None = None) -> CostEstimate:
+        """Price a plan with this connection's prices (see :func:`~airflow_provider_flux2.pricing.estimate`)."""
+        return estimate(requests, self.prices, model=model)
+
+    def _as_input(
+        self,
+        request: FluxInput | Mapping[str, Any] | str | None,
+        model: Variant | str | None,
+        params: Mapping[str, Any],
+    ) -> tuple[Variant, FluxInput]:
+        """A validated input from a :class:`FluxInput`, a mapping of parameters or a prompt (+ params)."""
+        if isinstance(request, FluxInput):
+            if params:
+                raise FluxValidationError(
+                    field=next(iter(params)), value=params, allowed="no extra parameters beside a built FluxInput"
+                )
+            variant = resolve_variant(model) if model else (request.variant or self.default_model)
+            return variant, request
+        fields = dict(request) if isinstance(request, Mapping) else {"prompt": request} if request is not None else {}
+        return self.build_request(model or fields.pop("model", None), **fields, **params)
 
     def submit(
         self,
-        request: FluxInput,
+        request: FluxInput | Mapping[str, Any] | str | None = None,
         *,
         model: Variant | str | None = None,
         idempotency_key: str | None = None,
         client_ref: str | None = None,
         metadata: Mapping[str, Any] | None = None,
         callback_url: str | None = None,
+        **params: Any,
     ) -> Run:
-        """Create one run. Every attempt reuses one ``Idempotency-Key``, so a retry is never billed twice."""
-        variant = resolve_variant(model) if model else self.default_model
+        """Create one run. Every attempt reuses one ``Idempotency-Key``, so a retry is never billed twice.
+
+        ``request`` is a :class:`FluxInput` (from :meth:`build_request`), a mapping of generation
+        parameters, or a prompt; ``params`` are more generation parameters (``image_size=...``).
+        Anything invalid raises :class:`FluxValidationError` before a request is sent.
+        """
+        variant, request = self._as_input(request, model, params)
         key = idempotency_key or f"flux2-{uuid.uuid4().hex}"
         run = protocol.parse_run(
             self._call(
@@ -445,25 +477,41 @@ class FluxHook(BaseHook):
 
     def submit_batch(
         self,
-        entries: list[BatchEntry],
+        entries: Sequence[BatchEntry | FluxInput | Mapping[str, Any] | str],
         *,
         model: Variant | str | None = None,
-        batch_key: str,
+        batch_key: str | None = None,
         metadata: Mapping[str, Any] | None = None,
         use_batch_endpoint: bool = True,
     ) -> Submission:
         """Submit several images with one batch request, or one run each when the model has no batches.
 
+        ``entries`` are :class:`BatchEntry` objects (input, client_ref, Idempotency-Key), or inputs
+        (a :class:`FluxInput`, a mapping of parameters, or a prompt) whose keys derive from
+        ``batch_key`` (random when not given: pass a stable one to make a resubmission safe).
         A 422 that does not point at an item means the model does not support batches: fall back to
         single runs, each with its own Idempotency-Key.
         """
         variant = resolve_variant(model) if model else self.default_model
-        if use_batch_endpoint and len(entries) > 1:
+        batch_key = batch_key or f"flux2-batch-{uuid.uuid4().hex}"
+        prepared: list[BatchEntry] = [
+            entry
+            if isinstance(entry, BatchEntry)
+            else BatchEntry(
+                request=self._as_input(entry, variant, {})[1],
+                client_ref=f"{batch_key}-{index}",
+                idempotency_key=f"{batch_key}-{index}",
+            )
+            for index, entry in enumerate(entries)
+        ]
+        if not prepared:
+            raise FluxValidationError(field="entries", value=[], allowed="at least one image to submit")
+        if use_batch_endpoint and len(prepared) > 1:
             try:
                 data = self._call(
                     protocol.create_batch(
                         variant,
-                        [(e.request, e.client_ref) for e in entries],
+                        [(e.request, e.client_ref) for e in prepared],
                         idempotency_key=batch_key,
                         metadata=metadata,
                     )
@@ -476,11 +524,11 @@ class FluxHook(BaseHook):
                 batch = protocol.parse_batch(data)
                 items = sorted(batch.items, key=lambda i: i.sequence_index)
                 run_ids = [item.run_id or "" for item in items]
-                if len(run_ids) != len(entries) or not all(run_ids):
+                if len(run_ids) != len(prepared) or not all(run_ids):
                     raise FluxAPIError(
                         status_code=201,
                         code="BAD_RESPONSE",
-                        message=f"batch {batch.id} lists {len(run_ids)} runs for {len(entries)} inputs",
+                        message=f"batch {batch.id} lists {len(run_ids)} runs for {len(prepared)} inputs",
                     )
                 self.log.info("Submitted batch %s with %d runs (%s)", batch.id, len(run_ids), variant.value)
                 return Submission(run_ids=run_ids, batch_id=batch.id)
@@ -492,7 +540,7 @@ class FluxHook(BaseHook):
                 client_ref=e.client_ref,
                 metadata=metadata,
             )
-            for e in entries
+            for e in prepared
         ]
         return Submission(run_ids=[r.id for r in runs])
 
@@ -511,8 +559,13 @@ class FluxHook(BaseHook):
     def get_batch_items(self, batch_id: str) -> list[Run]:
         return protocol.parse_batch_items(self._call(protocol.get_batch_items(batch_id)))
 
-    def wait(self, run_id: str, *, timeout: float = 600.0, poll_interval: float = 2.0) -> Run:
-        """Poll one run until it is terminal; the interval follows its status (see ``adaptive_poll_interval``)."""
+    def wait(self, run_id: str | Run, *, timeout: float = 600.0, poll_interval: float = 2.0) -> Run:
+        """Poll one run (its id, or a :class:`Run`) until it is terminal and return it.
+
+        The interval follows the run's status (see ``adaptive_poll_interval``); past ``timeout``
+        seconds, :class:`FluxTimeoutError`. A failed run is returned, not raised: see ``protocol.failure_of``.
+        """
+        run_id = run_id.id if isinstance(run_id, Run) else run_id
         deadline = time.time() + timeout
         started = time.time()
         while True:
@@ -521,7 +574,7 @@ class FluxHook(BaseHook):
                 return run
             if time.time() >= deadline:
                 raise FluxTimeoutError(
-                    f"Run {run_id} still {run.status_code.value} after {timeout:.0f}s", run_ids=[run_id]
+                    f"Run {run_id} still {run.status_code.value} after {timeout:g}s", run_ids=[run_id]
                 )
             width, height = _size_of_run(run)
             interval = adaptive_poll_interval(
@@ -534,18 +587,25 @@ class FluxHook(BaseHook):
 
     def download(
         self,
-        run: Run,
+        run: Run | str,
         *,
-        width: int,
-        height: int,
-        output_format: str,
+        width: int | None = None,
+        height: int | None = None,
+        output_format: str | None = None,
         index: int = 0,
         refreshes: int = 2,
     ) -> DownloadedImage:
         """Fetch a succeeded run's image, streamed and size-capped, and verify it is what was asked for.
 
-        An expired URL (403/404/410) is refreshed by reading the run again, up to ``refreshes`` times.
+        ``run`` is a :class:`Run` or a run id (read first). The expected size and format default to
+        what the run's own ``input`` asked for. An expired URL (403/404/410) is refreshed by reading
+        the run again, up to ``refreshes`` times.
         """
+        if isinstance(run, str):
+            run = self.get_run(run)
+        if width is None or height is None:
+            width, height = _size_of_run(run, strict=True)
+        output_format = output_format or str((run.input or {}).get("output_format") or "jpeg")
         for attempt in range(refreshes + 1):
             output = run.output
             if output is None or len(output.images) <= index:
@@ -611,15 +671,27 @@ class FluxHook(BaseHook):
         client_ref: str | None = None,
         timeout: float = 600.0,
         poll_interval: float = 2.0,
+        allow_nsfw: bool = False,
         **params: Any,
     ) -> tuple[Run, DownloadedImage]:
-        """Submit, wait and download one image; raises the run's failure (moderation included)."""
+        """Submit, wait and download one image; raises the run's failure (moderation included).
+
+        An output the safety checker flagged (``has_nsfw_concepts``: a blacked-out image) raises
+        :class:`FluxModerationError` too, unless ``allow_nsfw`` (the run is billed either way).
+        """
         variant, request = self.build_request(model, prompt=prompt, **params)
         run = self.submit(request, model=variant, idempotency_key=idempotency_key, client_ref=client_ref)
         run = self.wait(run.id, timeout=timeout, poll_interval=poll_interval)
         failure = protocol.failure_of(run)
         if failure is not None:
             raise failure
+        if run.output is not None and run.output.nsfw and not allow_nsfw:
+            raise FluxModerationError(
+                run_id=run.id,
+                status=run.status_code.value,
+                failure_code="NSFW_FLAGGED",
+                failure_message="the safety checker flagged the output and blacked it out (billed)",
+            )
         image = self.download(run, width=request.width, height=request.height, output_format=request.output_format)
         return run, image
 
@@ -640,13 +712,16 @@ def _points_at_item(error: FluxValidationError) -> bool:
     return any(str(d.get("field", "")).split(".")[0].isdigit() for d in error.details)
 
 
-def _size_of_run(run: Run) -> tuple[int, int]:
-    from airflow_provider_flux2.models import size_of
+def _size_of_run(run: Run, *, strict: bool = False) -> tuple[int, int]:
+    """The size a run asked for (the API's default when its input does not say)."""
+    from airflow_provider_flux2.models import DEFAULT_SIZE, size_of
 
     try:
-        return size_of((run.input or {}).get("image_size"))
+        return size_of((run.input or {}).get("image_size") or DEFAULT_SIZE)
     except FluxValidationError:
-        return 1024, 768
+        if strict:
+            raise
+        return size_of(DEFAULT_SIZE)
 
 
 def _decode_data_uri(url: str, run_id: str) -> tuple[bytes, str]:

@@ -19,12 +19,14 @@ progress was lost (Airflow < 3.3 after a worker crash) a resubmission is a repla
 from __future__ import annotations
 
 import hashlib
+import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from decimal import ROUND_HALF_UP, Decimal
 from functools import cached_property
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from airflow.sdk import BaseOperator, BaseOperatorLink
@@ -74,6 +76,9 @@ if TYPE_CHECKING:
 ModerationPolicy = Literal["fail", "skip", "record"]
 FailurePolicy = Literal["fail", "record"]
 STATE_VERSION = 1
+log = logging.getLogger(__name__)
+#: The folder under ``$AIRFLOW_HOME`` used when neither ``output_uri`` nor ``[flux2] default_output_uri`` is set.
+DEFAULT_OUTPUT_FOLDER = "flux2-images"
 XCOM_STATE = "flux_state"
 XCOM_RUN_IDS = "flux_run_ids"
 XCOM_GALLERY = "flux_gallery_url"
@@ -204,6 +209,7 @@ def record_for_run(
         api_cost_usd=usd(api_cost) if api_cost is not None else None,
         run_id=run.id,
         batch_id=batch_id,
+        request_id=run.request_id,
         client_ref=image.client_ref,
         idempotency_key=resubmission_key(image.idempotency_key, attempt),
         failure_code=run.failure_code,
@@ -923,13 +929,18 @@ class FluxGenerateImageOperator(BaseOperator):
 
 
 def output_publisher(output_uri: str | None, aws_conn_id: str | None) -> Publisher:
-    """Where an operator stores images: its ``output_uri``, else ``[flux2] default_output_uri``."""
+    """Where an operator stores images: its ``output_uri``, else ``[flux2] default_output_uri``, else
+    the folder ``$AIRFLOW_HOME/flux2-images`` on the worker (logged as a warning: fine on one machine,
+    not where workers do not share a disk)."""
     uri = output_uri or conf.get("flux2", "default_output_uri", fallback=None)
     if not uri:
-        raise FluxValidationError(
-            field="output_uri",
-            value=None,
-            allowed="file:///absolute/path or s3://bucket/prefix (or [flux2] default_output_uri)",
+        from airflow.configuration import AIRFLOW_HOME
+
+        uri = Path(AIRFLOW_HOME, DEFAULT_OUTPUT_FOLDER).resolve().as_uri()
+        log.warning(
+            "No output_uri and no [flux2] default_output_uri: storing images in %s on this worker; "
+            "set one of them to s3://bucket/prefix when workers do not share a disk",
+            uri,
         )
     return publisher_for(uri, aws_conn_id=aws_conn_id)
 

@@ -8,6 +8,7 @@ anything, so a triggerer restart that rebuilds it from its kwargs cannot create 
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
@@ -21,6 +22,8 @@ from airflow_provider_flux2.models import Batch, Run, RunStatus, utc_now_iso
 
 #: Polls that may fail in a row (after the hook's own retries) before the wait is given up.
 MAX_CONSECUTIVE_POLL_FAILURES = 5
+#: The deadline of a trigger built with neither ``end_time`` nor ``timeout``.
+DEFAULT_WAIT_TIMEOUT = 3600.0
 
 
 def _is_permanent_poll_error(error: BaseException) -> bool:
@@ -97,15 +100,19 @@ class RunWatch:
 class FluxGenerationTrigger(BaseTrigger):
     """Wait for one or many FLUX runs (as batches and/or single runs) until enough have finished.
 
-    :param flux_conn_id: the ``flux2`` connection.
+    :param flux_conn_id: the ``flux2`` connection (default ``flux2_default``).
     :param batches: batch id → awaited run ids of that batch.
-    :param runs: run ids awaited one by one.
-    :param min_finished: yield once this many runs have finished (the operator's free window slots).
+    :param runs: run ids awaited one by one (``run_ids`` is accepted as another name for it).
+    :param min_finished: yield once this many runs have finished (the operator passes its free
+        window slots); by default all of them.
     :param end_time: wall-clock deadline (epoch seconds). Wall-clock is used deliberately: the trigger
         is serialized and may resume in another triggerer process, where a monotonic clock means nothing.
+    :param timeout: instead of ``end_time``: seconds from now (default one hour); turned into an
+        ``end_time`` at construction, so a rebuilt trigger keeps the same deadline.
     :param poll_interval: the shortest pause between polls; the actual one adapts to the runs' status.
     :param expected_seconds: the expected generation time of the largest image, for the interval.
-    :param flush_after: yield this long after the first run finished even below ``min_finished``.
+    :param flush_after: yield this long after the first run finished even below ``min_finished``
+        (default 300 s when ``min_finished`` is set, never when waiting for all runs).
     :param started_at: when the oldest awaited run was submitted (epoch seconds), so the interval
         follows the runs' age rather than the age of this wait (a task defers many times).
     """
@@ -113,21 +120,27 @@ class FluxGenerationTrigger(BaseTrigger):
     def __init__(
         self,
         *,
-        flux_conn_id: str,
+        flux_conn_id: str = FluxHook.default_conn_name,
         batches: dict[str, list[str]] | None = None,
         runs: list[str] | None = None,
-        min_finished: int = 1,
-        end_time: float,
+        run_ids: list[str] | None = None,
+        min_finished: int | None = None,
+        end_time: float | None = None,
+        timeout: float | None = None,
         poll_interval: float = 5.0,
         expected_seconds: float = 10.0,
-        flush_after: float = 300.0,
+        flush_after: float | None = None,
         started_at: float | None = None,
     ) -> None:
         super().__init__()
         self.flux_conn_id = flux_conn_id
         self.batches = {k: list(v) for k, v in (batches or {}).items()}
-        self.runs = list(runs or [])
+        self.runs = list(dict.fromkeys([*(runs or []), *(run_ids or [])]))
+        if not self.batches and not self.runs:
+            raise FluxValidationError(field="runs", value=runs, allowed="at least one run id (or a batch)")
         self.min_finished = min_finished
+        if end_time is None:
+            end_time = time.time() + (DEFAULT_WAIT_TIMEOUT if timeout is None else float(timeout))
         self.end_time = end_time
         self.poll_interval = poll_interval
         self.expected_seconds = expected_seconds
@@ -151,9 +164,12 @@ class FluxGenerationTrigger(BaseTrigger):
         )
 
     def watch(self) -> RunWatch:
-        return RunWatch(
-            batches=self.batches, runs=self.runs, min_finished=self.min_finished, flush_after=self.flush_after
-        )
+        awaited = len(self.runs) + sum(len(ids) for ids in self.batches.values())
+        if self.min_finished is None:
+            min_finished, flush_after = awaited, self.flush_after if self.flush_after is not None else math.inf
+        else:
+            min_finished, flush_after = self.min_finished, self.flush_after if self.flush_after is not None else 300.0
+        return RunWatch(batches=self.batches, runs=self.runs, min_finished=min_finished, flush_after=flush_after)
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
         """Poll until enough runs finish; yield exactly one event and return."""

@@ -6,6 +6,7 @@ import asyncio
 import itertools
 import json
 import re
+import time
 from datetime import datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
@@ -59,6 +60,7 @@ def test_single_prompt_generates_and_stores_one_image(emulator, run_dag, xcom, t
     assert (record["width"], record["height"], record["billed_mp"], record["cost_usd"]) == (512, 512, 1, "0.030")
     assert record["uri"].startswith("file://") and Path(record["uri"][7:]).is_file()
     assert record["upsampled_prompt"]
+    assert record["request_id"]  # the API's X-Request-Id of the response that reported the finished run
     assert set(record["timings"]) >= {"submitted_at", "finished_at", "detected_at", "stored_at"}
     assert "data" not in json.dumps(records)[:0]  # records are small: no bytes anywhere
     assert len(json.dumps(records)) < 4000
@@ -191,8 +193,6 @@ def test_trigger_rebuilt_from_its_kwargs_resumes_without_submitting(emulator):
     hook = FluxHook(api_key=emulator.api_key, base_url=emulator.base_url, extra={"retry_base_delay": 0.02})
     runs = [hook.submit(build_input("pro", prompt=f"p{i}", image_size="square")).id for i in range(3)]
     created = emulator.stats()["runs_created"]
-    import time
-
     trigger = FluxGenerationTrigger(
         flux_conn_id="flux2_default", runs=runs, min_finished=3, end_time=time.time() + 30, poll_interval=0.02
     )
@@ -299,3 +299,31 @@ def test_progress_lines_and_final_summary_a_person_can_follow(emulator, run_dag,
     assert emulator.stats()["runs_by_status"] == {"failed": 2, "succeeded": 12}
     assert lines[-1][1:] == ("0", "0.36")
     assert re.search(r"Finished 12 image\(s\): 12 stored, failures by kind none, 12 MP billed, \$0\.360", text)
+
+
+def test_without_output_uri_images_go_to_a_folder_under_airflow_home(emulator, run_dag, xcom, tmp_path, monkeypatch):
+    import airflow.configuration
+
+    monkeypatch.setattr(airflow.configuration, "AIRFLOW_HOME", str(tmp_path))
+    with DAG(dag_id("no_output"), schedule=None, start_date=datetime(2026, 1, 1), catchup=False) as dag:
+        FluxGenerateImageOperator(task_id="generate", prompt="a plain mug", image_size="square", poll_interval=0.02)
+    dr = run_dag(dag)
+    assert dr.state == "success"
+    record = xcom(dr, "generate")[0]
+    assert record["uri"].startswith((tmp_path / "flux2-images").as_uri())
+    assert len(stored_files(tmp_path / "flux2-images")) == 1
+
+
+def test_trigger_waits_for_all_given_runs_by_default(emulator):
+    hook = FluxHook(api_key=emulator.api_key, base_url=emulator.base_url)
+    runs = [hook.submit(f"a paper boat {i}", image_size="square").id for i in range(3)]
+    trigger = FluxGenerationTrigger(run_ids=runs, timeout=30, poll_interval=0.02)
+    assert trigger.serialize()[1]["end_time"] > time.time()
+
+    async def first_event():
+        async for event in trigger.run():
+            return event.payload
+
+    payload = asyncio.run(first_event())
+    assert payload["status"] == "success" and payload["pending"] == []
+    assert sorted(payload["finished"]) == sorted(runs)

@@ -19,6 +19,7 @@ from airflow_provider_flux2.exceptions import (
     FluxNotFoundError,
     FluxRateLimitError,
     FluxServerError,
+    FluxTimeoutError,
     FluxValidationError,
 )
 from airflow_provider_flux2.hooks.flux import BatchEntry, FluxHook
@@ -280,3 +281,48 @@ def test_rate_limit_error_type_when_attempts_run_out(emulator):
     emulator.faults({"rules": [{"endpoint": "get_run", "fault": "rate_limit", "count": 5}]})
     with pytest.raises(FluxRateLimitError):
         make_hook(emulator, max_attempts=2).get_run("x")
+
+
+def test_stall_on_every_attempt_is_a_timeout_error_naming_the_attempts(emulator):
+    emulator.faults({"rules": [{"endpoint": "get_run", "fault": "stall", "seconds": 3, "count": 2}]})
+    hook = make_hook(emulator, timeout=0.3, max_attempts=2)
+    with pytest.raises(FluxTimeoutError) as info:
+        hook.get_run("run_x")
+    assert isinstance(info.value, FluxConnectionError) and info.value.attempts == 2
+    assert "did not answer in time" in str(info.value)
+
+
+def test_moderation_flag_on_a_succeeded_run_is_a_moderation_error_unless_allowed(emulator):
+    emulator.configure(moderation_mode="flag")
+    hook = make_hook(emulator)
+    with pytest.raises(FluxModerationError) as info:
+        hook.generate("NSFW_TEST scene", image_size="square", poll_interval=0.02)
+    assert info.value.failure_code == "NSFW_FLAGGED" and info.value.run_id
+    run, image = hook.generate("NSFW_TEST scene", image_size="square", poll_interval=0.02, allow_nsfw=True)
+    assert run.output.nsfw and image.width == 512
+    assert len(emulator.ledger()["entries"]) == 2  # a flagged image is billed
+
+
+def test_submit_takes_parameters_and_download_reads_the_size_from_the_run(emulator):
+    hook = make_hook(emulator)
+    first = hook.submit("a green kettle", image_size="1920x1080", output_format="png", seed=5)
+    second = hook.submit({"prompt": "a green kettle", "image_size": "square", "model": "flex"})
+    assert second.model == "black-forest-labs/flux-2-flex"
+    run = hook.wait(first, poll_interval=0.02)  # a Run or its id
+    image = hook.download(run)
+    assert (image.width, image.height, image.format) == (1920, 1080, "png")
+    assert hook.download(hook.wait(second.id, poll_interval=0.02).id).width == 512
+    assert run.request_id  # the X-Request-Id of the response that reported the run
+    with pytest.raises(FluxValidationError):
+        hook.submit("a kettle", image_size="tiny")
+    assert create_run_requests(emulator) == 2
+
+
+def test_submit_batch_takes_plain_inputs_with_keys_derived_from_the_batch_key(emulator):
+    hook = make_hook(emulator)
+    inputs = ["a red cup", {"prompt": "a blue cup", "image_size": "square"}, build_input("pro", prompt="a cup")]
+    first = hook.submit_batch(inputs, batch_key="nightly-42")
+    again = hook.submit_batch(inputs, batch_key="nightly-42")  # a resubmission is the same batch
+    assert first.run_ids == again.run_ids and len(first.run_ids) == 3
+    assert all(hook.wait(r, poll_interval=0.02).status_code == "succeeded" for r in first.run_ids)
+    assert len(emulator.ledger()["entries"]) == 3

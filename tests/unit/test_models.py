@@ -5,7 +5,17 @@ import json
 import pytest
 
 from airflow_provider_flux2.exceptions import FluxValidationError
-from airflow_provider_flux2.models import PRESETS, Variant, build_input, resolve_variant, size_of
+from airflow_provider_flux2.models import (
+    PRESETS,
+    FluxFlexInput,
+    FluxInput,
+    FluxProInput,
+    FluxTurboInput,
+    Variant,
+    build_input,
+    resolve_variant,
+    size_of,
+)
 
 BAD_INPUTS = [
     ({"prompt": ""}, "prompt", "non-empty"),
@@ -26,6 +36,9 @@ BAD_INPUTS = [
     ({"prompt": "p", "image_urls": ["ftp://x"]}, "image_urls", "http(s)"),
     ({"prompt": "p", "colors": ["#12345"]}, "colors", "#RRGGBB"),
     ({"prompt": "p", "colors": ["red"]}, "colors", "#RRGGBB"),
+    ({"prompt": "p", "colors": "#1A2B3"}, "colors", "#RRGGBB"),
+    ({"prompt": {"scene": "a vase", "color_palette": ["#ZZZZZZ"]}}, "prompt.color_palette.0", "#RRGGBB"),
+    ({"prompt": {"scene": "a vase", "background_colour": "#12"}}, "prompt.background_colour", "#RRGGBB"),
     ({"prompt": "p", "guidance_scale": 3.5}, "guidance_scale", "only with the flex variant"),
     ({"prompt": "p", "num_inference_steps": 20}, "num_inference_steps", "only with the flex variant"),
     ({"prompt": "p", "enable_safety_checker": "maybe"}, "enable_safety_checker", "true or false"),
@@ -104,3 +117,24 @@ def test_several_errors_are_all_reported():
     with pytest.raises(FluxValidationError) as info:
         build_input("pro", prompt="p", output_format="gif", safety_tolerance="9")
     assert {d["field"] for d in info.value.details} == {"output_format", "safety_tolerance"}
+
+
+def test_each_variant_has_its_own_input_model_and_direct_construction_raises_our_error():
+    assert isinstance(build_input("flex", prompt="p", num_inference_steps=8), FluxFlexInput)
+    assert build_input("max", prompt="p").variant is Variant.MAX
+    assert FluxTurboInput(prompt="p", image_size="1920x1080").width == 1920
+    with pytest.raises(FluxValidationError) as info:
+        FluxInput(prompt="")
+    assert info.value.field == "prompt"
+    with pytest.raises(FluxValidationError) as info:
+        FluxProInput(prompt="p", image_size={"width": 10, "height": 100})
+    assert info.value.field == "image_size.width" and "64..4096" in str(info.value)
+    with pytest.raises(FluxValidationError) as info:
+        FluxProInput(prompt="p", guidance_scale=3.0)
+    assert "only with the flex variant" in str(info.value)
+
+
+def test_a_single_hex_colour_string_is_one_colour_and_named_colours_in_json_prompts_pass():
+    assert build_input("pro", prompt="a mug", colors="#a0b0c0").prompt == "a mug Colour palette: #A0B0C0."
+    prompt = build_input("pro", prompt={"scene": "a mug", "colors": ["navy", "#A0B0C0"]}).prompt
+    assert json.loads(prompt)["colors"] == ["navy", "#A0B0C0"]

@@ -143,3 +143,34 @@ def test_budget_counts_what_was_already_spent():
 def test_budget_from_float_is_exact():
     assert Budget.of(0.1).limit == Decimal("0.1")
     assert Budget.of(None) is None
+
+
+def test_estimate_takes_inputs_mappings_and_pairs():
+    plan = estimate(
+        [
+            build_input("pro", prompt="a", image_size="1920x1080"),  # a FluxInput: its own variant
+            {"prompt": "b", "image_size": "2048x2048"},  # parameters, pro by default
+            {"prompt": "c", "image_size": "1024x1024", "model": "flex"},  # parameters with a model
+            ("pro", {"prompt": "d", "image_size": "4096x4096"}),  # a (model, parameters) pair
+            build_input("flex", prompt="e", image_size="square_hd"),
+        ]
+    )
+    assert [str(i.cost) for i in plan.items] == ["0.045", "0.075", "0.05", "0.255", "0.05"]
+    assert plan.total == Decimal("0.475")
+    assert estimate([{"prompt": "x"}], model="flex").items[0].model == "black-forest-labs/flux-2-flex"
+
+
+def test_estimate_names_the_bad_item():
+    with pytest.raises(FluxValidationError) as info:
+        estimate([{"prompt": "ok"}, {"prompt": "bad", "image_size": "10x10"}])
+    assert info.value.field == "requests[1].image_size.width"
+    with pytest.raises(FluxValidationError, match=r"requests\.0"):
+        estimate([42])
+
+
+@pytest.mark.parametrize("limit", ["0.10", 0.10, Decimal("0.10")])
+def test_budget_built_directly_converts_its_limit(limit):
+    budget = Budget(limit)
+    assert budget.limit == Decimal("0.10")
+    with pytest.raises(BudgetExceededError, match=r"\$0\.255.*\$0\.100"):
+        budget.check(estimate([{"prompt": "p", "image_size": "4096x4096"}]))

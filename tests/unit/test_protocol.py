@@ -93,9 +93,10 @@ def test_backoff_doubles_to_the_cap_with_jitter():
     policy = protocol.RetryPolicy(base=1.0, cap=32.0)
     rng = random.Random(1)
     error = FluxServerError(status_code=500, code="INTERNAL", message="")
-    for attempt, ceiling in [(1, 1), (2, 2), (3, 4), (4, 8), (5, 16), (6, 32), (9, 32)]:
-        delay = policy.delay(attempt, error, rng)
-        assert ceiling / 2 <= delay <= ceiling
+    for attempt, backoff in [(1, 1), (2, 2), (3, 4), (4, 8), (5, 16), (6, 32), (9, 32)]:
+        delays = [policy.delay(attempt, error, rng) for _ in range(50)]
+        assert all(backoff <= d <= backoff * (1 + protocol.JITTER) for d in delays)
+        assert len(set(delays)) > 1  # jittered
 
 
 def test_retry_after_wins_over_backoff():
