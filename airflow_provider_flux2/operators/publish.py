@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import Asset, BaseOperator
 
+from airflow_provider_flux2.exceptions import FluxValidationError
 from airflow_provider_flux2.hooks.flux import FluxHook
 from airflow_provider_flux2.models import records_from_xcom
 from airflow_provider_flux2.operators.flux import XCOM_GALLERY, XCOM_MANIFEST, FluxImagesLink, task_location
@@ -38,6 +39,7 @@ class FluxPublishOperator(BaseOperator):
 
     :param records: the batch's records (e.g. ``check.output``).
     :param destination_uri: ``file:///absolute/path`` or ``s3://bucket/prefix``.
+    :param output_uri: another name for ``destination_uri``, as on the generate and check operators.
     :param aws_conn_id: AWS connection for an ``s3://`` destination.
     :param source_aws_conn_id: AWS connection to read ``s3://`` sources (default: ``aws_conn_id``).
     :param asset: the outlet to update (default: an asset for ``destination_uri``, when it is not templated).
@@ -54,7 +56,8 @@ class FluxPublishOperator(BaseOperator):
         self,
         *,
         records: Any,
-        destination_uri: str,
+        destination_uri: str | None = None,
+        output_uri: str | None = None,
         aws_conn_id: str | None = None,
         source_aws_conn_id: str | None = None,
         asset: Asset | None = None,
@@ -62,6 +65,17 @@ class FluxPublishOperator(BaseOperator):
         title: str | None = None,
         **kwargs: Any,
     ) -> None:
+        if destination_uri is not None and output_uri is not None and destination_uri != output_uri:
+            raise FluxValidationError(
+                field="output_uri",
+                value=output_uri,
+                allowed=f"the same as destination_uri ({destination_uri!r}) or unset",
+            )
+        destination_uri = destination_uri if destination_uri is not None else output_uri
+        if not destination_uri:
+            raise FluxValidationError(
+                field="destination_uri", value=None, allowed="file:///absolute/path or s3://bucket/prefix"
+            )
         if asset is None and isinstance(destination_uri, str) and "{{" not in destination_uri:
             asset = destination_asset(destination_uri)
         if asset is not None:

@@ -192,3 +192,13 @@ def test_openlineage_facets_name_sources_and_destination():
     facets = publish.get_openlineage_facets_on_complete(None)
     assert [(d.namespace, d.name) for d in facets.inputs] == [("s3://staging", "d/r/generate")]
     assert [(d.namespace, d.name) for d in facets.outputs] == [("s3://final", "products")]
+
+
+def test_publish_takes_output_uri_as_another_name_for_destination_uri():
+    publish = FluxPublishOperator(task_id="publish", records=[], output_uri="s3://final/products")
+    assert publish.destination_uri == "s3://final/products"
+    assert [a.uri for a in publish.outlets] == ["s3://final/products"]
+    with pytest.raises(FluxValidationError, match="output_uri"):
+        FluxPublishOperator(task_id="p2", records=[], destination_uri="s3://a/b", output_uri="s3://c/d")
+    with pytest.raises(FluxValidationError, match="destination_uri"):
+        FluxPublishOperator(task_id="p3", records=[])
