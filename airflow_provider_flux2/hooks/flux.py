@@ -12,6 +12,7 @@ import binascii
 import contextlib
 import io
 import json
+import logging
 import time
 import uuid
 from collections.abc import Mapping, Sequence
@@ -58,6 +59,21 @@ DEFAULT_MAX_DOWNLOAD_BYTES = 128 * 1024 * 1024
 PIL_FORMATS = {"jpeg": "JPEG", "png": "PNG"}
 
 
+#: The connection extras the hook reads.
+CONNECTION_EXTRAS = (
+    "model",
+    "organization_id",
+    "timeout",
+    "max_attempts",
+    "retry_base_delay",
+    "retry_max_delay",
+    "max_download_mb",
+    "prices",
+)
+#: Other names people write for them.
+EXTRA_ALIASES = {"retries": "max_retries", "max_retries": "max_retries", "price_overrides": "prices"}
+
+
 @dataclass(frozen=True)
 class FluxConnectionConfig:
     """What the hook reads from its Airflow connection (the API key is kept out of ``repr``)."""
@@ -88,6 +104,22 @@ class FluxConnectionConfig:
     def build(
         cls, *, api_key: str, base_url: str | None, extra: Mapping[str, Any], conn_id: str
     ) -> FluxConnectionConfig:
+        unknown = sorted(set(extra) - set(CONNECTION_EXTRAS) - set(EXTRA_ALIASES))
+        if unknown:
+            logging.getLogger(__name__).warning(
+                "Connection %r: ignoring unknown extra(s) %s; known: %s", conn_id, unknown, ", ".join(CONNECTION_EXTRAS)
+            )
+        # Empty form fields arrive as null or "": they mean "the default".
+        extra = {EXTRA_ALIASES.get(k, k): v for k, v in extra.items() if v is not None and v != ""}
+        if isinstance(extra.get("prices"), str):  # a connection URI carries it as JSON text
+            try:
+                extra["prices"] = json.loads(extra["prices"])
+            except ValueError:
+                raise FluxValidationError(
+                    field="prices", value=extra["prices"], allowed='a JSON object like {"pro": "0.03"}'
+                ) from None
+        if "max_retries" in extra:  # retries after the first attempt
+            extra.setdefault("max_attempts", int(extra.pop("max_retries")) + 1)
         retry = protocol.RetryPolicy(
             max_attempts=int(extra.get("max_attempts", 5)),
             base=float(extra.get("retry_base_delay", 1.0)),

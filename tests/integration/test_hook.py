@@ -326,3 +326,26 @@ def test_submit_batch_takes_plain_inputs_with_keys_derived_from_the_batch_key(em
     assert first.run_ids == again.run_ids and len(first.run_ids) == 3
     assert all(hook.wait(r, poll_interval=0.02).status_code == "succeeded" for r in first.run_ids)
     assert len(emulator.ledger()["entries"]) == 3
+
+
+def test_connection_extras_tolerate_empty_form_fields_aliases_and_json_text(caplog):
+    from airflow_provider_flux2.hooks.flux import FluxConnectionConfig
+
+    config = FluxConnectionConfig.build(
+        api_key="k",
+        base_url=None,
+        conn_id="c",
+        extra={
+            "timeout": None,
+            "organization_id": "",
+            "max_retries": "2",
+            "price_overrides": '{"pro": "0.04"}',
+            "colour": "blue",
+        },
+    )
+    assert config.timeout == 30.0 and config.organization_id is None
+    assert config.retry.max_attempts == 3
+    assert str(config.prices.price("pro").first_mp) == "0.04"
+    assert "ignoring unknown extra(s) ['colour']" in caplog.text
+    with pytest.raises(FluxValidationError, match="prices"):
+        FluxConnectionConfig.build(api_key="k", base_url=None, conn_id="c", extra={"prices": "{not json"})
