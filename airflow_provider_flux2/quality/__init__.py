@@ -2,9 +2,145 @@
 
 - :mod:`.decoding` — decode bytes once, within Pillow's decompression-bomb guard.
 - :mod:`.checks` — the checks: decodes, format, size, not_blank, nsfw, near_duplicate, quality_score.
-- :mod:`.suite` — ``CheckSuite`` (a configured set of checks) and ``run_checks`` for ``@task``.
+- :mod:`.suite` — ``CheckSuite`` (a configured set of checks); for ``@task``: ``run_checks`` (records)
+  and ``check_image`` / ``check_images`` (bytes).
 - :mod:`.policy` — ``apply_failure_policy``: fail, drop or regenerate.
 - :mod:`.regeneration` — the pure, budget-checked regeneration planner and ``supersede``.
+
+Every public name is importable from this package (``from airflow_provider_flux2.quality import
+CheckSuite``). They are loaded on first use: the checks pull in numpy and imagehash, which a DAG
+file that only imports this package, or a module that only needs :mod:`.decoding`, should not pay for.
 """
 
 from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from airflow_provider_flux2.models import CheckVerdict
+    from airflow_provider_flux2.quality.checks import (
+        CHECKS,
+        BatchCheck,
+        Check,
+        DecodesCheck,
+        FormatCheck,
+        ImageCheck,
+        NearDuplicateCheck,
+        NotBlankCheck,
+        NsfwCheck,
+        QualityScoreCheck,
+        Sample,
+        SizeCheck,
+    )
+    from airflow_provider_flux2.quality.decoding import DecodedImage, decode_image
+    from airflow_provider_flux2.quality.policy import (
+        FAILURE_POLICIES,
+        FailurePolicy,
+        PolicyOutcome,
+        apply_failure_policy,
+    )
+    from airflow_provider_flux2.quality.regeneration import (
+        QUALITY_FAILURE_CODE,
+        Regeneration,
+        RegenerationPlan,
+        plan_regeneration,
+        regeneration_seed,
+        supersede,
+    )
+    from airflow_provider_flux2.quality.suite import (
+        DEFAULT_CHECKS,
+        CheckConfig,
+        CheckSuite,
+        SuiteResult,
+        check_image,
+        check_images,
+        failed_checks,
+        run_checks,
+    )
+
+#: Where each public name lives; loaded by ``__getattr__`` on first use.
+_MODULE_OF: dict[str, str] = {
+    "CheckVerdict": "airflow_provider_flux2.models",
+    "CHECKS": "airflow_provider_flux2.quality.checks",
+    "BatchCheck": "airflow_provider_flux2.quality.checks",
+    "Check": "airflow_provider_flux2.quality.checks",
+    "DecodesCheck": "airflow_provider_flux2.quality.checks",
+    "FormatCheck": "airflow_provider_flux2.quality.checks",
+    "ImageCheck": "airflow_provider_flux2.quality.checks",
+    "NearDuplicateCheck": "airflow_provider_flux2.quality.checks",
+    "NotBlankCheck": "airflow_provider_flux2.quality.checks",
+    "NsfwCheck": "airflow_provider_flux2.quality.checks",
+    "QualityScoreCheck": "airflow_provider_flux2.quality.checks",
+    "Sample": "airflow_provider_flux2.quality.checks",
+    "SizeCheck": "airflow_provider_flux2.quality.checks",
+    "DecodedImage": "airflow_provider_flux2.quality.decoding",
+    "decode_image": "airflow_provider_flux2.quality.decoding",
+    "FAILURE_POLICIES": "airflow_provider_flux2.quality.policy",
+    "FailurePolicy": "airflow_provider_flux2.quality.policy",
+    "PolicyOutcome": "airflow_provider_flux2.quality.policy",
+    "apply_failure_policy": "airflow_provider_flux2.quality.policy",
+    "QUALITY_FAILURE_CODE": "airflow_provider_flux2.quality.regeneration",
+    "Regeneration": "airflow_provider_flux2.quality.regeneration",
+    "RegenerationPlan": "airflow_provider_flux2.quality.regeneration",
+    "plan_regeneration": "airflow_provider_flux2.quality.regeneration",
+    "regeneration_seed": "airflow_provider_flux2.quality.regeneration",
+    "supersede": "airflow_provider_flux2.quality.regeneration",
+    "DEFAULT_CHECKS": "airflow_provider_flux2.quality.suite",
+    "CheckConfig": "airflow_provider_flux2.quality.suite",
+    "CheckSuite": "airflow_provider_flux2.quality.suite",
+    "SuiteResult": "airflow_provider_flux2.quality.suite",
+    "check_image": "airflow_provider_flux2.quality.suite",
+    "check_images": "airflow_provider_flux2.quality.suite",
+    "failed_checks": "airflow_provider_flux2.quality.suite",
+    "run_checks": "airflow_provider_flux2.quality.suite",
+}
+
+__all__ = [
+    "CHECKS",
+    "DEFAULT_CHECKS",
+    "FAILURE_POLICIES",
+    "QUALITY_FAILURE_CODE",
+    "BatchCheck",
+    "Check",
+    "CheckConfig",
+    "CheckSuite",
+    "CheckVerdict",
+    "DecodedImage",
+    "DecodesCheck",
+    "FailurePolicy",
+    "FormatCheck",
+    "ImageCheck",
+    "NearDuplicateCheck",
+    "NotBlankCheck",
+    "NsfwCheck",
+    "PolicyOutcome",
+    "QualityScoreCheck",
+    "Regeneration",
+    "RegenerationPlan",
+    "Sample",
+    "SizeCheck",
+    "SuiteResult",
+    "apply_failure_policy",
+    "check_image",
+    "check_images",
+    "decode_image",
+    "failed_checks",
+    "plan_regeneration",
+    "regeneration_seed",
+    "run_checks",
+    "supersede",
+]
+
+
+def __getattr__(name: str) -> Any:
+    module = _MODULE_OF.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value  # later lookups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})

@@ -1,12 +1,32 @@
-"""Publishers: where images, manifests and galleries are stored (``file://`` or ``s3://``)."""
+"""Publishers: where images, manifests and galleries are stored (``file://`` or ``s3://``).
+
+Every public name is importable from this package. The publisher interface, the local publisher,
+:func:`publisher_for` and :func:`uri_reader` are loaded with it (DAG files import them and they are
+light); the rest — the S3 publisher (boto3), the manifest, publishing and the report — on first use.
+"""
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
 
-from airflow_provider_flux2.storage.base import BatchLocation, Publisher, content_hash
+from airflow_provider_flux2.storage.base import BatchLocation, ObjectInfo, Publisher, content_hash
 from airflow_provider_flux2.storage.local import LocalPublisher
+
+if TYPE_CHECKING:
+    from airflow_provider_flux2.storage.manifest import (
+        MANIFEST_CSV,
+        MANIFEST_JSON,
+        Manifest,
+        billed_cost,
+        build_manifest,
+        write_manifest,
+    )
+    from airflow_provider_flux2.storage.publish import is_publishable, object_metadata, publish_records
+    from airflow_provider_flux2.storage.report import write_batch_report
+    from airflow_provider_flux2.storage.s3 import S3Publisher
 
 
 def publisher_for(uri: str, *, aws_conn_id: str | None = None) -> Publisher:
@@ -38,4 +58,52 @@ def uri_reader(*, aws_conn_id: str | None = None) -> Callable[[str], bytes]:
     return read
 
 
-__all__ = ["BatchLocation", "LocalPublisher", "Publisher", "content_hash", "publisher_for", "uri_reader"]
+#: Names loaded on first use, and where they live.
+_MODULE_OF: dict[str, str] = {
+    "S3Publisher": "airflow_provider_flux2.storage.s3",
+    "MANIFEST_CSV": "airflow_provider_flux2.storage.manifest",
+    "MANIFEST_JSON": "airflow_provider_flux2.storage.manifest",
+    "Manifest": "airflow_provider_flux2.storage.manifest",
+    "billed_cost": "airflow_provider_flux2.storage.manifest",
+    "build_manifest": "airflow_provider_flux2.storage.manifest",
+    "write_manifest": "airflow_provider_flux2.storage.manifest",
+    "is_publishable": "airflow_provider_flux2.storage.publish",
+    "object_metadata": "airflow_provider_flux2.storage.publish",
+    "publish_records": "airflow_provider_flux2.storage.publish",
+    "write_batch_report": "airflow_provider_flux2.storage.report",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _MODULE_OF.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value  # later lookups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})
+
+
+__all__ = [
+    "MANIFEST_CSV",
+    "MANIFEST_JSON",
+    "BatchLocation",
+    "LocalPublisher",
+    "Manifest",
+    "ObjectInfo",
+    "Publisher",
+    "S3Publisher",
+    "billed_cost",
+    "build_manifest",
+    "content_hash",
+    "is_publishable",
+    "object_metadata",
+    "publish_records",
+    "publisher_for",
+    "uri_reader",
+    "write_batch_report",
+    "write_manifest",
+]

@@ -1,0 +1,56 @@
+"""The package's public names: importable from ``airflow_provider_flux2.storage``, heavy ones on first use."""
+
+from __future__ import annotations
+
+import importlib
+import subprocess
+import sys
+
+import pytest
+
+import airflow_provider_flux2.storage as storage
+
+EAGER = {"BatchLocation", "LocalPublisher", "ObjectInfo", "Publisher", "content_hash", "publisher_for", "uri_reader"}
+
+
+def test_every_public_name_is_the_object_its_module_defines():
+    assert set(storage.__all__) == EAGER | set(storage._MODULE_OF)
+    for name in storage._MODULE_OF:
+        assert getattr(storage, name) is getattr(importlib.import_module(storage._MODULE_OF[name]), name), name
+    for name in EAGER:
+        assert getattr(storage, name) is not None
+
+
+def test_publishers_and_the_manifest_writers_import_from_the_package(tmp_path):
+    from airflow_provider_flux2.storage import (
+        LocalPublisher,
+        Publisher,
+        S3Publisher,
+        build_manifest,
+        publish_records,
+        publisher_for,
+        write_batch_report,
+        write_manifest,
+    )
+    from airflow_provider_flux2.storage.report import write_batch_report as from_module
+
+    assert write_batch_report is from_module
+    assert issubclass(S3Publisher, Publisher) and issubclass(LocalPublisher, Publisher)
+    assert isinstance(publisher_for("s3://bucket/prefix"), S3Publisher)
+    assert isinstance(publisher_for(tmp_path.as_uri()), LocalPublisher)
+    assert callable(build_manifest) and callable(write_manifest) and callable(publish_records)
+
+
+def test_importing_the_package_does_not_load_boto3_pillow_or_pydantic():
+    code = (
+        "import sys, airflow_provider_flux2.storage as s; "
+        "heavy = sorted({m.split('.')[0] for m in sys.modules} & {'boto3', 'botocore', 'PIL', 'pydantic'}); "
+        "assert not heavy, heavy; "
+        "s.S3Publisher; assert 'boto3' in sys.modules"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_unknown_names_raise_attribute_error():
+    with pytest.raises(AttributeError, match="no attribute 'S3'"):
+        _ = storage.S3
