@@ -1,4 +1,5 @@
-"""A configurable set of checks applied to a batch: ``CheckSuite`` and the ``@task``-friendly ``run_checks``.
+"""A configurable set of checks applied to a batch: ``CheckSuite``, and for ``@task`` functions
+``run_checks`` (records in, records out) and ``check_image`` / ``check_images`` (bytes in, verdicts out).
 
 A suite is built from a list of check names or dicts, e.g.::
 
@@ -183,3 +184,134 @@ def read_each(
             # A missing object fails "decodes" (no image bytes); any other read error (credentials,
             # network) is not the image's fault and propagates.
             yield record, None
+
+
+# --------------------------------------------------------------------------------------------------
+# Bytes in, verdicts out
+# --------------------------------------------------------------------------------------------------
+
+#: What a check compares the image with, when it is given bytes rather than a record. Without these
+#: arguments the check has nothing to compare against, so it is left out of the default set, and
+#: asking for it is refused rather than passing the image against an expectation nobody stated.
+_EXPECTS: dict[str, tuple[str, ...]] = {"format": ("output_format",), "size": ("width", "height"), "nsfw": ("nsfw",)}
+#: ``quality_score`` is in the default set only with scores: an unscored image passes it (not every
+#: run is scored), so without scores it would say nothing. Asked for explicitly, it runs either way.
+_DEFAULT_NEEDS: dict[str, tuple[str, ...]] = {**_EXPECTS, "quality_score": ("score",)}
+#: Checks that compare images with each other: in the default set of :func:`check_images` only.
+_BATCH_ONLY = frozenset(name for name, cls in CHECKS.items() if issubclass(cls, BatchCheck))
+
+
+def check_image(
+    data: bytes | None,
+    *,
+    width: int | None = None,
+    height: int | None = None,
+    output_format: str | None = None,
+    nsfw: bool | None = None,
+    score: float | None = None,
+    checks: Iterable[CheckConfig | Check] | CheckSuite | None = None,
+) -> list[CheckVerdict]:
+    """Check one image's bytes, e.g. in a ``@task`` that has bytes rather than an ``ImageRecord``.
+
+    The checks are the same classes :class:`CheckSuite` runs; only the record they read the
+    expectations from is made here, from the arguments.
+
+    :param data: the encoded image (``None`` or empty fails ``decodes``).
+    :param width: the requested width; with ``height``, enables the ``size`` check.
+    :param height: the requested height.
+    :param output_format: the requested format (``jpeg`` or ``png``); enables the ``format`` check.
+    :param nsfw: the API's ``has_nsfw_concepts`` flag for this image; enables the ``nsfw`` check.
+    :param score: the API's quality score; enables the ``quality_score`` check.
+    :param checks: the checks to apply (names, dicts or check objects). By default, every per-image
+        check that has what it needs: ``decodes`` and ``not_blank`` always, the others when their
+        argument is given.
+    :return: one verdict per check, in the suite's order.
+    :raises FluxValidationError: a check was asked for without the argument it compares against.
+    """
+    given = {"width": width, "height": height, "output_format": output_format, "nsfw": nsfw, "score": score}
+    suite = _suite_for_bytes(checks, given, batch=False)
+    record = _bare_record(0, width, height, output_format, nsfw, score)
+    return suite.run([(record, data)]).records[0].checks
+
+
+def check_images(
+    images: Iterable[bytes | None],
+    *,
+    width: int | None = None,
+    height: int | None = None,
+    output_format: str | None = None,
+    nsfw: Sequence[bool] | None = None,
+    scores: Sequence[float | None] | None = None,
+    checks: Iterable[CheckConfig | Check] | CheckSuite | None = None,
+) -> list[list[CheckVerdict]]:
+    """Check several images' bytes as one batch, so ``near_duplicate`` compares them with each other.
+
+    Arguments are those of :func:`check_image`, with the per-image ones as sequences in the order of
+    ``images``. The default checks add ``near_duplicate``; its verdicts name images by their position
+    in ``images`` (``duplicate_of``), and of a pair the later one fails.
+
+    :param nsfw: one ``has_nsfw_concepts`` flag per image.
+    :param scores: one quality score (or ``None``) per image.
+    :return: one list of verdicts per image, in the order of ``images``.
+    :raises FluxValidationError: a check was asked for without its argument, or ``nsfw`` or ``scores``
+        does not have one entry per image.
+    """
+    blobs = list(images)
+    for name, values in (("nsfw", nsfw), ("scores", scores)):
+        if values is not None and len(values) != len(blobs):
+            raise FluxValidationError(field=name, value=len(values), allowed=f"one entry per image ({len(blobs)})")
+    given = {"width": width, "height": height, "output_format": output_format, "nsfw": nsfw, "score": scores}
+    suite = _suite_for_bytes(checks, given, batch=True)
+    flags = [None] * len(blobs) if nsfw is None else list(nsfw)
+    marks = [None] * len(blobs) if scores is None else list(scores)
+    items = [
+        (_bare_record(position, width, height, output_format, flag, mark), data)
+        for position, (data, flag, mark) in enumerate(zip(blobs, flags, marks, strict=True))
+    ]
+    return [record.checks for record in suite.run(items).records]
+
+
+def _suite_for_bytes(
+    checks: Iterable[CheckConfig | Check] | CheckSuite | None, given: Mapping[str, object], *, batch: bool
+) -> CheckSuite:
+    """The checks asked for, or by default every check that has what it needs in ``given``."""
+    if checks is None:
+        return CheckSuite.from_config(
+            name
+            for name in DEFAULT_CHECKS
+            if all(given[arg] is not None for arg in _DEFAULT_NEEDS.get(name, ()))
+            and (batch or name not in _BATCH_ONLY)
+        )
+    suite = CheckSuite.from_config(checks)
+    for name in suite.names:
+        missing = [arg for arg in _EXPECTS.get(name, ()) if given[arg] is None]
+        if missing:
+            raise FluxValidationError(
+                field=missing[0], value=None, allowed=f"a value: the {name!r} check compares the image with it"
+            )
+    return suite
+
+
+def _bare_record(
+    position: int,
+    width: int | None,
+    height: int | None,
+    output_format: str | None,
+    nsfw: bool | None,
+    score: float | None,
+) -> ImageRecord:
+    """A record that carries only what the checks read; the rest is unknown here and left empty."""
+    return ImageRecord(
+        index=position,
+        model="",
+        prompt="",
+        width=width or 0,
+        height=height or 0,
+        output_format=output_format or "",
+        billed_mp=0,
+        cost_usd="0",
+        estimated_cost_usd="0",
+        status="succeeded",
+        nsfw=bool(nsfw),
+        quality_score=score,
+    )

@@ -6,7 +6,7 @@ from synthetic_images import Pictures, image_record
 from airflow_provider_flux2.exceptions import FluxValidationError
 from airflow_provider_flux2.models import CheckVerdict
 from airflow_provider_flux2.quality.checks import NotBlankCheck
-from airflow_provider_flux2.quality.suite import DEFAULT_CHECKS, CheckSuite, run_checks
+from airflow_provider_flux2.quality.suite import DEFAULT_CHECKS, CheckSuite, check_image, check_images, run_checks
 
 ALL = ["decodes", "format", "size", "not_blank", "nsfw", "near_duplicate", "quality_score"]
 
@@ -180,3 +180,118 @@ def test_run_checks_does_not_hide_storage_errors_that_are_not_missing_objects():
 
     with pytest.raises(PermissionError):
         run_checks([image_record(0)], reader=reader)
+
+
+# -- check_image / check_images (bytes, for @task) -----------------------------------------------
+
+SCENE = Pictures.encode(Pictures.scene(50))  # 256×192 PNG
+
+
+def names(verdicts) -> list[str]:
+    return [v.check for v in verdicts]
+
+
+def failing(verdicts) -> list[str]:
+    return [v.check for v in verdicts if not v.passed]
+
+
+def test_check_image_judges_raw_bytes_against_the_expectations_given():
+    verdicts = check_image(SCENE, width=256, height=192, output_format="png", nsfw=False, score=0.9)
+
+    assert names(verdicts) == ["decodes", "format", "size", "not_blank", "nsfw", "quality_score"]
+    assert all(isinstance(v, CheckVerdict) and v.passed for v in verdicts)
+    assert verdicts[2].value == [256, 192]
+
+
+def test_check_image_without_expectations_runs_only_the_checks_that_need_none():
+    assert names(check_image(SCENE)) == ["decodes", "not_blank"]
+
+
+@pytest.mark.parametrize(
+    ("data", "kwargs", "fails", "reason"),
+    [
+        (Pictures.encode(Pictures.flat()), {}, ["not_blank"], "near-uniform"),
+        (SCENE, {"width": 256, "height": 200}, ["size"], "is 256×192, expected 256×200"),
+        (Pictures.encode(Pictures.scene(51), "jpeg"), {"output_format": "png"}, ["format"], "is JPEG, expected PNG"),
+        (SCENE, {"nsfw": True}, ["nsfw"], "flagged NSFW by the API"),
+        (SCENE, {"score": 0.1}, ["quality_score"], "score 0.1 < 0.5"),
+        (SCENE[:400], {}, ["decodes", "not_blank"], "does not decode"),
+        (b"", {}, ["decodes", "not_blank"], "has no bytes"),
+    ],
+)
+def test_check_image_fails_bad_bytes_with_a_reason(data, kwargs, fails, reason):
+    verdicts = check_image(data, **kwargs)
+
+    assert failing(verdicts) == fails
+    assert reason in next(v for v in verdicts if not v.passed).reason
+
+
+def test_check_image_gives_the_verdicts_a_suite_gives_on_a_record():
+    blank = Pictures.encode(Pictures.flat())
+    record = image_record(0, width=256, height=192, output_format="png", nsfw=True, quality_score=0.3)
+    suite = CheckSuite.from_config(["decodes", "format", "size", "not_blank", "nsfw", "quality_score"])
+
+    from_record = suite.run([(record, blank)]).records[0].checks
+    from_bytes = check_image(blank, width=256, height=192, output_format="png", nsfw=True, score=0.3)
+
+    assert from_bytes == from_record
+
+
+def test_check_image_takes_check_names_options_and_objects():
+    verdicts = check_image(SCENE, checks=[{"check": "not_blank", "max_std": 200.0}, "decodes"])
+
+    assert names(verdicts) == ["not_blank", "decodes"]
+    assert failing(verdicts) == ["not_blank"]
+    assert check_image(SCENE, checks=[NotBlankCheck(max_std=200.0)])[0].passed is False
+
+
+def test_an_unscored_image_passes_quality_score_when_asked_for_unless_required():
+    assert check_image(SCENE, checks=["quality_score"])[0].reason == "no score from the API"
+    assert not check_image(SCENE, checks=[{"check": "quality_score", "required": True}])[0].passed
+
+
+@pytest.mark.parametrize(
+    ("checks", "kwargs", "field"),
+    [
+        (["size"], {}, "width"),
+        (["size"], {"width": 256}, "height"),
+        (["format"], {}, "output_format"),
+        (["nsfw"], {}, "nsfw"),
+    ],
+)
+def test_a_check_asked_for_without_what_it_compares_with_is_refused(checks, kwargs, field):
+    with pytest.raises(FluxValidationError) as err:
+        check_image(SCENE, checks=checks, **kwargs)
+
+    assert err.value.field == field
+    assert repr(checks[0]) in err.value.allowed
+
+
+def test_check_images_finds_near_duplicates_among_raw_bytes():
+    base = Pictures.scene(60)
+    images = [
+        Pictures.encode(base),
+        Pictures.encode(Pictures.perturbed(base)),  # near-duplicate of 0
+        Pictures.encode(Pictures.scene(61)),
+        Pictures.encode(Pictures.flat()),
+    ]
+
+    results = check_images(images, width=256, height=192, output_format="png")
+
+    assert [names(r) for r in results] == [["decodes", "format", "size", "not_blank", "near_duplicate"]] * 4
+    assert [failing(r) for r in results] == [[], ["near_duplicate"], [], ["not_blank"]]
+    assert results[1][-1].value["duplicate_of"] == 0
+
+
+def test_check_images_takes_one_nsfw_flag_and_score_per_image():
+    images = [SCENE, Pictures.encode(Pictures.scene(62)), Pictures.encode(Pictures.scene(63))]
+
+    results = check_images(images, nsfw=[False, True, False], scores=[0.9, None, 0.2])
+
+    assert [failing(r) for r in results] == [[], ["nsfw"], ["quality_score"]]
+
+
+@pytest.mark.parametrize("kwargs", [{"nsfw": [False]}, {"scores": [0.5, 0.5, 0.5]}])
+def test_check_images_refuses_per_image_values_that_do_not_match_the_images(kwargs):
+    with pytest.raises(FluxValidationError, match="one entry per image"):
+        check_images([SCENE, SCENE], **kwargs)
