@@ -31,6 +31,7 @@ _BADGES = {
     "failed": ("FAILED", "failed"),
     "moderated": ("MODERATED", "failed"),
     "dropped": ("DROPPED", "failed dropped"),
+    "superseded": ("SUPERSEDED", "failed dropped"),
     "skipped": ("SKIPPED", "neutral"),
     "pending": ("PENDING", "neutral"),
 }
@@ -140,10 +141,12 @@ def _summary_html(summary: Mapping[str, Any]) -> str:
         ("Passed", summary["passed"]),
         ("Failed", summary["failed"]),
         ("Dropped", summary["dropped"]),
+        ("Superseded", summary["superseded"]),
         ("Regenerated", summary["regenerated"]),
         ("Billed MP", summary["total_billed_mp"]),
         ("Total cost", f"${summary['total_cost_usd']}"),
         ("Spent on dropped", f"${summary['dropped_cost_usd']}"),
+        ("Spent on superseded", f"${summary['superseded_cost_usd']}"),
         ("Models", ", ".join(summary["models"])),
         ("Generated", summary["generated_at"]),
     ]
@@ -232,7 +235,8 @@ def _summary_line(manifest: Manifest, shown: int) -> str:
     s = manifest.summary
     line = (
         f"{s['count']} images · passed {s['passed']} · failed {s['failed']} · dropped {s['dropped']} · "
-        f"regenerated {s['regenerated']} · {s['total_billed_mp']} MP · ${s['total_cost_usd']}"
+        f"superseded {s['superseded']} · regenerated {s['regenerated']} · {s['total_billed_mp']} MP · "
+        f"${s['total_cost_usd']}"
     )
     return line if shown == s["count"] else f"{line} · first {shown} shown"
 

@@ -8,9 +8,13 @@ The cost rule: every image counts at its ``cost_usd`` — what the generate step
 (the API's cost for a run that succeeded, ``0`` for one the API did not bill) — except records whose
 run ``failed`` or is still ``pending``, which count 0 whatever they carry, because the API never
 bills a failed run and a pending one has no final figure. So an image dropped by a quality check,
-or superseded by a regeneration, was paid for and stays in the total (``dropped_cost_usd`` says how
-much of the total bought images that were not delivered); so does a run that succeeded but was
-moderated or skipped for its NSFW flag.
+or superseded by a regeneration, was paid for and stays in the total (``dropped_cost_usd`` and
+``superseded_cost_usd`` say how much of the total bought images that were not delivered); so does a
+run that succeeded but was moderated or skipped for its NSFW flag.
+
+A row is *superseded* when a regeneration replaced it: it is ``dropped`` and a later attempt of the
+same index is in the batch. A row that is ``dropped`` with no later attempt was dropped for good.
+The summary counts the two apart, so ``dropped`` is the number of images the batch lost.
 """
 
 from __future__ import annotations
@@ -53,11 +57,28 @@ def is_billed(record: ImageRecord) -> bool:
     return billed_cost(record) > 0
 
 
-def outcome_of(record: ImageRecord) -> str:
-    """``passed``, ``failed_checks`` (succeeded but failed a check), or the record's status."""
+#: The model of a batch made with more than one model (``summary["models"]`` lists them).
+MIXED_MODELS = "mixed"
+
+
+def outcome_of(record: ImageRecord, *, superseded: bool = False) -> str:
+    """``passed``, ``failed_checks`` (succeeded but failed a check), ``superseded`` (dropped and replaced
+    by a regeneration), or the record's status.
+    """
     if record.status == "succeeded":
         return "failed_checks" if any(not v.passed for v in record.checks) else "passed"
+    if superseded and record.status == "dropped":
+        return "superseded"
     return record.status
+
+
+def superseded_rows(records: Iterable[ImageRecord]) -> set[tuple[int, int]]:
+    """``(index, attempt)`` of the dropped records that a later attempt of the same index replaced."""
+    batch = list(records)
+    latest: dict[int, int] = {}
+    for record in batch:
+        latest[record.index] = max(record.attempt, latest.get(record.index, record.attempt))
+    return {(r.index, r.attempt) for r in batch if r.status == "dropped" and r.attempt < latest[r.index]}
 
 
 @dataclass(frozen=True)
@@ -103,16 +124,17 @@ def build_manifest(
         (r if isinstance(r, ImageRecord) else ImageRecord.model_validate(r) for r in records),
         key=lambda r: (r.index, r.attempt),
     )
-    rows = [_row(record) for record in batch]
+    replaced = superseded_rows(batch)
+    rows = [_row(record, superseded=(record.index, record.attempt) in replaced) for record in batch]
     summary = _summary(batch, rows, _prices_dict(prices), generated_at or datetime.now(timezone.utc))
     return Manifest(rows=rows, summary=summary, context=dict(context or {}))
 
 
-def _row(record: ImageRecord) -> dict[str, Any]:
+def _row(record: ImageRecord, *, superseded: bool) -> dict[str, Any]:
     row = record.to_xcom()
     failed = [v.check for v in record.checks if not v.passed]
     row.update(
-        outcome=outcome_of(record),
+        outcome=outcome_of(record, superseded=superseded),
         checks_passed=(not failed) if record.checks else None,
         failed_checks=failed,
         billed=is_billed(record),
@@ -129,22 +151,38 @@ def _summary(
     models = sorted({r.model for r in batch})
     return {
         "generated_at": generated_at.isoformat(),
+        # Rows, not delivered images: every attempt that was made, superseded and dropped ones
+        # included, because each was (or could have been) paid for. Delivered images are ``passed``.
         "count": len(rows),
         "passed": outcomes["passed"],
         "failed": outcomes["failed_checks"] + outcomes["failed"] + outcomes["moderated"],
         "dropped": outcomes["dropped"],
+        "superseded": outcomes["superseded"],
         "regenerated": sum(1 for r in batch if r.attempt > 1),
         "outcomes": dict(sorted(outcomes.items())),
         "billed": len(billed),
         "total_billed_mp": sum(r.billed_mp for r in billed),
         # Summed from the rows' own strings, so the total is the rows' sum by construction.
-        "total_cost_usd": usd(sum((Decimal(row["billed_cost_usd"]) for row in rows), Decimal("0"))),
-        "dropped_cost_usd": usd(sum((billed_cost(r) for r in batch if r.status == "dropped"), Decimal("0"))),
+        "total_cost_usd": _rows_cost(rows),
+        "dropped_cost_usd": _rows_cost(row for row in rows if row["outcome"] == "dropped"),
+        "superseded_cost_usd": _rows_cost(row for row in rows if row["outcome"] == "superseded"),
         "estimated_cost_usd": usd(sum((Decimal(r.estimated_cost_usd) for r in batch), Decimal("0"))),
+        "model": _batch_model(models),
         "models": models,
         "prices": {model: prices[model] for model in (_model_id(m) for m in models) if model in prices},
         "cost_rule": COST_RULE,
     }
+
+
+def _rows_cost(rows: Iterable[Mapping[str, Any]]) -> str:
+    return usd(sum((Decimal(row["billed_cost_usd"]) for row in rows), Decimal("0")))
+
+
+def _batch_model(models: list[str]) -> str | None:
+    """The batch's one model; ``"mixed"`` when it used several, ``None`` when it is empty."""
+    if not models:
+        return None
+    return models[0] if len(models) == 1 else MIXED_MODELS
 
 
 def _model_id(model: str) -> str:

@@ -72,7 +72,9 @@ def test_drop_policy_publishes_the_16_good_images_and_a_manifest_that_adds_up(aw
     assert len(image_keys) == 16
     manifest = json.loads(destination.get(uris["manifest_uri"]))
     summary = manifest["summary"]
-    assert (summary["count"], summary["passed"], summary["dropped"], summary["regenerated"]) == (20, 16, 4, 0)
+    counts = ("count", "passed", "dropped", "superseded", "regenerated")
+    assert tuple(summary[k] for k in counts) == (20, 16, 4, 0, 0)
+    assert summary["model"] == "black-forest-labs/flux-2-pro"
     # All 20 were paid for — the 4 dropped included.
     assert summary["total_cost_usd"] == "0.600" and summary["dropped_cost_usd"] == "0.120"
     rows = list(csv.DictReader(io.StringIO(destination.get(uris["manifest_csv_uri"]).decode())))
@@ -104,9 +106,16 @@ def test_regenerate_policy_ends_with_20_good_images_within_budget(aws_env, bucke
     destination = publisher_for(f"s3://{bucket}/flux")
     published = publish_records(final.records, destination, PUBLISHED, reader=staging.get)
     uris = write_batch_report(destination, PUBLISHED, published)  # dropped images are read from staging
-    summary = json.loads(destination.get(uris["manifest_uri"]))["summary"]
-    assert (summary["count"], summary["passed"], summary["dropped"], summary["regenerated"]) == (24, 20, 4, 4)
+    manifest = json.loads(destination.get(uris["manifest_uri"]))
+    summary = manifest["summary"]
+    # 24 rows, 20 delivered: the 4 replaced images were superseded, not dropped — none was lost.
+    counts = ("count", "passed", "dropped", "superseded", "regenerated")
+    assert tuple(summary[k] for k in counts) == (24, 20, 0, 4, 4)
     assert summary["total_cost_usd"] == "0.720"  # 20 originals + 4 regenerations, all billed
+    assert sum(Decimal(row["billed_cost_usd"]) for row in manifest["images"]) == Decimal("0.720")
+    assert (summary["superseded_cost_usd"], summary["dropped_cost_usd"]) == ("0.120", "0.000")
+    page = destination.get(uris["gallery_uri"]).decode()
+    assert page.count('data-outcome="superseded"') == 4 and 'data-outcome="dropped"' not in page
 
 
 def test_a_regeneration_round_that_would_break_the_budget_is_refused_before_sending(staged):

@@ -110,6 +110,25 @@ def test_the_summary_is_at_the_top():
     assert "<dt>Total cost</dt><dd>$0.075</dd>" in summary
 
 
+def test_images_replaced_by_a_regeneration_are_shown_as_superseded():
+    page = page_for(
+        [
+            image_record(0, status="dropped", checks=[BLANK], cost_usd="0.030"),
+            image_record(0, attempt=2, regenerated_from="run-0", checks=[OK], cost_usd="0.030"),
+            image_record(1, status="dropped", checks=[BLANK], cost_usd="0.045"),
+        ]
+    )
+
+    outcomes = [a["data-outcome"] for t, a in parse(page) if t == "figure"]
+    assert outcomes == ["superseded", "passed", "dropped"]
+    assert '<span class="badge">SUPERSEDED</span>' in page
+    summary = page[page.index('id="summary"') : page.index('<main class="grid">')]
+    assert "<dt>Dropped</dt><dd>1</dd>" in summary
+    assert "<dt>Superseded</dt><dd>1</dd>" in summary
+    assert "<dt>Spent on superseded</dt><dd>$0.030</dd>" in summary
+    assert "<dt>Spent on dropped</dt><dd>$0.045</dd>" in summary
+
+
 def test_an_image_without_a_thumbnail_says_so_instead_of_a_broken_img():
     page = page_for([image_record(0, status="failed", uri=None, cost_usd="0")], thumbs=False)
 

@@ -110,6 +110,7 @@ def test_dropped_images_were_paid_for_and_count_but_failed_runs_do_not():
 
     assert summary["total_cost_usd"] == "0.105"
     assert summary["dropped_cost_usd"] == "0.045"
+    assert summary["superseded_cost_usd"] == "0.000"
     assert summary["billed"] == 3
     assert summary["cost_rule"] == COST_RULE
 
@@ -117,26 +118,98 @@ def test_dropped_images_were_paid_for_and_count_but_failed_runs_do_not():
 def test_the_summary_counts_outcomes_and_regenerations():
     records = [
         image_record(0, checks=[PASS]),
-        image_record(1, status="dropped", checks=[BLANK]),
+        image_record(1, status="dropped", checks=[BLANK]),  # superseded by its attempt 2
         image_record(1, attempt=2, regenerated_from="run-1", checks=[PASS]),
         image_record(2, checks=[PASS]),
         image_record(3, checks=[DUP]),
         image_record(4, status="failed", uri=None, cost_usd="0"),
         image_record(5, status="moderated", nsfw=True),
         image_record(6),  # not checked: passes
+        image_record(7, status="dropped", checks=[BLANK]),  # dropped for good
+        image_record(8, status="skipped", nsfw=True, uri=None),
     ]
 
     summary = build_manifest(records, generated_at=WHEN).summary
 
-    assert {k: summary[k] for k in ("count", "passed", "failed", "dropped", "regenerated")} == {
-        "count": 8,
+    counts = ("count", "passed", "failed", "dropped", "superseded", "regenerated")
+    assert {k: summary[k] for k in counts} == {
+        "count": 10,
         "passed": 4,
         "failed": 3,
         "dropped": 1,
+        "superseded": 1,
         "regenerated": 1,
     }
-    assert summary["outcomes"] == {"dropped": 1, "failed": 1, "failed_checks": 1, "moderated": 1, "passed": 4}
+    assert summary["outcomes"] == {
+        "dropped": 1,
+        "failed": 1,
+        "failed_checks": 1,
+        "moderated": 1,
+        "passed": 4,
+        "skipped": 1,
+        "superseded": 1,
+    }
+    assert summary["count"] == sum(summary["outcomes"].values())
     assert summary["generated_at"] == "2026-05-01T12:00:00+00:00"
+
+
+def test_images_replaced_by_a_regeneration_are_superseded_not_dropped():
+    # 20 delivered out of an original 20: four were regenerated once, and the four they replaced
+    # stay in the manifest because they were paid for.
+    originals = [
+        image_record(i, status="dropped", checks=[BLANK]) if i in {4, 9, 13, 17} else image_record(i, checks=[PASS])
+        for i in range(20)
+    ]
+    again = [image_record(i, attempt=2, regenerated_from=f"run-{i}", checks=[PASS]) for i in (4, 9, 13, 17)]
+
+    manifest = build_manifest(originals + again, generated_at=WHEN)
+    summary = manifest.summary
+
+    counts = ("count", "passed", "dropped", "superseded", "regenerated")
+    assert {k: summary[k] for k in counts} == {
+        "count": 24,  # rows: every image paid for
+        "passed": 20,  # delivered
+        "dropped": 0,
+        "superseded": 4,
+        "regenerated": 4,
+    }
+    assert summary["total_cost_usd"] == "0.720"
+    assert sum(Decimal(row["billed_cost_usd"]) for row in manifest.rows) == Decimal("0.720")
+    assert (summary["superseded_cost_usd"], summary["dropped_cost_usd"]) == ("0.120", "0.000")
+    assert [(r["index"], r["attempt"]) for r in manifest.rows if r["outcome"] == "superseded"] == [
+        (4, 1),
+        (9, 1),
+        (13, 1),
+        (17, 1),
+    ]
+    assert {line["outcome"] for line in csv_rows(manifest)} == {"passed", "superseded"}
+
+
+def test_a_regeneration_that_still_failed_and_was_dropped_counts_once_each():
+    records = [
+        image_record(0, status="dropped", checks=[BLANK], cost_usd="0.030"),
+        image_record(0, attempt=2, status="dropped", checks=[BLANK], cost_usd="0.045"),  # out of attempts
+        image_record(1, checks=[PASS]),
+    ]
+
+    summary = build_manifest(records, generated_at=WHEN).summary
+
+    assert (summary["count"], summary["passed"], summary["dropped"], summary["superseded"]) == (3, 1, 1, 1)
+    assert (summary["dropped_cost_usd"], summary["superseded_cost_usd"]) == ("0.045", "0.030")
+    assert summary["total_cost_usd"] == "0.105"
+
+
+def test_the_summary_names_the_batch_model_or_says_mixed():
+    one = build_manifest([image_record(0), image_record(1)], generated_at=WHEN).summary
+    two = build_manifest(
+        [image_record(0), image_record(1, model="black-forest-labs/flux-2-flex")], generated_at=WHEN
+    ).summary
+
+    assert one["model"] == "black-forest-labs/flux-2-pro"
+    assert one["models"] == ["black-forest-labs/flux-2-pro"]
+    assert two["model"] == "mixed"
+    assert two["models"] == ["black-forest-labs/flux-2-flex", "black-forest-labs/flux-2-pro"]
+    assert build_manifest([], generated_at=WHEN).summary["model"] is None
 
 
 def test_rows_are_in_batch_order_with_attempts_together():
