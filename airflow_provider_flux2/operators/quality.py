@@ -35,7 +35,7 @@ from airflow_provider_flux2.quality.regeneration import RegenerationPlan, supers
 from airflow_provider_flux2.quality.suite import CheckSuite, failed_checks, read_each
 from airflow_provider_flux2.storage import uri_reader
 from airflow_provider_flux2.storage.base import folder_of
-from airflow_provider_flux2.storage.manifest import billed_cost
+from airflow_provider_flux2.storage.manifest import billed_cost, superseded_rows
 from airflow_provider_flux2.triggers.flux import RunWatch, wait_in_worker
 
 if TYPE_CHECKING:
@@ -141,11 +141,12 @@ class FluxQualityCheckOperator(BaseOperator):
             records = supersede(records, replacements)
         summary = _summary(records, suite, regenerated)
         self.log.info(
-            "Quality: %d checked · %d passed · %d dropped · %d regenerated · $%s billed in all",
+            "Quality: %d checked · %d passed · %d dropped · %d regenerated (%d replaced) · $%s billed in all",
             summary["checked"],
             summary["passed"],
             summary["dropped"],
             regenerated,
+            summary["superseded"],
             summary["total_cost_usd"],
         )
         context["ti"].xcom_push(key=XCOM_QUALITY, value=summary)
@@ -220,12 +221,14 @@ class FluxQualityCheckOperator(BaseOperator):
 
 def _summary(records: list[ImageRecord], suite: CheckSuite, regenerated: int) -> dict[str, Any]:
     checked = [r for r in records if r.checks]
+    replaced = superseded_rows(records)
     return {
         "checks": suite.as_config(),
         "images": len(records),
         "checked": len(checked),
         "passed": sum(1 for r in records if r.status == "succeeded" and r.checks and not failed_checks(r)),
-        "dropped": sum(1 for r in records if r.status == "dropped"),
+        "dropped": sum(1 for r in records if r.status == "dropped" and (r.index, r.attempt) not in replaced),
+        "superseded": len(replaced),
         "regenerated": regenerated,
         "total_cost_usd": usd(sum((billed_cost(r) for r in records), Decimal("0"))),
     }

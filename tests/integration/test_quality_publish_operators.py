@@ -159,6 +159,8 @@ def test_regenerate_policy_ends_with_twenty_good_images_within_budget(
     assert len(image_keys(published_keys(s3_admin, bucket))) == 20
     assert len(emulator.ledger()["entries"]) == 24
     assert xcom(dr, "publish")["cost_usd"] == "0.720" == emulator.ledger()["total_cost"]
+    summary = xcom(dr, "check", key="flux_quality_summary")
+    assert (summary["passed"], summary["dropped"], summary["superseded"], summary["regenerated"]) == (20, 0, 4, 4)
 
 
 def test_regeneration_over_budget_is_refused_before_it_is_sent(
