@@ -6,8 +6,7 @@ load on first use, so the provider entry point stays cheap.
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from airflow_provider_flux2._lazy import lazy_exports
 
 __version__ = "0.1.0"
 
@@ -44,8 +43,4 @@ _LAZY = {
 
 __all__ = ["__version__", *_LAZY]
 
-
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__, __dir__ = lazy_exports(__name__, globals(), _LAZY)

@@ -7,11 +7,11 @@ light); the rest — the S3 publisher (boto3), the manifest, publishing and the 
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 from urllib.parse import urlparse
 
+from airflow_provider_flux2._lazy import lazy_exports
 from airflow_provider_flux2.storage.base import BatchLocation, ObjectInfo, Publisher, content_hash
 from airflow_provider_flux2.storage.local import LocalPublisher
 
@@ -74,17 +74,7 @@ _MODULE_OF: dict[str, str] = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    module = _MODULE_OF.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value  # later lookups skip this function
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted({*globals(), *__all__})
+__getattr__, __dir__ = lazy_exports(__name__, globals(), _MODULE_OF)
 
 
 __all__ = [
