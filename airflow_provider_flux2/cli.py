@@ -3,15 +3,27 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import json
 import os
+import re
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from airflow_provider_flux2.exceptions import FluxError
+from airflow_provider_flux2.exceptions import FluxError, FluxValidationError
+
+if TYPE_CHECKING:
+    from airflow_provider_flux2.models import CustomSize, FluxInput, Variant
+    from airflow_provider_flux2.pricing import PriceTable
+
+#: Columns of a prompt file that the estimate reads; any other column is reported as unused.
+PROMPT_COLUMNS = ("prompt", "size", "image_size", "width", "height", "model", "count")
+#: The image formats the API writes, by the file suffix that names them.
+SUFFIX_FORMATS = {".png": "png", ".jpg": "jpeg", ".jpeg": "jpeg"}
+_DIGITS = re.compile(r"^\d+$")
 
 
 def _emulator(args: argparse.Namespace) -> int:
@@ -29,44 +41,210 @@ def _emulator(args: argparse.Namespace) -> int:
     return 0
 
 
-def _rows(path: Path) -> Iterator[dict[str, Any]]:
-    """Prompt rows from a CSV (header row) or JSON Lines file; ``size``/``image_size``, ``model``, ``count``."""
-    if path.suffix.lower() == ".csv":
-        with path.open(newline="", encoding="utf-8") as handle:
-            yield from csv.DictReader(handle)
-    elif path.suffix.lower() in (".jsonl", ".ndjson"):
-        with path.open(encoding="utf-8") as handle:
-            for number, line in enumerate(handle, 1):
-                if line.strip():
+# -- estimate: prompt files --------------------------------------------------------------------
+
+
+def _rows(path: Path) -> Iterator[tuple[int, str, dict[str, Any]]]:
+    """``(number, where, row)`` per prompt of a CSV (header row) or JSON Lines file.
+
+    ``where`` names the row for messages (``prompts.csv row 2 (line 3)``); column names are
+    matched without case or surrounding spaces, and empty cells are left out of the row.
+    """
+    suffix = path.suffix.lower()
+    if suffix == ".csv":
+        # utf-8-sig: a spreadsheet's byte-order mark must not rename the first column.
+        with path.open(newline="", encoding="utf-8-sig") as handle:
+            reader = csv.DictReader(handle)
+            for number, row in enumerate(reader, 1):
+                where = f"{path.name} row {number} (line {reader.line_num})"
+                if None in row:
+                    raise FluxError(f"{where}: more cells than the header has columns")
+                yield number, where, _cells(row, where)
+    elif suffix in (".jsonl", ".ndjson"):
+        with path.open(encoding="utf-8-sig") as handle:
+            number = 0
+            for line_number, line in enumerate(handle, 1):
+                if not line.strip():
+                    continue
+                number += 1
+                where = f"{path.name} row {number} (line {line_number})"
+                try:
                     row = json.loads(line)
-                    if not isinstance(row, dict):
-                        raise FluxError(f"{path}:{number}: each line must be a JSON object")
-                    yield row
+                except json.JSONDecodeError as error:
+                    raise FluxError(f"{where}: not valid JSON ({error.msg})") from None
+                if not isinstance(row, dict):
+                    raise FluxError(f"{where}: each line must be a JSON object")
+                yield number, where, _cells(row, where)
     else:
         raise FluxError(f"{path}: use a .csv or .jsonl file")
 
 
-def _plan(args: argparse.Namespace) -> list[tuple[Any, Any]]:
-    from airflow_provider_flux2.models import build_input
+def _cells(row: Mapping[str | None, Any], where: str) -> dict[str, Any]:
+    """Column names lower-cased and stripped; empty cells (``""``, ``null``) dropped."""
+    cells: dict[str, Any] = {}
+    for name, value in row.items():
+        key = str(name).strip().lower()
+        if key in cells:
+            raise FluxError(f"{where}: column {key!r} is given twice")
+        if isinstance(value, str):
+            value = value.strip()
+        if value is not None and value != "":
+            cells[key] = value
+    return cells
 
-    plan = []
-    if args.prompts:
-        for row in _rows(Path(args.prompts)):
-            size = row.get("image_size") or row.get("size") or args.size
-            model = row.get("model") or args.model
-            request = build_input(model, prompt=row.get("prompt") or "(estimate)", image_size=size)
-            plan.extend([(model, request)] * int(row.get("count") or 1))
-    else:
-        request = build_input(args.model, prompt="(estimate)", image_size=args.size)
-        plan.extend([(args.model, request)] * args.count)
-    return plan
+
+def _row_size(row: Mapping[str, Any]) -> str | CustomSize | None:
+    """The size a row asks for (``size``/``image_size``, or ``width`` and ``height``); ``None`` if none.
+
+    Columns that give the same row two different sizes are refused rather than one of them chosen.
+    """
+    from airflow_provider_flux2.models import MAX_SIDE, MIN_SIDE, size_of
+
+    given: dict[str, str | CustomSize] = {}
+    for column in ("image_size", "size"):
+        if column in row:
+            given[column] = _size(row[column], column)
+    if "width" in row or "height" in row:
+        sides = []
+        for side in ("width", "height"):
+            if side not in row:
+                allowed = f"width and height together, each an integer {MIN_SIDE}..{MAX_SIDE}"
+                raise FluxValidationError(field=side, value="(empty)", allowed=allowed)
+            sides.append(_integer(row[side]))
+        given["width+height"] = _size(tuple(sides), "")
+    if len({size_of(size) for size in given.values()}) > 1:
+        raise FluxValidationError(
+            field=" / ".join(given),
+            value={column: row[column] for column in ("size", "image_size", "width", "height") if column in row},
+            allowed="one size per row (these columns must agree)",
+        )
+    return next(iter(given.values()), None)
+
+
+def _size(value: Any, column: str) -> str | CustomSize:
+    """``normalize_image_size``, its errors naming the file's column (``size.height``, ``width``)."""
+    from airflow_provider_flux2.models import normalize_image_size
+
+    try:
+        return normalize_image_size(value)
+    except FluxValidationError as error:
+        field = error.field.replace("image_size", column, 1).lstrip(".")
+        raise FluxValidationError(field=field, value=error.value, allowed=error.allowed) from None
+
+
+def _integer(value: Any) -> Any:
+    """A cell of digits as an integer (CSV cells are text); any other value is left to be refused."""
+    return int(value) if isinstance(value, str) and _DIGITS.match(value) else value
+
+
+def _row_count(value: Any) -> int:
+    if value is None:
+        return 1
+    value = _integer(value)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise FluxValidationError(field="count", value=value, allowed="a whole number of images, at least 1")
+    return value
+
+
+@contextlib.contextmanager
+def _in_row(where: str) -> Iterator[None]:
+    """Name the row in any validation error raised while reading it."""
+    try:
+        yield
+    except FluxValidationError as error:
+        raise FluxValidationError(field=f"{error.field} in {where}", value=error.value, allowed=error.allowed) from None
+
+
+def _file_plan(path: Path, size: str, model: str) -> tuple[list[tuple[Variant, FluxInput]], list[str]]:
+    """The plan of a prompt file, and notes on what was not read from it (for stderr)."""
+    from airflow_provider_flux2.models import build_input, resolve_variant
+
+    # The defaults are checked first, so a bad --size or --model is not blamed on a row.
+    default_size, default_variant = _size(size, "--size"), resolve_variant(model)
+    plan: list[tuple[Variant, FluxInput]] = []
+    unsized: list[str] = []
+    unused: set[str] = set()
+    for number, where, row in _rows(path):
+        unused |= set(row) - set(PROMPT_COLUMNS)
+        with _in_row(where):
+            row_size = _row_size(row)
+            variant = resolve_variant(row["model"]) if "model" in row else default_variant
+            request = build_input(
+                variant, prompt=row.get("prompt") or "(estimate)", image_size=row_size or default_size
+            )
+            count = _row_count(row.get("count"))
+        if row_size is None:
+            unsized.append(str(number))
+        plan.extend([(variant, request)] * count)
+    if not plan:
+        raise FluxError(f"{path}: no prompt rows to price")
+    notes = []
+    if unused:
+        notes.append(f"columns not used for pricing: {', '.join(sorted(unused))} (read: {', '.join(PROMPT_COLUMNS)})")
+    if unsized:
+        shown = ", ".join(unsized[:5]) + (f" and {len(unsized) - 5} more" if len(unsized) > 5 else "")
+        notes.append(f"{len(unsized)} row(s) give no size and are priced at --size {size}: row {shown}")
+    return plan, notes
+
+
+# -- estimate ----------------------------------------------------------------------------------
+
+
+def _connection_hook(conn_id: str) -> Any:
+    """The hook of an Airflow connection, its config read at once so a missing connection says so."""
+    from airflow.sdk.exceptions import AirflowNotFoundException
+
+    from airflow_provider_flux2.hooks.flux import FluxHook
+
+    # Outside a task, the SDK looks only at AIRFLOW_CONN_* and the secrets backends unless the process
+    # declares itself server-side; ``airflow connections get`` does the same so the metadata DB is read too.
+    os.environ.setdefault("_AIRFLOW_PROCESS_CONTEXT", "server")
+    hook = FluxHook(conn_id)
+    try:
+        hook.config  # noqa: B018 - read now
+    except AirflowNotFoundException:
+        raise FluxError(
+            f"connection {conn_id!r} is not defined (looked in AIRFLOW_CONN_{conn_id.upper()}, "
+            "the secrets backends and the Airflow metadata DB)"
+        ) from None
+    return hook
+
+
+def _prices(args: argparse.Namespace) -> tuple[PriceTable, str, str | None]:
+    """The price table (defaults, the connection's ``prices`` extra, then ``--prices``), the model, a note."""
+    from airflow_provider_flux2.pricing import DEFAULT_PRICES, PriceTable
+
+    table, model, note = PriceTable(), args.model or "pro", None
+    if args.conn_id:
+        hook = _connection_hook(args.conn_id)
+        table = hook.prices  # the hook's own reading of the connection's ``prices`` extra
+        model = args.model or hook.default_model.value
+        overridden = [variant.model_id for variant, price in table.prices.items() if price != DEFAULT_PRICES[variant]]
+        note = f"prices: connection {args.conn_id!r} " + (
+            f"overrides {', '.join(overridden)}" if overridden else "carries no price overrides (defaults used)"
+        )
+    overrides = json.loads(args.prices) if args.prices else None
+    if overrides is not None and not isinstance(overrides, dict):
+        allowed = 'a JSON object of prices by model, e.g. {"pro": {"first_mp": "0.03"}}'
+        raise FluxValidationError(field="--prices", value=args.prices, allowed=allowed)
+    return table.with_overrides(overrides), model, note
 
 
 def _estimate(args: argparse.Namespace) -> int:
-    from airflow_provider_flux2.pricing import Budget, PriceTable, estimate, usd
+    from airflow_provider_flux2.models import build_input, resolve_variant
+    from airflow_provider_flux2.pricing import Budget, estimate, usd
 
-    table = PriceTable().with_overrides(json.loads(args.prices) if args.prices else None)
-    result = estimate(_plan(args), table)
+    table, model, note = _prices(args)
+    notes = [note] if note else []
+    if args.prompts:
+        plan, file_notes = _file_plan(Path(args.prompts), args.size, model)
+        notes += file_notes
+    else:
+        request = build_input(model, prompt="(estimate)", image_size=args.size)
+        plan = [(resolve_variant(model), request)] * args.count
+    for line in notes:
+        print(f"note: {line}", file=sys.stderr)
+    result = estimate(plan, table)
     header = f"{'model':<30} {'size':>11} {'MP':>4} {'count':>6} {'unit':>9} {'subtotal':>10}"
     print(header)
     print("-" * len(header))
@@ -88,6 +266,9 @@ def _estimate(args: argparse.Namespace) -> int:
     return 0
 
 
+# -- generate ----------------------------------------------------------------------------------
+
+
 def _hook(args: argparse.Namespace) -> Any:
     """A hook from FLUX2_API_KEY (and FLUX2_BASE_URL), else from the Airflow connection."""
     from airflow_provider_flux2.hooks.flux import FluxHook
@@ -95,17 +276,43 @@ def _hook(args: argparse.Namespace) -> Any:
     key = os.environ.get("FLUX2_API_KEY")
     if key:
         return FluxHook(api_key=key, base_url=os.environ.get("FLUX2_BASE_URL"))
-    return FluxHook(args.conn_id)
+    return _connection_hook(args.conn_id)
+
+
+def _output_format(out: str | None, requested: str | None) -> str | None:
+    """The format to ask for: ``--format``, else the one ``--out``'s suffix names; a contradiction is refused."""
+    if out is None:
+        return requested
+    suffix = Path(out).suffix.lower()
+    named = SUFFIX_FORMATS.get(suffix)
+    if named is None:
+        from PIL import Image
+
+        if suffix in Image.registered_extensions():  # .webp, .gif, ...: a format the API does not write
+            allowed = "a file name ending .png, .jpg or .jpeg (the API writes png or jpeg)"
+            raise FluxValidationError(field="--out", value=out, allowed=allowed)
+        if requested is None:
+            allowed = "a file name ending .png, .jpg or .jpeg, or --format png|jpeg for a name without one"
+            raise FluxValidationError(field="--out", value=out, allowed=allowed)
+        return requested
+    if requested is not None and requested != named:
+        raise FluxValidationError(
+            field="--format",
+            value=requested,
+            allowed=f"{named!r} for --out {out} (or an --out name ending .{'png' if requested == 'png' else 'jpg'})",
+        )
+    return named
 
 
 def _generate(args: argparse.Namespace) -> int:
     from airflow_provider_flux2.pricing import usd
 
-    hook = _hook(args)
+    output_format = _output_format(args.out, args.format)  # before anything is sent
     prompt: Any = args.prompt
     if prompt.lstrip().startswith("{"):
         prompt = json.loads(prompt)  # a JSON-structured prompt
-    params = {"image_size": args.size, "seed": args.seed, "output_format": args.format}
+    hook = _hook(args)
+    params = {"image_size": args.size, "seed": args.seed, "output_format": output_format}
     run, image = hook.generate(prompt, model=args.model, timeout=args.timeout, **params)
     out = Path(args.out or f"flux2-{run.id}.{'png' if image.format == 'png' else 'jpg'}")
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -115,6 +322,13 @@ def _generate(args: argparse.Namespace) -> int:
     print(f"run {run.id}: {image.width}x{image.height} {image.format}, seed {seed}, ", end="")
     print(f"cost ${usd(cost) if cost is not None else '?'} -> {out}")
     return 0
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text} is not a whole number of images, at least 1")
+    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -136,10 +350,21 @@ def build_parser() -> argparse.ArgumentParser:
     emu.set_defaults(func=_emulator)
 
     est = sub.add_parser("estimate", help="price a plan before spending anything")
-    est.add_argument("--size", default="landscape_4_3", help="preset, WxH (e.g. 1920x1080)")
-    est.add_argument("--model", default="pro", help="pro, flex, max, turbo or a full model id")
-    est.add_argument("--count", type=int, default=1, help="number of images of that size")
-    est.add_argument("--prompts", help="CSV or JSONL with a row per prompt (columns size/image_size, model, count)")
+    est.add_argument(
+        "--size", default="landscape_4_3", help="preset or WxH (e.g. 1920x1080); with --prompts, for rows without one"
+    )
+    est.add_argument("--model", default=None, help="pro, flex, max, turbo or a full model id (default: pro)")
+    est.add_argument("--count", type=_positive_int, default=1, help="number of images of that size")
+    est.add_argument(
+        "--prompts",
+        help="CSV or JSONL with a row per prompt; columns prompt, size or image_size (preset or WxH) "
+        "or width and height, model, count",
+    )
+    est.add_argument(
+        "--conn-id",
+        default=None,
+        help="an Airflow flux2 connection: use its price overrides (extra 'prices') and default model",
+    )
     est.add_argument("--prices", help='price overrides as JSON, e.g. \'{"pro": {"first_mp": "0.03"}}\'')
     est.add_argument("--budget", help="fail (exit 1) if the total is over this many dollars")
     est.set_defaults(func=_estimate)
@@ -149,8 +374,8 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--size", default=None, help="preset or WxH")
     gen.add_argument("--seed", type=int, default=None)
     gen.add_argument("--model", default=None, help="default: the connection's model (pro)")
-    gen.add_argument("--format", choices=["jpeg", "png"], default=None)
-    gen.add_argument("--out", help="file to write (default flux2-<run id>.jpg)")
+    gen.add_argument("--format", choices=["jpeg", "png"], default=None, help="default: from --out's suffix, else jpeg")
+    gen.add_argument("--out", help="file to write, .png/.jpg/.jpeg (default flux2-<run id>.jpg)")
     gen.add_argument("--conn-id", default="flux2_default", help="Airflow connection (when FLUX2_API_KEY is unset)")
     gen.add_argument("--timeout", type=float, default=600.0)
     gen.set_defaults(func=_generate)
