@@ -608,12 +608,14 @@ class EmulatorApp:
         }
         async with httpx.AsyncClient(timeout=config.callback_timeout, trust_env=False) as client:
             for attempt in range(1, config.callback_max_attempts + 1):
-                status, problem = None, None
+                status, problem, started = None, None, self.state.clock()
                 try:
                     status = (await client.post(str(run.callback_url), content=raw, headers=headers)).status_code
                 except httpx.HTTPError as exc:
                     problem = f"{type(exc).__name__}: {exc}"
                 delivered = status is not None and 200 <= status < 300
+                last = delivered or attempt == config.callback_max_attempts
+                delay = None if last else config.callback_retry_base * 2 ** (attempt - 1) * config.time_scale
                 self.state.callbacks.append(
                     {
                         "run_id": run.id,
@@ -624,12 +626,11 @@ class EmulatorApp:
                         "error": problem,
                         "delivered": delivered,
                         "request_id": headers["Runflow-Request-Id"],
-                        "at": iso(self.state.clock()),
+                        "at": iso(started),  # when the attempt was sent
+                        "next_attempt_in": delay,
                     }
                 )
-                if delivered or attempt == config.callback_max_attempts:
-                    return
-                if await self._sleep(config.callback_retry_base * 2 ** (attempt - 1) * config.time_scale):
+                if delay is None or await self._sleep(delay):
                     return
 
     # -- /_emulator (no auth: the control surface of a local test double) ------------------------------

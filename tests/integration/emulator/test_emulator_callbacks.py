@@ -116,11 +116,12 @@ def test_retries_back_off_exponentially(api, receiver):
     receiver.wait_for(4)
     attempts = api.emulator.stats()["callbacks"]
     assert len(attempts) == 4
-    # Gaps of about 0.1, 0.2 and 0.4 s between attempts.
+    # Waits of 0.1, 0.2 and 0.4 s between attempts: scheduled so, and at least that long in fact
+    # (a loaded machine can only make them longer).
+    assert [a["next_attempt_in"] for a in attempts] == [0.1, 0.2, 0.4, None]
     times = [datetime.fromisoformat(a["at"].replace("Z", "+00:00")).timestamp() for a in attempts]
     gaps = [b - a for a, b in itertools.pairwise(times)]
     assert gaps[0] >= 0.09 and gaps[1] >= 0.19 and gaps[2] >= 0.39
-    assert gaps[2] > gaps[1] > gaps[0]
 
 
 def test_delivery_gives_up_after_the_configured_attempts(api):
