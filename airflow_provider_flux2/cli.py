@@ -192,7 +192,7 @@ def _file_plan(path: Path, size: str, model: str) -> tuple[list[tuple[Variant, F
 
 def _connection_hook(conn_id: str) -> Any:
     """The hook of an Airflow connection, its config read at once so a missing connection says so."""
-    from airflow.sdk.exceptions import AirflowNotFoundException
+    from airflow.exceptions import AirflowNotFoundException  # on 3.3 the same class as the SDK's; 3.1 has only this
 
     from airflow_provider_flux2.hooks.flux import FluxHook
 
