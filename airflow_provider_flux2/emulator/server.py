@@ -681,21 +681,31 @@ def _prompt_text(entry: dict[str, Any]) -> str:
     return canonical_prompt(prompt) if isinstance(prompt, (str, dict)) else ""
 
 
-# The API takes typed JSON: a quoted seed or a "yes" for a boolean is a 422, not coerced as the
-# provider's own models do for values that come from templates.
+# The API takes typed JSON: a quoted seed, a "yes" for a boolean or a number for safety_tolerance
+# (a string "1".."5") is a 422, not coerced as the provider's own models do for values that come
+# from templates.
 _WIRE_TYPES = {
     "seed": "integer",
     "num_inference_steps": "integer",
     "guidance_scale": "number",
     "enable_safety_checker": "boolean",
     "sync_mode": "boolean",
+    "safety_tolerance": "string",
+    "output_format": "string",
 }
-_ALLOWED_TYPES = {"integer": "an integer", "number": "a number", "boolean": "true or false"}
+_ALLOWED_TYPES = {
+    "integer": "an integer",
+    "number": "a number",
+    "boolean": "true or false",
+    "string": "a string",
+}
 
 
 def _has_wire_type(value: Any, expected: str) -> bool:
     if expected == "boolean":
         return isinstance(value, bool)
+    if expected == "string":
+        return isinstance(value, str)
     if isinstance(value, bool):
         return False
     return isinstance(value, int) or (expected == "number" and isinstance(value, float))

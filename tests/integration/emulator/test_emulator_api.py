@@ -74,6 +74,7 @@ def test_malformed_json_is_400_bad_request(api):
         ({"enable_safety_checker": "yes"}, ["input", "enable_safety_checker"], "yes"),
         ({"enable_safety_checker": 0}, ["input", "enable_safety_checker"], 0),
         ({"sync_mode": "true"}, ["input", "sync_mode"], "true"),
+        ({"safety_tolerance": 2}, ["input", "safety_tolerance"], 2),
     ],
 )
 def test_invalid_input_is_422_naming_the_field(api, fields, loc, value):
