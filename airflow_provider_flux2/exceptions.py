@@ -47,10 +47,11 @@ class FluxValidationError(FluxError, ValueError):
         if len(self.details) > 1:
             text += f" (and {len(self.details) - 1} more: {', '.join(d['field'] for d in self.details[1:])})"
         if status_code is not None:
-            text = f"HTTP {status_code} {code or 'VALIDATION_ERROR'}: {text}"
-            if api_message:
-                text += f" — API says: {api_message}"
-            text += f" [request id {request_id or 'unknown'}]"
+            if details is None and value is None and field == "input" and api_message:
+                text = api_message  # the API named no field: its own words are the whole story
+            else:
+                text += f" — API says: {api_message}" if api_message else ""
+            text = f"HTTP {status_code} {code or 'VALIDATION_ERROR'}: {text} [request id {request_id or 'unknown'}]"
         super().__init__(text)
 
 

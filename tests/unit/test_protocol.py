@@ -61,6 +61,12 @@ def test_422_becomes_validation_error_naming_the_field():
     assert "HTTP 422" in str(error) and "req_abc123" in str(error) and "bad size" in str(error)
 
 
+def test_422_without_field_errors_reads_as_the_api_message():
+    error = protocol.error_from_response(422, REQ, _envelope("VALIDATION_ERROR", "prompt rejected by policy", None))
+    assert isinstance(error, FluxValidationError) and error.status_code == 422
+    assert str(error) == "HTTP 422 VALIDATION_ERROR: prompt rejected by policy [request id req_abc123]"
+
+
 def test_non_json_error_body_is_kept_readable():
     error = protocol.error_from_response(502, {}, b"<html>Bad gateway</html>")
     assert isinstance(error, FluxServerError)
