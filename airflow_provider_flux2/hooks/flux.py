@@ -462,6 +462,12 @@ class FluxHook(BaseHook):
                     field=next(iter(params)), value=params, allowed="no extra parameters beside a built FluxInput"
                 )
             variant = resolve_variant(model) if model else (request.variant or self.default_model)
+            if request.variant is not None and variant is not request.variant:
+                raise FluxValidationError(
+                    field="model",
+                    value=variant.model_id,
+                    allowed=f"{request.variant.model_id}, the variant this input was built for",
+                )
             return variant, request
         fields = dict(request) if isinstance(request, Mapping) else {"prompt": request} if request is not None else {}
         return self.build_request(model or fields.pop("model", None), **fields, **params)

@@ -349,3 +349,12 @@ def test_connection_extras_tolerate_empty_form_fields_aliases_and_json_text(capl
     assert "ignoring unknown extra(s) ['colour']" in caplog.text
     with pytest.raises(FluxValidationError, match="prices"):
         FluxConnectionConfig.build(api_key="k", base_url=None, conn_id="c", extra={"prices": "{not json"})
+
+
+def test_an_input_built_for_one_variant_is_not_sent_to_another(emulator):
+    hook = make_hook(emulator)
+    flex = build_input("flex", prompt="a lamp", num_inference_steps=8)
+    with pytest.raises(FluxValidationError, match="flux-2-flex, the variant this input was built for"):
+        hook.submit(flex, model="pro")
+    assert hook.submit(flex).model == "black-forest-labs/flux-2-flex"  # its own variant when none is named
+    assert create_run_requests(emulator) == 1
