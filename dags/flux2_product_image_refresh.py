@@ -147,6 +147,7 @@ with DAG(
         output_uri=config["staging_uri"],
         aws_conn_id=config["aws_conn_id"],
         poll_interval=2.0,
+        deferrable=True,  # a regeneration round waits on the triggerer too
     )
     publish = FluxPublishOperator(
         task_id="publish",

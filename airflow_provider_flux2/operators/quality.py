@@ -3,12 +3,17 @@
 Regenerations are priced and checked against the budget before they are sent, carry idempotency
 keys derived from the task and the image (so a retried task replays them instead of paying twice),
 and are checked again like the originals — up to ``max_regenerations`` times per image.
+
+Deferrable: a round of regenerations is waited for on the triggerer. When the task resumes it runs
+again from the records it was given; every request it makes again carries the same idempotency key
+(seeds are derived, not drawn), so the API replays the runs already made and nothing is paid twice.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Sequence
+from datetime import timedelta
 from decimal import Decimal
 from functools import cached_property
 from typing import TYPE_CHECKING, Any, Literal
@@ -20,6 +25,7 @@ from airflow_provider_flux2.exceptions import FluxError, FluxValidationError
 from airflow_provider_flux2.hooks.flux import FluxHook, expected_duration
 from airflow_provider_flux2.models import ImageRecord, RunStatus, records_from_xcom, utc_now_iso
 from airflow_provider_flux2.operators.flux import (
+    conf,
     is_moderated,
     output_publisher,
     planned_image,
@@ -36,7 +42,7 @@ from airflow_provider_flux2.quality.suite import CheckSuite, failed_checks, read
 from airflow_provider_flux2.storage import uri_reader
 from airflow_provider_flux2.storage.base import folder_of
 from airflow_provider_flux2.storage.manifest import billed_cost, superseded_rows
-from airflow_provider_flux2.triggers.flux import RunWatch, wait_in_worker
+from airflow_provider_flux2.triggers.flux import FluxGenerationTrigger, RunWatch, wait_in_worker
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
@@ -62,6 +68,7 @@ class FluxQualityCheckOperator(BaseOperator):
     :param aws_conn_id: AWS connection for reading and writing ``s3://`` images.
     :param poll_interval: shortest pause between polls while regenerating.
     :param timeout: seconds to wait for one round of regenerations.
+    :param deferrable: wait for regenerations on the triggerer, holding no worker slot.
     """
 
     template_fields: Sequence[str] = ("records", "checks", "output_uri", "budget_usd", "aws_conn_id")
@@ -82,6 +89,7 @@ class FluxQualityCheckOperator(BaseOperator):
         aws_conn_id: str | None = None,
         poll_interval: float = 5.0,
         timeout: float = 60 * 60,
+        deferrable: bool = conf.getboolean("operators", "default_deferrable", fallback=False),
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -96,6 +104,7 @@ class FluxQualityCheckOperator(BaseOperator):
         self.aws_conn_id = aws_conn_id
         self.poll_interval = poll_interval
         self.timeout = timeout
+        self.deferrable = deferrable
         if on_failure not in ("fail", "drop", "regenerate"):
             raise FluxValidationError(field="on_failure", value=on_failure, allowed="fail | drop | regenerate")
         # Fail on a bad check list at parse time, not at 3 a.m. (templated lists are checked at run time).
@@ -198,18 +207,42 @@ class FluxQualityCheckOperator(BaseOperator):
         return records
 
     def _wait(self, run_ids: list[str], images: list[PlannedImage]) -> dict[str, dict[str, Any]]:
-        watch = RunWatch(batches={}, runs=run_ids, min_finished=len(run_ids))
+        expected = max(expected_duration(i.request.width, i.request.height) for i in images)
+        end_time = time.time() + self.timeout
+        if self.deferrable:
+            # Runs already finished (a resumed task replays its earlier rounds) need no wait at all.
+            watch = RunWatch(batches={}, runs=run_ids, min_finished=len(run_ids))
+            for run_id in run_ids:
+                watch.observe_run(self.hook.get_run(run_id))
+            if watch.awaited:
+                self.log.info("Waiting on the triggerer for %d regenerated image(s)", len(watch.awaited))
+                self.defer(
+                    trigger=FluxGenerationTrigger(
+                        flux_conn_id=self.flux_conn_id,
+                        runs=watch.awaited,
+                        end_time=end_time,
+                        poll_interval=self.poll_interval,
+                        expected_seconds=expected,
+                    ),
+                    method_name="execute_complete",
+                    timeout=timedelta(seconds=self.timeout + 300),
+                )
+            return watch.finished
         event = wait_in_worker(
             self.hook,
-            watch,
-            end_time=time.time() + self.timeout,
+            RunWatch(batches={}, runs=run_ids, min_finished=len(run_ids)),
+            end_time=end_time,
             poll_interval=self.poll_interval,
-            expected_seconds=max(expected_duration(i.request.width, i.request.height) for i in images),
+            expected_seconds=expected,
             log=self.log,
         )
-        if event["status"] != "success":
-            raise FluxError(f"Regeneration did not complete: {event['message']}")
+        _raise_unless_done(event)
         return event["finished"]
+
+    def execute_complete(self, context: Context, event: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+        """Back from the triggerer: run again; the finished round is replayed, not paid again."""
+        _raise_unless_done(event or {"status": "error", "message": "no event from the trigger"})
+        return self.execute(context)
 
     def get_openlineage_facets_on_complete(self, task_instance: Any) -> Any:
         from airflow_provider_flux2.lineage import lineage
@@ -217,6 +250,11 @@ class FluxQualityCheckOperator(BaseOperator):
         records = records_from_xcom(self.records)
         outputs = [self.output_uri] if self.output_uri and self.on_failure == "regenerate" else []
         return lineage(inputs=[folder_of(r.uri) for r in records if r.uri], outputs=outputs)
+
+
+def _raise_unless_done(event: dict[str, Any]) -> None:
+    if event.get("status") != "success":
+        raise FluxError(f"Regeneration did not complete: {event.get('message')}")
 
 
 def _summary(records: list[ImageRecord], suite: CheckSuite, regenerated: int) -> dict[str, Any]:

@@ -143,11 +143,20 @@ def test_drop_policy_publishes_the_sixteen_good_images(
     assert all(img["ok"] and img["w"] > 0 for img in images), images
 
 
+@pytest.mark.parametrize("deferrable", [False, True])
 def test_regenerate_policy_ends_with_twenty_good_images_within_budget(
-    emulator, run_dag, xcom, tmp_path, moto_aws_conn, bucket, s3_admin
+    emulator, run_dag, xcom, tmp_path, moto_aws_conn, bucket, s3_admin, deferrable, capfd
 ):
     inject_faults(emulator)
-    dag = pipeline(tmp_path, bucket, moto_aws_conn, on_failure="regenerate", max_regenerations=2, budget_usd="1.00")
+    dag = pipeline(
+        tmp_path,
+        bucket,
+        moto_aws_conn,
+        on_failure="regenerate",
+        max_regenerations=2,
+        budget_usd="1.00",
+        deferrable=deferrable,
+    )
     dr = run_dag(dag)
     assert dr.state == "success"
     checked = xcom(dr, "check")
@@ -161,6 +170,10 @@ def test_regenerate_policy_ends_with_twenty_good_images_within_budget(
     assert xcom(dr, "publish")["cost_usd"] == "0.720" == emulator.ledger()["total_cost"]
     summary = xcom(dr, "check", key="flux_quality_summary")
     assert (summary["passed"], summary["dropped"], summary["superseded"], summary["regenerated"]) == (20, 0, 4, 4)
+    out = capfd.readouterr()
+    # Deferrable: the round was waited for on the triggerer; on resume its requests were replayed
+    # (same idempotency keys), which is why 24 runs were billed and no more.
+    assert ("Waiting on the triggerer for 4 regenerated image(s)" in out.out + out.err) is deferrable
 
 
 def test_regeneration_over_budget_is_refused_before_it_is_sent(
