@@ -426,9 +426,7 @@ def build_input(variant: Variant | str | None = None, **params: Any) -> FluxInpu
         params["prompt"] = apply_colours(params["prompt"], colours)
     if "prompt" not in params:
         raise FluxValidationError(field="prompt", value=None, allowed=_ALLOWED["prompt"])
-    if isinstance(params["prompt"], dict):
-        check_prompt_colours(params["prompt"])  # before colours are woven in, so errors name the user's key
-    return INPUT_MODELS[variant].model_validate(params)
+    return INPUT_MODELS[variant].model_validate(params)  # the prompt validator checks JSON colours
 
 
 # --------------------------------------------------------------------------------------------------

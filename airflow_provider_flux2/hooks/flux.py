@@ -470,7 +470,8 @@ class FluxHook(BaseHook):
                 )
             return variant, request
         fields = dict(request) if isinstance(request, Mapping) else {"prompt": request} if request is not None else {}
-        return self.build_request(model or fields.pop("model", None), **fields, **params)
+        named = fields.pop("model", None)  # a mapping may name its model; the argument wins
+        return self.build_request(model or named, **fields, **params)
 
     def submit(
         self,

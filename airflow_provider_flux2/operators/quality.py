@@ -209,35 +209,35 @@ class FluxQualityCheckOperator(BaseOperator):
     def _wait(self, run_ids: list[str], images: list[PlannedImage]) -> dict[str, dict[str, Any]]:
         expected = max(expected_duration(i.request.width, i.request.height) for i in images)
         end_time = time.time() + self.timeout
-        if self.deferrable:
-            # Runs already finished (a resumed task replays its earlier rounds) need no wait at all.
-            watch = RunWatch(batches={}, runs=run_ids, min_finished=len(run_ids))
-            for run_id in run_ids:
-                watch.observe_run(self.hook.get_run(run_id))
-            if watch.awaited:
-                self.log.info("Waiting on the triggerer for %d regenerated image(s)", len(watch.awaited))
-                self.defer(
-                    trigger=FluxGenerationTrigger(
-                        flux_conn_id=self.flux_conn_id,
-                        runs=watch.awaited,
-                        end_time=end_time,
-                        poll_interval=self.poll_interval,
-                        expected_seconds=expected,
-                    ),
-                    method_name="execute_complete",
-                    timeout=timedelta(seconds=self.timeout + 300),
-                )
-            return watch.finished
-        event = wait_in_worker(
-            self.hook,
-            RunWatch(batches={}, runs=run_ids, min_finished=len(run_ids)),
-            end_time=end_time,
-            poll_interval=self.poll_interval,
-            expected_seconds=expected,
-            log=self.log,
-        )
-        _raise_unless_done(event)
-        return event["finished"]
+        watch = RunWatch(batches={}, runs=run_ids, min_finished=len(run_ids))
+        if not self.deferrable:
+            event = wait_in_worker(
+                self.hook,
+                watch,
+                end_time=end_time,
+                poll_interval=self.poll_interval,
+                expected_seconds=expected,
+                log=self.log,
+            )
+            _raise_unless_done(event)
+            return event["finished"]
+        # Runs already finished (a resumed task replays its earlier rounds) need no wait at all.
+        for run_id in run_ids:
+            watch.observe_run(self.hook.get_run(run_id))
+        if watch.awaited:
+            self.log.info("Waiting on the triggerer for %d regenerated image(s)", len(watch.awaited))
+            self.defer(
+                trigger=FluxGenerationTrigger(
+                    flux_conn_id=self.flux_conn_id,
+                    runs=watch.awaited,
+                    end_time=end_time,
+                    poll_interval=self.poll_interval,
+                    expected_seconds=expected,
+                ),
+                method_name="execute_complete",
+                timeout=timedelta(seconds=self.timeout + 300),
+            )
+        return watch.finished
 
     def execute_complete(self, context: Context, event: dict[str, Any] | None = None) -> list[dict[str, Any]]:
         """Back from the triggerer: run again; the finished round is replayed, not paid again."""

@@ -357,4 +357,6 @@ def test_an_input_built_for_one_variant_is_not_sent_to_another(emulator):
     with pytest.raises(FluxValidationError, match="flux-2-flex, the variant this input was built for"):
         hook.submit(flex, model="pro")
     assert hook.submit(flex).model == "black-forest-labs/flux-2-flex"  # its own variant when none is named
-    assert create_run_requests(emulator) == 1
+    # A mapping's own "model" key is not a generation parameter; the model argument wins over it.
+    assert hook.submit({"prompt": "a lamp", "model": "pro"}, model="max").model == "black-forest-labs/flux-2-max"
+    assert create_run_requests(emulator) == 2
