@@ -353,7 +353,7 @@ def build_parser() -> argparse.ArgumentParser:
     est.add_argument(
         "--size", default="landscape_4_3", help="preset or WxH (e.g. 1920x1080); with --prompts, for rows without one"
     )
-    est.add_argument("--model", default=None, help="pro, flex, max, turbo or a full model id (default: pro)")
+    est.add_argument("--model", default=None, help="pro, flex, max, turbo, klein-4b, klein-9b or a full model id (default: pro)")
     est.add_argument("--count", type=_positive_int, default=1, help="number of images of that size")
     est.add_argument(
         "--prompts",

@@ -59,6 +59,8 @@ def get_provider_info() -> dict[str, Any]:
                                 "black-forest-labs/flux-2-flex",
                                 "black-forest-labs/flux-2-max",
                                 "black-forest-labs/flux-2-turbo",
+                                "black-forest-labs/flux-2-klein-4b",
+                                "black-forest-labs/flux-2-klein-9b",
                                 None,
                             ],
                             "default": "black-forest-labs/flux-2-pro",

@@ -41,10 +41,17 @@ class Variant(str, Enum):
     FLEX = "flex"
     MAX = "max"
     TURBO = "turbo"
+    KLEIN_4B = "klein-4b"
+    KLEIN_9B = "klein-9b"
 
     @property
     def model_id(self) -> str:
         return f"{MODEL_OWNER}/flux-2-{self.value}"
+
+    @property
+    def klein(self) -> bool:
+        """The distilled [klein] models: own step/guidance ranges, at most 4 MP out, 4 references."""
+        return self in (Variant.KLEIN_4B, Variant.KLEIN_9B)
 
 
 DEFAULT_VARIANT = Variant.PRO
@@ -65,8 +72,9 @@ def resolve_variant(model: str | Variant | None) -> Variant:
         return Variant(short)
     except ValueError:
         allowed = ", ".join(v.model_id for v in Variant)
+        short_names = ", ".join(v.value for v in Variant)
         raise FluxValidationError(
-            field="model", value=model, allowed=f"one of {allowed} (or the short names pro, flex, max, turbo)"
+            field="model", value=model, allowed=f"one of {allowed} (or the short names {short_names})"
         ) from None
 
 
@@ -213,6 +221,13 @@ OutputFormat = Literal["jpeg", "png"]
 SAFETY_TOLERANCES = ("1", "2", "3", "4", "5")
 FLEX_STEPS = (1, 50)
 FLEX_GUIDANCE = (1.5, 10.0)
+# FLUX.2 [klein] 4B/9B as Runflow's model pages list them (docs.runflow.io/models/black-forest-labs/
+# flux-2-klein-4b, -9b): steps 1..50 (default 4, distilled), guidance 0..20, up to 4 MP out, up to
+# 4 reference images, no safety_tolerance (enable_safety_checker only).
+KLEIN_STEPS = (1, 50)
+KLEIN_GUIDANCE = (0.0, 20.0)
+KLEIN_MAX_REFERENCES = 4
+KLEIN_MAX_PIXELS = 2048 * 2048
 
 
 class FluxInput(BaseModel):
@@ -226,6 +241,11 @@ class FluxInput(BaseModel):
     model_config = ConfigDict(extra="forbid")
     #: The variant this input is for (``None``: whichever the caller names, pro by default).
     variant: ClassVar[Variant | None] = None
+    #: What the variant accepts where the family differs (``None``: the parameter is refused).
+    steps_range: ClassVar[tuple[int, int] | None] = FLEX_STEPS
+    guidance_range: ClassVar[tuple[float, float] | None] = FLEX_GUIDANCE
+    max_references: ClassVar[int] = MAX_REFERENCE_IMAGES
+    max_output_pixels: ClassVar[int | None] = None
 
     def __init__(self, **data: Any) -> None:
         _check_flex_only(self.variant, data)
@@ -294,8 +314,12 @@ class FluxInput(BaseModel):
     def _urls(cls, value: list[str] | None) -> list[str] | None:
         if value is None:
             return None
-        if len(value) > MAX_REFERENCE_IMAGES:
-            raise ValueError(f"at most {MAX_REFERENCE_IMAGES} reference images (got {len(value)})")
+        if len(value) > cls.max_references:
+            raise FluxValidationError(
+                field="image_urls",
+                value=f"{len(value)} images",
+                allowed=f"at most {cls.max_references} reference images{_on(cls.variant)}",
+            )
         for url in value:
             if not re.match(r"^(https?://|data:image/)", url):
                 raise ValueError("each entry must be an http(s) URL or a data:image/ URI")
@@ -304,16 +328,33 @@ class FluxInput(BaseModel):
     @field_validator("num_inference_steps")
     @classmethod
     def _steps(cls, value: int | None) -> int | None:
-        if value is not None and not FLEX_STEPS[0] <= value <= FLEX_STEPS[1]:
-            raise ValueError(f"must be an integer {FLEX_STEPS[0]}..{FLEX_STEPS[1]}")
+        low, high = cls.steps_range or FLEX_STEPS
+        if value is not None and not low <= value <= high:
+            raise FluxValidationError(
+                field="num_inference_steps", value=value, allowed=f"an integer {low}..{high}{_on(cls.variant)}"
+            )
         return value
 
     @field_validator("guidance_scale")
     @classmethod
     def _guidance(cls, value: float | None) -> float | None:
-        if value is not None and not FLEX_GUIDANCE[0] <= value <= FLEX_GUIDANCE[1]:
-            raise ValueError(f"must be a number {FLEX_GUIDANCE[0]}..{FLEX_GUIDANCE[1]}")
+        low, high = cls.guidance_range or FLEX_GUIDANCE
+        if value is not None and not low <= value <= high:
+            raise FluxValidationError(
+                field="guidance_scale", value=value, allowed=f"a number {low}..{high}{_on(cls.variant)}"
+            )
         return value
+
+    @model_validator(mode="after")
+    def _output_pixels(self) -> FluxInput:
+        limit = type(self).max_output_pixels
+        if limit is not None and self.width * self.height > limit:
+            raise FluxValidationError(
+                field="image_size",
+                value=f"{self.width}x{self.height}",
+                allowed=f"at most {limit:,} pixels (4 MP, e.g. 2048x2048){_on(self.variant)}",
+            )
+        return self
 
     @property
     def width(self) -> int:
@@ -336,12 +377,16 @@ _ALLOWED: dict[str, str] = {
     "sync_mode": "true or false",
     "seed": "an integer 0..4294967295",
     "image_size": SIZE_ALLOWED,
-    "num_inference_steps": f"an integer {FLEX_STEPS[0]}..{FLEX_STEPS[1]} (flex only)",
-    "guidance_scale": f"a number {FLEX_GUIDANCE[0]}..{FLEX_GUIDANCE[1]} (flex only)",
+    "num_inference_steps": f"an integer {FLEX_STEPS[0]}..{FLEX_STEPS[1]} (flex; klein {KLEIN_STEPS[0]}..{KLEIN_STEPS[1]})",
+    "guidance_scale": f"a number {FLEX_GUIDANCE[0]}..{FLEX_GUIDANCE[1]} (flex; klein {KLEIN_GUIDANCE[0]}..{KLEIN_GUIDANCE[1]})",
     "image_urls": f"a list of at most {MAX_REFERENCE_IMAGES} http(s) or data:image/ URLs",
     "prompt": f"a non-empty string (at most {MAX_PROMPT_CHARS} characters) or a JSON object",
 }
 _FLEX_ONLY = ("num_inference_steps", "guidance_scale")
+
+
+def _on(variant: Variant | None) -> str:
+    return f" on {variant.model_id}" if variant is not None else ""
 GENERATION_PARAMS = (*FluxInput.model_fields, "colors")
 
 
@@ -369,25 +414,65 @@ class FluxTurboInput(FluxInput):
     variant: ClassVar[Variant | None] = Variant.TURBO
 
 
+class _KleinInput(FluxInput):
+    """FLUX.2 [klein]: flex-like tuning with its own ranges, at most 4 MP out and 4 references.
+
+    Runflow's klein pages list no ``safety_tolerance`` (only ``enable_safety_checker``), so it is
+    left off the wire and refused when given.
+    """
+
+    steps_range: ClassVar[tuple[int, int] | None] = KLEIN_STEPS
+    guidance_range: ClassVar[tuple[float, float] | None] = KLEIN_GUIDANCE
+    max_references: ClassVar[int] = KLEIN_MAX_REFERENCES
+    max_output_pixels: ClassVar[int | None] = KLEIN_MAX_PIXELS
+
+    safety_tolerance: str | None = None  # type: ignore[assignment]
+
+
+class FluxKlein4BInput(_KleinInput):
+    """FLUX.2 [klein] 4B: the cheapest variant (distilled, 4 steps by default)."""
+
+    variant: ClassVar[Variant | None] = Variant.KLEIN_4B
+
+
+class FluxKlein9BInput(_KleinInput):
+    """FLUX.2 [klein] 9B."""
+
+    variant: ClassVar[Variant | None] = Variant.KLEIN_9B
+
+
 #: The input model of each variant.
 INPUT_MODELS: dict[Variant, type[FluxInput]] = {
     Variant.PRO: FluxProInput,
     Variant.FLEX: FluxFlexInput,
     Variant.MAX: FluxMaxInput,
     Variant.TURBO: FluxTurboInput,
+    Variant.KLEIN_4B: FluxKlein4BInput,
+    Variant.KLEIN_9B: FluxKlein9BInput,
 }
+#: Variants that take ``num_inference_steps`` and ``guidance_scale``.
+TUNABLE_VARIANTS = (Variant.FLEX, Variant.KLEIN_4B, Variant.KLEIN_9B)
 
 
 def _check_flex_only(variant: Variant | None, params: dict[str, Any]) -> None:
-    if variant is None or variant is Variant.FLEX:
+    if variant is None:
         return
-    for name in _FLEX_ONLY:
-        if params.get(name) is not None:
-            raise FluxValidationError(
-                field=name,
-                value=params[name],
-                allowed=f"only with the flex variant ({Variant.FLEX.model_id}); not with {variant.model_id}",
-            )
+    if variant not in TUNABLE_VARIANTS:
+        for name in _FLEX_ONLY:
+            if params.get(name) is not None:
+                klein = " and ".join(v.model_id for v in TUNABLE_VARIANTS if v.klein)
+                raise FluxValidationError(
+                    field=name,
+                    value=params[name],
+                    allowed=f"only with the flex variant ({Variant.FLEX.model_id}) or klein ({klein}); "
+                    f"not with {variant.model_id}",
+                )
+    if variant.klein and params.get("safety_tolerance") is not None:
+        raise FluxValidationError(
+            field="safety_tolerance",
+            value=params["safety_tolerance"],
+            allowed=f"nothing on {variant.model_id} (it takes enable_safety_checker only)",
+        )
 
 
 def validation_error_from(error: ValidationError, data: dict[str, Any]) -> FluxValidationError:

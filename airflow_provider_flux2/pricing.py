@@ -59,12 +59,21 @@ class Price:
 
 
 #: The price table. Pro and flex are Runflow's published figures (the seed page); max and turbo have
-#: no Runflow figure, so they carry the best public numbers and are flagged as estimates.
+#: no Runflow figure, so they carry the best public numbers and are flagged as estimates; klein 4B
+#: and 9B are Runflow's per-megapixel figures at the time of writing, also flagged as estimates.
 DEFAULT_PRICES: dict[Variant, Price] = {
     Variant.PRO: Price(Decimal("0.030"), Decimal("0.015"), source="runflow.io flux-2-pro page"),
     Variant.FLEX: Price(Decimal("0.05"), Decimal("0.05"), source="runflow.io flux-2-pro page (family)"),
     Variant.MAX: Price(Decimal("0.07"), Decimal("0.03"), estimate=True, source="Black Forest Labs list price (bfl.ai)"),
     Variant.TURBO: Price(Decimal("0.008"), Decimal("0.008"), estimate=True, source="fal.ai FLUX.2 turbo list price"),
+    # Runflow's docs list klein per megapixel, flat; one of its own pages says $0.014 for 4B, so these
+    # stay estimates until a real run's ``cost`` confirms them (``flux2 doctor`` compares the two).
+    Variant.KLEIN_4B: Price(
+        Decimal("0.005"), Decimal("0.005"), estimate=True, source="docs.runflow.io flux-2-klein-4b page"
+    ),
+    Variant.KLEIN_9B: Price(
+        Decimal("0.006"), Decimal("0.006"), estimate=True, source="docs.runflow.io flux-2-klein-9b page"
+    ),
 }
 
 

@@ -53,8 +53,8 @@ def _hash(*parts: object) -> bytes:
 
 
 def upsample(variant: Variant, prompt: str) -> str:
-    """The prompt as the model rewrote it: pro, max and turbo upsample, flex keeps it as given."""
-    if variant is Variant.FLEX:
+    """The prompt as the model rewrote it: pro, max and turbo upsample; flex and klein keep it as given."""
+    if variant is Variant.FLEX or variant.klein:
         return prompt
     digest = _hash("upsample", prompt)
     light, detail = _LIGHT[digest[0] % len(_LIGHT)], _DETAIL[digest[1] % len(_DETAIL)]

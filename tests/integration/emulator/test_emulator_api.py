@@ -276,3 +276,17 @@ def test_stats_count_requests_per_endpoint(api):
     assert stats["requests"]["download"] == 1
     assert stats["runs_created"] == 1
     assert stats["runs_by_status"] == {"succeeded": 1}
+
+
+@pytest.mark.parametrize(("variant", "cost"), [("klein-4b", "0.005"), ("klein-9b", "0.006")])
+def test_klein_runs_are_billed_from_the_price_table(api, variant, cost):
+    run = api.run("a bowl of ramen", variant=variant, image_size="square_hd", num_inference_steps=4)
+    assert run["status_code"] == "succeeded"
+    assert run["cost"] == cost
+    assert run["output"]["prompt"] == "a bowl of ramen"  # klein does not upsample
+
+
+def test_klein_safety_tolerance_is_422_naming_the_field(api):
+    response = api.create_run("x", variant="klein-4b", safety_tolerance="2")
+    body = _envelope(response, 422, "VALIDATION_ERROR")
+    assert body["errors"][0]["loc"] == ["input", "safety_tolerance"]
