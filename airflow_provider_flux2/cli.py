@@ -324,6 +324,12 @@ def _generate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _doctor(args: argparse.Namespace) -> int:
+    from airflow_provider_flux2.doctor import run_cli
+
+    return run_cli(args, _hook(args))
+
+
 def _positive_int(text: str) -> int:
     value = int(text)
     if value < 1:
@@ -353,7 +359,9 @@ def build_parser() -> argparse.ArgumentParser:
     est.add_argument(
         "--size", default="landscape_4_3", help="preset or WxH (e.g. 1920x1080); with --prompts, for rows without one"
     )
-    est.add_argument("--model", default=None, help="pro, flex, max, turbo, klein-4b, klein-9b or a full model id (default: pro)")
+    est.add_argument(
+        "--model", default=None, help="pro, flex, max, turbo, klein-4b, klein-9b or a full model id (default: pro)"
+    )
     est.add_argument("--count", type=_positive_int, default=1, help="number of images of that size")
     est.add_argument(
         "--prompts",
@@ -379,6 +387,14 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--conn-id", default="flux2_default", help="Airflow connection (when FLUX2_API_KEY is unset)")
     gen.add_argument("--timeout", type=float, default=600.0)
     gen.set_defaults(func=_generate)
+
+    doc = sub.add_parser("doctor", help="check the connection's API against the protocol (one paid run, a few cents)")
+    doc.add_argument("--conn-id", default="flux2_default", help="Airflow connection (when FLUX2_API_KEY is unset)")
+    doc.add_argument("--model", default=None, help="model of the one paid run (default: the connection's)")
+    doc.add_argument("--max-spend", default="0.10", help="dollars the doctor may spend at worst (default 0.10)")
+    doc.add_argument("--json", default=None, help="write the report as JSON to this file")
+    doc.add_argument("--run-timeout", type=float, default=180.0, help="seconds the paid run may take")
+    doc.set_defaults(func=_doctor)
     return parser
 
 

@@ -377,8 +377,10 @@ _ALLOWED: dict[str, str] = {
     "sync_mode": "true or false",
     "seed": "an integer 0..4294967295",
     "image_size": SIZE_ALLOWED,
-    "num_inference_steps": f"an integer {FLEX_STEPS[0]}..{FLEX_STEPS[1]} (flex; klein {KLEIN_STEPS[0]}..{KLEIN_STEPS[1]})",
-    "guidance_scale": f"a number {FLEX_GUIDANCE[0]}..{FLEX_GUIDANCE[1]} (flex; klein {KLEIN_GUIDANCE[0]}..{KLEIN_GUIDANCE[1]})",
+    "num_inference_steps": f"an integer {FLEX_STEPS[0]}..{FLEX_STEPS[1]} "
+    f"(flex; klein {KLEIN_STEPS[0]}..{KLEIN_STEPS[1]})",
+    "guidance_scale": f"a number {FLEX_GUIDANCE[0]}..{FLEX_GUIDANCE[1]} "
+    f"(flex; klein {KLEIN_GUIDANCE[0]}..{KLEIN_GUIDANCE[1]})",
     "image_urls": f"a list of at most {MAX_REFERENCE_IMAGES} http(s) or data:image/ URLs",
     "prompt": f"a non-empty string (at most {MAX_PROMPT_CHARS} characters) or a JSON object",
 }
@@ -387,6 +389,8 @@ _FLEX_ONLY = ("num_inference_steps", "guidance_scale")
 
 def _on(variant: Variant | None) -> str:
     return f" on {variant.model_id}" if variant is not None else ""
+
+
 GENERATION_PARAMS = (*FluxInput.model_fields, "colors")
 
 
