@@ -20,6 +20,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    PrivateAttr,
     ValidationError,
     field_validator,
     model_validator,
@@ -321,8 +322,12 @@ class FluxInput(BaseModel):
                 allowed=f"at most {cls.max_references} reference images{_on(cls.variant)}",
             )
         for url in value:
-            if not re.match(r"^(https?://|data:image/)", url):
-                raise ValueError("each entry must be an http(s) URL or a data:image/ URI")
+            # s3:// and local files are resolved (presigned, inlined) by references.py before sending.
+            if not re.match(r"^(https?://|data:image/|s3://[^/]+/.|file:///|/)", url):
+                raise ValueError(
+                    "each entry must be an http(s) URL, a data:image/ URI, s3://bucket/key, "
+                    "file:///absolute/path or an absolute path"
+                )
         return value
 
     @field_validator("num_inference_steps")
@@ -356,6 +361,19 @@ class FluxInput(BaseModel):
             )
         return self
 
+    #: Pixel sizes of ``image_urls`` measured before the run (``None`` where unknown), same order.
+    _reference_sizes: list[tuple[int, int] | None] | None = PrivateAttr(default=None)
+
+    @property
+    def reference_sizes(self) -> list[tuple[int, int] | None] | None:
+        return self._reference_sizes
+
+    def with_references(self, urls: list[str], sizes: list[tuple[int, int] | None]) -> FluxInput:
+        """A copy to send: ``image_urls`` replaced by what the API can fetch, their sizes kept for pricing."""
+        copy = self.model_copy(update={"image_urls": urls})
+        copy._reference_sizes = list(sizes)
+        return copy
+
     @property
     def width(self) -> int:
         return size_of(self.image_size)[0]
@@ -381,7 +399,8 @@ _ALLOWED: dict[str, str] = {
     f"(flex; klein {KLEIN_STEPS[0]}..{KLEIN_STEPS[1]})",
     "guidance_scale": f"a number {FLEX_GUIDANCE[0]}..{FLEX_GUIDANCE[1]} "
     f"(flex; klein {KLEIN_GUIDANCE[0]}..{KLEIN_GUIDANCE[1]})",
-    "image_urls": f"a list of at most {MAX_REFERENCE_IMAGES} http(s) or data:image/ URLs",
+    "image_urls": f"a list of at most {MAX_REFERENCE_IMAGES} references: http(s) or data:image/ URLs, "
+    "s3://bucket/key or local files",
     "prompt": f"a non-empty string (at most {MAX_PROMPT_CHARS} characters) or a JSON object",
 }
 _FLEX_ONLY = ("num_inference_steps", "guidance_scale")

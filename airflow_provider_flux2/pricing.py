@@ -12,7 +12,7 @@ from __future__ import annotations
 import base64
 import binascii
 import io
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from decimal import Decimal, InvalidOperation
 from typing import TYPE_CHECKING, Any, Union
@@ -134,11 +134,15 @@ def to_usd(value: Any, name: str = "budget_usd") -> Decimal:
 usd = format_usd
 
 
-def reference_megapixels(image_urls: Iterable[str] | None) -> int:
-    """Billed megapixels of input reference images: each measured (data URIs) or assumed 1 MP."""
+def reference_megapixels(
+    image_urls: Iterable[str] | None, sizes: Sequence[tuple[int, int] | None] | None = None
+) -> int:
+    """Billed megapixels of input reference images: each measured (``sizes``, read from the image
+    header by :mod:`~airflow_provider_flux2.references`; data URIs) or assumed 1 MP."""
     total = 0
-    for url in image_urls or ():
-        size = _data_uri_size(url)
+    for index, url in enumerate(image_urls or ()):
+        size = sizes[index] if sizes is not None and index < len(sizes) else None
+        size = size or _data_uri_size(url)
         total += billed_megapixels(*size) if size else ASSUMED_REFERENCE_MP
     return total
 
@@ -215,7 +219,7 @@ def item_cost(
     table = table or PriceTable()
     variant = resolve_variant(model)
     mp = billed_megapixels(request.width, request.height)
-    ref_mp = reference_megapixels(request.image_urls)
+    ref_mp = reference_megapixels(request.image_urls, request.reference_sizes)
     return ItemCost(
         index=index,
         model=variant.model_id,

@@ -58,6 +58,7 @@ from airflow_provider_flux2.emulator.wire import (
 from airflow_provider_flux2.exceptions import FluxValidationError
 from airflow_provider_flux2.models import MODEL_IDS, RunStatus, Variant, build_input, canonical_prompt
 from airflow_provider_flux2.protocol import MAX_BATCH_ITEMS, MAX_CLIENT_REF
+from airflow_provider_flux2.references import HEADER_BYTES, header_size, is_storage_reference
 
 log = logging.getLogger(__name__)
 
@@ -411,6 +412,7 @@ class EmulatorApp:
             if replay is not None:
                 return replay
             spec = self._run_spec(variant, context.body, request, key)
+            await _measure_references(spec, ["input"])
             self.state.check_credit(self.state.price_of(spec))
         except RequestError as exc:
             return exc.response()
@@ -430,6 +432,8 @@ class EmulatorApp:
             if replay is not None:
                 return replay
             specs, metadata, callback_url = self._batch_specs(variant, context.body, request, key)
+            for index, spec in enumerate(specs):
+                await _measure_references(spec, ["input", index])
             self.state.check_credit(sum((self.state.price_of(spec) for spec in specs), Decimal("0")))
         except RequestError as exc:
             return exc.response()
@@ -722,11 +726,45 @@ def _validated_input(variant: Variant, fields: Any, loc: list[Any]) -> Any:
         if value is not None and not _has_wire_type(value, expected):
             allowed = f"{_ALLOWED_TYPES[expected]} (JSON {expected}, got {type(value).__name__})"
             raise _invalid([*loc, name], allowed, value)
+    for index, url in enumerate(fields.get("image_urls") or []):
+        if is_storage_reference(url):  # the provider resolves these; the API can only fetch URLs
+            raise _invalid([*loc, "image_urls", index], "an http(s) URL or a data:image/ URI", url)
     try:
         return build_input(variant, **fields)
     except FluxValidationError as exc:
         errors = [_err([*loc, *_field_parts(d["field"])], d["allowed"], d.get("value")) for d in exc.details]
         raise RequestError(422, "VALIDATION_ERROR", str(exc), errors) from None
+
+
+#: Reference URLs on these hosts (moto's presigned URLs in tests, a local file server) are fetched
+#: and measured as the real API would; others are priced at the 1 MP minimum without a fetch, so
+#: the emulator never reaches the internet.
+_LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
+
+
+async def _measure_references(spec: RunSpec, loc: list[Any]) -> None:
+    """Fetch loopback references with a ranged read, as the API would; size them for the price."""
+    urls = list(spec.request.image_urls or [])
+    if not any(httpx.URL(url).host in _LOOPBACK_HOSTS for url in urls if url.startswith("http")):
+        return
+    sizes: list[tuple[int, int] | None] = []
+    async with httpx.AsyncClient(timeout=httpx.Timeout(5.0), follow_redirects=True, trust_env=False) as client:
+        for index, url in enumerate(urls):
+            if not url.startswith("http") or httpx.URL(url).host not in _LOOPBACK_HOSTS:
+                sizes.append(None)
+                continue
+            shown = url.split("?", 1)[0]
+            try:
+                response = await client.get(url, headers={"Range": f"bytes=0-{HEADER_BYTES - 1}"})
+            except httpx.HTTPError as exc:
+                msg = f"a reference the API can fetch ({type(exc).__name__})"
+                raise _invalid([*loc, "image_urls", index], msg, shown) from None
+            size = header_size(response.content) if response.status_code in (200, 206) else None
+            if size is None:
+                msg = f"a reference the API can fetch and read (HTTP {response.status_code})"
+                raise _invalid([*loc, "image_urls", index], msg, shown)
+            sizes.append(size)
+    spec.request = spec.request.with_references(urls, sizes)
 
 
 def _field_parts(dotted: str) -> list[Any]:

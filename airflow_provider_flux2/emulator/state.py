@@ -306,7 +306,7 @@ class EmulatorState:
         price = self.config.price_table().price(spec.variant)
         return price.cost(
             billed_megapixels(spec.request.width, spec.request.height),
-            reference_megapixels(spec.request.image_urls),
+            reference_megapixels(spec.request.image_urls, spec.request.reference_sizes),
         )
 
     # -- creation ------------------------------------------------------------------------------------
@@ -346,7 +346,7 @@ class EmulatorState:
             outcome=outcome,
             price=price,
             billed_mp=billed_mp,
-            reference_mp=reference_megapixels(request.image_urls),
+            reference_mp=reference_megapixels(request.image_urls, request.reference_sizes),
             base_url=spec.base_url,
             metadata=spec.metadata,
             callback_url=spec.callback_url,

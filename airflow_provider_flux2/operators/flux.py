@@ -62,6 +62,7 @@ from airflow_provider_flux2.models import (
     utc_now_iso,
 )
 from airflow_provider_flux2.pricing import Budget, CostEstimate, ItemCost, estimate, usd
+from airflow_provider_flux2.references import ReferenceResolver
 from airflow_provider_flux2.storage import BatchLocation, content_hash, publisher_for
 from airflow_provider_flux2.storage.publish import object_metadata
 from airflow_provider_flux2.storage.report import write_batch_report
@@ -278,7 +279,9 @@ class FluxGenerateImageOperator(BaseOperator):
     :param seed: seed for reproducible output (per-item seeds override it).
     :param safety_tolerance: ``"1"``..``"5"``.
     :param enable_safety_checker: let the API flag NSFW output.
-    :param image_urls: reference images (at most 8).
+    :param image_urls: reference images (at most 8; klein 4): http(s) or ``data:`` URLs,
+        ``s3://bucket/key`` (sent presigned, through ``aws_conn_id``) or local files (sent inline,
+        up to 4 MiB); each priced at its real size, read from its header while planning.
     :param colors: HEX colours (``#RRGGBB``) woven into the prompt.
     :param num_inference_steps: flex only.
     :param guidance_scale: flex only.
@@ -421,16 +424,19 @@ class FluxGenerateImageOperator(BaseOperator):
         items = self._items()
         default_variant = resolve_variant(self.model) if self.model else self.hook.default_model
         identity = task_identity(context)
+        references = ReferenceResolver(aws_conn_id=self.aws_conn_id, valid_for=self.timeout)
         images = []
         for index, (item, meta) in enumerate(items):
             variant = resolve_variant(item.pop("model", None) or default_variant)
             try:
                 request = build_input(variant, **item)
+                # Identity from the references as written; the request sent carries fetchable ones.
+                image = references.attach(planned_image(identity, index, variant, request, meta=meta))
             except FluxValidationError as error:
                 if len(items) > 1:
                     error.args = (f"prompts[{index}]: {error.args[0]}",)
                 raise
-            images.append(planned_image(identity, index, variant, request, meta=meta))
+            images.append(image)
         cost = estimate([(i.variant, i.request) for i in images], self.hook.prices)
         budget = Budget.of(self.budget_usd)
         if budget is not None:

@@ -1,0 +1,346 @@
+"""Reference images from storage: ``s3://``, ``file://`` and local paths, measured and made sendable.
+
+A reference is written the way the team stores it (``s3://photos/dish.jpg``,
+``/data/shots/dish.png``, ``file:///data/shots/dish.png``) and stays written that way in the
+request the plan hashes, the Idempotency-Key and the manifest: a re-plan, a retry or a resume sees
+the same request and re-attaches instead of paying again. Only the copy that is *sent* carries the
+form the API can read:
+
+- ``s3://bucket/key`` → a presigned GET URL (through the task's AWS connection) valid for the
+  task's timeout plus an hour, so a run queued late in a long batch can still fetch it;
+- a local file → a ``data:`` URI, up to :data:`MAX_INLINE_BYTES`; a larger file is refused before
+  anything is sent, with the advice to put it in S3 (or shrink it).
+
+Each reference is measured from its image header — a ranged read of the first bytes for a remote
+object, never a full download — so the plan prices it at its real megapixels rather than the 1 MP
+an unmeasurable ``http(s)`` URL is assumed to be. Problems (a missing object, a file that is not
+an image) are :class:`~airflow_provider_flux2.exceptions.FluxValidationError` naming
+``image_urls[i]``, raised while planning: before any money is spent.
+"""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import io
+import mimetypes
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal, Protocol, TypeVar
+from urllib.parse import unquote, urlparse
+
+from airflow_provider_flux2.exceptions import FluxValidationError
+from airflow_provider_flux2.pricing import ASSUMED_REFERENCE_MP, billed_megapixels
+
+if TYPE_CHECKING:
+    from airflow_provider_flux2.models import FluxInput
+
+Kind = Literal["s3", "file", "url", "data"]
+
+#: The largest local file sent inline as a ``data:`` URI (4 MiB; about 5.6 MB once base64-encoded).
+MAX_INLINE_BYTES = 4 * 1024 * 1024
+#: Bytes read from the start of a remote object to find its size; a JPEG whose EXIF pushes its
+#: frame header further is read again, up to :data:`MAX_HEADER_BYTES`.
+HEADER_BYTES = 64 * 1024
+MAX_HEADER_BYTES = 1024 * 1024
+#: A presigned reference outlives the task's timeout by this much (seconds).
+PRESIGN_MARGIN = 3600
+#: SigV4 presigned URLs are valid for at most seven days.
+MAX_PRESIGN_SECONDS = 7 * 24 * 3600
+#: What a reference may be, for messages.
+REFERENCE_ALLOWED = "an http(s) URL, a data:image/ URI, s3://bucket/key, file:///absolute/path or an absolute path"
+
+
+def reference_kind(value: Any) -> Kind | None:
+    """What a reference string is, or ``None`` when it is none of the accepted forms."""
+    if not isinstance(value, str) or not value:
+        return None
+    if value.startswith("s3://"):
+        return "s3"
+    if value.startswith("file://") or value.startswith("/"):
+        return "file"
+    if value.startswith(("http://", "https://")):
+        return "url"
+    if value.startswith("data:image/"):
+        return "data"
+    return None
+
+
+def is_storage_reference(value: Any) -> bool:
+    """``s3://`` and local files: what must be resolved before the API can read it."""
+    return reference_kind(value) in ("s3", "file")
+
+
+@dataclass(frozen=True)
+class Reference:
+    """One reference image: as written, its kind, and its size when known before the run."""
+
+    source: str
+    kind: Kind
+    width: int | None = None
+    height: int | None = None
+    size_bytes: int | None = None
+
+    @property
+    def billed_mp(self) -> int:
+        if self.width and self.height:
+            return billed_megapixels(self.width, self.height)
+        return ASSUMED_REFERENCE_MP
+
+    def as_dict(self) -> dict[str, Any]:
+        """For the record (and so the manifest): never a signature, never the bytes."""
+        shown = self.source if self.kind != "data" else self.source[:40] + "…"
+        return {"source": shown, "width": self.width, "height": self.height, "billed_mp": self.billed_mp}
+
+
+def header_size(data: bytes) -> tuple[int, int] | None:
+    """Width and height from the first bytes of an image (Pillow reads only the header)."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            return image.size
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError):
+        return None
+
+
+def local_path(source: str) -> Path:
+    """``file:///a/b.png`` or ``/a/b.png`` → ``Path("/a/b.png")``."""
+    if source.startswith("file://"):
+        parsed = urlparse(source)
+        if parsed.netloc not in ("", "localhost"):
+            raise ValueError(f"a file:// URI on another host: {source!r}")
+        return Path(unquote(parsed.path))
+    return Path(source)
+
+
+class _HasRequest(Protocol):
+    """A planned image: what :meth:`ReferenceResolver.attach` needs (a frozen dataclass)."""
+
+    @property
+    def request(self) -> Any: ...
+
+    @property
+    def meta(self) -> dict[str, Any]: ...
+
+
+_Image = TypeVar("_Image", bound=_HasRequest)
+
+
+class ReferenceResolver:
+    """Measures references and turns storage references into URLs the API can fetch.
+
+    One resolver serves one plan: each distinct reference is read and presigned once, however many
+    images use it (one photo, several styles).
+
+    :param aws_conn_id: Airflow AWS connection for ``s3://`` (else boto3's default chain).
+    :param valid_for: seconds the task may run (its ``timeout``); presigned URLs last this plus
+        :data:`PRESIGN_MARGIN`, at most seven days.
+    :param max_inline_bytes: largest local file sent as a ``data:`` URI.
+    :param s3_client: a boto3 S3 client to use instead of making one.
+    """
+
+    def __init__(
+        self,
+        *,
+        aws_conn_id: str | None = None,
+        valid_for: float = 6 * 3600,
+        max_inline_bytes: int = MAX_INLINE_BYTES,
+        s3_client: Any = None,
+    ) -> None:
+        self.aws_conn_id = aws_conn_id
+        self.expires_in = int(min(MAX_PRESIGN_SECONDS, valid_for + PRESIGN_MARGIN))
+        self.max_inline_bytes = max_inline_bytes
+        self._s3 = s3_client
+        self._measured: dict[str, Reference] = {}
+        self._wire: dict[str, str] = {}
+
+    # -- S3 --------------------------------------------------------------------------------------
+
+    @property
+    def s3(self) -> Any:
+        if self._s3 is None:
+            self._s3 = self._make_s3()
+        return self._s3
+
+    def _make_s3(self) -> Any:
+        import boto3
+        from botocore.config import Config
+
+        from airflow_provider_flux2.storage.s3 import client_kwargs_from_connection
+
+        # SigV4: the only signature every region (and MinIO) accepts for presigned URLs.
+        sigv4 = Config(signature_version="s3v4", retries={"mode": "standard"})
+        if self.aws_conn_id is None:
+            return boto3.session.Session().client("s3", config=sigv4)
+        from airflow.sdk import BaseHook
+
+        conn = BaseHook.get_connection(self.aws_conn_id)
+        kwargs = client_kwargs_from_connection(conn.login, conn.password, conn.extra_dejson)
+        kwargs["config"] = kwargs["config"].merge(sigv4)
+        return boto3.session.Session().client("s3", **kwargs)
+
+    def _s3_header(self, source: str, field: str) -> tuple[bytes, int | None]:
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        from airflow_provider_flux2.storage.s3 import split_s3_uri
+
+        try:
+            bucket, key = split_s3_uri(source)
+        except ValueError:
+            raise FluxValidationError(field=field, value=source, allowed="s3://bucket/key") from None
+        if not key or key.endswith("/"):
+            raise FluxValidationError(field=field, value=source, allowed="s3://bucket/key naming one object")
+        wanted = HEADER_BYTES
+        while True:
+            try:
+                response = self.s3.get_object(Bucket=bucket, Key=key, Range=f"bytes=0-{wanted - 1}")
+                data = response["Body"].read(wanted)
+            except ClientError as error:
+                code = str(error.response.get("Error", {}).get("Code", ""))
+                problem = "no such object" if code in ("NoSuchKey", "404", "NotFound") else f"S3 says {code}"
+                allowed = f"an S3 object this task's AWS connection can read ({problem})"
+                raise FluxValidationError(field=field, value=source, allowed=allowed) from None
+            except BotoCoreError as error:
+                allowed = f"a reachable S3 object ({type(error).__name__}: {error})"
+                raise FluxValidationError(field=field, value=source, allowed=allowed) from None
+            total = _total_from_content_range(response.get("ContentRange"))
+            if header_size(data) is not None or wanted >= MAX_HEADER_BYTES or (total and total <= wanted):
+                return data, total
+            wanted = min(MAX_HEADER_BYTES, wanted * 4)
+
+    # -- measuring -------------------------------------------------------------------------------
+
+    def measure(self, source: str, field: str = "image_urls") -> Reference:
+        """The reference's kind and, where it can be known before the run, its pixel size."""
+        if source in self._measured:
+            return self._measured[source]
+        kind = reference_kind(source)
+        if kind is None:
+            raise FluxValidationError(field=field, value=source, allowed=REFERENCE_ALLOWED)
+        if kind == "s3":
+            data, total = self._s3_header(source, field)
+            reference = self._sized(source, kind, data, total, field)
+        elif kind == "file":
+            data, total = self._file(source, field)
+            reference = self._sized(source, kind, data, total, field)
+        elif kind == "data":
+            from airflow_provider_flux2.pricing import _data_uri_size
+
+            size = _data_uri_size(source)
+            reference = Reference(source, kind, *(size or (None, None)))
+        else:  # an http(s) URL: not ours to fetch at plan time; priced at the 1 MP minimum
+            reference = Reference(source, kind)
+        self._measured[source] = reference
+        return reference
+
+    def _sized(self, source: str, kind: Kind, data: bytes, total: int | None, field: str) -> Reference:
+        size = header_size(data)
+        if size is None:
+            raise FluxValidationError(
+                field=field, value=source, allowed="an image file (JPEG, PNG or WebP) whose header can be read"
+            )
+        return Reference(source, kind, size[0], size[1], total)
+
+    def _file(self, source: str, field: str) -> tuple[bytes, int]:
+        try:
+            path = local_path(source)
+        except ValueError:
+            raise FluxValidationError(field=field, value=source, allowed="file:///absolute/path") from None
+        if not path.is_absolute():
+            raise FluxValidationError(field=field, value=source, allowed="an absolute path or file:///absolute/path")
+        try:
+            size = path.stat().st_size
+            if not path.is_file():
+                raise OSError("not a regular file")
+        except OSError as error:
+            allowed = f"a readable image file on the worker ({error.strerror or error})"
+            raise FluxValidationError(field=field, value=source, allowed=allowed) from None
+        if size > self.max_inline_bytes:
+            allowed = (
+                f"a local file of at most {self.max_inline_bytes:,} bytes (this one is {size:,}): local "
+                "references are sent inline as data: URIs; upload larger ones to S3 and pass s3://bucket/key, "
+                "or save a smaller JPEG"
+            )
+            raise FluxValidationError(field=field, value=source, allowed=allowed)
+        with path.open("rb") as handle:
+            return handle.read(HEADER_BYTES), size
+
+    # -- sending ---------------------------------------------------------------------------------
+
+    def wire_url(self, source: str, field: str = "image_urls") -> str:
+        """What the API is sent for ``source``: a presigned URL, a ``data:`` URI, or ``source`` itself."""
+        if source in self._wire:
+            return self._wire[source]
+        kind = self.measure(source, field).kind
+        if kind == "s3":
+            from airflow_provider_flux2.storage.s3 import split_s3_uri
+
+            bucket, key = split_s3_uri(source)
+            url = self.s3.generate_presigned_url(
+                "get_object", Params={"Bucket": bucket, "Key": key}, ExpiresIn=self.expires_in
+            )
+        elif kind == "file":
+            path = local_path(source)
+            data = path.read_bytes()
+            if len(data) > self.max_inline_bytes:  # it grew since it was measured
+                self._measured.pop(source, None)
+                self.measure(source, field)
+            mime = _mime(path, data)
+            url = f"data:{mime};base64,{base64.b64encode(data).decode('ascii')}"
+        else:
+            url = source
+        self._wire[source] = url
+        return url
+
+    def resolve(self, request: FluxInput) -> tuple[FluxInput, list[Reference]]:
+        """The request to send (storage references made fetchable, every reference measured) and
+        the references as measured. A request without references is returned as it is."""
+        sources = list(request.image_urls or [])
+        if not sources:
+            return request, []
+        references = [self.measure(s, f"image_urls[{i}]") for i, s in enumerate(sources)]
+        wire = [self.wire_url(s, f"image_urls[{i}]") for i, s in enumerate(sources)]
+        sizes = [(r.width, r.height) if r.width and r.height else None for r in references]
+        return request.with_references(wire, sizes), references
+
+    def attach(self, image: _Image) -> _Image:
+        """A planned image whose request can be sent, with its measured references on its record.
+
+        The image's identity (request hash, Idempotency-Key, params) was computed from the
+        references as written, and is kept.
+        """
+        request, references = self.resolve(image.request)
+        if not references:
+            return image
+        meta = {**image.meta, "references": [r.as_dict() for r in references]}
+        return dataclasses.replace(image, request=request, meta=meta)  # type: ignore[type-var,unused-ignore]
+
+
+def _total_from_content_range(value: Any) -> int | None:
+    """``bytes 0-65535/1234567`` → 1234567."""
+    if isinstance(value, str) and "/" in value:
+        total = value.rsplit("/", 1)[1]
+        return int(total) if total.isdigit() else None
+    return None
+
+
+def _mime(path: Path, data: bytes) -> str:
+    from PIL import Image
+
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            found = Image.MIME.get(image.format or "")
+    except OSError:
+        found = None
+    return found or mimetypes.guess_type(path.name)[0] or "application/octet-stream"
+
+
+def references_of(images: Sequence[Any]) -> list[dict[str, Any]]:
+    """Every distinct reference of a plan's images, as recorded (for logs and the manifest)."""
+    seen: dict[str, dict[str, Any]] = {}
+    for image in images:
+        for entry in image.meta.get("references", []):
+            seen.setdefault(entry["source"], entry)
+    return list(seen.values())

@@ -1,0 +1,208 @@
+"""Reference images from storage: s3:// (moto's server) and local files, measured, resolved, priced."""
+
+from __future__ import annotations
+
+import base64
+import io
+from decimal import Decimal
+from urllib.parse import parse_qs, urlsplit
+
+import httpx
+import pytest
+from synthetic_images import Pictures
+
+from airflow_provider_flux2.exceptions import FluxValidationError
+from airflow_provider_flux2.models import build_input
+from airflow_provider_flux2.pricing import item_cost
+from airflow_provider_flux2.references import (
+    HEADER_BYTES,
+    MAX_PRESIGN_SECONDS,
+    PRESIGN_MARGIN,
+    ReferenceResolver,
+    header_size,
+)
+
+
+class CountingClient:
+    """A real boto3 client to moto, counting the bytes of every object read through it."""
+
+    def __init__(self, client):
+        self.client = client
+        self.ranges: list[str | None] = []
+        self.bytes_read = 0
+
+    def get_object(self, **kwargs):
+        self.ranges.append(kwargs.get("Range"))
+        response = self.client.get_object(**kwargs)
+        body = response["Body"].read()
+        self.bytes_read += len(body)
+        response["Body"] = io.BytesIO(body)
+        return response
+
+    def generate_presigned_url(self, *args, **kwargs):
+        return self.client.generate_presigned_url(*args, **kwargs)
+
+
+def _photo(size=(1600, 1200), fmt="jpeg", seed=3) -> bytes:
+    return Pictures.encode(Pictures.noise(seed, size), fmt, **({"quality": 95} if fmt == "jpeg" else {}))
+
+
+@pytest.fixture
+def photo_in_s3(s3_admin, bucket) -> tuple[str, bytes]:
+    data = _photo()
+    s3_admin.put_object(Bucket=bucket, Key="shots/dish.jpg", Body=data, ContentType="image/jpeg")
+    return f"s3://{bucket}/shots/dish.jpg", data
+
+
+def test_s3_reference_is_measured_with_a_ranged_read_not_a_download(s3_admin, photo_in_s3):
+    uri, data = photo_in_s3
+    assert len(data) > 4 * HEADER_BYTES  # a real photo, much larger than the header read
+    client = CountingClient(s3_admin)
+    reference = ReferenceResolver(s3_client=client).measure(uri)
+    assert (reference.width, reference.height) == (1600, 1200)
+    assert reference.billed_mp == 2  # 1,920,000 px
+    assert reference.size_bytes == len(data)
+    assert client.ranges == [f"bytes=0-{HEADER_BYTES - 1}"]
+    assert client.bytes_read == HEADER_BYTES
+
+
+def test_s3_reference_is_sent_presigned_for_longer_than_the_task_timeout(moto_aws_conn, photo_in_s3):
+    uri, data = photo_in_s3
+    resolver = ReferenceResolver(aws_conn_id=moto_aws_conn, valid_for=2 * 3600)
+    request = build_input("pro", prompt="the dish, as a watercolour", image_urls=[uri], image_size="square_hd")
+    wire, references = resolver.resolve(request)
+    url = wire.image_urls[0]
+    query = {k.lower(): v[0] for k, v in parse_qs(urlsplit(url).query).items()}
+    assert int(query["x-amz-expires"]) == 2 * 3600 + PRESIGN_MARGIN
+    fetched = httpx.get(url, trust_env=False)  # no AWS credentials: the URL alone is enough
+    assert fetched.status_code == 200 and fetched.content == data
+    assert request.image_urls == [uri]  # the request as written is untouched (its hash is the identity)
+    assert references[0].as_dict() == {"source": uri, "width": 1600, "height": 1200, "billed_mp": 2}
+
+
+def test_presign_never_asks_for_more_than_seven_days():
+    assert ReferenceResolver(valid_for=30 * 24 * 3600).expires_in == MAX_PRESIGN_SECONDS
+
+
+def test_reference_is_priced_at_its_real_size(s3_admin, photo_in_s3):
+    uri, _ = photo_in_s3
+    request = build_input("pro", prompt="p", image_urls=[uri], image_size="square_hd")
+    unmeasured = item_cost("pro", request)
+    assert unmeasured.reference_mp == 1  # as written, it cannot be measured: the 1 MP minimum
+    wire, _ = ReferenceResolver(s3_client=s3_admin).resolve(request)
+    measured = item_cost("pro", wire)
+    assert measured.reference_mp == 2
+    assert measured.cost == Decimal("0.030") + 2 * Decimal("0.015")
+
+
+def test_missing_s3_object_is_refused_naming_the_field(s3_admin, bucket):
+    with pytest.raises(FluxValidationError) as info:
+        ReferenceResolver(s3_client=s3_admin).measure(f"s3://{bucket}/nope.jpg", "image_urls[0]")
+    assert info.value.field == "image_urls[0]"
+    assert "no such object" in info.value.allowed
+
+
+def test_s3_prefix_is_not_a_reference(s3_admin, bucket):
+    with pytest.raises(FluxValidationError) as info:
+        ReferenceResolver(s3_client=s3_admin).measure(f"s3://{bucket}/shots/")
+    assert "one object" in info.value.allowed
+
+
+def test_s3_object_that_is_not_an_image_is_refused(s3_admin, bucket):
+    s3_admin.put_object(Bucket=bucket, Key="notes.txt", Body=b"hello" * 100)
+    with pytest.raises(FluxValidationError) as info:
+        ReferenceResolver(s3_client=s3_admin).measure(f"s3://{bucket}/notes.txt")
+    assert "header can be read" in info.value.allowed
+
+
+def test_jpeg_with_a_large_exif_block_is_read_further(s3_admin, bucket):
+    plain = _photo((800, 600))
+    # Two 60 KB APP2 segments (as a camera's EXIF and ICC blocks can be) push the frame header past the first read.
+    segment = b"\xff\xe2" + (60_002).to_bytes(2, "big") + b"\0" * 60_000
+    data = plain[:2] + segment * 2 + plain[2:]
+    s3_admin.put_object(Bucket=bucket, Key="exif.jpg", Body=data)
+    assert header_size(data[:HEADER_BYTES]) is None
+    assert header_size(data) == (800, 600)
+    client = CountingClient(s3_admin)
+    reference = ReferenceResolver(s3_client=client).measure(f"s3://{bucket}/exif.jpg")
+    assert (reference.width, reference.height) == (800, 600)
+    assert len(client.ranges) == 2
+
+
+def test_aws_connection_is_used_for_s3_references(moto_aws_conn, s3_admin, photo_in_s3):
+    uri, _ = photo_in_s3
+    reference = ReferenceResolver(aws_conn_id=moto_aws_conn).measure(uri)
+    assert (reference.width, reference.height) == (1600, 1200)
+
+
+def test_without_a_connection_boto3s_default_chain_is_used(aws_env, photo_in_s3):
+    uri, _ = photo_in_s3
+    resolver = ReferenceResolver()
+    assert resolver.measure(uri).billed_mp == 2
+    assert "X-Amz-Signature=" in resolver.wire_url(uri)
+
+
+# -- local files --------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("form", ["path", "file_uri"])
+def test_local_file_is_sent_inline_and_measured(tmp_path, form):
+    path = tmp_path / "dish photo.png"
+    path.write_bytes(_photo((900, 700), "png"))
+    source = str(path) if form == "path" else path.as_uri()
+    request = build_input("pro", prompt="p", image_urls=[source])
+    wire, references = ReferenceResolver().resolve(request)
+    url = wire.image_urls[0]
+    assert url.startswith("data:image/png;base64,")
+    assert base64.b64decode(url.split(",", 1)[1]) == path.read_bytes()
+    assert (references[0].width, references[0].height) == (900, 700)
+    assert item_cost("pro", wire).reference_mp == 1
+
+
+def test_local_file_over_the_inline_limit_is_refused_with_advice(tmp_path):
+    path = tmp_path / "big.png"
+    path.write_bytes(_photo((900, 700), "png"))
+    with pytest.raises(FluxValidationError) as info:
+        ReferenceResolver(max_inline_bytes=1000).measure(str(path), "image_urls[0]")
+    assert info.value.field == "image_urls[0]"
+    assert "upload larger ones to S3" in info.value.allowed
+    assert "at most 1,000 bytes" in info.value.allowed
+
+
+@pytest.mark.parametrize(
+    ("source", "allowed"),
+    [
+        ("/no/such/file.png", "readable image file"),
+        ("relative/dish.png", "an http(s) URL"),
+        ("ftp://x/a.png", "an http(s) URL"),
+    ],
+)
+def test_bad_local_references_are_refused(source, allowed):
+    with pytest.raises(FluxValidationError) as info:
+        ReferenceResolver().measure(source)
+    assert allowed in info.value.allowed
+
+
+def test_http_references_pass_through_and_keep_the_minimum_price():
+    request = build_input("pro", prompt="p", image_urls=["https://example.com/a.png"])
+    wire, references = ReferenceResolver().resolve(request)
+    assert wire.image_urls == ["https://example.com/a.png"]
+    assert references[0].billed_mp == 1 and references[0].width is None
+
+
+def test_one_photo_used_by_many_images_is_read_and_signed_once(s3_admin, photo_in_s3):
+    uri, _ = photo_in_s3
+    client = CountingClient(s3_admin)
+    resolver = ReferenceResolver(s3_client=client)
+    urls = {
+        resolver.resolve(build_input("pro", prompt=f"style {i}", image_urls=[uri]))[0].image_urls[0] for i in range(5)
+    }
+    assert len(client.ranges) == 1
+    assert len(urls) == 1
+
+
+def test_validation_accepts_storage_forms_and_still_names_bad_ones():
+    build_input("pro", prompt="p", image_urls=["s3://b/k.jpg", "file:///a/b.png", "/a/b.png"])
+    with pytest.raises(FluxValidationError) as info:
+        build_input("pro", prompt="p", image_urls=["s3://bucket-only"])
+    assert info.value.field == "image_urls"
