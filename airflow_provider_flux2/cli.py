@@ -242,6 +242,15 @@ def _estimate(args: argparse.Namespace) -> int:
     else:
         request = build_input(model, prompt="(estimate)", image_size=args.size)
         plan = [(resolve_variant(model), request)] * args.count
+    if args.reference:  # every image gets these references, priced at their real size
+        from airflow_provider_flux2.references import ReferenceResolver
+
+        resolver = ReferenceResolver(aws_conn_id=args.aws_conn_id)
+        plan = [(variant, resolver.measured(request, args.reference)) for variant, request in plan]
+        for source in args.reference:
+            ref = resolver.measure(source)
+            sized = f"{ref.width}x{ref.height}" if ref.width else "size unknown before the run"
+            notes.append(f"reference {source}: {sized}, billed as {ref.billed_mp} MP per image")
     for line in notes:
         print(f"note: {line}", file=sys.stderr)
     result = estimate(plan, table)
@@ -375,6 +384,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     est.add_argument("--prices", help='price overrides as JSON, e.g. \'{"pro": {"first_mp": "0.03"}}\'')
     est.add_argument("--budget", help="fail (exit 1) if the total is over this many dollars")
+    est.add_argument(
+        "--reference",
+        action="append",
+        default=[],
+        help="a reference image for every image (repeatable): s3://bucket/key, a local file or a URL; "
+        "measured from its header and priced at its real size",
+    )
+    est.add_argument("--aws-conn-id", default=None, help="Airflow AWS connection for s3:// references")
     est.set_defaults(func=_estimate)
 
     gen = sub.add_parser("generate", help="generate one image (emulator or real API)")

@@ -305,6 +305,16 @@ class ReferenceResolver:
         sizes = [(r.width, r.height) if r.width and r.height else None for r in references]
         return request.with_references(wire, sizes), references
 
+    def measured(self, request: FluxInput, sources: Sequence[str]) -> FluxInput:
+        """``request`` with ``sources`` as its references and their measured sizes, for pricing only
+        (nothing is presigned or inlined)."""
+        from airflow_provider_flux2.models import build_input
+
+        with_sources = build_input(request.variant, **{**request.to_wire(), "image_urls": list(sources)})
+        references = [self.measure(s, f"image_urls[{i}]") for i, s in enumerate(sources)]
+        sizes = [(r.width, r.height) if r.width and r.height else None for r in references]
+        return with_sources.with_references(list(sources), sizes)
+
     def attach(self, image: _Image) -> _Image:
         """A planned image whose request can be sent, with its measured references on its record.
 

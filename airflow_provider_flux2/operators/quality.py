@@ -39,6 +39,7 @@ from airflow_provider_flux2.pricing import Budget, usd
 from airflow_provider_flux2.quality.policy import apply_failure_policy
 from airflow_provider_flux2.quality.regeneration import RegenerationPlan, supersede
 from airflow_provider_flux2.quality.suite import CheckSuite, failed_checks, read_each
+from airflow_provider_flux2.references import ReferenceResolver
 from airflow_provider_flux2.storage import uri_reader
 from airflow_provider_flux2.storage.base import folder_of
 from airflow_provider_flux2.storage.manifest import billed_cost, superseded_rows
@@ -169,9 +170,11 @@ class FluxQualityCheckOperator(BaseOperator):
         location = task_location(context)
         identity = task_identity(context)
         images: list[PlannedImage] = []
+        references = ReferenceResolver(aws_conn_id=self.aws_conn_id, valid_for=self.timeout)
         for item in plan.items:
             variant, request = self.hook.build_request(item.model, prompt=item.prompt, **item.params)
-            images.append(planned_image(identity, item.index, variant, request, item=f"{item.index}/{item.attempt}"))
+            image = planned_image(identity, item.index, variant, request, item=f"{item.index}/{item.attempt}")
+            images.append(references.attach(image))  # s3:// and local references made fetchable
         submitted_at = utc_now_iso()
         run_ids = [
             self.hook.submit(

@@ -147,7 +147,7 @@ def plan_regeneration(
 def _regeneration(record: ImageRecord, table: PriceTable) -> Regeneration:
     attempt = record.attempt + 1
     seed = regeneration_seed(record, attempt)
-    ref_mp = reference_megapixels(record.params.get("image_urls"))
+    ref_mp = _reference_mp(record)
     return Regeneration(
         index=record.index,
         attempt=attempt,
@@ -169,9 +169,18 @@ def _item_cost(record: ImageRecord, cost: Decimal) -> ItemCost:
         width=record.width,
         height=record.height,
         billed_mp=record.billed_mp,
-        reference_mp=reference_megapixels(record.params.get("image_urls")),
+        reference_mp=_reference_mp(record),
         cost=cost,
     )
+
+
+def _reference_mp(record: ImageRecord) -> int:
+    """The references' megapixels as measured when the image was planned (s3:// and local files
+    are measured from their header then), else as :func:`reference_megapixels` prices them."""
+    recorded = record.extra.get("references")
+    if isinstance(recorded, list) and recorded:
+        return sum(int(entry.get("billed_mp") or 1) for entry in recorded)
+    return reference_megapixels(record.params.get("image_urls"))
 
 
 def supersede(records: Sequence[ImageRecord], replacements: Iterable[ImageRecord]) -> list[ImageRecord]:

@@ -11,7 +11,12 @@ import pytest
 from airflow_provider_flux2.storage.local import path_of
 
 REPO = Path(__file__).resolve().parents[2]
-DAG_IDS = {"flux2_product_image_refresh", "flux2_preproduction_batch", "flux2_creative_pipeline"}
+DAG_IDS = {
+    "flux2_product_image_refresh",
+    "flux2_preproduction_batch",
+    "flux2_creative_pipeline",
+    "flux2_photo_restyle",
+}
 
 
 @pytest.fixture(scope="module")

@@ -206,3 +206,39 @@ def test_validation_accepts_storage_forms_and_still_names_bad_ones():
     with pytest.raises(FluxValidationError) as info:
         build_input("pro", prompt="p", image_urls=["s3://bucket-only"])
     assert info.value.field == "image_urls"
+
+
+# -- the CLI -----------------------------------------------------------------------------------------------
+
+
+def _flux2(*args: str):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    return subprocess.run(
+        [sys.executable, "-m", "airflow_provider_flux2.cli", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def test_flux2_estimate_prices_an_s3_reference_at_its_real_size(moto_aws_conn, photo_in_s3):
+    uri, _ = photo_in_s3
+    result = _flux2(
+        "estimate", "--count", "4", "--size", "square_hd", "--reference", uri, "--aws-conn-id", moto_aws_conn
+    )
+    assert result.returncode == 0, result.stderr
+    assert f"reference {uri}: 1600x1200, billed as 2 MP per image" in result.stderr
+    assert "total: 4 image(s), 12 MP, $0.240" in result.stdout
+
+
+def test_flux2_estimate_refuses_a_missing_local_reference_before_pricing(tmp_path):
+    result = _flux2("estimate", "--reference", str(tmp_path / "nope.jpg"))
+    assert result.returncode == 1
+    assert "image_urls[0]" in result.stderr and "nope.jpg" in result.stderr
+    assert result.stdout == ""

@@ -290,3 +290,27 @@ def test_klein_safety_tolerance_is_422_naming_the_field(api):
     response = api.create_run("x", variant="klein-4b", safety_tolerance="2")
     body = _envelope(response, 422, "VALIDATION_ERROR")
     assert body["errors"][0]["loc"] == ["input", "safety_tolerance"]
+
+
+@pytest.mark.parametrize("reference", ["s3://bucket/photo.jpg", "file:///tmp/photo.jpg", "/tmp/photo.jpg"])
+def test_unresolved_storage_references_are_422_on_the_wire(api, reference):
+    response = api.create_run("x", image_urls=["https://example.com/a.png", reference])
+    body = _envelope(response, 422, "VALIDATION_ERROR")
+    assert body["errors"][0]["loc"] == ["input", "image_urls", 1]
+
+
+def test_loopback_references_are_fetched_and_measured(api, emulator):
+    # An earlier run's output (a loopback URL, 1024x1024 → 1 MP) and a 2048x1024 one (2 MP) as references.
+    small = api.run("small", image_size="square_hd")["output"]["outputs"][0]["url"]
+    large = api.run("large", image_size={"width": 2048, "height": 1024})["output"]["outputs"][0]["url"]
+    run = api.run("with both", image_size="square_hd", image_urls=[small, large])
+    assert run["cost"] == "0.075"  # $0.030 + 3 MP of references × $0.015
+    assert emulator.ledger()["entries"][-1]["reference_mp"] == 3
+
+
+def test_loopback_reference_that_cannot_be_fetched_is_422(api, emulator):
+    response = api.create_run("x", image_urls=[f"{emulator.base_url}/_files/run_nope/0.jpg?sig=x"])
+    body = _envelope(response, 422, "VALIDATION_ERROR")
+    assert body["errors"][0]["loc"] == ["input", "image_urls", 0]
+    assert "HTTP 403" in body["errors"][0]["msg"]
+    assert "sig=" not in response.text
