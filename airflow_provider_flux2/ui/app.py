@@ -1,0 +1,342 @@
+"""The FLUX view: a FastAPI app the Airflow API server mounts at ``/flux2``.
+
+Routes (stable: extra links and bookmarks point at them):
+
+- ``/flux2/`` — the page: spend per DAG per day, recent batches, failures and regenerations;
+- ``/flux2/api/batches`` — the same as JSON;
+- ``/flux2/gallery?uri=<file:// or s3:// URI of a gallery or its folder>`` — redirects to the
+  gallery served through the view (what a task's "FLUX images" link can point to);
+- ``/flux2/files/<absolute path>`` — a file of a local batch folder (the gallery, its thumbnails,
+  the images, the manifest);
+- ``/flux2/s3/<bucket>/<key>`` — the same for a batch stored in S3, read with the view's AWS
+  connection (``[flux2] ui_aws_conn_id``, else boto3's default chain).
+
+Every route needs a user the auth manager lets read DAGs (the API server's own ``_token`` cookie or
+a Bearer token), and shows or serves only batches of DAGs that user may read. Files are served only
+from folders that hold a batch Airflow recorded (an XCom or asset event of this provider), so the
+view is not a way to read arbitrary files of the API server's machine.
+"""
+
+from __future__ import annotations
+
+import html
+import mimetypes
+from datetime import datetime, timedelta, timezone
+from pathlib import Path, PurePosixPath
+from typing import Any
+from urllib.parse import quote, urlparse
+
+from airflow_provider_flux2.ui.batches import (
+    GALLERY_HTML,
+    Batch,
+    ManifestCache,
+    failure_rows,
+    find_batches,
+    load_manifests,
+    local_folder,
+    serving_batch,
+    spend_by_dag_day,
+    total_spend,
+)
+
+URL_PREFIX = "/flux2"
+#: What may be served from a batch folder.
+SERVED_SUFFIXES = {".html", ".jpg", ".jpeg", ".png", ".webp", ".json", ".csv"}
+#: The page is self-contained: no script, nothing from the network.
+CSP = "default-src 'none'; img-src 'self' data:; style-src 'unsafe-inline'; frame-ancestors 'self'"
+RECENT = 50
+ICON_SVG = (
+    '<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 24 24" fill="none" stroke="currentColor" '
+    'stroke-width="2"><rect x="3" y="3" width="18" height="18" rx="3"/><circle cx="9" cy="9" r="2"/>'
+    '<path d="M21 15l-5-5L5 21"/></svg>'
+)
+
+
+def gallery_url(uri: str) -> str:
+    """The view's URL for a gallery (or its folder) URI: what an extra link can point to."""
+    return f"{URL_PREFIX}/gallery?uri={quote(uri, safe='')}"
+
+
+def _aws_conn_id() -> str | None:
+    from airflow.configuration import conf
+
+    return conf.get("flux2", "ui_aws_conn_id", fallback=None) or None
+
+
+def create_app() -> Any:
+    """The FastAPI sub-application (built when the API server loads the plugin)."""
+    from fastapi import Depends, FastAPI, HTTPException, Query
+    from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, RedirectResponse, Response
+
+    from airflow_provider_flux2.storage import uri_reader
+
+    app = FastAPI(title="FLUX 2 (Runflow)", docs_url=None, redoc_url=None, openapi_url=None)
+    cache = ManifestCache(uri_reader(aws_conn_id=_aws_conn_id()))
+    s3_read = uri_reader(aws_conn_id=_aws_conn_id())
+
+    @app.get("/icon.svg")
+    def icon() -> Response:
+        return Response(ICON_SVG, media_type="image/svg+xml", headers={"Cache-Control": "max-age=86400"})
+
+    def readable_dags(user: Any = Depends(_user_dependency())) -> set[str] | None:
+        """DAG ids the user may read; refuses a user who may read none."""
+        from airflow.api_fastapi.app import get_auth_manager
+
+        manager = get_auth_manager()
+        if not manager.is_authorized_dag(method="GET", user=user):
+            raise HTTPException(status_code=403, detail="The FLUX view is for users who may read DAGs")
+        return set(manager.get_authorized_dag_ids(user=user, method="GET"))
+
+    def batches_for(dag_ids: set[str] | None, limit: int = RECENT) -> list[Batch]:
+        return load_manifests(find_batches(dag_ids=dag_ids, limit=limit), cache)
+
+    @app.get("/", response_class=HTMLResponse)
+    def index(days: int = Query(14, ge=1, le=366), dag_ids: set[str] | None = Depends(readable_dags)) -> Response:
+        batches = batches_for(dag_ids)
+        since = (datetime.now(timezone.utc) - timedelta(days=days)).date().isoformat()
+        spend = [row for row in spend_by_dag_day(batches) if row["day"] >= since]
+        page = render_page(batches, spend, days=days)
+        return HTMLResponse(page, headers={"Content-Security-Policy": CSP, "Cache-Control": "no-store"})
+
+    @app.get("/api/batches")
+    def api_batches(days: int = Query(14, ge=1, le=366), dag_ids: set[str] | None = Depends(readable_dags)) -> Any:
+        batches = batches_for(dag_ids)
+        since = (datetime.now(timezone.utc) - timedelta(days=days)).date().isoformat()
+        spend = [row for row in spend_by_dag_day(batches) if row["day"] >= since]
+        failures = [
+            {
+                "dag_id": batch.dag_id,
+                "run_id": batch.run_id,
+                "manifest_uri": batch.manifest_uri,
+                **{k: row.get(k) for k in ("index", "attempt", "outcome", "failure_code", "failed_checks")},
+                "billed_cost_usd": row.get("billed_cost_usd"),
+                "api_run_id": row.get("run_id"),
+            }
+            for batch, row in failure_rows(batches)
+        ]
+        body = {
+            "batches": [b.as_dict() for b in batches],
+            "spend": spend,
+            "failures": failures,
+            "total_cost_usd": total_spend(spend),
+        }
+        return JSONResponse(body, headers={"Cache-Control": "no-store"})
+
+    @app.get("/gallery")
+    def gallery(uri: str, dag_ids: set[str] | None = Depends(readable_dags)) -> Response:
+        target = _view_path(uri)
+        if target is None:
+            raise HTTPException(status_code=404, detail="Not a gallery this view serves")
+        return RedirectResponse(target, status_code=307)
+
+    @app.get("/files/{path:path}")
+    def files(path: str, dag_ids: set[str] | None = Depends(readable_dags)) -> Response:
+        wanted = PurePosixPath("/" + path)
+        batch = serving_batch(wanted, batches_for(dag_ids, limit=1000))
+        if batch is None or not _servable(wanted):
+            raise HTTPException(status_code=404, detail="Not a file of a batch you may read")
+        real = Path(wanted)
+        if real.is_dir():
+            real = real / GALLERY_HTML
+        folder = local_folder(batch.folder_uri)
+        resolved = real.resolve()
+        if folder is None or not resolved.is_file() or not _inside(resolved, Path(folder).resolve()):
+            raise HTTPException(status_code=404, detail="No such file")
+        headers = {"Content-Security-Policy": CSP, "X-Content-Type-Options": "nosniff"}
+        return FileResponse(resolved, media_type=_media_type(resolved.name), headers=headers)
+
+    @app.get("/s3/{bucket}/{key:path}")
+    def s3_files(bucket: str, key: str, dag_ids: set[str] | None = Depends(readable_dags)) -> Response:
+        uri = f"s3://{bucket}/{key}"
+        batch = _s3_batch(uri, batches_for(dag_ids, limit=1000))
+        if batch is None or not _servable(PurePosixPath(key)) or ".." in PurePosixPath(key).parts:
+            raise HTTPException(status_code=404, detail="Not a file of a batch you may read")
+        try:
+            data = s3_read(uri)
+        except Exception:  # any storage error is a missing file to the browser
+            raise HTTPException(status_code=404, detail="No such object") from None
+        headers = {"Content-Security-Policy": CSP, "X-Content-Type-Options": "nosniff"}
+        return Response(data, media_type=_media_type(key), headers=headers)
+
+    return app
+
+
+def _user_dependency() -> Any:
+    from airflow.api_fastapi.core_api.security import get_user
+
+    return get_user
+
+
+def _view_path(uri: str) -> str | None:
+    """Where the view serves the gallery ``uri`` (``…/index.html`` or its folder)."""
+    uri = uri.strip()
+    if uri.startswith("s3://"):
+        parsed = urlparse(uri)
+        key = parsed.path.lstrip("/")
+        key = key if key.endswith(".html") else f"{key.rstrip('/')}/{GALLERY_HTML}"
+        return f"{URL_PREFIX}/s3/{quote(parsed.netloc)}/{quote(key)}"
+    folder = local_folder(uri)
+    if folder is None:
+        return None
+    path = folder if folder.suffix == ".html" else folder / GALLERY_HTML
+    return f"{URL_PREFIX}/files{quote(str(path))}"
+
+
+def _s3_batch(uri: str, batches: list[Batch]) -> Batch | None:
+    for batch in batches:
+        folder = batch.folder_uri
+        if folder and folder.startswith("s3://") and uri.startswith(folder.rstrip("/") + "/"):
+            return batch
+    return None
+
+
+def _servable(path: PurePosixPath) -> bool:
+    return path.suffix.lower() in SERVED_SUFFIXES or path.suffix == ""
+
+
+def _inside(path: Path, folder: Path) -> bool:
+    return path == folder or folder in path.parents
+
+
+def _media_type(name: str) -> str:
+    if name.endswith(".html"):
+        return "text/html; charset=utf-8"
+    return mimetypes.guess_type(name)[0] or "application/octet-stream"
+
+
+# -- the page -------------------------------------------------------------------------------------------
+
+_STYLE = """
+body{font:14px/1.45 system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:0;padding:18px 22px;
+color:#1f2328;background:#fff}
+h1{font-size:20px;margin:0 0 4px}h2{font-size:16px;margin:26px 0 8px}
+.sub{color:#59636e;margin:0 0 14px}
+.kpis{display:flex;gap:12px;flex-wrap:wrap;margin:10px 0 4px}
+.kpi{border:1px solid #d1d9e0;border-radius:8px;padding:10px 14px;min-width:130px}
+.kpi b{display:block;font-size:20px}.kpi span{color:#59636e;font-size:12px}
+table{border-collapse:collapse;width:100%;font-size:13px}
+th,td{text-align:left;padding:6px 8px;border-bottom:1px solid #e6ebf0;vertical-align:top}
+th{background:#f6f8fa;font-weight:600}td.n,th.n{text-align:right;font-variant-numeric:tabular-nums}
+.bar{height:8px;background:#8250df;border-radius:4px;display:inline-block;vertical-align:middle}
+.bad{color:#cf222e}.ok{color:#1a7f37}.muted{color:#59636e}
+a{color:#0969da;text-decoration:none}a:hover{text-decoration:underline}
+code{font-size:12px;background:#f6f8fa;padding:1px 4px;border-radius:4px}
+"""
+
+
+def _e(value: Any) -> str:
+    return html.escape("" if value is None else str(value), quote=True)
+
+
+def render_page(batches: list[Batch], spend: list[dict[str, Any]], *, days: int) -> str:
+    """The view's HTML: self-contained, every value escaped."""
+    total = total_spend(spend)
+    images = sum(row["images"] for row in spend)
+    failed = sum(row["failed"] for row in spend)
+    regenerated = sum(row["regenerated"] for row in spend)
+    parts = [
+        "<!doctype html><html><head><meta charset='utf-8'><title>FLUX 2 — spend and batches</title>",
+        f"<style>{_STYLE}</style></head><body>",
+        "<h1>FLUX 2 — spend and batches</h1>",
+        f"<p class='sub'>The last {days} day(s), from the manifests of the batches Airflow recorded "
+        "(generate and publish tasks, and their asset events). Each image counts once, at what the API billed.</p>",
+        "<div class='kpis'>",
+        _kpi(f"${total}", "spent"),
+        _kpi(str(images), "images billed or attempted"),
+        _kpi(str(failed), "failed, dropped or moderated", bad=failed > 0),
+        _kpi(str(regenerated), "regenerations"),
+        _kpi(str(len(batches)), "recent batches"),
+        "</div>",
+        "<h2>Spend per DAG per day</h2>",
+        _spend_table(spend),
+        "<h2>Recent batches</h2>",
+        _batches_table(batches),
+        "<h2>Failures and regenerations</h2>",
+        _failures_table(batches),
+        "</body></html>",
+    ]
+    return "".join(parts)
+
+
+def _kpi(value: str, label: str, *, bad: bool = False) -> str:
+    return f"<div class='kpi'><b class='{'bad' if bad else ''}'>{_e(value)}</b><span>{_e(label)}</span></div>"
+
+
+def _spend_table(spend: list[dict[str, Any]]) -> str:
+    if not spend:
+        return "<p class='muted'>No spend recorded in this period.</p>"
+    top = max((float(row["cost_usd"]) for row in spend), default=0.0) or 1.0
+    rows = []
+    for row in spend:
+        width = max(2, int(160 * float(row["cost_usd"]) / top))
+        rows.append(
+            f"<tr><td>{_e(row['day'])}</td><td>{_e(row['dag_id'])}</td><td class='n'>{row['runs']}</td>"
+            f"<td class='n'>{row['images']}</td><td class='n {'bad' if row['failed'] else ''}'>{row['failed']}</td>"
+            f"<td class='n'>{row['regenerated']}</td><td class='n'>${_e(row['cost_usd'])}</td>"
+            f"<td><span class='bar' style='width:{width}px'></span></td></tr>"
+        )
+    head = (
+        "<tr><th>Day (UTC)</th><th>DAG</th><th class='n'>Runs</th><th class='n'>Images</th>"
+        "<th class='n'>Failed</th><th class='n'>Regenerated</th><th class='n'>Spent</th><th></th></tr>"
+    )
+    return f"<table>{head}{''.join(rows)}</table>"
+
+
+def _batches_table(batches: list[Batch]) -> str:
+    if not batches:
+        return "<p class='muted'>No batches yet: run a DAG with a FLUX 2 generate or publish task.</p>"
+    rows = []
+    for batch in batches:
+        summary = batch.summary
+        gallery = batch.gallery_uri or batch.folder_uri
+        link = _view_path(gallery) if gallery else None
+        where = f"{batch.dag_id} · {batch.task_id}" + (f"[{batch.map_index}]" if batch.map_index >= 0 else "")
+        outcome = (
+            f"<span class='bad'>{_e(batch.error)}</span>"
+            if batch.error
+            else f"{_e(summary.get('passed', '—'))} passed · "
+            f"<span class='{'bad' if summary.get('failed') or summary.get('dropped') else ''}'>"
+            f"{_e(summary.get('failed', 0))} failed · {_e(summary.get('dropped', 0))} dropped</span> · "
+            f"{_e(summary.get('regenerated', 0))} regenerated"
+        )
+        rows.append(
+            f"<tr><td>{_e(batch.at.strftime('%Y-%m-%d %H:%M'))}</td><td>{_e(where)}<br>"
+            f"<span class='muted'>{_e(batch.run_id)}</span>"
+            + (f"<br><span class='muted'>asset {_e(batch.asset)}</span>" if batch.asset else "")
+            + f"</td><td>{_e(summary.get('model') or '—')}</td><td class='n'>{_e(summary.get('count', '—'))}</td>"
+            f"<td>{outcome}</td><td class='n'>${_e(summary.get('total_cost_usd', '0.000'))}"
+            f"<br><span class='muted'>est. ${_e(summary.get('estimated_cost_usd', '—'))}</span></td>"
+            f"<td>{_link(link, 'gallery')}</td></tr>"
+        )
+    head = (
+        "<tr><th>When (UTC)</th><th>DAG · task</th><th>Model</th><th class='n'>Images</th>"
+        "<th>Outcome</th><th class='n'>Billed</th><th></th></tr>"
+    )
+    return f"<table>{head}{''.join(rows)}</table>"
+
+
+def _link(href: str | None, text: str) -> str:
+    return f'<a href="{_e(href)}" target="_blank" rel="noopener">{_e(text)}</a>' if href else "—"
+
+
+def _failures_table(batches: list[Batch]) -> str:
+    rows = []
+    for batch, row in failure_rows(batches):
+        reason = row.get("failure_code") or ", ".join(row.get("failed_checks") or []) or ""
+        if int(row.get("attempt") or 1) > 1:
+            reason = f"regeneration #{int(row['attempt']) - 1}" + (f" · {reason}" if reason else "")
+        prompt = str(row.get("prompt") or "")
+        rows.append(
+            f"<tr><td>{_e(batch.at.strftime('%Y-%m-%d %H:%M'))}</td><td>{_e(batch.dag_id)}</td>"
+            f"<td class='n'>#{_e(row.get('index'))}</td><td>{_e(row.get('outcome'))}</td><td>{_e(reason)}</td>"
+            f"<td>{_e(prompt[:90] + ('…' if len(prompt) > 90 else ''))}</td>"
+            f"<td class='n'>${_e(row.get('billed_cost_usd', '0.000'))}</td>"
+            f"<td class='muted'>{_e(row.get('run_id') or '')}</td></tr>"
+        )
+    if not rows:
+        return "<p class='ok'>None in these batches.</p>"
+    head = (
+        "<tr><th>When</th><th>DAG</th><th class='n'>Image</th><th>Outcome</th><th>Why</th><th>Prompt</th>"
+        "<th class='n'>Billed</th><th>Run</th></tr>"
+    )
+    return f"<table>{head}{''.join(rows[:200])}</table>"
