@@ -30,8 +30,8 @@ from airflow_provider_flux2.operators.quality import FluxQualityCheckOperator
 from airflow_provider_flux2.storage.local import path_of
 
 REPO = Path(__file__).resolve().parents[2]
-SCREENSHOT = REPO / "docs" / "img" / "flux2-view.png"
-SCREENSHOT_IN_UI = REPO / "docs" / "img" / "flux2-view-in-airflow.png"
+#: Set to ``docs/img`` to refresh the screenshots the docs show; by default they go to a temporary folder.
+SCREENSHOTS_ENV = "FLUX2_SCREENSHOTS_DIR"
 PASSWORDS = {"viewer": "viewer-pw", "admin": "admin-pw", "restricted": "restricted-pw", "nodags": "nodags-pw"}
 SECRET_DAG = "t_flux2_view_secret"
 
@@ -59,7 +59,7 @@ def _free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def api_server(airflow_db, tmp_path_factory) -> Iterator[str]:
+def api_server(airflow_db, tmp_path_factory, moto_endpoint) -> Iterator[str]:
     home = tmp_path_factory.mktemp("api-server-home")
     (home / "auth_manager_for_tests.py").write_text(AUTH_MANAGER)
     (home / "passwords.json").write_text(json.dumps(PASSWORDS))
@@ -82,6 +82,16 @@ def api_server(airflow_db, tmp_path_factory) -> Iterator[str]:
         "AIRFLOW__API_AUTH__JWT_SECRET": "flux2-view-test-secret-0123456789abcdef",
         "AIRFLOW__API__BASE_URL": f"http://127.0.0.1:{port}",
         "AIRFLOW__API__WORKERS": "1",
+        # S3 galleries are read with this connection (moto's server here).
+        "AIRFLOW__FLUX2__UI_AWS_CONN_ID": "aws_flux2_view",
+        "AIRFLOW_CONN_AWS_FLUX2_VIEW": json.dumps(
+            {
+                "conn_type": "aws",
+                "login": "AKIAVIEW",
+                "password": "view-secret",
+                "extra": {"endpoint_url": moto_endpoint, "region_name": "eu-west-1"},
+            }
+        ),
     }
     log = (home / "api-server.log").open("w")
     process = subprocess.Popen(
@@ -214,7 +224,8 @@ def test_view_lists_batches_spend_failures_and_serves_galleries(
     from playwright.sync_api import sync_playwright
 
     viewer = _token(api_server, "viewer")
-    SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
+    shots = Path(os.environ.get(SCREENSHOTS_ENV) or tmp_path / "screenshots")
+    shots.mkdir(parents=True, exist_ok=True)
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=chromium_path(), args=CHROMIUM_ARGS)
         try:
@@ -225,7 +236,7 @@ def test_view_lists_batches_spend_failures_and_serves_galleries(
             text = page.inner_text("body")
             assert "Spend per DAG per day" in text and "t_flux2_view_campaign" in text
             assert "regeneration #1" in text and "moderated" in text
-            page.screenshot(path=str(SCREENSHOT), full_page=True)
+            page.screenshot(path=str(shots / "flux2-view.png"), full_page=True)
             with page.expect_popup() as popup:
                 page.locator(f"a[href*='{quote(str(path_of(gallery)))}']").first.click()
             gallery_page = popup.value
@@ -237,10 +248,11 @@ def test_view_lists_batches_spend_failures_and_serves_galleries(
             ui.goto(f"{api_server}/plugin/flux2", wait_until="networkidle")
             frame = ui.frame_locator("iframe").first
             frame.locator("text=Spend per DAG per day").wait_for(timeout=60_000)
-            ui.screenshot(path=str(SCREENSHOT_IN_UI))
+            ui.screenshot(path=str(shots / "flux2-view-in-airflow.png"))
         finally:
             browser.close()
-    assert SCREENSHOT.stat().st_size > 10_000
+    assert (shots / "flux2-view.png").stat().st_size > 10_000
+    assert (shots / "flux2-view-in-airflow.png").stat().st_size > 10_000
 
 
 def test_view_shows_only_the_dags_the_auth_manager_allows(api_server, emulator, run_dag, tmp_path):
@@ -258,6 +270,30 @@ def test_view_shows_only_the_dags_the_auth_manager_allows(api_server, emulator, 
     gallery = next(p for p in tmp_path.rglob("index.html"))
     assert _get(api_server, f"/flux2/files{gallery}", "viewer").status_code == 200
     assert _get(api_server, f"/flux2/files{gallery}", "restricted").status_code == 404
+
+
+def test_s3_gallery_is_served_through_the_view(api_server, emulator, run_dag, xcom, tmp_path, moto_aws_conn, bucket):
+    with DAG("t_flux2_view_s3", schedule=None, start_date=datetime(2026, 1, 1)) as dag:
+        generate = FluxGenerateImageOperator(
+            task_id="generate", prompts=["one", "two"], image_size="square", output_uri=tmp_path.as_uri()
+        )
+        FluxPublishOperator(
+            task_id="publish", records=generate.output, destination_uri=f"s3://{bucket}/out", aws_conn_id=moto_aws_conn
+        )
+    dr = run_dag(dag)
+    assert dr.state == "success"
+    gallery = xcom(dr, "publish")["gallery_uri"]
+    assert gallery.startswith(f"s3://{bucket}/out/")
+    redirect = _get(api_server, f"/flux2/gallery?uri={quote(gallery, safe='')}", "viewer", follow_redirects=False)
+    location = redirect.headers["location"]
+    assert location.startswith(f"/flux2/s3/{bucket}/out/")
+    page = _get(api_server, location, "viewer")
+    assert page.status_code == 200 and "<img" in page.text
+    thumb = page.text.split('src="', 1)[1].split('"', 1)[0]
+    image = _get(api_server, location.rsplit("/", 1)[0] + "/" + thumb, "viewer")
+    assert image.status_code == 200 and image.headers["content-type"] == "image/jpeg"
+    # An object of the bucket outside any recorded batch folder is not served.
+    assert _get(api_server, f"/flux2/s3/{bucket}/elsewhere/x.png", "viewer").status_code == 404
 
 
 def test_plugin_is_registered_in_pyproject_and_loads():
