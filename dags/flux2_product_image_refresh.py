@@ -22,7 +22,7 @@ AWS connection named by the ``flux2_aws_conn_id`` variable (or boto3's default c
 | ``flux2_staging_uri`` | where images wait for their checks | ``<output>-staging`` |
 | ``flux2_aws_conn_id`` | AWS connection for ``s3://`` | boto3's chain |
 | ``flux2_nightly_budget_usd`` | the most one night may spend | ``5.00`` |
-| ``flux2_model`` | ``pro``, ``flex``, ``max`` or ``turbo`` | ``pro`` |
+| ``flux2_model`` | ``pro``, ``flex``, ``max``, ``turbo``, ``klein-4b`` or ``klein-9b`` | ``pro`` |
 
 **Cost on defaults**: the shipped 16-product catalogue is 15 × 1 MP + 1 × 2 MP on FLUX 2 [pro] =
 **$0.495** the first night; a night with no catalogue change costs **$0**; a changed product costs

@@ -132,3 +132,65 @@ def test_a_regenerated_version_is_sent_the_photo_again_and_priced_at_its_size(
     regenerated = [r for r in xcom(dr, "check") if r["attempt"] == 2]
     assert len(regenerated) == 1
     assert regenerated[0]["estimated_cost_usd"] == "0.060" == regenerated[0]["cost_usd"]
+
+
+def test_per_item_references_from_s3_and_disk_are_each_measured(
+    emulator, run_dag, xcom, tmp_path, moto_aws_conn, s3_admin, bucket
+):
+    from datetime import datetime
+
+    from airflow.sdk import DAG
+    from synthetic_images import Pictures
+
+    from airflow_provider_flux2.operators.flux import FluxGenerateImageOperator
+
+    s3_admin.put_object(Bucket=bucket, Key="front.jpg", Body=PHOTO.read_bytes())  # 1200x900 → 2 MP
+    side = tmp_path / "side.png"
+    side.write_bytes(Pictures.encode(Pictures.scene(4, (2048, 1536)), "png"))  # 3 MP
+    with DAG("t_per_item_references", schedule=None, start_date=datetime(2026, 1, 1)) as dag:
+        FluxGenerateImageOperator(
+            task_id="generate",
+            prompts=[
+                {"prompt": "front view, studio", "image_urls": [f"s3://{bucket}/front.jpg"]},
+                {"prompt": "side view, studio", "image_urls": [str(side)]},
+                {"prompt": "both views, collage", "image_urls": [f"s3://{bucket}/front.jpg", side.as_uri()]},
+            ],
+            image_size="square_hd",
+            aws_conn_id=moto_aws_conn,
+            output_uri=(tmp_path / "out").as_uri(),
+            budget_usd="0.25",
+            poll_interval=0.02,
+        )
+    dr = run_dag(dag)
+    assert dr.state == "success"
+    records = sorted(xcom(dr, "generate"), key=lambda r: r["index"])
+    assert [r["estimated_cost_usd"] for r in records] == ["0.060", "0.075", "0.105"]
+    assert [r["cost_usd"] for r in records] == ["0.060", "0.075", "0.105"]  # what the emulator billed
+    assert [[ref["billed_mp"] for ref in r["extra"]["references"]] for r in records] == [[2], [3], [2, 3]]
+    assert sorted(e["reference_mp"] for e in emulator.ledger()["entries"]) == [2, 3, 5]
+
+
+def test_references_over_the_budget_are_refused_before_anything_is_sent(
+    emulator, run_dag, task_states, tmp_path, moto_aws_conn, s3_admin, bucket
+):
+    from datetime import datetime
+
+    from airflow.sdk import DAG
+
+    from airflow_provider_flux2.operators.flux import FluxGenerateImageOperator
+
+    s3_admin.put_object(Bucket=bucket, Key="front.jpg", Body=PHOTO.read_bytes())
+    with DAG("t_references_budget", schedule=None, start_date=datetime(2026, 1, 1)) as dag:
+        FluxGenerateImageOperator(
+            task_id="generate",
+            prompts=["a", "b"],
+            image_urls=[f"s3://{bucket}/front.jpg"],
+            image_size="square_hd",
+            aws_conn_id=moto_aws_conn,
+            output_uri=tmp_path.as_uri(),
+            budget_usd="0.10",  # 2 × $0.060 measured; an assumed 1 MP reference would have fit ($0.090)
+        )
+    dr = run_dag(dag)
+    assert dr.state == "failed"
+    assert task_states(dr)["generate"] == "failed"
+    assert emulator.stats()["runs_created"] == 0
