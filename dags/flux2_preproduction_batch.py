@@ -11,7 +11,7 @@ gallery for the creative director.
 | Param | Meaning | Default |
 |---|---|---|
 | ``briefs`` | the ideas to explore (text or JSON-structured prompts) | two sample briefs |
-| ``variants`` | FLUX 2 variants: ``pro``, ``flex``, ``max``, ``turbo``, ``klein-4b``, ``klein-9b`` | ``["pro", "flex"]`` |
+| ``variants`` | variants: ``pro``, ``flex``, ``max``, ``turbo``, ``klein-4b``, ``klein-9b`` | ``["pro", "flex"]`` |
 | ``sizes`` | presets or ``WxH`` | ``["1920x1080", "portrait_4_3"]`` |
 | ``seeds`` | seeds to explore (one image per seed) | ``[1, 2]`` |
 | ``budget_usd`` | the most this run may spend | ``2.00`` |
@@ -58,7 +58,9 @@ with DAG(
     doc_md=__doc__,
     params={
         "briefs": Param(SAMPLE_BRIEFS, type="array", minItems=1, description="ideas to explore"),
-        "variants": Param(["pro", "flex"], type="array", minItems=1, description="pro, flex, max, turbo, klein-4b, klein-9b"),
+        "variants": Param(
+            ["pro", "flex"], type="array", minItems=1, description="pro, flex, max, turbo, klein-4b, klein-9b"
+        ),
         "sizes": Param(["1920x1080", "portrait_4_3"], type="array", minItems=1, description="presets or WxH"),
         "seeds": Param([1, 2], type="array", minItems=1, description="one image per seed"),
         "budget_usd": Param("2.00", type="string", description="the most this run may spend, in dollars"),
