@@ -45,6 +45,8 @@ SERVED_SUFFIXES = {".html", ".jpg", ".jpeg", ".png", ".webp", ".json", ".csv"}
 #: The page is self-contained: no script, nothing from the network.
 CSP = "default-src 'none'; img-src 'self' data:; style-src 'unsafe-inline'; frame-ancestors 'self'"
 RECENT = 50
+#: How many recent batches a file request is checked against.
+FILE_LOOKUP = 1000
 ICON_SVG = (
     '<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 24 24" fill="none" stroke="currentColor" '
     'stroke-width="2"><rect x="3" y="3" width="18" height="18" rx="3"/><circle cx="9" cy="9" r="2"/>'
@@ -132,15 +134,17 @@ def create_app() -> Any:
     @app.get("/files/{path:path}")
     def files(path: str, dag_ids: set[str] | None = Depends(readable_dags)) -> Response:
         wanted = PurePosixPath("/" + path)
-        batch = serving_batch(wanted, batches_for(dag_ids, limit=1000))
-        if batch is None or not _servable(wanted):
+        # Only where batches are recorded (no manifest needs reading to know that).
+        batch = serving_batch(wanted, find_batches(dag_ids=dag_ids, limit=FILE_LOOKUP))
+        if batch is None:
             raise HTTPException(status_code=404, detail="Not a file of a batch you may read")
         real = Path(wanted)
         if real.is_dir():
             real = real / GALLERY_HTML
         folder = local_folder(batch.folder_uri)
         resolved = real.resolve()
-        if folder is None or not resolved.is_file() or not _inside(resolved, Path(folder).resolve()):
+        inside = folder is not None and _inside(resolved, Path(folder).resolve())
+        if not inside or not resolved.is_file() or not _servable(PurePosixPath(resolved)):
             raise HTTPException(status_code=404, detail="No such file")
         headers = {"Content-Security-Policy": CSP, "X-Content-Type-Options": "nosniff"}
         return FileResponse(resolved, media_type=_media_type(resolved.name), headers=headers)
@@ -148,7 +152,7 @@ def create_app() -> Any:
     @app.get("/s3/{bucket}/{key:path}")
     def s3_files(bucket: str, key: str, dag_ids: set[str] | None = Depends(readable_dags)) -> Response:
         uri = f"s3://{bucket}/{key}"
-        batch = _s3_batch(uri, batches_for(dag_ids, limit=1000))
+        batch = _s3_batch(uri, find_batches(dag_ids=dag_ids, limit=FILE_LOOKUP))
         if batch is None or not _servable(PurePosixPath(key)) or ".." in PurePosixPath(key).parts:
             raise HTTPException(status_code=404, detail="Not a file of a batch you may read")
         try:
@@ -191,7 +195,7 @@ def _s3_batch(uri: str, batches: list[Batch]) -> Batch | None:
 
 
 def _servable(path: PurePosixPath) -> bool:
-    return path.suffix.lower() in SERVED_SUFFIXES or path.suffix == ""
+    return path.suffix.lower() in SERVED_SUFFIXES
 
 
 def _inside(path: Path, folder: Path) -> bool:

@@ -270,6 +270,11 @@ def test_view_shows_only_the_dags_the_auth_manager_allows(api_server, emulator, 
     gallery = next(p for p in tmp_path.rglob("index.html"))
     assert _get(api_server, f"/flux2/files{gallery}", "viewer").status_code == 200
     assert _get(api_server, f"/flux2/files{gallery}", "restricted").status_code == 404
+    # Inside a batch folder, only what a gallery is made of: no other kind of file, no link out of it.
+    (gallery.parent / "notes").write_text("not for the browser")
+    (gallery.parent / "out.png").symlink_to(Path(__file__))
+    for name in ("notes", "out.png"):
+        assert _get(api_server, f"/flux2/files{gallery.parent}/{name}", "viewer").status_code == 404, name
 
 
 def test_s3_gallery_is_served_through_the_view(api_server, emulator, run_dag, xcom, tmp_path, moto_aws_conn, bucket):
