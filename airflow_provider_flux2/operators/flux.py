@@ -283,8 +283,8 @@ class FluxGenerateImageOperator(BaseOperator):
         ``s3://bucket/key`` (sent presigned, through ``aws_conn_id``) or local files (sent inline,
         up to 4 MiB); each priced at its real size, read from its header while planning.
     :param colors: HEX colours (``#RRGGBB``) woven into the prompt.
-    :param num_inference_steps: flex only.
-    :param guidance_scale: flex only.
+    :param num_inference_steps: flex and klein only.
+    :param guidance_scale: flex and klein only.
     :param flux_conn_id: the ``flux2`` connection.
     :param output_uri: where images go: ``file:///abs/path`` or ``s3://bucket/prefix``.
     :param aws_conn_id: Airflow AWS connection for ``s3://`` (else boto3's default chain).
