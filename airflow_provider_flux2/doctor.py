@@ -573,9 +573,13 @@ def run_cli(args: Any, hook: Any, out: Callable[[str], None] = print) -> int:
         run_timeout=args.run_timeout,
         max_download_bytes=config.max_download_bytes,
     )
-    conn_id = getattr(config, "conn_id", None)
+    import os
+
+    from_env = bool(os.environ.get("FLUX2_API_KEY"))  # how ``flux2 generate`` finds its key, too
+    conn_id = None if from_env else getattr(config, "conn_id", None)
+    source = "key from FLUX2_API_KEY" if from_env else f"connection {conn_id}"
     out(
-        f"flux2 doctor: {doctor.base_url} (connection {conn_id}, model {doctor.model.model_id}, "
+        f"flux2 doctor: {doctor.base_url} ({source}, model {doctor.model.model_id}, "
         f"max spend ${usd(doctor.max_spend)})"
     )
     report = doctor.run(echo=lambda check: out(check.line()), conn_id=conn_id)

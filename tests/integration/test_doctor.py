@@ -262,6 +262,7 @@ def test_flux2_doctor_command_exits_1_on_a_deviation(proxy, tmp_path):
         timeout=120,
     )
     assert result.returncode == 1
+    assert "(key from FLUX2_API_KEY, model black-forest-labs/flux-2-pro" in result.stdout
     assert "FAIL cost" in result.stdout
     assert "1 deviation(s): cost" in result.stdout
     assert deviating.key not in result.stdout + result.stderr
