@@ -168,7 +168,8 @@ class Doctor:
     ) -> _Answer:
         """One call, bounded in time and bytes; a 429 waits its ``Retry-After`` (capped) and retries."""
         auth = protocol.auth_headers(key if key is not None else self._key, self._org)
-        for attempt in range(MAX_429_RETRIES + 1):
+        attempt = 0
+        while True:
             with client.stream(method, path, json=json_body, headers={**auth, **(headers or {})}) as response:
                 raw = b""
                 for chunk in response.iter_bytes():
@@ -181,13 +182,15 @@ class Doctor:
             except ValueError:
                 body = None
             answer = _Answer(response.status_code, response.headers, body, text)
-            if answer.status != 429 or attempt == MAX_429_RETRIES:
+            if answer.status != 429:
                 return answer
             retry_after = response.headers.get("retry-after")
             self.rate_limits.append((f"{method} {path}", retry_after))
+            if attempt == MAX_429_RETRIES:
+                return answer
             wait = protocol.parse_retry_after(retry_after)
             self._sleep(min(MAX_RETRY_AFTER_WAIT, wait if wait is not None else 2.0**attempt))
-        raise AssertionError("unreachable")  # pragma: no cover
+            attempt += 1
 
     def _affordable(self, amount: Decimal) -> bool:
         return self.committed + amount <= self.max_spend
@@ -214,14 +217,18 @@ class Doctor:
             if add(self._health(client)).status == "FAIL":
                 add(Check("stopped", "FAIL", "a reachable API", "the health check failed; nothing else was tried"))
             else:
-                for check in self._auth(client):
-                    add(check)
-                for variant in Variant:
-                    add(self._variant(client, variant))
-                add(self._validation(client))
-                for check in self._real_run(client):
-                    add(check)
-                add(self._batches(client))
+                try:
+                    for check in self._auth(client):
+                        add(check)
+                    for variant in Variant:
+                        add(self._variant(client, variant))
+                    add(self._validation(client))
+                    for check in self._real_run(client):
+                        add(check)
+                    add(self._batches(client))
+                except (httpx.HTTPError, FluxError) as error:  # the report still says what was seen
+                    seen = self._redact(f"{type(error).__name__}: {error}")
+                    add(Check("stopped", "FAIL", "an answer to every request, in time and bounded", seen))
                 add(self._retry_after())
         report.committed_usd = usd(self.committed)
         report.spent_usd = usd(self.spent)
@@ -276,7 +283,7 @@ class Doctor:
         if answer.status == 403:
             return Check(name, "WARN", expected, f"403 {answer.code}: this key may not use it", answer.request_id)
         if 200 <= answer.status < 300:
-            self._count_unplanned(answer.body)
+            self._count_unplanned()
         return Check(name, "FAIL", expected, f"{answer.status} {answer.code or _short(answer.text)}", answer.request_id)
 
     def _validation(self, client: httpx.Client) -> Check:
@@ -288,7 +295,7 @@ class Doctor:
         names_field = any("image_size" in [str(p) for p in loc] for loc in locs)
         seen = f"{answer.status} {answer.code} errors[].loc={locs or None}"
         if 200 <= answer.status < 300:
-            self._count_unplanned(answer.body)
+            self._count_unplanned()
             return Check("validation", "FAIL", expected, f"{seen}: a run was created", answer.request_id)
         if answer.status == 422 and names_field:
             return Check("validation", "PASS", expected, seen, answer.request_id)
@@ -296,7 +303,7 @@ class Doctor:
             seen += " (the field is not named: our errors fall back to the API's message)"
         return Check("validation", "FAIL", expected, seen, answer.request_id)
 
-    def _count_unplanned(self, body: Any) -> None:
+    def _count_unplanned(self) -> None:
         """A request that should have been refused created a run: assume it is billed."""
         self.committed += self.prices.price(self.model).cost(1)
 
@@ -464,7 +471,7 @@ class Doctor:
         if answer.status == 422 and any("model" in [str(p) for p in loc] for loc in locs):
             return Check("batches", "PASS", expected, seen + ": not for this model, single runs", answer.request_id)
         if 200 <= answer.status < 300:
-            self._count_unplanned(answer.body)
+            self._count_unplanned()
         return Check("batches", "FAIL", expected, seen, answer.request_id)
 
     def _retry_after(self) -> Check:
@@ -579,8 +586,7 @@ def run_cli(args: Any, hook: Any, out: Callable[[str], None] = print) -> int:
     conn_id = None if from_env else getattr(config, "conn_id", None)
     source = "key from FLUX2_API_KEY" if from_env else f"connection {conn_id}"
     out(
-        f"flux2 doctor: {doctor.base_url} ({source}, model {doctor.model.model_id}, "
-        f"max spend ${usd(doctor.max_spend)})"
+        f"flux2 doctor: {doctor.base_url} ({source}, model {doctor.model.model_id}, max spend ${usd(doctor.max_spend)})"
     )
     report = doctor.run(echo=lambda check: out(check.line()), conn_id=conn_id)
     out(format_report(report))

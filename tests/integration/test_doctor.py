@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import subprocess
@@ -31,7 +32,8 @@ def _ledger(emulator) -> list[dict[str, Any]]:
 
 
 def _doctor(base_url: str, key: str, **kwargs: Any) -> Doctor:
-    return Doctor(base_url=base_url, api_key=key, timeout=5, run_timeout=20, sleep=lambda _s: None, **kwargs)
+    settings: dict[str, Any] = {"timeout": 5, "run_timeout": 20, "sleep": lambda _s: None, **kwargs}
+    return Doctor(base_url=base_url, api_key=key, **settings)
 
 
 def _by_name(report) -> dict[str, Any]:
@@ -59,6 +61,8 @@ class DeviatingProxy:
             return JSONResponse({"code": "MODEL_NOT_FOUND", "message": "unknown model", "errors": None}, 404)
         if self.deviation == "no_batches" and path.endswith("/batches"):
             return JSONResponse({"detail": "Not Found"}, 404)
+        if self.deviation == "stall_batches" and path.endswith("/batches"):
+            await asyncio.sleep(3)  # longer than the doctor's timeout in that test
         async with httpx.AsyncClient(base_url=self.upstream, trust_env=False) as client:
             upstream = await client.request(
                 request.method, path, params=request.query_params, content=await request.body(), headers=headers
@@ -285,3 +289,12 @@ def test_url_ttl_reads_presigning_parameters_and_headers(url, headers, low, high
         assert ttl is not None and ttl >= low
     if high is not None:
         assert ttl is not None and ttl <= high
+
+
+def test_an_api_that_stops_answering_midway_is_reported_not_a_crash(proxy, emulator):
+    deviating, url = proxy
+    deviating.deviation = "stall_batches"
+    report = _doctor(url, deviating.key, timeout=0.5).run()
+    stopped = _by_name(report)["stopped"]
+    assert stopped.status == "FAIL" and "ReadTimeout" in stopped.seen
+    assert _by_name(report)["cost"].status == "PASS"  # what was seen before is kept
