@@ -130,3 +130,10 @@ def test_the_page_escapes_what_users_wrote():
     page = render_page([batch], spend_by_dag_day([batch]), days=7)
     assert "<script>" not in page
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page
+
+
+def test_the_view_reads_the_xcom_keys_the_operators_write():
+    from airflow_provider_flux2.operators import flux
+    from airflow_provider_flux2.ui import batches
+
+    assert (batches.XCOM_MANIFEST, batches.XCOM_GALLERY) == (flux.XCOM_MANIFEST, flux.XCOM_GALLERY)
