@@ -170,8 +170,14 @@ class ReferenceResolver:
 
         from airflow_provider_flux2.storage.s3 import client_kwargs_from_connection
 
-        # SigV4: the only signature every region (and MinIO) accepts for presigned URLs.
-        sigv4 = Config(signature_version="s3v4", retries={"mode": "standard"})
+        # SigV4: the only signature every region (and MinIO) accepts for presigned URLs. Bounded in
+        # time: planning must not hang on an unreachable store.
+        sigv4 = Config(
+            signature_version="s3v4",
+            retries={"mode": "standard", "max_attempts": 3},
+            connect_timeout=10,
+            read_timeout=30,
+        )
         if self.aws_conn_id is None:
             return boto3.session.Session().client("s3", config=sigv4)
         from airflow.sdk import BaseHook

@@ -58,7 +58,7 @@ from airflow_provider_flux2.emulator.wire import (
 from airflow_provider_flux2.exceptions import FluxValidationError
 from airflow_provider_flux2.models import MODEL_IDS, RunStatus, Variant, build_input, canonical_prompt
 from airflow_provider_flux2.protocol import MAX_BATCH_ITEMS, MAX_CLIENT_REF
-from airflow_provider_flux2.references import HEADER_BYTES, header_size, is_storage_reference
+from airflow_provider_flux2.references import HEADER_BYTES, MAX_HEADER_BYTES, header_size, is_storage_reference
 
 log = logging.getLogger(__name__)
 
@@ -754,12 +754,17 @@ async def _measure_references(spec: RunSpec, loc: list[Any]) -> None:
                 sizes.append(None)
                 continue
             shown = url.split("?", 1)[0]
-            try:
-                response = await client.get(url, headers={"Range": f"bytes=0-{HEADER_BYTES - 1}"})
+            head = b""
+            try:  # a ranged read; a server that ignores the range is cut off after the header's worth
+                async with client.stream("GET", url, headers={"Range": f"bytes=0-{HEADER_BYTES - 1}"}) as response:
+                    async for chunk in response.aiter_bytes():
+                        head += chunk
+                        if len(head) >= MAX_HEADER_BYTES:
+                            break
             except httpx.HTTPError as exc:
                 msg = f"a reference the API can fetch ({type(exc).__name__})"
                 raise _invalid([*loc, "image_urls", index], msg, shown) from None
-            size = header_size(response.content) if response.status_code in (200, 206) else None
+            size = header_size(head) if response.status_code in (200, 206) else None
             if size is None:
                 msg = f"a reference the API can fetch and read (HTTP {response.status_code})"
                 raise _invalid([*loc, "image_urls", index], msg, shown)
