@@ -277,11 +277,15 @@ def _spend_table(spend: list[dict[str, Any]]) -> str:
             f"<tr><td>{_e(row['day'])}</td><td>{_e(row['dag_id'])}</td><td class='n'>{row['runs']}</td>"
             f"<td class='n'>{row['images']}</td><td class='n {'bad' if row['failed'] else ''}'>{row['failed']}</td>"
             f"<td class='n'>{row['regenerated']}</td><td class='n'>${_e(row['cost_usd'])}</td>"
+            f"<td class='n muted'>${_e(row['regeneration_cost_usd'])}</td>"
+            f"<td class='n {'bad' if row['undelivered_cost_usd'] != '0.000' else 'muted'}'>"
+            f"${_e(row['undelivered_cost_usd'])}</td>"
             f"<td><span class='bar' style='width:{width}px'></span></td></tr>"
         )
     head = (
         "<tr><th>Day (UTC)</th><th>DAG</th><th class='n'>Runs</th><th class='n'>Images</th>"
-        "<th class='n'>Failed</th><th class='n'>Regenerated</th><th class='n'>Spent</th><th></th></tr>"
+        "<th class='n'>Failed</th><th class='n'>Regenerated</th><th class='n'>Spent</th>"
+        "<th class='n'>on regenerations</th><th class='n'>not delivered</th><th></th></tr>"
     )
     return f"<table>{head}{''.join(rows)}</table>"
 
@@ -326,7 +330,8 @@ def _link(href: str | None, text: str) -> str:
 def _failures_table(batches: list[Batch]) -> str:
     rows = []
     for batch, row in failure_rows(batches):
-        reason = row.get("failure_code") or ", ".join(row.get("failed_checks") or []) or ""
+        checks = ", ".join(row.get("failed_checks") or [])
+        reason = ": ".join(part for part in (row.get("failure_code"), checks) if part)
         if int(row.get("attempt") or 1) > 1:
             reason = f"regeneration #{int(row['attempt']) - 1}" + (f" · {reason}" if reason else "")
         prompt = str(row.get("prompt") or "")

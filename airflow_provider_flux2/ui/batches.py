@@ -28,6 +28,8 @@ XCOM_MANIFEST = "flux_manifest_uri"
 XCOM_GALLERY = "flux_gallery_url"
 GALLERY_HTML = "index.html"
 FAILED_OUTCOMES = ("failed", "failed_checks", "moderated", "dropped", "superseded")
+#: Paid for but not delivered: the "why" behind a night that cost more than its images.
+UNDELIVERED_OUTCOMES = ("failed_checks", "moderated", "dropped", "superseded")
 
 
 @dataclass
@@ -205,7 +207,9 @@ def load_manifests(batches: Iterable[Batch], cache: ManifestCache) -> list[Batch
 
 
 def spend_by_dag_day(batches: Iterable[Batch]) -> list[dict[str, Any]]:
-    """``[{dag_id, day, cost_usd, images, failed, regenerated, runs}]``, newest day first.
+    """``[{dag_id, day, cost_usd, regeneration_cost_usd, undelivered_cost_usd, images, failed,
+    regenerated, runs}]``, newest day first: what was spent, how much of it paid for regenerations,
+    and how much bought images that were not delivered (dropped, superseded, moderated).
 
     Each image counts once per DAG run, keyed by the API run that billed it (a publish manifest
     repeats its generate task's images): as its latest manifest says it ended, at the highest
@@ -229,6 +233,8 @@ def spend_by_dag_day(batches: Iterable[Batch]) -> list[dict[str, Any]]:
                 "dag_id": dag_id,
                 "day": day,
                 "cost": Decimal("0"),
+                "regeneration_cost": Decimal("0"),
+                "undelivered_cost": Decimal("0"),
                 "images": 0,
                 "failed": 0,
                 "regenerated": 0,
@@ -236,14 +242,26 @@ def spend_by_dag_day(batches: Iterable[Batch]) -> list[dict[str, Any]]:
             },
         )
         group["cost"] += cost
+        if int(row.get("attempt") or 1) > 1:
+            group["regeneration_cost"] += cost
+        if row.get("outcome") in UNDELIVERED_OUTCOMES:
+            group["undelivered_cost"] += cost
         group["images"] += 1
         group["failed"] += 1 if row.get("outcome") in FAILED_OUTCOMES else 0
         group["regenerated"] += 1 if int(row.get("attempt") or 1) > 1 else 0
         group["runs"].add(run_id)
     result = []
     for group in sorted(groups.values(), key=lambda g: (g["day"], g["dag_id"]), reverse=True):
-        cost = group.pop("cost")
-        result.append({**group, "cost_usd": usd(cost), "runs": len(group["runs"])})
+        money = {name: usd(group.pop(name)) for name in ("cost", "regeneration_cost", "undelivered_cost")}
+        result.append(
+            {
+                **group,
+                "cost_usd": money["cost"],
+                "regeneration_cost_usd": money["regeneration_cost"],
+                "undelivered_cost_usd": money["undelivered_cost"],
+                "runs": len(group["runs"]),
+            }
+        )
     return result
 
 

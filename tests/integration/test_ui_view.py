@@ -201,6 +201,7 @@ def test_view_lists_batches_spend_failures_and_serves_galleries(
     day = [row for row in data["spend"] if row["dag_id"] == "t_flux2_view_campaign"]
     assert sum(Decimal(row["cost_usd"]) for row in day) == billed  # the generate and publish manifests overlap
     assert sum(row["images"] for row in day) == 5 and sum(row["regenerated"] for row in day) == 1
+    assert [(row["regeneration_cost_usd"], row["undelivered_cost_usd"]) for row in day] == [("0.030", "0.060")]
     failures = [f for f in data["failures"] if f["run_id"] == dr.run_id]
     assert sorted((f["index"], f["attempt"], f["outcome"]) for f in failures) == [
         (1, 1, "superseded"),

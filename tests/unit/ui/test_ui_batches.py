@@ -50,6 +50,8 @@ def test_an_image_in_two_manifests_of_a_run_counts_once():
         "dag_id": "d",
         "day": "2026-03-02",
         "cost_usd": "0.120",
+        "regeneration_cost_usd": "0.030",
+        "undelivered_cost_usd": "0.060",  # the superseded image and the moderated one
         "images": 4,
         "failed": 2,
         "regenerated": 1,
