@@ -11,6 +11,13 @@ form the API can read:
 - a local file → a ``data:`` URI, up to :data:`MAX_INLINE_BYTES`; a larger file is refused before
   anything is sent, with the advice to put it in S3 (or shrink it).
 
+A presigned URL changes every time it is signed, and the API compares a repeated Idempotency-Key's
+body: a retry that re-sent an image with a freshly signed URL would get a 409 instead of a replay.
+So the resolver remembers the URLs it signed in the task's ``task_state_store`` (Airflow >= 3.3)
+and a re-plan — a resume, a retry after a crash between a submit and its record — sends the same
+URL again while it stays valid for at least :data:`REUSE_MIN_SECONDS` (or the task's timeout, if
+shorter). Local files need nothing of the kind: the same bytes make the same ``data:`` URI.
+
 Each reference is measured from its image header — a ranged read of the first bytes for a remote
 object, never a full download — so the plan prices it at its real megapixels rather than the 1 MP
 an unmeasurable ``http(s)`` URL is assumed to be. Problems (a missing object, a file that is not
@@ -24,7 +31,8 @@ import base64
 import dataclasses
 import io
 import mimetypes
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Protocol, TypeVar
@@ -48,6 +56,10 @@ MAX_HEADER_BYTES = 1024 * 1024
 PRESIGN_MARGIN = 3600
 #: SigV4 presigned URLs are valid for at most seven days.
 MAX_PRESIGN_SECONDS = 7 * 24 * 3600
+#: A remembered presigned URL is sent again while it stays valid at least this long.
+REUSE_MIN_SECONDS = 3600
+#: Where the signed URLs are remembered in ``task_state_store``.
+MEMORY_KEY = "flux/references"
 #: What a reference may be, for messages.
 REFERENCE_ALLOWED = "an http(s) URL, a data:image/ URI, s3://bucket/key, file:///absolute/path or an absolute path"
 
@@ -139,6 +151,9 @@ class ReferenceResolver:
         :data:`PRESIGN_MARGIN`, at most seven days.
     :param max_inline_bytes: largest local file sent as a ``data:`` URI.
     :param s3_client: a boto3 S3 client to use instead of making one.
+    :param memory: where signed URLs are remembered across re-plans: the task's
+        ``task_state_store`` (anything with ``get(key)`` and ``set(key, value)``); ``None``: not kept.
+    :param clock: seconds since the epoch (tests pass their own).
     """
 
     def __init__(
@@ -148,9 +163,14 @@ class ReferenceResolver:
         valid_for: float = 6 * 3600,
         max_inline_bytes: int = MAX_INLINE_BYTES,
         s3_client: Any = None,
+        memory: Any = None,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self.aws_conn_id = aws_conn_id
+        self.valid_for = valid_for
         self.expires_in = int(min(MAX_PRESIGN_SECONDS, valid_for + PRESIGN_MARGIN))
+        self.memory = memory
+        self.clock = clock
         self.max_inline_bytes = max_inline_bytes
         self._s3 = s3_client
         self._measured: dict[str, Reference] = {}
@@ -281,12 +301,7 @@ class ReferenceResolver:
             return self._wire[source]
         kind = self.measure(source, field).kind
         if kind == "s3":
-            from airflow_provider_flux2.storage.s3 import split_s3_uri
-
-            bucket, key = split_s3_uri(source)
-            url = self.s3.generate_presigned_url(
-                "get_object", Params={"Bucket": bucket, "Key": key}, ExpiresIn=self.expires_in
-            )
+            url = self._remembered(source) or self._presign(source)
         elif kind == "file":
             path = local_path(source)
             data = path.read_bytes()
@@ -299,6 +314,31 @@ class ReferenceResolver:
             url = source
         self._wire[source] = url
         return url
+
+    def _presign(self, source: str) -> str:
+        from airflow_provider_flux2.storage.s3 import split_s3_uri
+
+        bucket, key = split_s3_uri(source)
+        url = str(
+            self.s3.generate_presigned_url(
+                "get_object", Params={"Bucket": bucket, "Key": key}, ExpiresIn=self.expires_in
+            )
+        )
+        if self.memory is not None:
+            signed = dict(self.memory.get(MEMORY_KEY) or {})
+            signed[source] = {"url": url, "expires_at": self.clock() + self.expires_in}
+            self.memory.set(MEMORY_KEY, signed)
+        return url
+
+    def _remembered(self, source: str) -> str | None:
+        """The URL signed for ``source`` by an earlier plan of this task, while it is still good."""
+        if self.memory is None:
+            return None
+        entry = (self.memory.get(MEMORY_KEY) or {}).get(source)
+        if not isinstance(entry, dict) or not isinstance(entry.get("url"), str):
+            return None
+        left = float(entry.get("expires_at") or 0) - self.clock()
+        return entry["url"] if left >= min(self.valid_for, REUSE_MIN_SECONDS) else None
 
     def resolve(self, request: FluxInput) -> tuple[FluxInput, list[Reference]]:
         """The request to send (storage references made fetchable, every reference measured) and

@@ -424,7 +424,9 @@ class FluxGenerateImageOperator(BaseOperator):
         items = self._items()
         default_variant = resolve_variant(self.model) if self.model else self.hook.default_model
         identity = task_identity(context)
-        references = ReferenceResolver(aws_conn_id=self.aws_conn_id, valid_for=self.timeout)
+        references = ReferenceResolver(
+            aws_conn_id=self.aws_conn_id, valid_for=self.timeout, memory=context.get("task_state_store")
+        )
         images = []
         for index, (item, meta) in enumerate(items):
             variant = resolve_variant(item.pop("model", None) or default_variant)

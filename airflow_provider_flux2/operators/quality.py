@@ -170,7 +170,9 @@ class FluxQualityCheckOperator(BaseOperator):
         location = task_location(context)
         identity = task_identity(context)
         images: list[PlannedImage] = []
-        references = ReferenceResolver(aws_conn_id=self.aws_conn_id, valid_for=self.timeout)
+        references = ReferenceResolver(
+            aws_conn_id=self.aws_conn_id, valid_for=self.timeout, memory=context.get("task_state_store")
+        )
         for item in plan.items:
             variant, request = self.hook.build_request(item.model, prompt=item.prompt, **item.params)
             image = planned_image(identity, item.index, variant, request, item=f"{item.index}/{item.attempt}")

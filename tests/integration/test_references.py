@@ -30,6 +30,7 @@ class CountingClient:
         self.client = client
         self.ranges: list[str | None] = []
         self.bytes_read = 0
+        self.signed = 0
 
     def get_object(self, **kwargs):
         self.ranges.append(kwargs.get("Range"))
@@ -40,6 +41,7 @@ class CountingClient:
         return response
 
     def generate_presigned_url(self, *args, **kwargs):
+        self.signed += 1
         return self.client.generate_presigned_url(*args, **kwargs)
 
 
@@ -242,3 +244,57 @@ def test_flux2_estimate_refuses_a_missing_local_reference_before_pricing(tmp_pat
     assert result.returncode == 1
     assert "image_urls[0]" in result.stderr and "nope.jpg" in result.stderr
     assert result.stdout == ""
+
+
+# -- a re-plan sends the same presigned URL (so a repeated Idempotency-Key replays, not 409s) ----------
+
+
+class StateStore:
+    """What ReferenceResolver needs of Airflow's ``task_state_store``: ``get`` and ``set`` of JSON values."""
+
+    def __init__(self):
+        self.values: dict = {}
+
+    def get(self, key):
+        return self.values.get(key)
+
+    def set(self, key, value):
+        import json
+
+        self.values[key] = json.loads(json.dumps(value))  # stored as JSON, as the real store does
+
+
+def test_a_replan_resends_the_remembered_url_and_the_api_replays(emulator, moto_aws_conn, photo_in_s3):
+    from airflow_provider_flux2.exceptions import FluxConflictError
+    from airflow_provider_flux2.hooks.flux import FluxHook
+
+    uri, _ = photo_in_s3
+    request = build_input("pro", prompt="the dish, as a watercolour", image_urls=[uri], image_size="square")
+    store, hook, key = StateStore(), FluxHook(), "flux2-test-replan-key"
+    first, _ = ReferenceResolver(aws_conn_id=moto_aws_conn, memory=store).resolve(request)
+    run = hook.submit(first, model="pro", idempotency_key=key)
+    # The worker died before recording the run: the retry plans again, in a new process.
+    again, _ = ReferenceResolver(aws_conn_id=moto_aws_conn, memory=store).resolve(request)
+    assert again.image_urls == first.image_urls
+    assert hook.submit(again, model="pro", idempotency_key=key).id == run.id
+    assert len(emulator.ledger()["entries"]) <= 1  # replayed: never billed twice
+    # Without the memory, the URL is signed anew (later, so differently: here a different expiry stands
+    # in for the later signing time, within the same second) and the API refuses the changed body.
+    fresh, _ = ReferenceResolver(aws_conn_id=moto_aws_conn, valid_for=3 * 3600).resolve(request)
+    assert fresh.image_urls != first.image_urls
+    with pytest.raises(FluxConflictError):
+        hook.submit(fresh, model="pro", idempotency_key=key)
+
+
+def test_a_remembered_url_close_to_expiry_is_signed_again(s3_admin, photo_in_s3):
+    uri, _ = photo_in_s3
+    client, store, now = CountingClient(s3_admin), StateStore(), [1_000_000.0]
+    url = ReferenceResolver(s3_client=client, memory=store, clock=lambda: now[0]).wire_url(uri)
+    assert store.values["flux/references"][uri] == {"url": url, "expires_at": now[0] + 6 * 3600 + PRESIGN_MARGIN}
+    now[0] += 6 * 3600  # an hour of validity left: still sent again
+    assert ReferenceResolver(s3_client=client, memory=store, clock=lambda: now[0]).wire_url(uri) == url
+    assert client.signed == 1
+    now[0] += 1  # less than an hour left: a new signature
+    ReferenceResolver(s3_client=client, memory=store, clock=lambda: now[0]).wire_url(uri)
+    assert client.signed == 2
+    assert store.values["flux/references"][uri]["expires_at"] == now[0] + 6 * 3600 + PRESIGN_MARGIN
