@@ -28,6 +28,7 @@ an image) are :class:`~airflow_provider_flux2.exceptions.FluxValidationError` na
 from __future__ import annotations
 
 import base64
+import contextlib
 import dataclasses
 import io
 import mimetypes
@@ -222,7 +223,8 @@ class ReferenceResolver:
         while True:
             try:
                 response = self.s3.get_object(Bucket=bucket, Key=key, Range=f"bytes=0-{wanted - 1}")
-                data = response["Body"].read(wanted)
+                with contextlib.closing(response["Body"]) as body:
+                    data = body.read(wanted)
             except ClientError as error:
                 code = str(error.response.get("Error", {}).get("Code", ""))
                 problem = "no such object" if code in ("NoSuchKey", "404", "NotFound") else f"S3 says {code}"
