@@ -169,6 +169,8 @@ def _campaign(tmp_path: Path, dag_id: str = "t_flux2_view_campaign") -> DAG:
     return dag
 
 
+@pytest.mark.browser
+@pytest.mark.slow
 def test_view_lists_batches_spend_failures_and_serves_galleries(
     api_server, emulator, run_dag, xcom, tmp_path, monkeypatch
 ):
