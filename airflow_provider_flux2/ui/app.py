@@ -244,6 +244,7 @@ def render_page(batches: list[Batch], spend: list[dict[str, Any]], *, days: int)
         "<h1>FLUX 2 — spend and batches</h1>",
         f"<p class='sub'>The last {days} day(s), from the manifests of the batches Airflow recorded "
         "(generate and publish tasks, and their asset events). Each image counts once, at what the API billed.</p>",
+        _periods(days),
         "<div class='kpis'>",
         _kpi(f"${total}", "spent"),
         _kpi(str(images), "images billed or attempted"),
@@ -260,6 +261,20 @@ def render_page(batches: list[Batch], spend: list[dict[str, Any]], *, days: int)
         "</body></html>",
     ]
     return "".join(parts)
+
+
+def _periods(days: int) -> str:
+    """Links to other periods (the page keeps no state: the period is in the URL)."""
+    links = []
+    for choice, label in ((1, "last day"), (7, "7 days"), (14, "14 days"), (30, "30 days"), (90, "90 days")):
+        style = "font-weight:600" if choice == days else ""
+        links.append(f"<a href='?days={choice}' style='{style}'>{label}</a>")
+    return f"<p class='sub'>{' · '.join(links)}</p>"
+
+
+def _run_page(batch: Batch) -> str:
+    """The DAG run in the Airflow UI (opened in the whole window, not in the view's frame)."""
+    return f"/dags/{quote(batch.dag_id, safe='')}/runs/{quote(batch.run_id, safe='')}"
 
 
 def _kpi(value: str, label: str, *, bad: bool = False) -> str:
@@ -309,7 +324,7 @@ def _batches_table(batches: list[Batch]) -> str:
         )
         rows.append(
             f"<tr><td>{_e(batch.at.strftime('%Y-%m-%d %H:%M'))}</td><td>{_e(where)}<br>"
-            f"<span class='muted'>{_e(batch.run_id)}</span>"
+            f"<a class='muted' href='{_e(_run_page(batch))}' target='_top'>{_e(batch.run_id)}</a>"
             + (f"<br><span class='muted'>asset {_e(batch.asset)}</span>" if batch.asset else "")
             + f"</td><td>{_e(summary.get('model') or '—')}</td><td class='n'>{_e(summary.get('count', '—'))}</td>"
             f"<td>{outcome}</td><td class='n'>${_e(summary.get('total_cost_usd', '0.000'))}"

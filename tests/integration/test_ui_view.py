@@ -239,6 +239,9 @@ def test_view_lists_batches_spend_failures_and_serves_galleries(
             text = page.inner_text("body")
             assert "Spend per DAG per day" in text and "t_flux2_view_campaign" in text
             assert "regeneration #1" in text and "moderated" in text
+            run_link = page.locator(f"a[href='/dags/t_flux2_view_campaign/runs/{quote(dr.run_id, safe='')}']")
+            assert run_link.count() == 2  # the generate batch and the publish batch of that run
+            assert page.locator("a[href='?days=1']").inner_text() == "last day"
             page.screenshot(path=str(shots / "flux2-view.png"), full_page=True)
             with page.expect_popup() as popup:
                 page.locator(f"a[href*='{quote(str(path_of(gallery)))}']").first.click()
