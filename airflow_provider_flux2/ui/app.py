@@ -317,6 +317,8 @@ def _batches_table(batches: list[Batch]) -> str:
         outcome = (
             f"<span class='bad'>{_e(batch.error)}</span>"
             if batch.error
+            else "<span class='muted'>in progress (no manifest yet)</span>"
+            if not batch.manifest_uri
             else f"{_e(summary.get('passed', '—'))} passed · "
             f"<span class='{'bad' if summary.get('failed') or summary.get('dropped') else ''}'>"
             f"{_e(summary.get('failed', 0))} failed · {_e(summary.get('dropped', 0))} dropped</span> · "

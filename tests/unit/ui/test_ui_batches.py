@@ -139,3 +139,11 @@ def test_the_view_reads_the_xcom_keys_the_operators_write():
     from airflow_provider_flux2.ui import batches
 
     assert (batches.XCOM_MANIFEST, batches.XCOM_GALLERY) == (flux.XCOM_MANIFEST, flux.XCOM_GALLERY)
+
+
+def test_a_batch_without_a_manifest_yet_is_shown_in_progress():
+    batch = _batch("generate", [])
+    batch.manifest_uri = None
+    page = render_page([batch], [], days=1)
+    assert "in progress (no manifest yet)" in page
+    assert "/flux2/files/out/d/r1/generate/index.html" in page  # its folder's gallery, once written
