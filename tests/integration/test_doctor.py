@@ -298,3 +298,12 @@ def test_an_api_that_stops_answering_midway_is_reported_not_a_crash(proxy, emula
     stopped = _by_name(report)["stopped"]
     assert stopped.status == "FAIL" and "ReadTimeout" in stopped.seen
     assert _by_name(report)["cost"].status == "PASS"  # what was seen before is kept
+
+
+def test_max_spend_zero_runs_only_the_free_checks(emulator):
+    report = _doctor(emulator.base_url, emulator.api_key, max_spend=Decimal("0")).run()
+    statuses = {check.name: check.status for check in report.checks}
+    assert statuses["run"] == statuses["idempotency"] == "SKIP"
+    assert statuses["validation"] == statuses["batches"] == statuses["auth: bad key"] == "PASS"
+    assert report.passed and report.committed_usd == "0.000"
+    assert _ledger(emulator) == []
