@@ -68,13 +68,27 @@ def _aws_conn_id() -> str | None:
 def create_app() -> Any:
     """The FastAPI sub-application (built when the API server loads the plugin)."""
     from fastapi import Depends, FastAPI, HTTPException, Query
-    from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, RedirectResponse, Response
+    from fastapi.responses import (
+        FileResponse,
+        HTMLResponse,
+        JSONResponse,
+        RedirectResponse,
+        Response,
+        StreamingResponse,
+    )
 
     from airflow_provider_flux2.storage import uri_reader
 
     app = FastAPI(title="FLUX 2 (Runflow)", docs_url=None, redoc_url=None, openapi_url=None)
     cache = ManifestCache(uri_reader(aws_conn_id=_aws_conn_id()))
-    s3_read = uri_reader(aws_conn_id=_aws_conn_id())
+    clients: dict[str, Any] = {}
+
+    def s3_client(bucket: str) -> Any:
+        if bucket not in clients:
+            from airflow_provider_flux2.storage.s3 import S3Publisher
+
+            clients[bucket] = S3Publisher(f"s3://{bucket}", aws_conn_id=_aws_conn_id()).client
+        return clients[bucket]
 
     @app.get("/icon.svg")
     def icon() -> Response:
@@ -155,12 +169,17 @@ def create_app() -> Any:
         batch = _s3_batch(uri, find_batches(dag_ids=dag_ids, limit=FILE_LOOKUP))
         if batch is None or not _servable(PurePosixPath(key)) or ".." in PurePosixPath(key).parts:
             raise HTTPException(status_code=404, detail="Not a file of a batch you may read")
-        try:
-            data = s3_read(uri)
+        try:  # streamed: a 16 MP PNG is not held in the API server's memory
+            stored = s3_client(bucket).get_object(Bucket=bucket, Key=key)
         except Exception:  # any storage error is a missing file to the browser
             raise HTTPException(status_code=404, detail="No such object") from None
-        headers = {"Content-Security-Policy": CSP, "X-Content-Type-Options": "nosniff"}
-        return Response(data, media_type=_media_type(key), headers=headers)
+        headers = {
+            "Content-Security-Policy": CSP,
+            "X-Content-Type-Options": "nosniff",
+            "Content-Length": str(stored["ContentLength"]),
+        }
+        body = stored["Body"].iter_chunks(chunk_size=256 * 1024)
+        return StreamingResponse(body, media_type=_media_type(key), headers=headers)
 
     return app
 
