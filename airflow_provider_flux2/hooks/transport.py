@@ -81,12 +81,23 @@ class _SyncBackend(httpcore.NetworkBackend):
     def __init__(self, inner: httpcore.NetworkBackend) -> None:
         self._inner = inner
 
-    def connect_tcp(self, host: str, port: int, timeout: float | None = None, **kwargs: Any) -> Any:
-        stream = self._inner.connect_tcp(host, port, _clamp(timeout, httpcore.ConnectTimeout), **kwargs)
-        return _SyncStream(stream)
+    def connect_tcp(
+        self,
+        host: str,
+        port: int,
+        timeout: float | None = None,
+        local_address: str | None = None,
+        socket_options: Any = None,
+    ) -> httpcore.NetworkStream:
+        clamped = _clamp(timeout, httpcore.ConnectTimeout)
+        return _SyncStream(self._inner.connect_tcp(host, port, clamped, local_address, socket_options))
 
-    def connect_unix_socket(self, path: str, timeout: float | None = None, **kwargs: Any) -> Any:
-        return _SyncStream(self._inner.connect_unix_socket(path, _clamp(timeout, httpcore.ConnectTimeout), **kwargs))
+    def connect_unix_socket(
+        self, path: str, timeout: float | None = None, socket_options: Any = None
+    ) -> httpcore.NetworkStream:
+        return _SyncStream(
+            self._inner.connect_unix_socket(path, _clamp(timeout, httpcore.ConnectTimeout), socket_options)
+        )
 
     def sleep(self, seconds: float) -> None:
         self._inner.sleep(seconds)
@@ -119,13 +130,22 @@ class _AsyncBackend(httpcore.AsyncNetworkBackend):
     def __init__(self, inner: httpcore.AsyncNetworkBackend) -> None:
         self._inner = inner
 
-    async def connect_tcp(self, host: str, port: int, timeout: float | None = None, **kwargs: Any) -> Any:
-        stream = await self._inner.connect_tcp(host, port, _clamp(timeout, httpcore.ConnectTimeout), **kwargs)
-        return _AsyncStream(stream)
+    async def connect_tcp(
+        self,
+        host: str,
+        port: int,
+        timeout: float | None = None,
+        local_address: str | None = None,
+        socket_options: Any = None,
+    ) -> httpcore.AsyncNetworkStream:
+        clamped = _clamp(timeout, httpcore.ConnectTimeout)
+        return _AsyncStream(await self._inner.connect_tcp(host, port, clamped, local_address, socket_options))
 
-    async def connect_unix_socket(self, path: str, timeout: float | None = None, **kwargs: Any) -> Any:
-        stream = await self._inner.connect_unix_socket(path, _clamp(timeout, httpcore.ConnectTimeout), **kwargs)
-        return _AsyncStream(stream)
+    async def connect_unix_socket(
+        self, path: str, timeout: float | None = None, socket_options: Any = None
+    ) -> httpcore.AsyncNetworkStream:
+        clamped = _clamp(timeout, httpcore.ConnectTimeout)
+        return _AsyncStream(await self._inner.connect_unix_socket(path, clamped, socket_options))
 
     async def sleep(self, seconds: float) -> None:
         await self._inner.sleep(seconds)

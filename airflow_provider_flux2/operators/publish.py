@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import Asset, BaseOperator
 
+from airflow_provider_flux2.arguments import check_operator_arguments
 from airflow_provider_flux2.exceptions import FluxValidationError
 from airflow_provider_flux2.hooks.flux import FluxHook
 from airflow_provider_flux2.models import records_from_xcom
@@ -88,8 +89,10 @@ class FluxPublishOperator(BaseOperator):
         self.asset = asset
         self.flux_conn_id = flux_conn_id
         self.title = title
+        check_operator_arguments(self)  # typed errors for bad arguments (templated ones: again in execute)
 
     def execute(self, context: Context) -> dict[str, Any]:
+        check_operator_arguments(self, rendered=True)
         batch = records_from_xcom(self.records)
         publisher = publisher_for(self.destination_uri, aws_conn_id=self.aws_conn_id)
         location = task_location(context)
