@@ -29,15 +29,14 @@ _DIGITS = re.compile(r"^\d+$")
 def _emulator(args: argparse.Namespace) -> int:
     from airflow_provider_flux2.emulator import serve
 
-    _emulator_flags(args)
-
+    port, time_scale, url_ttl = _emulator_flags(args)
     serve(
         host=args.host,
-        port=args.port,
+        port=port,
         profile=args.profile,
         api_key=args.api_key,
-        time_scale=args.time_scale,
-        url_ttl=args.url_ttl,
+        time_scale=time_scale,
+        url_ttl=url_ttl,
         port_file=args.port_file,
     )
     return 0

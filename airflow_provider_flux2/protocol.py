@@ -66,6 +66,7 @@ class ApiRequest:
     json: dict[str, Any] | None = None
     headers: dict[str, str] = field(default_factory=dict)
     run_id: str | None = None  # the run this request is about, named in errors
+    list_ok: bool = False  # whether the answer may be a JSON list (batch items) rather than an object
 
     def url(self, base_url: str) -> str:
         if "://" in self.path:  # an absolute URL (output downloads)
@@ -180,7 +181,7 @@ def get_batch(batch_id: str) -> ApiRequest:
 
 
 def get_batch_items(batch_id: str) -> ApiRequest:
-    return ApiRequest("GET", f"/v1/batches/{batch_id}/items")
+    return ApiRequest("GET", f"/v1/batches/{batch_id}/items", list_ok=True)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -217,7 +218,7 @@ def _json(body: bytes | str | None) -> Any:
         return None
     try:
         return json.loads(body)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):
         return None
 
 
@@ -234,7 +235,7 @@ def error_from_response(
     ``secrets`` (the API key) are redacted from everything the server sent before it is read.
     """
     body, headers = redact(body, secrets), redact_headers(headers, secrets)
-    data = _json(body)
+    data = redact(_json(body), secrets)  # again once parsed: JSON may spell the key with \u escapes
     envelope = data if isinstance(data, dict) else {}
     code = envelope.get("code")
     message = envelope.get("message")
@@ -282,7 +283,8 @@ def _api_validation_error(
     for err in errors if isinstance(errors, list) else []:
         if not isinstance(err, dict):
             continue
-        loc = [str(p) for p in err.get("loc") or []]
+        raw_loc = err.get("loc")
+        loc = [str(p) for p in raw_loc] if isinstance(raw_loc, list) else ([str(raw_loc)] if raw_loc else [])
         if loc and loc[0] == "input":
             loc = loc[1:]
         details.append({"field": ".".join(loc) or "input", "value": err.get("input"), "allowed": err.get("msg")})
@@ -306,6 +308,7 @@ def check_response(
     *,
     run_id: str | None = None,
     secrets: Sequence[str] = (),
+    list_ok: bool = True,
 ) -> Any:
     """Return the decoded JSON of a 2xx response; raise the typed error for anything else.
 
@@ -320,7 +323,7 @@ def check_response(
     request_id = request_id_of(headers)
     raw = body.encode() if isinstance(body, str) else (body or b"")
     data = redact(parse_json_body(raw, request_id=request_id, status=status, run_id=run_id), secrets)
-    if not isinstance(data, (dict, list)):
+    if not isinstance(data, dict) and not (list_ok and isinstance(data, list)):
         raise FluxAPIError(
             status_code=status,
             code="BAD_RESPONSE",

@@ -237,6 +237,7 @@ class FluxHook(BaseHook):
 
     @staticmethod
     def _client_kwargs(config: FluxConnectionConfig) -> dict[str, Any]:
+        transport.register_secret(config.api_key)
         return {
             "base_url": config.base_url,
             "headers": {
@@ -314,7 +315,12 @@ class FluxHook(BaseHook):
 
     def _checked(self, response: httpx.Response, body: bytes, request: protocol.ApiRequest) -> Any:
         return protocol.check_response(
-            response.status_code, response.headers, body, run_id=request.run_id, secrets=self.config.secrets
+            response.status_code,
+            response.headers,
+            body,
+            run_id=request.run_id,
+            secrets=self.config.secrets,
+            list_ok=request.list_ok,
         )
 
     def _body_error(self, response: httpx.Response, error: Exception) -> FluxAPIError:

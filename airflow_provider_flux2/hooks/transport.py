@@ -14,6 +14,7 @@ gzip bomb stops at the cap instead of expanding in memory.
 from __future__ import annotations
 
 import contextlib
+import logging
 import time
 from collections.abc import AsyncIterator, Iterator
 from contextvars import ContextVar
@@ -23,6 +24,44 @@ import httpcore
 import httpx
 
 from airflow_provider_flux2 import protocol
+
+#: httpx's and httpcore's loggers: at DEBUG they print response headers, which a hostile server fills.
+_HTTP_LOGGERS = (
+    "httpx",
+    "httpcore.connection",
+    "httpcore.http11",
+    "httpcore.http2",
+    "httpcore.proxy",
+    "httpcore.socks",
+)
+_SECRETS: set[str] = set()
+
+
+class _RedactingFilter(logging.Filter):
+    """Redact registered keys from httpx/httpcore log records (their DEBUG lines quote headers)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if _SECRETS:
+            text = record.getMessage()
+            redacted = protocol.redact(text, tuple(_SECRETS))
+            if redacted != text:
+                record.msg, record.args = redacted, ()
+        return True
+
+
+_FILTER = _RedactingFilter()
+
+
+def register_secret(secret: str) -> None:
+    """Keep ``secret`` out of httpx's and httpcore's log lines in this process."""
+    if not secret:
+        return
+    _SECRETS.add(secret)
+    for name in _HTTP_LOGGERS:
+        logger = logging.getLogger(name)
+        if _FILTER not in logger.filters:
+            logger.addFilter(_FILTER)
+
 
 #: ``time.monotonic()`` by which the current exchange must be over; ``None`` when unbounded.
 _DEADLINE: ContextVar[float | None] = ContextVar("flux2_exchange_deadline", default=None)
