@@ -23,7 +23,9 @@ _BUCKET = re.compile(r"^[a-z0-9][a-z0-9.\-_]{1,61}[a-z0-9]$")
 
 
 def is_templated(value: Any) -> bool:
-    """Whether ``value`` still holds Jinja (rendered later, checked then)."""
+    """Whether ``value`` is known only at run time: Jinja, or an XComArg or other lazy object."""
+    if not isinstance(value, (str, int, float, Decimal, list, tuple, dict)):
+        return True
     if isinstance(value, str):
         return "{{" in value or "{%" in value
     if isinstance(value, (list, tuple)):

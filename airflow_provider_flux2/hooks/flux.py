@@ -673,7 +673,7 @@ class FluxHook(BaseHook):
                     raise FluxImageError(
                         f"Refused to download {protocol.url_for_humans(current)} ({what}): {problem}", run_id=run_id
                     )
-                with self._download_client.stream("GET", current) as response:
+                with self._download_stream(current, url, run_id) as response:
                     if response.is_redirect:
                         location = response.headers.get("location", "")
                         current = urljoin(current, location)
@@ -703,6 +703,18 @@ class FluxHook(BaseHook):
             f"Too many redirects (more than {config.max_redirects}) downloading {protocol.url_for_humans(url)}",
             run_id=run_id,
         )
+
+    @contextlib.contextmanager
+    def _download_stream(self, current: str, first: str, run_id: str) -> Iterator[httpx.Response]:
+        """``GET current``; a redirect whose ``Location`` httpx cannot even parse is our error."""
+        try:
+            with self._download_client.stream("GET", current) as response:
+                yield response
+        except httpx.InvalidURL as error:
+            raise FluxImageError(
+                f"Refused to download {protocol.url_for_humans(first)}: a redirect to an invalid URL ({error})",
+                run_id=run_id,
+            ) from None
 
     def generate(
         self,
@@ -811,6 +823,9 @@ def verify_image(
         raise FluxImageError(f"Expected a {want} image, got {found_format}", run_id=run_id)
     if size != (width, height):
         raise FluxImageError(f"Expected {width}x{height}, got {size[0]}x{size[1]}", run_id=run_id)
+    limit = Image.MAX_IMAGE_PIXELS
+    if limit is not None and width * height > limit:
+        raise FluxImageError(f"{width}x{height} is more pixels than Pillow's limit ({limit})", run_id=run_id)
     try:
         with Image.open(io.BytesIO(data)) as image:
             image.verify()
@@ -830,22 +845,25 @@ def verify_image(
 
 
 def _header_of(data: bytes, run_id: str | None) -> tuple[str | None, tuple[int, int]]:
-    """Format and size from the image header alone (nothing decoded), within Pillow's pixel limit."""
+    """Format and size from the image header alone (nothing decoded).
+
+    Pillow refuses a header of more than twice its pixel limit here; a size between the limit and
+    twice it is returned, to be compared with the size asked for (which is always far below it).
+    """
     try:
         with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # the size check below decides
             with Image.open(io.BytesIO(data)) as image:
-                found, size = image.format, image.size
-    except Exception as error:  # UnidentifiedImageError, a truncated header's struct.error/EOFError, bombs
+                return image.format, image.size
+    except Image.DecompressionBombError as error:
+        raise FluxImageError(
+            f"Image header declares more pixels than Pillow's limit ({Image.MAX_IMAGE_PIXELS}): {error}",
+            run_id=run_id,
+        ) from None
+    except Exception as error:  # UnidentifiedImageError, a truncated header's struct.error/EOFError...
         raise FluxImageError(
             f"Downloaded bytes are not a readable image ({type(error).__name__}: {str(error)[:200]})", run_id=run_id
         ) from None
-    limit = Image.MAX_IMAGE_PIXELS
-    if limit is not None and size[0] * size[1] > limit:
-        raise FluxImageError(
-            f"Image header declares {size[0]}x{size[1]}, more pixels than Pillow's limit ({limit})", run_id=run_id
-        )
-    return found, size
 
 
 @contextlib.contextmanager

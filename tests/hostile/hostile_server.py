@@ -9,6 +9,7 @@ meets a dripping server on every call). Every behaviour that can, echoes the req
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import gzip
 import io
@@ -82,6 +83,16 @@ def png_of(width: int, height: int, *, rgb: bool = True) -> bytes:
     row = bytes(1 + width * channels)
     idat = b"".join([*(compressor.compress(row) for _ in range(height)), compressor.flush()])
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 2 if rgb else 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", ihdr) + _png_chunk(b"IDAT", idat) + _png_chunk(b"IEND", b"")
+
+
+@functools.cache
+def png_bilevel(width: int, height: int) -> bytes:
+    """A valid 1-bit PNG: many pixels in few bytes (a decompression bomb by pixel count)."""
+    compressor = zlib.compressobj(6)
+    row = bytes(1 + (width + 7) // 8)
+    idat = b"".join([*(compressor.compress(row) for _ in range(height)), compressor.flush()])
+    ihdr = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)
     return b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", ihdr) + _png_chunk(b"IDAT", idat) + _png_chunk(b"IEND", b"")
 
 
@@ -394,7 +405,7 @@ _image("img-garbage", lambda: b"\x00\x01 not an image at all" * 10)
 _image("img-truncated-header", lambda: png_header_only(512, 512)[:20])
 _image("img-header-only", lambda: png_header_only(512, 512))
 _image("img-100mp", lambda: png_of(10000, 10000))
-_image("img-over-pillow-limit", lambda: png_header_only(20000, 20000))
+_image("img-over-pillow-limit", lambda: png_bilevel(20000, 20000))
 _image("img-way-over-limit", lambda: png_header_only(60000, 60000))
 _image("img-wrong-size", lambda: png_of(640, 480))
 _image("img-gzip-bomb", gzip_bomb, "image/png", **{"Content-Encoding": "gzip"})
@@ -488,7 +499,8 @@ class HostileServer:
         return f"{self.base}/s/{scenario_name}{path}"
 
     def start(self) -> HostileServer:
-        gzip_bomb(), deflate_bomb(), png_of(10000, 10000), small_png()  # built before the first request
+        # Built before the first request, so no case waits for them.
+        gzip_bomb(), deflate_bomb(), png_of(10000, 10000), png_bilevel(20000, 20000), small_png()
         self._thread.start()
         self._server = asyncio.run_coroutine_threadsafe(
             asyncio.start_server(self._handle, "127.0.0.1", 0, limit=1 << 20), self.loop
@@ -535,7 +547,5 @@ class HostileServer:
         except asyncio.CancelledError:
             pass
         finally:
-            try:
+            with contextlib.suppress(RuntimeError):
                 writer.close()
-            except RuntimeError:
-                pass

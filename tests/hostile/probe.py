@@ -67,7 +67,7 @@ def _child(request: dict[str, Any], out: int) -> None:
     logging.getLogger().addHandler(handler)
     logging.getLogger().setLevel(logging.DEBUG)
     # Everything written to fd 1 and 2 (print, structlog's console, C libraries) is captured.
-    capture = tempfile.TemporaryFile()
+    capture = tempfile.TemporaryFile()  # noqa: SIM115 - lives as long as the child
     os.dup2(capture.fileno(), 1)
     os.dup2(capture.fileno(), 2)
     result: dict[str, Any] = {}
