@@ -54,13 +54,14 @@ def check_seconds(name: str, value: Any, *, allow_zero: bool = False, high: floa
     return number
 
 
-def check_output_uri(value: Any, name: str = "output_uri") -> str | None:
+def check_output_uri(value: Any, name: str = "output_uri", *, unless_templated: bool = False) -> Any:
     """``None`` (the default location), ``file:///abs``, an absolute path or ``s3://bucket[/prefix]``.
 
     A relative path is refused: it would be resolved against whatever directory the worker runs in.
+    With ``unless_templated``, a value known only at run time is returned unchecked.
     """
-    if value is None:
-        return None
+    if value is None or (unless_templated and is_templated(value)):
+        return value
     if not isinstance(value, str) or not value.strip():
         raise FluxValidationError(field=name, value=value, allowed=OUTPUT_URI_ALLOWED)
     if value.startswith("s3://"):

@@ -525,15 +525,12 @@ class FluxHook(BaseHook):
         if not prepared:
             raise FluxValidationError(field="entries", value=[], allowed="at least one image to submit")
         if use_batch_endpoint and len(prepared) > 1:
+            # Built outside the ``try``: a batch we refuse to build (over 100 items) is not "unsupported".
+            batch_request = protocol.create_batch(
+                variant, [(e.request, e.client_ref) for e in prepared], idempotency_key=batch_key, metadata=metadata
+            )
             try:
-                data = self._call(
-                    protocol.create_batch(
-                        variant,
-                        [(e.request, e.client_ref) for e in prepared],
-                        idempotency_key=batch_key,
-                        metadata=metadata,
-                    )
-                )
+                data = self._call(batch_request)
             except FluxValidationError as error:
                 if _points_at_item(error):
                     raise

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import Asset, BaseOperator
 
-from airflow_provider_flux2.arguments import check_operator_arguments
+from airflow_provider_flux2.arguments import check_operator_arguments, check_output_uri
 from airflow_provider_flux2.exceptions import FluxValidationError
 from airflow_provider_flux2.hooks.flux import FluxHook
 from airflow_provider_flux2.models import records_from_xcom
@@ -77,6 +77,7 @@ class FluxPublishOperator(BaseOperator):
             raise FluxValidationError(
                 field="destination_uri", value=None, allowed="file:///absolute/path or s3://bucket/prefix"
             )
+        check_output_uri(destination_uri, "destination_uri", unless_templated=True)  # before the asset reads it
         if asset is None and isinstance(destination_uri, str) and "{{" not in destination_uri:
             asset = destination_asset(destination_uri)
         if asset is not None:
@@ -89,7 +90,6 @@ class FluxPublishOperator(BaseOperator):
         self.asset = asset
         self.flux_conn_id = flux_conn_id
         self.title = title
-        check_operator_arguments(self)  # typed errors for bad arguments (templated ones: again in execute)
 
     def execute(self, context: Context) -> dict[str, Any]:
         check_operator_arguments(self, rendered=True)

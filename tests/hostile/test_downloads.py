@@ -106,4 +106,4 @@ def test_a_download_has_a_total_deadline(probe, hostile, scenario):
 def test_a_download_error_names_no_signature_and_no_key(probe, hostile):
     outcome = fetch(probe, hostile, hostile.url("img-echo-500", "/a.png?X-Amz-Signature=s3cr3t"))
     outcome.raised("FluxServerError", "auth was absent").bounded(2.0).no_secret()
-    assert "s3cr3t" not in outcome.everything().replace("s3cr3t\\\"", "")  # not even in the logs' URLs
+    assert "s3cr3t" not in outcome.everything().replace('s3cr3t\\"', "")  # not even in the logs' URLs
