@@ -9,6 +9,7 @@ exceptions' own text.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import time
@@ -61,10 +62,8 @@ def _rows_with_the_key() -> list[str]:
                     if isinstance(value, (bytes, bytearray, memoryview)):
                         raw = bytes(value)
                         texts.append(raw)
-                        try:
+                        with contextlib.suppress(zlib.error):
                             texts.append(zlib.decompress(raw))
-                        except zlib.error:
-                            pass
                     if any(needle in text for text in texts for needle in NEEDLES):
                         found.append(f"{table.name}.{column.name}")
     return found
