@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import json
 import zlib
 from decimal import Decimal
 
@@ -35,7 +36,8 @@ def test_an_error_body_that_spells_the_key_with_json_escapes_is_redacted_once_pa
 
 
 def test_a_422_echo_is_redacted_in_every_detail():
-    body = f'{{"code": "VALIDATION_ERROR", "message": "{KEY}", "errors": [{{"loc": ["input", "prompt"], "msg": "{KEY}", "input": "{KEY}"}}]}}'
+    errors = [{"loc": ["input", "prompt"], "msg": KEY, "input": KEY}]
+    body = json.dumps({"code": "VALIDATION_ERROR", "message": KEY, "errors": errors})
     error = protocol.error_from_response(422, {}, body.encode(), secrets=[KEY])
     assert isinstance(error, FluxValidationError)
     assert KEY not in repr(error.details) and KEY not in str(error) and KEY not in str(error.value)
