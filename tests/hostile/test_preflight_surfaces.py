@@ -70,8 +70,7 @@ GENERATE_ARGUMENTS = [
 
 
 @pytest.mark.parametrize(("name", "value"), GENERATE_ARGUMENTS, ids=[f"{n}={v!r}"[:50] for n, v in GENERATE_ARGUMENTS])
-def test_generate_operator_refuses_a_bad_argument_when_constructed(probe, name, value):
-    value = None if value == "NONE" else value
+def test_generate_operator_refuses_a_bad_argument_when_constructed(probe, nothing_created, name, value):
     outcome = probe.run("operator", group=OPERATOR, kind="generate", prompt="a cup", **{name: value})
     field = "budget_usd" if name == "budget_usd" else name
     outcome.raised("FluxValidationError", field).bounded(2.0)
@@ -91,7 +90,7 @@ def test_generate_operator_refuses_a_bad_argument_when_constructed(probe, name, 
         ("publish", {"records": [], "output_uri": "sftp://host/x"}, "destination_uri"),
     ],
 )
-def test_quality_and_publish_operators_refuse_bad_arguments(probe, kind, arguments, field):
+def test_quality_and_publish_operators_refuse_bad_arguments(probe, nothing_created, kind, arguments, field):
     outcome = probe.run("operator", group=OPERATOR, kind=kind, **arguments)
     outcome.raised("FluxValidationError", field).bounded(2.0)
 
