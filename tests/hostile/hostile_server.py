@@ -238,6 +238,37 @@ async def _echo_gzip(req: Request, w: asyncio.StreamWriter) -> None:
     await respond(w, 500, body, {"Content-Encoding": "gzip", "Content-Type": "application/json", **rid()})
 
 
+_SUBMISSIONS = iter(range(1, 10**9))
+
+
+@scenario("echo-poll")
+async def _echo_poll(req: Request, w: asyncio.StreamWriter) -> None:
+    """Accepts submissions (runs and batches), then answers every poll with a 500 echoing the key.
+
+    What a trigger meets when a gateway in front of the API starts failing mid-wait.
+    """
+    if req.method == "POST":
+        number = next(_SUBMISSIONS)
+        if req.path.endswith("/batches"):
+            inputs = json.loads(req.body or b"{}").get("input") or []
+            items = [
+                {
+                    "id": f"item-{number}-{i}",
+                    "sequence_index": i,
+                    "run_id": f"run-{number}-{i}",
+                    "status_code": "queued",
+                    "client_ref": entry.get("client_ref"),
+                }
+                for i, entry in enumerate(inputs)
+            ]
+            batch = {"id": f"batch-{number}", "status_code": "queued", "items_total": len(items), "items": items}
+            await respond(w, 201, batch, rid(f"req-submit-{number}"))
+        else:
+            await respond(w, 201, run_json(f"run-{number}", status_code="queued", output=None), rid())
+        return
+    await _echo_500(req, w)
+
+
 @scenario("gzip-bomb")
 async def _gzip_bomb(req: Request, w: asyncio.StreamWriter) -> None:
     headers = {"Content-Encoding": "gzip", "Content-Type": "application/json", **rid("req-bomb")}
