@@ -361,17 +361,26 @@ class FluxHook(BaseHook):
                     raise self._body_error(response, error) from None
         return self._checked(response, body, request)
 
-    def _call(self, request: protocol.ApiRequest) -> Any:
+    def _call(self, request: protocol.ApiRequest, *, deadline: float | None = None) -> Any:
+        """The sync call; ``deadline`` (wall-clock epoch seconds) bounds every attempt and pause, as in
+        :meth:`_acall`."""
         client = self.get_conn()
         attempt = 0
         while True:
             attempt += 1
+            seconds = self.config.request_deadline
+            if deadline is not None:
+                seconds = min(seconds, deadline - time.time())
+                if seconds <= 0:
+                    raise self._past_deadline(request, attempt - 1)
             try:
-                return self._exchange(client, request, self.config.request_deadline)
+                return self._exchange(client, request, seconds)
             except (FluxAPIError, FluxValidationError, httpx.TransportError) as error:
                 delay = self._next_delay(request, attempt, error)
                 if delay is None:
                     raise self._final_error(request, attempt, error) from error
+                if deadline is not None and time.time() + delay >= deadline:
+                    raise self._past_deadline(request, attempt) from error
                 time.sleep(delay)
 
     async def _acall(self, request: protocol.ApiRequest, *, deadline: float | None = None) -> Any:
@@ -559,15 +568,17 @@ class FluxHook(BaseHook):
         ]
         return Submission(run_ids=[r.id for r in runs])
 
-    def get_run(self, run_id: str) -> Run:
-        return protocol.parse_run(self._call(protocol.get_run(run_id)))
+    def get_run(self, run_id: str, *, deadline: float | None = None) -> Run:
+        """Read a run; ``deadline`` (epoch seconds) bounds the read and its retries."""
+        return protocol.parse_run(self._call(protocol.get_run(run_id), deadline=deadline))
 
     async def aget_run(self, run_id: str, *, deadline: float | None = None) -> Run:
         """Read a run; ``deadline`` (epoch seconds) bounds the read and its retries."""
         return protocol.parse_run(await self._acall(protocol.get_run(run_id), deadline=deadline))
 
-    def get_batch(self, batch_id: str) -> Batch:
-        return protocol.parse_batch(self._call(protocol.get_batch(batch_id)))
+    def get_batch(self, batch_id: str, *, deadline: float | None = None) -> Batch:
+        """Read a batch; ``deadline`` (epoch seconds) bounds the read and its retries."""
+        return protocol.parse_batch(self._call(protocol.get_batch(batch_id), deadline=deadline))
 
     async def aget_batch(self, batch_id: str, *, deadline: float | None = None) -> Batch:
         """Read a batch; ``deadline`` (epoch seconds) bounds the read and its retries."""
@@ -586,7 +597,8 @@ class FluxHook(BaseHook):
         deadline = time.time() + timeout
         started = time.time()
         while True:
-            run = self.get_run(run_id)
+            # The last poll (at the deadline) still gets a few seconds to answer; a hung API does not.
+            run = self.get_run(run_id, deadline=deadline + min(self.config.request_deadline, 10.0))
             if run.terminal:
                 return run
             if time.time() >= deadline:

@@ -271,8 +271,8 @@ def wait_in_worker(
     return asyncio.run(
         watch_runs(
             watch,
-            get_batch=hook.get_batch,
-            get_run=hook.get_run,
+            get_batch=functools.partial(hook.get_batch, deadline=end_time),
+            get_run=functools.partial(hook.get_run, deadline=end_time),
             end_time=end_time,
             poll_interval=poll_interval,
             expected_seconds=expected_seconds,

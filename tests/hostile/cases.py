@@ -59,8 +59,13 @@ def _summary(value: Any) -> Any:
 
 
 def hook_call(base_url: str, key: str, method: str, args: list[Any] | None = None, **kw: Any) -> Any:
-    """``FluxHook(...).<method>(*args, **kwargs)``; ``extra`` overrides the fast defaults."""
+    """``FluxHook(...).<method>(*args, **kwargs)``; ``extra`` overrides the fast defaults;
+    ``deadline_in`` becomes a wall-clock ``deadline`` that many seconds from now."""
+    import time
+
     extra = kw.pop("extra", None)
+    if "deadline_in" in kw:
+        kw["deadline"] = time.time() + kw.pop("deadline_in")
     return _summary(getattr(_hook(base_url, key, extra), method)(*(args or []), **kw))
 
 

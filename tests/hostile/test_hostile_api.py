@@ -354,3 +354,32 @@ def test_a_connection_missing_on_the_triggerer_fails_at_once(probe):
     (event,) = outcome.value["events"]
     assert event["status"] == "error" and "flux2_nowhere_to_be_found" in event["message"]
     assert "times in a row" not in event["message"] and "will poll again" not in outcome.data["logs"]
+
+
+@pytest.mark.parametrize("scenario", ["retry-after-forever", "drip-body", "always-503"])
+def test_a_sync_read_never_outlives_the_callers_deadline(probe, hostile, scenario):
+    outcome = probe.run(
+        "hook_call",
+        group=DRIPS,
+        base_url=hostile.url(scenario),
+        key=SECRET_KEY,
+        method="get_run",
+        args=["r1"],
+        deadline_in=1.0,
+        extra={"request_deadline": 30, "timeout": 30, "max_attempts": 10, "retry_base_delay": 0.3},
+    )
+    outcome.raised("FluxRequestTimeoutError").bounded(1.6).no_secret()
+
+
+def test_hook_wait_on_a_hung_api_ends_near_its_timeout(probe, hostile):
+    outcome = probe.run(
+        "hook_call",
+        group=DRIPS,
+        base_url=hostile.url("drip-body"),
+        key=SECRET_KEY,
+        method="wait",
+        args=["r1"],
+        timeout=0.5,
+        extra={"request_deadline": 0.5, "timeout": 30, "max_attempts": 10, "retry_base_delay": 0.3},
+    )
+    outcome.raised("FluxTimeoutError").bounded(2.5).no_secret()
