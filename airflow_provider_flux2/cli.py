@@ -246,7 +246,7 @@ def _estimate(args: argparse.Namespace) -> int:
         notes += file_notes
     else:
         request = build_input(model, prompt="(estimate)", image_size=args.size)
-        plan = [(resolve_variant(model), request)] * args.count
+        plan = [(resolve_variant(model), request)] * _count_flag(str(args.count))
     for line in notes:
         print(f"note: {line}", file=sys.stderr)
     result = estimate(plan, table)
@@ -333,13 +333,6 @@ def _generate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text} is not a whole number of images, at least 1")
-    return value
-
-
 # -- flags: typed errors naming the flag, the value and what is allowed --------------------------
 
 
@@ -348,6 +341,12 @@ def _json_flag(flag: str, text: str, allowed: str) -> Any:
         return json.loads(text)
     except (ValueError, RecursionError) as error:
         raise FluxValidationError(field=flag, value=text, allowed=f"{allowed} ({error})") from None
+
+
+def _count_flag(text: str) -> int:
+    if not _DIGITS.match(text.strip()) or int(text) < 1:
+        raise FluxValidationError(field="--count", value=text, allowed="a whole number of images, at least 1")
+    return int(text)
 
 
 def _int_flag(flag: str, text: str | None, low: int, high: int) -> int | None:
@@ -400,7 +399,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--size", default="landscape_4_3", help="preset or WxH (e.g. 1920x1080); with --prompts, for rows without one"
     )
     est.add_argument("--model", default=None, help="pro, flex, max, turbo or a full model id (default: pro)")
-    est.add_argument("--count", type=_positive_int, default=1, help="number of images of that size")
+    est.add_argument("--count", default="1", help="number of images of that size (a whole number, at least 1)")
     est.add_argument(
         "--prompts",
         help="CSV or JSONL with a row per prompt; columns prompt, size or image_size (preset or WxH) "

@@ -220,6 +220,8 @@ CLI_CASES = [
     (["estimate", "--prices", '{"flux-9": 1}'], "--prices"),
     (["estimate", "--budget", "abc"], "budget"),
     (["estimate", "--size", "1x1"], "size"),
+    (["estimate", "--count", "0"], "--count"),
+    (["estimate", "--count", "many"], "--count"),
     (["emulator", "--port", "99999"], "--port"),
     (["emulator", "--port", "abc"], "--port"),
     (["emulator", "--time-scale", "0"], "--time-scale"),

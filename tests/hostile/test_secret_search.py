@@ -153,3 +153,35 @@ def test_the_key_is_nowhere_after_a_faulty_run_and_an_echoing_one(
     )
     assert task_states(echoed)["generate"] in ("success", "failed")
     assert elapsed < 60
+
+
+@pytest.mark.parametrize("scenario", ["drip-body", "gzip-bomb", "echo-500"])
+@pytest.mark.parametrize("deferrable", [True, False])
+def test_an_operator_meeting_a_hostile_api_fails_typed_bounded_and_keyless(
+    airflow_db, hostile, run_dag, task_states, tmp_path, capfd, monkeypatch, scenario, deferrable
+):
+    import resource
+
+    connection = {
+        "conn_type": "flux2",
+        "host": hostile.url(scenario),
+        "password": SECRET_KEY,
+        "extra": {**FAST, "max_attempts": 2},
+    }
+    monkeypatch.setenv("AIRFLOW_CONN_FLUX2_HOSTILE_OP", json.dumps(connection))
+    peak_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    started = time.monotonic()
+    dag_run = run_dag(_dag(f"op_{scenario}", tmp_path, "flux2_hostile_op", prompt="a cup", deferrable=deferrable))
+    elapsed = time.monotonic() - started
+    grown = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - peak_before
+    record_figure(GROUP, f"operator vs {scenario}, deferrable={deferrable}", elapsed, grown)
+    printed = capfd.readouterr()
+    assert task_states(dag_run) == {"generate": "failed"}
+    expected = {
+        "drip-body": "FluxRequestTimeoutError",
+        "gzip-bomb": "RESPONSE_TOO_LARGE",
+        "echo-500": "Bearer ***",
+    }[scenario]
+    assert expected in printed.out + printed.err
+    assert SECRET_KEY not in printed.out + printed.err
+    assert elapsed < 15 and grown < 128  # a 512 MiB bomb expanding in this process would show here
