@@ -583,11 +583,13 @@ def url_for_humans(url: str) -> str:
     return f"{parts.scheme}://{netloc}{parts.path}"[:300]
 
 
-def download_url_problem(url: str) -> str | None:
+def download_url_problem(url: str, plain_http_hosts: Sequence[str] = ()) -> str | None:
     """Why a result URL (or a redirect target) must not be fetched, or ``None`` when it may be.
 
     ``https`` to any valid host; plain ``http`` only to loopback (the emulator), because anything
     else would carry the image — and, through a misconfigured proxy, worse — in clear text.
+    ``plain_http_hosts`` are further hosts plain ``http`` may go to (an emulator in a container
+    network, allowed explicitly by the connection's ``allow_plain_http``).
     """
     try:
         parts = urlsplit(url)
@@ -601,14 +603,16 @@ def download_url_problem(url: str) -> str | None:
         return f"host {host or '(none)'!r} is not a valid host name"
     if parts.username or parts.password:
         return "credentials in a URL are not allowed"
-    if parts.scheme == "http" and not is_loopback_host(host):
+    allowed = {h.lower() for h in plain_http_hosts}
+    if parts.scheme == "http" and not is_loopback_host(host) and (host or "").lower() not in allowed:
         return "plain http is allowed only to loopback; use https"
     return None
 
 
-def base_url_problem(url: str) -> str | None:
-    """Why an API base URL is refused: ``https`` unless loopback, a valid host, no query."""
-    problem = download_url_problem(url)
+def base_url_problem(url: str, *, allow_plain_http: bool = False) -> str | None:
+    """Why an API base URL is refused: ``https`` unless loopback (or explicitly allowed), a valid host, no query."""
+    host = urlsplit(url).hostname if "://" in url else None
+    problem = download_url_problem(url, (host,) if allow_plain_http and host else ())
     if problem is not None:
         return problem
     parts = urlsplit(url)

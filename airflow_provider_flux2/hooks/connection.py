@@ -13,6 +13,7 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlsplit
 
 from airflow_provider_flux2 import protocol
 from airflow_provider_flux2.exceptions import FluxValidationError
@@ -36,6 +37,7 @@ CONNECTION_EXTRAS = (
     "max_download_mb",
     "max_response_mb",
     "max_redirects",
+    "allow_plain_http",
     "prices",
 )
 #: Other names people write for them.
@@ -75,11 +77,18 @@ class FluxConnectionConfig:
     download_deadline: float = DEFAULT_DOWNLOAD_DEADLINE
     max_response_bytes: int = int(DEFAULT_MAX_RESPONSE_MB * MB)
     max_redirects: int = protocol.MAX_REDIRECTS
+    allow_plain_http: bool = False
 
     @property
     def secrets(self) -> tuple[str, ...]:
         """What :func:`protocol.redact` removes from anything a server sends."""
         return (self.api_key,)
+
+    @property
+    def plain_http_hosts(self) -> tuple[str, ...]:
+        """Hosts besides loopback that downloads may reach over plain http: the API's own, if allowed."""
+        host = urlsplit(self.base_url).hostname
+        return (host,) if self.allow_plain_http and host else ()
 
     @classmethod
     def from_connection(cls, conn: Any, conn_id: str) -> FluxConnectionConfig:
@@ -96,7 +105,8 @@ class FluxConnectionConfig:
         cls, *, api_key: str, base_url: str | None, extra: Mapping[str, Any], conn_id: str
     ) -> FluxConnectionConfig:
         api_key = check_api_key(api_key, conn_id)
-        base = check_base_url((base_url or protocol.DEFAULT_BASE_URL).rstrip("/"), conn_id)
+        plain_http = _flag(extra.get("allow_plain_http"), "allow_plain_http")
+        base = check_base_url((base_url or protocol.DEFAULT_BASE_URL).rstrip("/"), conn_id, allow_plain_http=plain_http)
         unknown = sorted(set(extra) - set(CONNECTION_EXTRAS) - set(EXTRA_ALIASES))
         if unknown:
             log.warning(
@@ -133,6 +143,7 @@ class FluxConnectionConfig:
                 _number(extra.get("max_response_mb", DEFAULT_MAX_RESPONSE_MB), "max_response_mb", 0.001, 1024.0) * MB
             ),
             max_redirects=_integer(extra.get("max_redirects", protocol.MAX_REDIRECTS), "max_redirects", 0, 10),
+            allow_plain_http=plain_http,
             conn_id=conn_id,
         )
 
@@ -165,14 +176,18 @@ def base_url_of(host: str | None, port: Any, conn_id: str = "") -> str:
     return url
 
 
-def check_base_url(url: str, conn_id: str) -> str:
-    """The API base URL: ``https`` (plain ``http`` only to loopback, i.e. the emulator), a valid host."""
-    problem = protocol.base_url_problem(url)
+def check_base_url(url: str, conn_id: str, *, allow_plain_http: bool = False) -> str:
+    """The API base URL: ``https`` (plain ``http`` only to loopback, i.e. the emulator, unless the
+    connection sets ``allow_plain_http`` for an emulator in a container network), a valid host."""
+    problem = protocol.base_url_problem(url, allow_plain_http=allow_plain_http)
     if problem is not None:
         raise FluxValidationError(
             field=f"connection {conn_id!r} host",
             value=protocol.url_for_humans(url) if "://" in url else url,
-            allowed=f"an https:// URL with a valid host name (http:// only to loopback): {problem}",
+            allowed=(
+                "an https:// URL with a valid host name (http:// only to loopback, or with the extra "
+                f"allow_plain_http for an emulator on a private network): {problem}"
+            ),
         )
     return url
 
@@ -193,6 +208,16 @@ def check_api_key(api_key: str, conn_id: str) -> str:
             field=field_name, value="(hidden)", allowed="an API key of printable ASCII without spaces"
         )
     return key
+
+
+def _flag(value: Any, name: str) -> bool:
+    if value is None or value == "":
+        return False
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.strip().lower() in ("true", "false"):
+        return value.strip().lower() == "true"
+    raise FluxValidationError(field=name, value=value, allowed="true or false")
 
 
 def _number(value: Any, name: str, low: float, high: float, *, open_low: bool = False) -> float:

@@ -676,7 +676,7 @@ class FluxHook(BaseHook):
         current = url
         with transport.deadline(config.download_deadline):
             for _hop in range(config.max_redirects + 1):
-                problem = protocol.download_url_problem(current)
+                problem = protocol.download_url_problem(current, config.plain_http_hosts)
                 if problem is not None:
                     what = "the output URL" if current == url else f"a redirect from {protocol.url_for_humans(url)}"
                     raise FluxImageError(

@@ -163,13 +163,29 @@ def record_figure(group: str, case: str, elapsed: float, rss_mib: float) -> None
     _FIGURES.append({"group": group, "case": case, "elapsed": elapsed, "rss_mib": rss_mib, "ok": True})
 
 
-def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
-    if not _FIGURES:
-        return
+def _groups() -> dict[str, dict[str, Any]]:
     groups: dict[str, dict[str, Any]] = {}
     for figure in _FIGURES:
         group = groups.setdefault(figure["group"] or "other", {"cases": 0, "max_rss_mib": 0.0, "max_seconds": 0.0})
         group["cases"] += 1
         group["max_rss_mib"] = round(max(group["max_rss_mib"], figure["rss_mib"]), 1)
         group["max_seconds"] = round(max(group["max_seconds"], figure["elapsed"]), 2)
-    FIGURES.write_text(json.dumps({"groups": groups, "cases": _FIGURES}, indent=1))
+    return groups
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    if _FIGURES:
+        FIGURES.write_text(json.dumps({"groups": _groups(), "cases": _FIGURES}, indent=1))
+
+
+def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
+    """The hostile catalogue's figures: cases, peak memory of one case and longest wait, by group."""
+    if not _FIGURES:
+        return
+    terminalreporter.section("hostile catalogue")
+    for name, group in sorted(_groups().items()):
+        terminalreporter.write_line(
+            f"{name:<40} {group['cases']:>4} measured calls, peak {group['max_rss_mib']:>6.1f} MiB, "
+            f"longest {group['max_seconds']:>6.2f} s"
+        )
+    terminalreporter.write_line(f"figures: {FIGURES}")

@@ -124,3 +124,24 @@ def test_an_unusable_key_is_refused_without_being_shown(probe, key, shown):
 def test_extras_that_are_not_a_json_object_are_refused(probe):
     outcome = probe.run("connection", group=GROUP, host="api.runflow.io", password=SECRET_KEY, extra="[1, 2]")
     outcome.raised("FluxValidationError", "extra").bounded(2.0).no_secret()
+
+
+def test_plain_http_off_loopback_only_with_allow_plain_http_and_only_to_the_apis_own_host(probe, hostile):
+    allowed = probe.run(
+        "config", group=GROUP, key=SECRET_KEY, base_url="http://flux2-emulator:8787", extra={"allow_plain_http": True}
+    )
+    allowed.succeeded().bounded(2.0).no_secret()
+    refused = probe.run(
+        "config", group=GROUP, key=SECRET_KEY, base_url="http://flux2-emulator:8787", extra={"allow_plain_http": "no"}
+    )
+    refused.raised("FluxValidationError", "allow_plain_http").bounded(2.0)
+    # Downloads: plain http to another host stays refused even with the allowance.
+    other = probe.run(
+        "download",
+        group=GROUP,
+        base_url=hostile.url("ok"),
+        key=SECRET_KEY,
+        url="http://203.0.113.9/a.png",
+        extra={"allow_plain_http": True},
+    )
+    other.raised("FluxImageError", "plain http").bounded(2.0)
