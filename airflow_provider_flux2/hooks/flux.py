@@ -361,49 +361,23 @@ class FluxHook(BaseHook):
                     raise self._body_error(response, error) from None
         return self._checked(response, body, request)
 
-    def _call(self, request: protocol.ApiRequest, *, deadline: float | None = None) -> Any:
-        """The sync call; ``deadline`` (wall-clock epoch seconds) bounds every attempt and pause, as in
-        :meth:`_acall`."""
-        client = self.get_conn()
-        attempt = 0
-        while True:
-            attempt += 1
-            seconds = self.config.request_deadline
-            if deadline is not None:
-                seconds = min(seconds, deadline - time.time())
-                if seconds <= 0:
-                    raise self._past_deadline(request, attempt - 1)
-            try:
-                return self._exchange(client, request, seconds)
-            except (FluxAPIError, FluxValidationError, httpx.TransportError) as error:
-                delay = self._next_delay(request, attempt, error)
-                if delay is None:
-                    raise self._final_error(request, attempt, error) from error
-                if deadline is not None and time.time() + delay >= deadline:
-                    raise self._past_deadline(request, attempt) from error
-                time.sleep(delay)
+    def _attempt_seconds(self, request: protocol.ApiRequest, attempt: int, deadline: float | None) -> float:
+        """How long the next attempt may take: ``request_deadline``, or less when the caller's nears."""
+        seconds = self.config.request_deadline
+        if deadline is not None:
+            seconds = min(seconds, deadline - time.time())
+            if seconds <= 0:
+                raise self._past_deadline(request, attempt - 1)
+        return seconds
 
-    async def _acall(self, request: protocol.ApiRequest, *, deadline: float | None = None) -> Any:
-        """The async call; ``deadline`` (wall-clock epoch seconds, e.g. a trigger's ``end_time``)
-        bounds every attempt and every pause between them, so a poll never outlives its trigger."""
-        client = await self.aget_conn()
-        attempt = 0
-        while True:
-            attempt += 1
-            seconds = self.config.request_deadline
-            if deadline is not None:
-                seconds = min(seconds, deadline - time.time())
-                if seconds <= 0:
-                    raise self._past_deadline(request, attempt - 1)
-            try:
-                return await self._aexchange(client, request, seconds)
-            except (FluxAPIError, FluxValidationError, httpx.TransportError) as error:
-                delay = self._next_delay(request, attempt, error)
-                if delay is None:
-                    raise self._final_error(request, attempt, error) from error
-                if deadline is not None and time.time() + delay >= deadline:
-                    raise self._past_deadline(request, attempt) from error
-                await asyncio.sleep(delay)
+    def _pause(self, request: protocol.ApiRequest, attempt: int, error: Exception, deadline: float | None) -> float:
+        """Seconds to wait before the next attempt; raises when there is none (or it would pass ``deadline``)."""
+        delay = self._next_delay(request, attempt, error)
+        if delay is None:
+            raise self._final_error(request, attempt, error) from error
+        if deadline is not None and time.time() + delay >= deadline:
+            raise self._past_deadline(request, attempt) from error
+        return delay
 
     def _past_deadline(self, request: protocol.ApiRequest, attempts: int) -> FluxRequestTimeoutError:
         return FluxRequestTimeoutError(
@@ -411,6 +385,31 @@ class FluxHook(BaseHook):
             attempts=attempts,
             url=protocol.url_for_humans(request.url(self.config.base_url)),
         )
+
+    def _call(self, request: protocol.ApiRequest, *, deadline: float | None = None) -> Any:
+        """Send ``request`` with retries; ``deadline`` (wall-clock epoch seconds) bounds every attempt
+        and every pause, so a wait's poll never outlives the wait."""
+        client = self.get_conn()
+        attempt = 0
+        while True:
+            attempt += 1
+            seconds = self._attempt_seconds(request, attempt, deadline)
+            try:
+                return self._exchange(client, request, seconds)
+            except (FluxAPIError, FluxValidationError, httpx.TransportError) as error:
+                time.sleep(self._pause(request, attempt, error, deadline))
+
+    async def _acall(self, request: protocol.ApiRequest, *, deadline: float | None = None) -> Any:
+        """The async twin of :meth:`_call` (the trigger passes its ``end_time`` as ``deadline``)."""
+        client = await self.aget_conn()
+        attempt = 0
+        while True:
+            attempt += 1
+            seconds = self._attempt_seconds(request, attempt, deadline)
+            try:
+                return await self._aexchange(client, request, seconds)
+            except (FluxAPIError, FluxValidationError, httpx.TransportError) as error:
+                await asyncio.sleep(self._pause(request, attempt, error, deadline))
 
     # -- API ----------------------------------------------------------------------------------------
 
@@ -665,10 +664,7 @@ class FluxHook(BaseHook):
             try:
                 return self._stream(url, run_id)
             except (FluxAPIError, httpx.TransportError) as error:
-                delay = self._next_delay(request, attempt, error)
-                if delay is None:
-                    raise self._final_error(request, attempt, error) from error
-                time.sleep(delay)
+                time.sleep(self._pause(request, attempt, error, None))
 
     def _stream(self, url: str, run_id: str) -> tuple[bytes, str]:
         """One download within ``download_deadline``, following at most ``max_redirects`` checked hops."""
