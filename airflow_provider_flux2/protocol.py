@@ -399,7 +399,7 @@ def parse_run(data: Any) -> Run:
             request_id=request_id,
             run_id=run_id,
         ) from None
-    except (TypeError, ValueError) as exc:  # a hostile output shape (e.g. has_nsfw_concepts of a dict)
+    except (TypeError, ValueError) as exc:  # a hostile output shape (e.g. "outputs": 7)
         raise FluxAPIError(
             status_code=200,
             code="BAD_RESPONSE",
