@@ -321,13 +321,12 @@ class FluxInput(BaseModel):
                 value=f"{len(value)} images",
                 allowed=f"at most {cls.max_references} reference images{_on(cls.variant)}",
             )
+        from airflow_provider_flux2.arguments import image_url_problem
+
         for url in value:
-            # s3:// and local files are resolved (presigned, inlined) by references.py before sending.
-            if not re.match(r"^(https?://|data:image/|s3://[^/]+/.|file:///|/)", url):
-                raise ValueError(
-                    "each entry must be an http(s) URL, a data:image/ URI, s3://bucket/key, "
-                    "file:///absolute/path or an absolute path"
-                )
+            problem = image_url_problem(url)
+            if problem is not None:
+                raise ValueError(problem)
         return value
 
     @field_validator("num_inference_steps")

@@ -85,6 +85,16 @@ def is_storage_reference(value: Any) -> bool:
     return reference_kind(value) in ("s3", "file")
 
 
+def storage_reference_problem(value: str) -> str | None:
+    """For an ``s3://`` or local reference: ``None`` when it is well formed, else what is wrong."""
+    if value.startswith("s3://"):
+        bucket, _, key = value[len("s3://") :].partition("/")
+        return None if bucket and key and not key.endswith("/") else "s3://bucket/key naming one object"
+    if value.startswith("file://") and not value.startswith("file:///"):
+        return "file:///absolute/path (a file on the worker, no host)"
+    return None
+
+
 @dataclass(frozen=True)
 class Reference:
     """One reference image: as written, its kind, and its size when known before the run."""
