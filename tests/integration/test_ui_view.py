@@ -58,8 +58,23 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
+def _database_problem() -> str | None:
+    """The shared SQLite database's integrity, checked before and after the API server reads it."""
+    import sqlite3
+
+    url = os.environ["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"]
+    if not url.startswith("sqlite:///"):
+        return None
+    with sqlite3.connect(url.removeprefix("sqlite:///")) as db:
+        result = db.execute("pragma quick_check").fetchone()[0]
+    return None if result == "ok" else result
+
+
 @pytest.fixture(scope="module")
 def api_server(airflow_db, tmp_path_factory, moto_endpoint) -> Iterator[str]:
+    problem = _database_problem()
+    if problem is not None:  # an earlier test broke the session's database: say so, not a confusing 200
+        pytest.fail(f"the session's SQLite metadata database is damaged before the API server starts: {problem}")
     home = tmp_path_factory.mktemp("api-server-home")
     (home / "auth_manager_for_tests.py").write_text(AUTH_MANAGER)
     (home / "passwords.json").write_text(json.dumps(PASSWORDS))
@@ -123,6 +138,8 @@ def api_server(airflow_db, tmp_path_factory, moto_endpoint) -> Iterator[str]:
         except subprocess.TimeoutExpired:
             process.kill()
         log.close()
+        problem = _database_problem()
+        assert problem is None, f"the SQLite metadata database is damaged after the API server read it: {problem}"
 
 
 def _token(base: str, user: str) -> str:
