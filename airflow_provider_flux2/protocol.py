@@ -26,6 +26,7 @@ from airflow_provider_flux2.exceptions import (
     FluxAPIError,
     FluxAuthError,
     FluxConflictError,
+    FluxConnectionError,
     FluxInsufficientCreditError,
     FluxModerationError,
     FluxNotFoundError,
@@ -66,6 +67,20 @@ class ApiRequest:
         if "://" in self.path:  # an absolute URL (output downloads)
             return self.path.split("?", 1)[0]
         return base_url.rstrip("/") + self.path
+
+
+@dataclass(frozen=True)
+class WireInput:
+    """An input already in its wire form (what a trigger carries in its kwargs); sent exactly as it is."""
+
+    wire: dict[str, Any]
+
+    def to_wire(self) -> dict[str, Any]:
+        return dict(self.wire)
+
+
+#: What the request builders accept as an ``input``.
+AnyInput = FluxInput | WireInput
 
 
 # --------------------------------------------------------------------------------------------------
@@ -116,7 +131,7 @@ def health() -> ApiRequest:
 
 def create_run(
     model: Variant | str | None,
-    request: FluxInput,
+    request: AnyInput,
     *,
     idempotency_key: str,
     client_ref: str | None = None,
@@ -140,7 +155,7 @@ def create_run(
 
 def create_batch(
     model: Variant | str | None,
-    items: list[tuple[FluxInput, str]],
+    items: list[tuple[AnyInput, str]],
     *,
     idempotency_key: str,
     metadata: Mapping[str, Any] | None = None,
@@ -393,13 +408,30 @@ def failure_of(run: Run) -> FluxRunFailedError | None:
 # --------------------------------------------------------------------------------------------------
 
 
-def is_retryable(error: BaseException) -> bool:
-    """429, 408, 5xx and network errors are worth another attempt; other 4xx never are."""
-    if isinstance(error, (FluxRateLimitError, FluxServerError)):
+def is_transient(error: BaseException) -> bool:
+    """Whether ``error`` may go away by itself: 429, 408, 5xx and network errors; other 4xx never do.
+
+    The one rule for "try again later", used by the hook (retry a request), the window (poll or
+    submit again) and collection (fetch an image again). It accepts raw ``httpx`` errors and the
+    hook's wrapped ones (:class:`FluxConnectionError`, which covers request time-outs). Retrying a
+    POST is safe because every submission carries an ``Idempotency-Key``: the API replays the first
+    response instead of creating (and billing) a second run.
+    """
+    if isinstance(error, (FluxRateLimitError, FluxServerError, FluxConnectionError)):
         return True
     if isinstance(error, FluxAPIError):
         return error.status_code == 408
     return isinstance(error, httpx.TransportError)
+
+
+def batch_unsupported(error: BaseException) -> bool:
+    """A 422 to a batch request that names no item: the model has no batch endpoint (send single runs).
+
+    A 422 that points at an item (``errors[].loc`` = ``["input", 3, ...]``) is a real input error.
+    """
+    if not isinstance(error, FluxValidationError):
+        return False
+    return not any(str(d.get("field", "")).split(".")[0].isdigit() for d in error.details)
 
 
 #: Each backoff delay is lengthened by up to this fraction, at random, so clients do not retry in step.

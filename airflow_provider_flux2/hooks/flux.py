@@ -17,6 +17,7 @@ import time
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from decimal import Decimal
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
@@ -46,7 +47,7 @@ from airflow_provider_flux2.models import (
     build_input,
     resolve_variant,
 )
-from airflow_provider_flux2.pricing import PriceTable, billed_megapixels, estimate
+from airflow_provider_flux2.pricing import PriceTable, billed_megapixels, estimate, to_usd
 
 if TYPE_CHECKING:
     from collections.abc import Iterable
@@ -69,6 +70,7 @@ CONNECTION_EXTRAS = (
     "retry_max_delay",
     "max_download_mb",
     "prices",
+    "max_task_spend_usd",
 )
 #: Other names people write for them.
 EXTRA_ALIASES = {"retries": "max_retries", "max_retries": "max_retries", "price_overrides": "prices"}
@@ -87,6 +89,8 @@ class FluxConnectionConfig:
     prices: PriceTable
     max_download_bytes: int
     conn_id: str
+    #: The most one task may spend when it sets no ``budget_usd`` of its own (``max_task_spend_usd``).
+    max_task_spend: Decimal | None = None
 
     @classmethod
     def from_connection(cls, conn: Any, conn_id: str) -> FluxConnectionConfig:
@@ -137,6 +141,9 @@ class FluxConnectionConfig:
             prices=PriceTable().with_overrides(extra.get("prices")),
             max_download_bytes=int(float(extra.get("max_download_mb", 128)) * 1024 * 1024),
             conn_id=conn_id,
+            max_task_spend=(
+                to_usd(extra["max_task_spend_usd"], "max_task_spend_usd") if "max_task_spend_usd" in extra else None
+            ),
         )
 
 
@@ -188,7 +195,7 @@ class Submission:
 class BatchEntry:
     """One image of a batch submit: its input, its client_ref and its own Idempotency-Key."""
 
-    request: FluxInput
+    request: FluxInput | protocol.WireInput
     client_ref: str
     idempotency_key: str
 
@@ -311,7 +318,9 @@ class FluxHook(BaseHook):
     async def aget_conn(self) -> httpx.AsyncClient:
         """The async client (one per hook and event loop, reused)."""
         if self._aclient is None:
-            self._aclient = httpx.AsyncClient(**self._client_kwargs(await self.aconfig()))
+            # Building a client loads the CA bundle (tens of ms of blocking I/O): never on the event loop.
+            kwargs = self._client_kwargs(await self.aconfig())
+            self._aclient = await asyncio.to_thread(httpx.AsyncClient, **kwargs)
         return self._aclient
 
     @cached_property
@@ -357,7 +366,7 @@ class FluxHook(BaseHook):
     def _next_delay(self, request: protocol.ApiRequest, attempt: int, error: BaseException) -> float | None:
         """Seconds to wait before retrying ``request``, or ``None`` when ``error`` must be raised."""
         policy = self.config.retry
-        if not protocol.is_retryable(error) or attempt >= policy.max_attempts:
+        if not protocol.is_transient(error) or attempt >= policy.max_attempts:
             return None
         delay = policy.delay(attempt, error)
         self.log.warning(
@@ -547,41 +556,61 @@ class FluxHook(BaseHook):
             raise FluxValidationError(field="entries", value=[], allowed="at least one image to submit")
         if use_batch_endpoint and len(prepared) > 1:
             try:
-                data = self._call(
-                    protocol.create_batch(
-                        variant,
-                        [(e.request, e.client_ref) for e in prepared],
-                        idempotency_key=batch_key,
-                        metadata=metadata,
-                    )
-                )
+                return self.create_batch(prepared, model=variant, batch_key=batch_key, metadata=metadata)
             except FluxValidationError as error:
-                if _points_at_item(error):
+                if not protocol.batch_unsupported(error):
                     raise
                 self.log.info("Model %s answered 422 to a batch (%s); submitting single runs", variant.value, error)
-            else:
-                batch = protocol.parse_batch(data)
-                items = sorted(batch.items, key=lambda i: i.sequence_index)
-                run_ids = [item.run_id or "" for item in items]
-                if len(run_ids) != len(prepared) or not all(run_ids):
-                    raise FluxAPIError(
-                        status_code=201,
-                        code="BAD_RESPONSE",
-                        message=f"batch {batch.id} lists {len(run_ids)} runs for {len(prepared)} inputs",
-                    )
-                self.log.info("Submitted batch %s with %d runs (%s)", batch.id, len(run_ids), variant.value)
-                return Submission(run_ids=run_ids, batch_id=batch.id)
-        runs = [
-            self.submit(
-                e.request,
-                model=variant,
-                idempotency_key=e.idempotency_key,
-                client_ref=e.client_ref,
-                metadata=metadata,
-            )
-            for e in prepared
-        ]
+        runs = [self.submit_entry(e, model=variant, metadata=metadata) for e in prepared]
         return Submission(run_ids=[r.id for r in runs])
+
+    def create_batch(
+        self, entries: Sequence[BatchEntry], *, model: Variant, batch_key: str, metadata: Mapping[str, Any] | None
+    ) -> Submission:
+        """One batch request, no fallback (a 422 is raised: see ``protocol.batch_unsupported``)."""
+        request = protocol.create_batch(
+            model, [(e.request, e.client_ref) for e in entries], idempotency_key=batch_key, metadata=metadata
+        )
+        return self._submission(self._call(request), len(entries), model)
+
+    async def acreate_batch(
+        self, entries: Sequence[BatchEntry], *, model: Variant, batch_key: str, metadata: Mapping[str, Any] | None
+    ) -> Submission:
+        request = protocol.create_batch(
+            model, [(e.request, e.client_ref) for e in entries], idempotency_key=batch_key, metadata=metadata
+        )
+        return self._submission(await self._acall(request), len(entries), model)
+
+    def _submission(self, data: Any, expected: int, model: Variant) -> Submission:
+        batch = protocol.parse_batch(data)
+        items = sorted(batch.items, key=lambda i: i.sequence_index)
+        run_ids = [item.run_id or "" for item in items]
+        if len(run_ids) != expected or not all(run_ids):
+            raise FluxAPIError(
+                status_code=201,
+                code="BAD_RESPONSE",
+                message=f"batch {batch.id} lists {len(run_ids)} runs for {expected} inputs",
+            )
+        self.log.info("Submitted batch %s with %d runs (%s)", batch.id, len(run_ids), model.value)
+        return Submission(run_ids=run_ids, batch_id=batch.id)
+
+    def submit_entry(self, entry: BatchEntry, *, model: Variant, metadata: Mapping[str, Any] | None = None) -> Run:
+        """Create one run under the entry's own Idempotency-Key (the input is sent as it is)."""
+        request = protocol.create_run(
+            model, entry.request, idempotency_key=entry.idempotency_key, client_ref=entry.client_ref, metadata=metadata
+        )
+        run = protocol.parse_run(self._call(request))
+        self.log.info("Submitted run %s (%s, client_ref %s)", run.id, model.value, entry.client_ref)
+        return run
+
+    async def asubmit(self, entry: BatchEntry, *, model: Variant, metadata: Mapping[str, Any] | None = None) -> Run:
+        """Create one run from the event loop (the trigger), under the entry's own Idempotency-Key."""
+        request = protocol.create_run(
+            model, entry.request, idempotency_key=entry.idempotency_key, client_ref=entry.client_ref, metadata=metadata
+        )
+        run = protocol.parse_run(await self._acall(request))
+        self.log.info("Submitted run %s (%s, client_ref %s)", run.id, model.value, entry.client_ref)
+        return run
 
     def get_run(self, run_id: str) -> Run:
         return protocol.parse_run(self._call(protocol.get_run(run_id)))
@@ -597,6 +626,9 @@ class FluxHook(BaseHook):
 
     def get_batch_items(self, batch_id: str) -> list[Run]:
         return protocol.parse_batch_items(self._call(protocol.get_batch_items(batch_id)))
+
+    async def aget_batch_items(self, batch_id: str) -> list[Run]:
+        return protocol.parse_batch_items(await self._acall(protocol.get_batch_items(batch_id)))
 
     def wait(self, run_id: str | Run, *, timeout: float = 600.0, poll_interval: float = 2.0) -> Run:
         """Poll one run (its id, or a :class:`Run`) until it is terminal and return it.
@@ -744,11 +776,6 @@ def _connection_type_info() -> dict[str, Any]:
 
 class _ExpiredURL(Exception):
     """An output URL answered 403/404/410."""
-
-
-def _points_at_item(error: FluxValidationError) -> bool:
-    """Whether a batch 422 names an item's field (a real input error) rather than the batch itself."""
-    return any(str(d.get("field", "")).split(".")[0].isdigit() for d in error.details)
 
 
 def _size_of_run(run: Run, *, strict: bool = False) -> tuple[int, int]:

@@ -92,7 +92,7 @@ def test_non_json_error_body_is_kept_readable():
     ],
 )
 def test_only_429_408_5xx_and_network_errors_are_retried(error, retry):
-    assert protocol.is_retryable(error) is retry
+    assert protocol.is_transient(error) is retry
 
 
 def test_backoff_doubles_to_the_cap_with_jitter():
