@@ -7,7 +7,7 @@ import itertools
 import json
 import re
 import time
-from datetime import datetime, timedelta
+from datetime import datetime, timedelta, timezone
 from decimal import Decimal
 from pathlib import Path
 
@@ -297,3 +297,87 @@ def test_without_output_uri_images_go_to_a_folder_under_airflow_home(emulator, r
     record = xcom(dr, "generate")[0]
     assert record["uri"].startswith((tmp_path / "flux2-images").as_uri())
     assert len(stored_files(tmp_path / "flux2-images")) == 1
+
+
+def test_clearing_a_finished_task_replays_its_runs_and_stores_missing_or_changed_images_again(
+    emulator, run_dag, xcom, tmp_path
+):
+    # dag.test() wipes task_state_store when it clears, so this is the path without recorded progress:
+    # every image is fetched again and written under its deterministic key (the kept/re-stored path with
+    # progress is tested on collect itself, in tests/unit/test_jobs.py).
+    when = datetime(2026, 3, 1, tzinfo=timezone.utc)
+    prompts = [f"clearing {i}" for i in range(5)]
+    dag = generate_dag("clear", tmp_path, prompts=prompts, image_size="square", max_in_flight=4, deferrable=True)
+    first = run_dag(dag, logical_date=when, run_after=when)
+    assert first.state == "success"
+    before = {p.name: p.read_bytes() for p in stored_files(tmp_path)}
+    files = stored_files(tmp_path)
+    files[1].unlink()  # someone deleted an image
+    files[3].write_bytes(b"not the image any more")  # and overwrote another
+
+    again = run_dag(dag, logical_date=when, run_after=when)  # dag.test() on the same date clears the task first
+    assert again.state == "success" and again.run_id == first.run_id
+    assert emulator.stats()["runs_created"] == 5  # the API replayed the same runs: same keys
+    assert len(emulator.ledger()["entries"]) == 5  # nothing billed twice
+    assert {p.name: p.read_bytes() for p in stored_files(tmp_path)} == before
+    records = xcom(again, "generate")
+    assert [r["status"] for r in records] == ["succeeded"] * 5
+    assert sum(Decimal(r["cost_usd"]) for r in records) == ledger_total(emulator) == Decimal("0.150")
+
+
+def test_durable_false_makes_a_retry_start_over_under_new_keys(emulator, run_dag, tmp_path):
+    with DAG(dag_id("not_durable"), schedule=None, start_date=datetime(2026, 1, 1)) as dag:
+        CrashAfterTheWindow(
+            task_id="generate",
+            prompts=["a", "b", "c"],
+            image_size="square",
+            output_uri=tmp_path.as_uri(),
+            poll_interval=0.02,
+            deferrable=True,
+            durable=False,
+            retries=1,
+            retry_delay=timedelta(seconds=0),
+        )
+    assert run_dag(dag).state == "success"
+    assert emulator.stats()["runs_created"] == 6  # each try paid for its own runs, as asked
+    assert len({e["run_id"] for e in emulator.ledger()["entries"]}) == 6
+
+
+def test_one_plan_line_and_a_warning_when_no_budget_caps_the_task(emulator, run_dag, tmp_path, capfd):
+    dag = generate_dag("plan_line", tmp_path, prompts=[f"p{i}" for i in range(3)], image_size="1920x1080")
+    assert run_dag(dag).state == "success"
+    text = "".join(capfd.readouterr())
+    assert text.count("Plan: 3 images · 6 MP · $0.14, no budget · max 8 in flight") == 1
+    assert "No budget: this task may spend $0.135" in text
+
+
+def test_the_connections_max_task_spend_caps_every_task_without_a_budget(emulator, run_dag, tmp_path, monkeypatch):
+    connection = json.loads(emulator.connection_json())
+    connection["extra"] = {**connection.get("extra", {}), "max_task_spend_usd": "0.10"}
+    monkeypatch.setenv("AIRFLOW_CONN_FLUX2_DEFAULT", json.dumps(connection))
+    over = generate_dag("conn_cap", tmp_path, prompts=["a", "b", "c", "d"], image_size="square")
+    assert run_dag(over).state == "failed"  # $0.12 > $0.10
+    assert emulator.stats()["runs_created"] == 0
+    own = generate_dag("own_budget", tmp_path, prompts=["a", "b", "c", "d"], image_size="square", budget_usd="1")
+    assert run_dag(own).state == "success"  # a task's own budget wins
+
+
+def test_a_running_budget_stop_fails_the_task_naming_the_figures_after_storing_what_was_made(
+    emulator, run_dag, xcom, tmp_path, capfd
+):
+    emulator.configure(prices={"pro": {"first_mp": "0.05", "extra_mp": "0.02"}})  # the API bills more than the table
+    prompts = [f"priced {i}" for i in range(6)]
+    dag = generate_dag(
+        "running_budget", tmp_path, prompts=prompts, image_size="square", max_in_flight=2, budget_usd="0.18"
+    )
+    assert run_dag(dag).state == "failed"
+    text = "".join(capfd.readouterr())
+    stop = re.search(
+        r"Stopped submitting: \$(\d\.\d+) spent or in flight plus \$0\.030 for the next submission would pass "
+        r"the task budget of \$0\.180; (\d) image\(s\) were not sent",
+        text,
+    )
+    assert stop, text[-3000:]
+    assert Decimal(stop[1]) + Decimal("0.030") > Decimal("0.180")
+    ledger = emulator.ledger()["entries"]
+    assert len(ledger) == 6 - int(stop[2]) == len(stored_files(tmp_path)) < 6
