@@ -21,7 +21,7 @@ from airflow_provider_flux2.exceptions import BudgetExceededError, FluxAPIError,
 from airflow_provider_flux2.models import Variant, resolve_variant
 
 if TYPE_CHECKING:
-    from airflow_provider_flux2.models import FluxInput, Run
+    from airflow_provider_flux2.models import FluxInput, ImageRecord, Run
 
 MEGAPIXEL = 1_048_576
 #: A reference image whose size cannot be known before the run (an http URL) is priced as one
@@ -338,3 +338,13 @@ def image_cost(estimate: ItemCost, run: Run) -> tuple[Decimal, Decimal | None]:
     if run.status_code != RunStatus.SUCCEEDED:
         return Decimal("0"), api_cost
     return (api_cost if api_cost is not None else estimate.cost), api_cost
+
+
+#: Record statuses whose runs the API has not billed (or not yet), whatever ``cost_usd`` says.
+UNBILLED_STATUSES = frozenset({"failed", "pending"})
+
+
+def billed_cost(record: ImageRecord) -> Decimal:
+    """What one image's record says it cost: its ``cost_usd`` (decided by :func:`image_cost`), or nothing
+    when its run was not billed (failed, or never sent)."""
+    return Decimal("0") if record.status in UNBILLED_STATUSES else Decimal(record.cost_usd)

@@ -10,7 +10,6 @@ import asyncio
 import base64
 import binascii
 import contextlib
-import io
 import json
 import logging
 import time
@@ -23,7 +22,6 @@ from typing import TYPE_CHECKING, Any
 
 import httpx
 from airflow.sdk import BaseHook
-from PIL import Image, UnidentifiedImageError
 
 from airflow_provider_flux2 import protocol
 from airflow_provider_flux2.exceptions import (
@@ -38,6 +36,7 @@ from airflow_provider_flux2.exceptions import (
     FluxTimeoutError,
     FluxValidationError,
 )
+from airflow_provider_flux2.formats import image_format
 from airflow_provider_flux2.models import (
     Batch,
     FluxInput,
@@ -48,6 +47,7 @@ from airflow_provider_flux2.models import (
     resolve_variant,
 )
 from airflow_provider_flux2.pricing import PriceTable, billed_megapixels, estimate, to_usd
+from airflow_provider_flux2.quality.decoding import decode_image
 
 if TYPE_CHECKING:
     from collections.abc import Iterable
@@ -57,7 +57,6 @@ if TYPE_CHECKING:
 #: Output URLs answer these when they have expired; the run is re-read for a fresh URL.
 EXPIRED_URL_STATUSES = frozenset({403, 404, 410})
 DEFAULT_MAX_DOWNLOAD_BYTES = 128 * 1024 * 1024
-PIL_FORMATS = {"jpeg": "JPEG", "png": "PNG"}
 
 
 #: The connection extras the hook reads.
@@ -810,22 +809,20 @@ def verify_image(
     url: str = "",
     run_id: str | None = None,
 ) -> DownloadedImage:
-    """Decode the bytes (Pillow, with its decompression-bomb guard) and check size and format."""
-    want = PIL_FORMATS.get(output_format, output_format.upper())
-    try:
-        with Image.open(io.BytesIO(data)) as image:
-            image.verify()
-        with Image.open(io.BytesIO(data)) as image:
-            found_format, size = image.format, image.size
-            image.load()
-    except (UnidentifiedImageError, OSError, SyntaxError, Image.DecompressionBombError) as error:
-        raise FluxImageError(f"Downloaded bytes are not a readable image ({error})", run_id=run_id) from None
-    if found_format != want:
-        raise FluxImageError(f"Expected a {want} image, got {found_format}", run_id=run_id)
+    """Decode the bytes (the one decoder, with Pillow's decompression-bomb guard) and check size and format."""
+    fmt = image_format(output_format)
+    want = fmt.pillow if fmt else output_format.upper()
+    decoded = decode_image(data)
+    if decoded.image is None:
+        raise FluxImageError(f"Downloaded bytes are not a readable image ({decoded.error})", run_id=run_id)
+    size = decoded.image.size
+    decoded.image.close()
+    if decoded.format != want:
+        raise FluxImageError(f"Expected a {want} image, got {decoded.format}", run_id=run_id)
     if size != (width, height):
         raise FluxImageError(f"Expected {width}x{height}, got {size[0]}x{size[1]}", run_id=run_id)
     declared = content_type.split(";")[0].strip().lower()
-    expected_type = f"image/{output_format}"
+    expected_type = fmt.content_type if fmt else f"image/{output_format}"
     if declared and declared not in (expected_type, "application/octet-stream", "binary/octet-stream"):
         raise FluxImageError(f"Expected content type {expected_type}, got {declared}", run_id=run_id)
     return DownloadedImage(

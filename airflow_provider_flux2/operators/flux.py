@@ -44,6 +44,7 @@ from airflow_provider_flux2.exceptions import (
 from airflow_provider_flux2.hooks.flux import FluxHook
 from airflow_provider_flux2.jobs import (
     ITEM_META,
+    Collected,
     FailurePolicy,
     ModerationPolicy,
     Plan,
@@ -355,16 +356,7 @@ class FluxGenerateImageOperator(BaseOperator):
         location = task_location(context)
         store = context.get("task_state_store") if self.durable else None
         progress = Progress.load(store.get(STATE_KEY), plan, self.log) if store is not None else None
-        collected = collect(
-            self.hook,
-            plan,
-            states,
-            publisher,
-            location,
-            on_moderation=self.on_moderation,
-            progress=progress,
-            logger=self.log,
-        )
+        collected = self._collect(context, plan, states, publisher, location, progress)
         if progress is not None:
             self.log.info(
                 "An earlier try stored this plan's images: the API replayed its runs (same keys, nothing billed "
@@ -389,6 +381,26 @@ class FluxGenerateImageOperator(BaseOperator):
         records = self._records(plan, states, collected.records)
         self.log.info("Collected %d image(s) in %s", len(collected.records), duration(time.time() - started))
         return self._finish(context, plan, records, publisher, location, event.get("budget_stop"))
+
+    def _collect(
+        self,
+        context: Context,
+        plan: Plan,
+        states: dict[int, JobState],
+        publisher: Publisher,
+        location: BatchLocation,
+        progress: Progress | None,
+    ) -> Collected:
+        return collect(
+            self.hook,
+            plan,
+            states,
+            publisher,
+            location,
+            on_moderation=self.on_moderation,
+            progress=progress,
+            logger=self.log,
+        )
 
     def _progress(self, plan: Plan, states: dict[int, JobState], records: dict[int, ImageRecord]) -> Progress:
         batches = sorted({s.batch_id for s in states.values() if s.batch_id})

@@ -13,10 +13,9 @@ from airflow_provider_flux2.hooks.flux import FluxHook
 from airflow_provider_flux2.jobs import task_location
 from airflow_provider_flux2.links import XCOM_GALLERY, XCOM_MANIFEST, FluxImagesLink
 from airflow_provider_flux2.models import records_from_xcom
-from airflow_provider_flux2.pricing import usd
+from airflow_provider_flux2.pricing import billed_cost, usd
 from airflow_provider_flux2.storage import publisher_for, uri_reader
 from airflow_provider_flux2.storage.base import folder_of
-from airflow_provider_flux2.storage.manifest import billed_cost
 from airflow_provider_flux2.storage.publish import is_publishable, publish_records
 from airflow_provider_flux2.storage.report import write_batch_report
 

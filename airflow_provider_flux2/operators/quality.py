@@ -41,13 +41,13 @@ from airflow_provider_flux2.jobs import (
     task_location,
 )
 from airflow_provider_flux2.models import ImageRecord, RunStatus, records_from_xcom, utc_now_iso
-from airflow_provider_flux2.pricing import Budget, usd
+from airflow_provider_flux2.pricing import Budget, billed_cost, usd
 from airflow_provider_flux2.quality.policy import apply_failure_policy
 from airflow_provider_flux2.quality.regeneration import RegenerationPlan, supersede
 from airflow_provider_flux2.quality.suite import CheckSuite, failed_checks, read_each
 from airflow_provider_flux2.storage import uri_reader
 from airflow_provider_flux2.storage.base import folder_of
-from airflow_provider_flux2.storage.manifest import billed_cost, superseded_rows
+from airflow_provider_flux2.storage.manifest import superseded_rows
 from airflow_provider_flux2.triggers.flux import FluxGenerationTrigger, finished_runs
 
 if TYPE_CHECKING:

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import asyncio
 import itertools
 import json
 import re
-import time
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal
 from pathlib import Path
@@ -14,10 +12,7 @@ from pathlib import Path
 import pytest
 from airflow.sdk import DAG
 
-from airflow_provider_flux2.hooks.flux import FluxHook
-from airflow_provider_flux2.models import build_input
 from airflow_provider_flux2.operators.flux import FluxGenerateImageOperator
-from airflow_provider_flux2.triggers.flux import FluxGenerationTrigger
 
 _ids = itertools.count()
 
