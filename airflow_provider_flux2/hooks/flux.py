@@ -363,7 +363,12 @@ class FluxHook(BaseHook):
     # -- the retry loop, once for sync and once for async --------------------------------------
 
     def _next_delay(self, request: protocol.ApiRequest, attempt: int, error: BaseException) -> float | None:
-        """Seconds to wait before retrying ``request``, or ``None`` when ``error`` must be raised."""
+        """Seconds to wait before retrying ``request``, or ``None`` when ``error`` must be raised.
+
+        One policy for the sync and the async client (and for downloads). POSTs are retried too, which
+        is safe only because every submission carries an ``Idempotency-Key``: if the first attempt did
+        reach the API and only its answer was lost, the retry is replayed (same run, billed once).
+        """
         policy = self.config.retry
         if not protocol.is_transient(error) or attempt >= policy.max_attempts:
             return None

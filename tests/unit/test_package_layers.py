@@ -49,7 +49,7 @@ def test_there_is_no_import_cycle():
     def walk(node, stack, seen):
         for nxt in sorted(edges[node]):
             if nxt in stack:
-                cycles.append(stack[stack.index(nxt) :] + [nxt])
+                cycles.append([*stack[stack.index(nxt) :], nxt])
             elif nxt not in seen:
                 seen.add(nxt)
                 walk(nxt, [*stack, nxt], seen)
