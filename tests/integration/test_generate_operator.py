@@ -114,6 +114,17 @@ def test_fifty_images_deferrable_manifest_cost_equals_ledger(emulator, run_dag, 
     assert len(records) == 50 and len(stored_files(tmp_path)) == 50
     assert len(emulator.ledger()["entries"]) == 50
     assert sum(Decimal(r["cost_usd"]) for r in records) == ledger_total(emulator) == Decimal("2.250")
+    # One record per image in the metadata DB: the return value; no other XCom carries records.
+    from airflow.models.xcom import XComModel
+    from airflow.utils.session import create_session
+
+    with create_session() as session:
+        rows = session.scalars(XComModel.get_many(run_id=dr.run_id, dag_ids=dr.dag_id, task_ids="generate")).all()
+        stored = {row.key: len(json.dumps(XComModel.deserialize_value(row))) for row in rows}
+    assert set(stored) == {"return_value", "flux_gallery_url", "flux_manifest_uri", "_link_FluxImagesLink"}
+    per_image = sum(stored.values()) / 50
+    print(f"metadata DB per image: {per_image:.0f} B of XCom")
+    assert per_image < 2_000  # docs/deployment.md quotes this figure (1.6 KB with short prompts)
     manifest = xcom(dr, "generate", key="flux_manifest_uri")
     if manifest:  # written by the storage layer's report writer
         summary = json.loads(Path(manifest[7:]).read_text())["summary"]
