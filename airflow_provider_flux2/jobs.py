@@ -64,6 +64,8 @@ COLLECT_ATTEMPTS = 3
 #: Images collected at once by one worker: enough to hide download latency, few enough for memory
 #: (each holds one image's bytes until it is stored).
 COLLECT_WORKERS = 8
+#: Collection records what it stored (``task_state_store``) after every this many images.
+CHECKPOINT_EVERY = 100
 
 
 # --------------------------------------------------------------------------------------------------
@@ -356,12 +358,14 @@ def collect(
     logger: Any = log,
     workers: int = COLLECT_WORKERS,
     sleep: Callable[[float], None] = time.sleep,
+    checkpoint: Callable[[Collected], None] | None = None,
 ) -> Collected:
     """Every finished job → its record; succeeded ones downloaded, verified and stored, concurrently.
 
     Finished runs are read in as few requests as the API allows: one ``/items`` read per batch (fresh
     output URLs, the cost, the seed, any failure); a batch with a single job to collect is read as that run.
     An image an earlier try stored that is still intact is kept; a missing or changed one is stored again.
+    ``checkpoint`` is called every :data:`CHECKPOINT_EVERY` images, so a crash mid-way loses little.
     """
     finished = [s for s in states.values() if s.phase == "done" and s.run_id]
     by_batch: dict[str, list[JobState]] = {}
@@ -414,6 +418,8 @@ def collect(
                 out.kept.append(index)
             elif what == "restored":
                 out.restored.append(index)
+            if checkpoint is not None and len(out.records) % CHECKPOINT_EVERY == 0:
+                checkpoint(out)
     return out
 
 

@@ -19,7 +19,7 @@ its request, so a retry, a cleared task or a rebuilt trigger replays the runs in
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import timedelta
 from decimal import Decimal
 from functools import cached_property
@@ -356,7 +356,12 @@ class FluxGenerateImageOperator(BaseOperator):
         location = task_location(context)
         store = context.get("task_state_store") if self.durable else None
         progress = Progress.load(store.get(STATE_KEY), plan, self.log) if store is not None else None
-        collected = self._collect(context, plan, states, publisher, location, progress)
+
+        def checkpoint(done: Collected) -> None:  # a crash mid-collect keeps what is already stored
+            if store is not None:
+                store.set(STATE_KEY, self._progress(plan, states, done.records, progress).model_dump(mode="json"))
+
+        collected = self._collect(context, plan, states, publisher, location, progress, checkpoint)
         if progress is not None:
             self.log.info(
                 "An earlier try stored this plan's images: the API replayed its runs (same keys, nothing billed "
@@ -365,8 +370,7 @@ class FluxGenerateImageOperator(BaseOperator):
                 len(collected.restored),
                 f" ({', '.join(f'#{i}' for i in collected.restored[:20])})" if collected.restored else "",
             )
-        if store is not None:
-            store.set(STATE_KEY, self._progress(plan, states, collected.records).model_dump(mode="json"))
+        checkpoint(collected)
         status = event.get("status")
         if status != "success":
             pending = [s.run_id for s in states.values() if s.phase in ("in_flight", "read") and s.run_id]
@@ -390,6 +394,7 @@ class FluxGenerateImageOperator(BaseOperator):
         publisher: Publisher,
         location: BatchLocation,
         progress: Progress | None,
+        checkpoint: Callable[[Collected], None] | None = None,
     ) -> Collected:
         return collect(
             self.hook,
@@ -400,12 +405,23 @@ class FluxGenerateImageOperator(BaseOperator):
             on_moderation=self.on_moderation,
             progress=progress,
             logger=self.log,
+            checkpoint=checkpoint,
         )
 
-    def _progress(self, plan: Plan, states: dict[int, JobState], records: dict[int, ImageRecord]) -> Progress:
-        batches = sorted({s.batch_id for s in states.values() if s.batch_id})
-        stored = {str(i): (r.uri, r.content_hash) for i, r in records.items() if r.uri and r.content_hash}
-        return Progress(plan=plan.digest, batch_ids=batches, stored=stored)
+    def _progress(
+        self,
+        plan: Plan,
+        states: dict[int, JobState],
+        records: dict[int, ImageRecord],
+        earlier: Progress | None = None,
+    ) -> Progress:
+        """Ids and what is stored (never record copies), kept with what an earlier try stored."""
+        batches = sorted(
+            {s.batch_id for s in states.values() if s.batch_id} | set(earlier.batch_ids if earlier else [])
+        )
+        stored = dict(earlier.stored) if earlier else {}
+        stored.update({str(i): (r.uri, r.content_hash) for i, r in records.items() if r.uri and r.content_hash})
+        return Progress(plan=plan.digest, batch_ids=sorted(batches), stored=stored)
 
     def _records(
         self, plan: Plan, states: dict[int, JobState], collected: dict[int, ImageRecord]

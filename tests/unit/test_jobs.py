@@ -97,14 +97,28 @@ def finished_states(hook: FluxHook, plan: Plan) -> dict[int, JobState]:
     return states
 
 
-def test_collect_stores_every_finished_image_concurrently_with_one_items_read_per_batch(emulator, tmp_path):
+def test_collect_stores_every_finished_image_concurrently_with_one_items_read_per_batch(
+    emulator, tmp_path, monkeypatch
+):
+    monkeypatch.setattr("airflow_provider_flux2.jobs.CHECKPOINT_EVERY", 5)
+    checkpoints: list[int] = []
     hook = FluxHook(api_key=emulator.api_key, base_url=emulator.base_url)
     plan = plan_of(12, chunk=4)
     states = finished_states(hook, plan)
     before = emulator.stats()["requests"]
     publisher = CountingPublisher(tmp_path.as_uri())
     started = time.perf_counter()
-    collected = collect(hook, plan, states, publisher, LOCATION, on_moderation="fail", progress=None, workers=4)
+    collected = collect(
+        hook,
+        plan,
+        states,
+        publisher,
+        LOCATION,
+        on_moderation="fail",
+        progress=None,
+        workers=4,
+        checkpoint=lambda done: checkpoints.append(len(done.records)),
+    )
     elapsed = time.perf_counter() - started
     after = emulator.stats()["requests"]
     records = [collected.records[i] for i in range(12)]
@@ -114,6 +128,7 @@ def test_collect_stores_every_finished_image_concurrently_with_one_items_read_pe
     assert after.get("get_run", 0) == before.get("get_run", 0)  # no run read one by one
     assert 1 < publisher.peak <= 4  # concurrent, and bounded by the pool
     assert elapsed < 12 * 0.05  # faster than one image after another
+    assert checkpoints == [5, 10]  # what is stored is recorded as it goes, not only at the end
 
 
 def test_collect_keeps_intact_objects_and_stores_missing_or_changed_ones_again(emulator, tmp_path):
