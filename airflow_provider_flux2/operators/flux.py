@@ -254,12 +254,12 @@ class FluxGenerateImageOperator(BaseOperator):
 
     def execute_complete(self, context: Context, event: dict[str, Any] | None = None) -> list[dict[str, Any]]:
         """Back from the triggerer: collect every finished job, store, report."""
-        plan = self.plan(context)
+        plan = self.plan(context, check_budget=False)  # what was sent is paid for: collect it whatever the prices
         return self._complete(context, plan, event or {"status": "error", "message": "no event"}, self._publisher())
 
     # -- 1. plan --------------------------------------------------------------------------------------
 
-    def plan(self, context: Context) -> Plan:
+    def plan(self, context: Context, *, check_budget: bool = True) -> Plan:
         """Validate and price every item; refuse the plan if it is over budget. Sends nothing."""
         items = self._items()
         default_variant = resolve_variant(self.model) if self.model else self.hook.default_model
@@ -276,7 +276,7 @@ class FluxGenerateImageOperator(BaseOperator):
             jobs.append(new_job(identity, index, variant, request, meta=meta))
         cost = estimate([(j.variant, j.request) for j in jobs], self.hook.prices)
         budget = self._budget()
-        if budget is not None:
+        if budget is not None and check_budget:
             budget.check(cost)
         chunk = default_chunk_size(self.max_in_flight, self.batch_size, self.use_batches)
         return Plan.of(jobs, cost, chunk, budget)
