@@ -44,7 +44,7 @@ from airflow_provider_flux2.models import (
 from airflow_provider_flux2.pricing import Budget, CostEstimate, ItemCost, cents, image_cost, usd
 from airflow_provider_flux2.storage import BatchLocation, content_hash, publisher_for
 from airflow_provider_flux2.storage.publish import object_metadata
-from airflow_provider_flux2.window import JobSpec, JobState, Poll, Submit, Window, resubmission_key
+from airflow_provider_flux2.window import POLL_ROUNDS, JobSpec, JobState, Poll, Submit, Window, resubmission_key
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
@@ -464,9 +464,19 @@ def run_window(
 ) -> dict[str, Any]:
     """Drive ``window`` in this process until it is finished; returns its one event."""
     started, last_at, last = time.time(), 0.0, ""
-    while not window.finished(now := time.time()):
+    while not window.finished(time.time()):
         acted = False
-        for submit in window.submissions(now):
+        for _ in range(POLL_ROUNDS):  # polls first: slots freed this turn are topped up this turn
+            polls = window.polls(time.time())
+            if not polls:
+                break
+            acted = True
+            for poll in polls:
+                try:
+                    _observe(window, poll, hook)
+                except FluxError as error:
+                    window.poll_failed(poll, error, time.time())
+        for submit in window.submissions(time.time()):
             acted = True
             try:
                 if submit.is_batch:
@@ -483,12 +493,6 @@ def run_window(
                     window.submitted(submit, [run.id], None, time.time())
             except FluxError as error:
                 window.submit_failed(submit, error, time.time())
-        for poll in window.polls(time.time()):
-            acted = True
-            try:
-                _observe(window, poll, hook)
-            except FluxError as error:
-                window.poll_failed(poll, error, time.time())
         now = time.time()
         if 0 <= progress_interval <= now - last_at and (line := window.progress_line(started, now)) != last:
             last, last_at = line, now

@@ -29,6 +29,8 @@ from airflow_provider_flux2.hooks.flux import BatchEntry, adaptive_poll_interval
 from airflow_provider_flux2.models import Batch, Run, RunStatus
 from airflow_provider_flux2.pricing import cents, reported_cost, usd
 
+#: Poll rounds a loop does in one turn: a batch seen finished makes its items read due at once.
+POLL_ROUNDS = 3
 #: Polls (or submissions) that may fail in a row, after the hook's own retries, before the window gives up.
 MAX_CONSECUTIVE_FAILURES = 5
 #: Job phases: not sent yet · at the API · failed, its failure code unknown (read the run) · failed, to be
@@ -304,7 +306,7 @@ class Window:
         kind, _ = target
         states = [self.states[i] for i in self._targets.get(target, [])]
         if kind == "items":
-            return any(s.phase == "read" for s in states)
+            return any(s.phase == "done" and s.succeeded and s.cost is None for s in states)
         if kind == "run":
             return any(s.phase in ("in_flight", "read") and s.run_id == target[1] for s in states)
         return any(s.phase == "in_flight" and s.batch_id == target[1] and not s.terminal for s in states)
@@ -381,16 +383,16 @@ class Window:
         self._reschedule(("run", run.id), now)
 
     def observe_items(self, batch_id: str, runs: Iterable[Run], now: float) -> None:
-        """A batch's items: the cost the API reports for each finished run (the running budget)."""
+        """A batch's items: the cost the API reports for each succeeded run (the running budget)."""
         self.failures = 0
         by_run = {run.id: run for run in runs}
         for index in self._targets.get(("items", batch_id), []):
             state = self.states[index]
             run = by_run.get(state.run_id or "")
-            if run is not None and state.phase == "read":
-                state.cost = reported_cost(run) if run.status_code == RunStatus.SUCCEEDED else None
-                state.failure_code = run.failure_code
-                self._observe(state, run.status_code, run.completed_at, now, known=True)
+            if run is not None and state.phase == "done" and state.succeeded and state.cost is None:
+                state.cost = reported_cost(run)
+                state.completed_at = run.completed_at or state.completed_at
+        self._due.pop(("items", batch_id), None)
 
     def poll_failed(self, poll: Poll, error: BaseException, now: float) -> None:
         if not protocol.is_transient(error):
@@ -412,10 +414,14 @@ class Window:
             state.detected_at = now
         state.completed_at = completed_at or state.completed_at
         if status == RunStatus.SUCCEEDED:
-            if known or self.budget is None:
-                state.phase = "done"
-            else:  # the running budget needs the API's figure: the batch's items are read once
-                self._read(state, ("items", state.batch_id or ""), now)
+            state.phase = "done"  # its slot is free at once
+            if not known and self.budget is not None and state.batch_id:
+                # The running budget wants the API's figure: one read of the batch's items gives every
+                # cost, once no run of the batch is left in flight (estimates count until then).
+                items = ("items", state.batch_id)
+                members = self._targets.setdefault(items, [])
+                if state.index not in members:
+                    members.append(state.index)
             return
         # failed or canceled: free of charge; is it worth sending again?
         if not known:
@@ -433,23 +439,20 @@ class Window:
         state.phase = "done"
 
     def _read(self, state: JobState, target: tuple[str, str], now: float) -> None:
+        """A failed batch item: read its run at once (its failure code decides whether to resubmit)."""
         state.phase = "read"
         members = self._targets.setdefault(target, [])
         if state.index not in members:
             members.append(state.index)
-        if target[0] == "run":
-            self._due[target] = now  # at once: a failed run's code decides whether to resubmit
-        elif not any(self.states[i].phase == "in_flight" for i in self._targets.get(("batch", target[1]), [])):
-            self._due[target] = now  # the whole batch has finished: one read gives every cost
+        self._due[target] = now
 
     def _reschedule(self, target: tuple[str, str], now: float) -> None:
         states = [
             self.states[i] for i in self._targets.get(target, []) if self.states[i].phase in ("in_flight", "read")
         ]
         if target[0] == "batch":
-            batch_id = target[1]
-            items = ("items", batch_id)
-            if items in self._targets and not any(s.phase == "in_flight" for s in states):
+            items = ("items", target[1])
+            if self._awaited(items) and not any(s.phase == "in_flight" for s in states):
                 self._due[items] = now
         if not states:
             self._due.pop(target, None)

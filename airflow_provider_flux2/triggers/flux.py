@@ -28,7 +28,7 @@ from airflow.triggers.base import BaseTrigger, TriggerEvent
 from airflow_provider_flux2.exceptions import FluxError, FluxValidationError
 from airflow_provider_flux2.hooks.flux import FluxHook
 from airflow_provider_flux2.models import resolve_variant
-from airflow_provider_flux2.window import JobSpec, Poll, Window, rows_of
+from airflow_provider_flux2.window import POLL_ROUNDS, JobSpec, Poll, Window, rows_of
 
 #: The deadline of a trigger built with neither ``end_time`` nor ``timeout``.
 DEFAULT_WAIT_TIMEOUT = 3600.0
@@ -207,14 +207,20 @@ class FluxGenerationTrigger(BaseTrigger):
         started = last_at = time.time()
         last = ""
         try:
-            while not window.finished(now := time.time()):
-                acted = await self._submit(hook, window, now)
-                for poll in window.polls(time.time()):
+            while not window.finished(time.time()):
+                # Polls first, so slots freed (and costs reported) this turn are used by this turn's top-up.
+                acted = False
+                for _ in range(POLL_ROUNDS):
+                    polls = window.polls(time.time())
+                    if not polls:
+                        break
                     acted = True
-                    try:
-                        await _observe(window, poll, hook)
-                    except FluxError as error:
-                        window.poll_failed(poll, error, time.time())
+                    for poll in polls:
+                        try:
+                            await _observe(window, poll, hook)
+                        except FluxError as error:
+                            window.poll_failed(poll, error, time.time())
+                acted = await self._submit(hook, window, time.time()) or acted
                 now = time.time()
                 if now - last_at >= self.progress_interval and (line := window.progress_line(started, now)) != last:
                     last, last_at = line, now
