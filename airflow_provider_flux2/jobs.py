@@ -412,7 +412,17 @@ def collect(
                 record.status = "failed" if failure is not None else "succeeded"
             return job.index, record, what
 
-        for index, record, what in pool.map(one, finished):
+        def guarded(state: JobState) -> tuple[int, ImageRecord | None, str, BaseException | None]:
+            try:
+                return (*one(state), None)
+            except Exception as error:  # one image's failure must not lose the others' records
+                return state.index, None, "", error
+
+        errors: list[tuple[int, BaseException]] = []
+        for index, record, what, error in pool.map(guarded, finished):
+            if record is None:
+                errors.append((index, error or FluxError("unknown")))
+                continue
             out.records[index] = record
             if what == "kept":
                 out.kept.append(index)
@@ -420,6 +430,17 @@ def collect(
                 out.restored.append(index)
             if checkpoint is not None and len(out.records) % CHECKPOINT_EVERY == 0:
                 checkpoint(out)
+    if errors:
+        if checkpoint is not None:
+            checkpoint(out)  # what did get stored is recorded before the task fails
+        index, first = errors[0]
+        logger.error(
+            "Could not collect %d image(s) (%s); the %d others are stored",
+            len(errors),
+            ", ".join(f"#{i}" for i, _ in errors[:20]),
+            len(out.records),
+        )
+        raise first
     return out
 
 
