@@ -127,12 +127,19 @@ class Measured:
 
 @dataclass
 class Triggerer:
-    """The triggerer's process tree while one trigger holds every run of a task in flight."""
+    """The triggerer's process tree while one trigger holds every run of a task in flight.
+
+    Airflow 3's ``airflow triggerer`` is two processes: the supervisor, and the trigger runner (its
+    child, where the triggers' event loop runs). RSS is given for the runner and for the whole tree,
+    each at its peak while the task was deferred, and for the tree before the DAG run started (idle).
+    """
 
     images: int
     peak_in_flight: int
     deferred_s: float
+    idle_rss: int
     peak_rss: int
+    peak_runner_rss: int
     cpu_s: float
     state: str
 
@@ -187,11 +194,12 @@ def _measured(
     wall: float,
     state: str,
 ) -> Measured:
-    stats = emu.stats()
+    stats = emu.stats()  # before reading the runs below, which the emulator counts too
+    ledger = emu.ledger()["entries"]
     task = figures.task_figures(
         rows,
         stats,
-        billed=len(emu.ledger()["entries"]),
+        billed=len(ledger),
         worker_seconds=0.0,
         worker_entries=len(entries),
         worker_parts={},
@@ -206,7 +214,7 @@ def _measured(
         planned=planned,
         state=state,
         wall_s=wall,
-        mean_latency_s=task.mean_latency,
+        mean_latency_s=figures.mean(api_latencies(emu, [e["run_id"] for e in ledger])),
         entries=len(entries),
         slot_s=slot_seconds(entries),
         requests=_api_requests(stats),
@@ -219,12 +227,38 @@ def _measured(
     )
 
 
-def slot_seconds(entries: list[dict[str, Any]]) -> float:
-    """Seconds a worker slot was held: per entry, from its process's start (the first entry of a process)
-    or from entering the method (a later entry in the same process, as under ``dag.test()``) to its exit."""
+def api_latencies(emu: Any, run_ids: list[str]) -> list[float]:
+    """Each billed run's latency as the API saw it: ``created_at`` → ``completed_at``.
+
+    Not the records' ``submitted_at``: after a retry, a record carries the replayed submission's instant,
+    which can come after the run finished (the first try submitted it).
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    import httpx
+
+    headers = {"Authorization": f"Bearer {emu.api_key}"}
+    with httpx.Client(base_url=emu.base_url, headers=headers, timeout=30, trust_env=False) as client:
+
+        def one(run_id: str) -> float:
+            run = client.get(f"/v1/runs/{run_id}").raise_for_status().json()
+            return _epoch(run["completed_at"]) - _epoch(run["created_at"])
+
+        with ThreadPoolExecutor(max_workers=16) as pool:
+            return list(pool.map(one, run_ids))
+
+
+def slot_seconds(entries: list[dict[str, Any]], *, from_process_start: bool = True) -> float:
+    """Seconds a worker slot was held: per entry, from its process's start (the first entry of a task
+    process on a deployment) or from entering the method (a later entry in the same process) to its exit.
+
+    ``from_process_start=False`` under ``dag.test()``: its one process is the ``airflow dags test``
+    command, whose start-up (imports, database) is no worker slot.
+    """
     held, seen = 0.0, set()
     for entry in sorted(entries, key=lambda e: e["enter"]):
-        start = entry["enter"] if entry["pid"] in seen else min(entry["process_start"], entry["enter"])
+        fresh = from_process_start and entry["pid"] not in seen
+        start = min(entry["process_start"], entry["enter"]) if fresh else entry["enter"]
         seen.add(entry["pid"])
         held += entry["exit"] - start
     return held
@@ -289,6 +323,7 @@ def run_dag_test(dep: Deployment, row: Row, planned: int) -> Measured:
     found = _entries(entries, row.dag_id)
     measured = _measured(row, "dag.test()", planned, _rows(output, row.dag_id), found, dep.emu, wall, state)
     measured.wall_s = _task_span(found) or wall
+    measured.slot_s = slot_seconds(found, from_process_start=False)
     return measured
 
 
@@ -312,30 +347,43 @@ def _tree(pid: int) -> list[Any]:
     return [root, *root.children(recursive=True)]
 
 
-def measure_triggerer(dep: Deployment, images: int, interval: float = 0.5) -> Triggerer:
-    """Trigger the 1,000-in-flight DAG; while its task is deferred, sample the triggerer's process tree."""
+def _sample(pid: int, cpu: dict[int, tuple[float, float]] | None = None) -> tuple[int, int]:
+    """RSS of the tree and of the root's children (the trigger runner); CPU seconds per pid into ``cpu``."""
     import psutil
 
+    tree, runner = 0, 0
+    for proc in _tree(pid):
+        try:
+            rss = proc.memory_info().rss
+            times = proc.cpu_times()
+        except psutil.Error:
+            continue
+        tree += rss
+        runner += rss if proc.pid != pid else 0
+        if cpu is not None:
+            used = times.user + times.system
+            cpu[proc.pid] = (cpu.get(proc.pid, (used, used))[0], used)
+    return tree, runner
+
+
+def measure_triggerer(dep: Deployment, images: int, interval: float = 0.5) -> Triggerer:
+    """Trigger the all-in-flight DAG; while its task is deferred, sample the triggerer's process tree."""
     dag_id = "flux2_deploy_bench_triggerer"
+    pid = dep.services["triggerer-1"].pid
     dep.emu.reset()
+    idle = 0
+    for _ in range(3):  # the tree with nothing to run, before the DAG run
+        idle = max(idle, _sample(pid)[0])
+        time.sleep(1)
     run_id = dep.trigger(dag_id)
     path = f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances/generate"
     dep.wait_for(lambda: dep.api("GET", path)["state"] in ("deferred", "success", "failed"), 600, "the deferral")
-    pid = dep.services["triggerer-1"].pid
     cpu: dict[int, tuple[float, float]] = {}  # pid → (first, last) user+system seconds
-    peak_rss = 0
+    peak_tree = peak_runner = 0
     started = time.monotonic()
     while dep.api("GET", path)["state"] == "deferred":
-        rss = 0
-        for proc in _tree(pid):
-            try:
-                times = proc.cpu_times()
-                rss += proc.memory_info().rss
-            except psutil.Error:
-                continue
-            used = times.user + times.system
-            cpu[proc.pid] = (cpu.get(proc.pid, (used, used))[0], used)
-        peak_rss = max(peak_rss, rss)
+        tree, runner = _sample(pid, cpu)
+        peak_tree, peak_runner = max(peak_tree, tree), max(peak_runner, runner)
         time.sleep(interval)
     deferred_s = time.monotonic() - started
     state = dep.wait_dag_run(dag_id, run_id, timeout=3600)
@@ -343,7 +391,9 @@ def measure_triggerer(dep: Deployment, images: int, interval: float = 0.5) -> Tr
         images=images,
         peak_in_flight=int(dep.emu.stats().get("max_concurrent_runs", 0)),
         deferred_s=deferred_s,
-        peak_rss=peak_rss,
+        idle_rss=idle,
+        peak_rss=peak_tree,
+        peak_runner_rss=peak_runner,
         cpu_s=sum(last - first for first, last in cpu.values()),
         state=state,
     )
@@ -445,10 +495,19 @@ def targets(
     if trig is not None:
         label = f"{trig.images} runs in flight (peak {trig.peak_in_flight})"
         ok = trig.state == "success" and trig.peak_in_flight >= trig.images
-        add(f"triggerer ≤ 200 MB RSS, {label}", f"{number(trig.peak_rss / MB, 0)} MB", ok and trig.peak_rss <= 200 * MB)
+        add(
+            f"triggerer ≤ 200 MB RSS, {label}: the trigger runner process",
+            f"{number(trig.peak_runner_rss / MB, 0)} MB",
+            ok and trig.peak_runner_rss <= 200 * MB,
+        )
+        add(
+            f"triggerer ≤ 200 MB RSS, {label}: the whole process tree (supervisor + runner)",
+            f"{number(trig.peak_rss / MB, 0)} MB ({number(trig.idle_rss / MB, 0)} MB idle, before the run)",
+            ok and trig.peak_rss <= 200 * MB,
+        )
         add(
             f"triggerer ≤ 5 % of one core while waiting, {label}",
-            f"{number(100 * trig.cpu_share, 1)} % over {number(trig.deferred_s, 0)} s deferred",
+            f"{number(100 * trig.cpu_share, 1)} % (the tree) over {number(trig.deferred_s, 0)} s deferred",
             ok and trig.cpu_share <= 0.05,
         )
     if png is not None:
@@ -467,10 +526,18 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--max-in-flight", type=int, default=32)
     parser.add_argument("--time-scale", type=float, default=1.0)
     parser.add_argument("--peer-images", type=int, default=None, help="images of the other rows (default: --images)")
+    parser.add_argument(
+        "--http-images",
+        type=int,
+        default=200,
+        help="images of the HttpOperator + HttpSensor row: three mapped tasks and a reschedule per poke "
+        "per image make it the slowest row to run (default 200)",
+    )
     parser.add_argument("--triggerer-images", type=int, default=1000, help="runs in flight for the triggerer figures")
     parser.add_argument("--rows", default=",".join(ALL_KEYS), help=f"a subset of {','.join(ALL_KEYS)}")
     parser.add_argument("--no-dag-test", action="store_true", help="only the real deployment")
     parser.add_argument("--no-docs", action="store_true", help="print only; leave docs/performance.md alone")
+    parser.add_argument("--keep", action="store_true", help="keep the deployment's folder (logs) and print it")
     args = parser.parse_args(argv)
     keys = [k.strip() for k in args.rows.split(",") if k.strip()]
     unknown = sorted(set(keys) - set(ALL_KEYS))
@@ -481,6 +548,7 @@ def main(argv: list[str]) -> int:
     env = {
         "FLUX2_DEPLOY_BENCH_IMAGES": str(args.images),
         "FLUX2_DEPLOY_PEER_IMAGES": str(peer_images),
+        "FLUX2_DEPLOY_HTTP_IMAGES": str(args.http_images),
         "FLUX2_DEPLOY_TRIGGERER_IMAGES": str(args.triggerer_images),
         "FLUX2_DEPLOY_MAX_IN_FLIGHT": str(args.max_in_flight),
         "FLUX2_DEPLOY_TIME_SCALE": str(args.time_scale),
@@ -501,18 +569,22 @@ def main(argv: list[str]) -> int:
             env=env,
             parallelism=max(32, args.max_in_flight),
             s3="png" in keys,
+            keep=args.keep,
         ) as dep:
-            progress(f"deployment up in {dep.startup_seconds:.0f} s")
+            progress(f"deployment up in {dep.startup_seconds:.0f} s" + (f" in {dep.root}" if args.keep else ""))
             if any(r.key == "http" for r in selected):
                 add_http_connection(dep)
             for row in selected:
-                planned = peer_images if row.peer else args.images
+                planned = args.http_images if row.key == "http" else peer_images if row.peer else args.images
                 results.append(_timed(lambda row=row, planned=planned: run_deployed(dep, row, planned)))
                 if row.dag_test and not args.no_dag_test:
                     results.append(_timed(lambda row=row, planned=planned: run_dag_test(dep, row, planned)))
             if "triggerer" in keys:
                 trig = measure_triggerer(dep, args.triggerer_images)
-                progress(f"triggerer: {trig.peak_rss / MB:.0f} MB, {100 * trig.cpu_share:.1f} % of a core")
+                progress(
+                    f"triggerer: runner {trig.peak_runner_rss / MB:.0f} MB, tree {trig.peak_rss / MB:.0f} MB "
+                    f"(idle {trig.idle_rss / MB:.0f} MB), {100 * trig.cpu_share:.1f} % of a core"
+                )
             if "png" in keys:
                 png = measure_png(dep)
                 progress(f"one 4096×4096 PNG: peak RSS {png.peak_rss / MB:.0f} MB")
@@ -530,6 +602,8 @@ def main(argv: list[str]) -> int:
         if peer_images != args.images
         else ""
     )
+    if "http" in keys and args.http_images != peer_images:
+        peers_note += f" The HttpOperator + HttpSensor DAG ran {args.http_images} images."
     block = "\n".join(
         [
             f"_Measured by `make bench` (`benchmarks/deployment_bench.py`) on {machine[0][1]} UTC: "

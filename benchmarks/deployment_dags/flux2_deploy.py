@@ -124,6 +124,8 @@ for _dag_id, _deferrable in (("flux2_deploy_chaos", True), ("flux2_deploy_chaos_
 
 #: Images of the peer rows (``--peer-images``): the baselines and other clients may run at a smaller N.
 PEER_IMAGES = int(os.environ.get("FLUX2_DEPLOY_PEER_IMAGES", str(BENCH_IMAGES)))
+#: Images of the HttpOperator + HttpSensor DAG (``--http-images``).
+HTTP_IMAGES = int(os.environ.get("FLUX2_DEPLOY_HTTP_IMAGES", str(PEER_IMAGES)))
 #: Images (and window) of the triggerer measurement: every run of the task in flight at once.
 TRIGGERER_IMAGES = int(os.environ.get("FLUX2_DEPLOY_TRIGGERER_IMAGES", "1000"))
 #: Fixed per-run poll intervals of the clients a user would otherwise pick, in seconds of the API's clock.
@@ -228,7 +230,7 @@ def _http_dag(ops: Any) -> None:
         submit >> wait >> fetch
 
     calls = []
-    for i, item in enumerate(prompts("generate", PEER_IMAGES)):
+    for i, item in enumerate(prompts("generate", HTTP_IMAGES)):
         body = {"input": ops.wire_input(item), "client_ref": f"flux2_deploy_bench_http/{i}"}
         calls.append({"index": i, "body": json.dumps(body), "key": f"http-bench-{i}"})
     image.expand_kwargs(calls)
