@@ -19,7 +19,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -64,6 +64,9 @@ COLLECT_ATTEMPTS = 3
 #: Images collected at once by one worker: enough to hide download latency, few enough for memory
 #: (each holds one image's bytes until it is stored).
 COLLECT_WORKERS = 8
+#: Memory collection may hold at once: each worker holds one image's bytes and its decoded pixels, so
+#: 4096×4096 images get fewer workers than 1-megapixel ones.
+COLLECT_MEMORY = 512 * 1024 * 1024
 #: Collection records what it stored (``task_state_store``) after every this many images.
 CHECKPOINT_EVERY = 100
 
@@ -356,7 +359,7 @@ def collect(
     on_moderation: ModerationPolicy,
     progress: Progress | None,
     logger: Any = log,
-    workers: int = COLLECT_WORKERS,
+    workers: int | None = None,
     sleep: Callable[[float], None] = time.sleep,
     checkpoint: Callable[[Collected], None] | None = None,
 ) -> Collected:
@@ -373,6 +376,7 @@ def collect(
         if state.batch_id:
             by_batch.setdefault(state.batch_id, []).append(state)
     readable = [b for b, members in by_batch.items() if len(members) > 1]
+    workers = workers or collect_workers(plan.jobs[s.index] for s in finished)
     hook.get_conn()  # created once, before the threads share it
     runs: dict[str, Run] = {}
     with ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="flux-collect") as pool:
@@ -442,6 +446,15 @@ def collect(
         )
         raise first
     return out
+
+
+def collect_workers(jobs: Iterable[Job]) -> int:
+    """Images collected at once: :data:`COLLECT_WORKERS`, fewer when the largest image would make them
+    hold more than :data:`COLLECT_MEMORY` (its encoded bytes plus 4 bytes a pixel once decoded)."""
+    largest = max((job.request.width * job.request.height for job in jobs), default=0)
+    if largest == 0:
+        return 1
+    return max(1, min(COLLECT_WORKERS, COLLECT_MEMORY // (largest * 8)))
 
 
 def _retrying(

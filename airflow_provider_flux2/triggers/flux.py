@@ -28,10 +28,12 @@ from airflow.triggers.base import BaseTrigger, TriggerEvent
 from airflow_provider_flux2.exceptions import FluxError, FluxValidationError
 from airflow_provider_flux2.hooks.flux import FluxHook
 from airflow_provider_flux2.models import resolve_variant
-from airflow_provider_flux2.window import POLL_ROUNDS, JobSpec, Poll, Window, rows_of
+from airflow_provider_flux2.window import POLL_ROUNDS, JobSpec, Poll, Submit, Window, rows_of
 
 #: The deadline of a trigger built with neither ``end_time`` nor ``timeout``.
 DEFAULT_WAIT_TIMEOUT = 3600.0
+#: Requests one trigger has at the API at once (polls of a turn, or its submissions).
+CONCURRENCY = 8
 #: The least time a trigger lives before it fires. A trigger that fires a fraction of a second after
 #: its task deferred can race Airflow's own bookkeeping of the deferral (apache/airflow#67287, #72716:
 #: "state mismatch … queued/running" fails the try). A replay of finished runs would do exactly that.
@@ -215,11 +217,7 @@ class FluxGenerationTrigger(BaseTrigger):
                     if not polls:
                         break
                     acted = True
-                    for poll in polls:
-                        try:
-                            await _observe(window, poll, hook)
-                        except FluxError as error:
-                            window.poll_failed(poll, error, time.time())
+                    await _bounded([_observe(window, poll, hook) for poll in polls])
                 acted = await self._submit(hook, window, time.time()) or acted
                 now = time.time()
                 if now - last_at >= self.progress_interval and (line := window.progress_line(started, now)) != last:
@@ -236,23 +234,25 @@ class FluxGenerationTrigger(BaseTrigger):
 
     async def _submit(self, hook: FluxHook, window: Window, now: float) -> bool:
         submissions = window.submissions(now)
-        for submit in submissions:
-            try:
-                if submit.is_batch:
-                    done = await hook.acreate_batch(
-                        window.entries(submit),
-                        model=resolve_variant(submit.model),
-                        batch_key=submit.batch_key or "",
-                        metadata=self.metadata,
-                    )
-                    window.submitted(submit, done.run_ids, done.batch_id, time.time())
-                else:
-                    (entry,) = window.entries(submit)
-                    run = await hook.asubmit(entry, model=resolve_variant(submit.model), metadata=self.metadata)
-                    window.submitted(submit, [run.id], None, time.time())
-            except FluxError as error:
-                window.submit_failed(submit, error, time.time())
+        await _bounded([self._send(hook, window, submit) for submit in submissions])
         return bool(submissions)
+
+    async def _send(self, hook: FluxHook, window: Window, submit: Submit) -> None:
+        try:
+            if submit.is_batch:
+                done = await hook.acreate_batch(
+                    window.entries(submit),
+                    model=resolve_variant(submit.model),
+                    batch_key=submit.batch_key or "",
+                    metadata=self.metadata,
+                )
+                window.submitted(submit, done.run_ids, done.batch_id, time.time())
+            else:
+                (entry,) = window.entries(submit)
+                run = await hook.asubmit(entry, model=resolve_variant(submit.model), metadata=self.metadata)
+                window.submitted(submit, [run.id], None, time.time())
+        except FluxError as error:
+            window.submit_failed(submit, error, time.time())
 
     async def on_kill(self) -> None:
         """Airflow >= 3.3 calls this when the deferred task is killed: say which runs are abandoned.
@@ -273,12 +273,31 @@ class FluxGenerationTrigger(BaseTrigger):
 
 
 async def _observe(window: Window, poll: Poll, hook: FluxHook) -> None:
-    if poll.kind == "batch":
-        window.observe_batch(await hook.aget_batch(poll.id), time.time())
-    elif poll.kind == "items":
-        window.observe_items(poll.id, await hook.aget_batch_items(poll.id), time.time())
-    else:
-        window.observe_run(await hook.aget_run(poll.id), time.time())
+    try:
+        if poll.kind == "batch":
+            window.observe_batch(await hook.aget_batch(poll.id), time.time())
+        elif poll.kind == "items":
+            window.observe_items(poll.id, await hook.aget_batch_items(poll.id), time.time())
+        else:
+            window.observe_run(await hook.aget_run(poll.id), time.time())
+    except FluxError as error:
+        window.poll_failed(poll, error, time.time())
+
+
+async def _bounded(calls: list[Any]) -> None:
+    """Run a turn's requests at once, at most :data:`CONCURRENCY` at a time (one shared client).
+
+    The window's methods never await, so the coroutines cannot interleave inside a decision.
+    """
+    if not calls:
+        return
+    gate = asyncio.Semaphore(CONCURRENCY)
+
+    async def one(call: Any) -> None:
+        async with gate:
+            await call
+
+    await asyncio.gather(*(one(call) for call in calls))
 
 
 def finished_runs(event: Mapping[str, Any]) -> dict[str, dict[str, Any]]:

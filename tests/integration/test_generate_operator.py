@@ -387,3 +387,26 @@ def test_a_running_budget_stop_fails_the_task_naming_the_figures_after_storing_w
     assert Decimal(stop[1]) + Decimal("0.030") > Decimal("0.180")
     ledger = emulator.ledger()["entries"]
     assert len(ledger) == 6 - int(stop[2]) == len(stored_files(tmp_path)) < 6
+
+
+def test_on_budget_stop_record_finishes_with_the_images_not_sent_as_pending_records(emulator, run_dag, xcom, tmp_path):
+    emulator.configure(prices={"pro": {"first_mp": "0.05", "extra_mp": "0.02"}})
+    prompts = [f"priced {i}" for i in range(6)]
+    dag = generate_dag(
+        "running_budget_record",
+        tmp_path,
+        prompts=prompts,
+        image_size="square",
+        max_in_flight=2,
+        budget_usd="0.18",
+        on_budget_stop="record",
+        deferrable=True,  # the same window, run by the trigger
+    )
+    dr = run_dag(dag)
+    assert dr.state == "success"
+    records = xcom(dr, "generate")
+    pending = [r for r in records if r["status"] == "pending"]
+    assert pending and all(r["failure_code"] == "BUDGET_STOPPED" and r["cost_usd"] == "0" for r in pending)
+    assert len(records) == 6 and [r["index"] for r in records] == list(range(6))
+    assert len(emulator.ledger()["entries"]) == 6 - len(pending) == len(stored_files(tmp_path))
+    assert sum(Decimal(r["cost_usd"]) for r in records) == ledger_total(emulator)

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from airflow_provider_flux2.hooks.flux import FluxHook
-from airflow_provider_flux2.jobs import Plan, Progress, collect, default_chunk_size, new_job
+from airflow_provider_flux2.jobs import Plan, Progress, collect, collect_workers, default_chunk_size, new_job
 from airflow_provider_flux2.models import Variant, build_input
 from airflow_provider_flux2.pricing import Budget, estimate
 from airflow_provider_flux2.storage import BatchLocation
@@ -42,6 +42,12 @@ def test_chunks_are_a_quarter_of_the_window_unless_told_and_never_past_the_batch
     assert default_chunk_size(32, 12, True) == 12
     assert default_chunk_size(1000, 500, True) == 100
     assert default_chunk_size(32, 12, False) == 1
+
+
+def test_fewer_images_are_collected_at_once_when_they_are_large():
+    assert collect_workers(plan_of(3).jobs) == 8  # 512×512
+    assert collect_workers(plan_of(3, size="4096x4096").jobs) == 4  # 16.8 MP: 134 MB each at most
+    assert collect_workers([]) == 1
 
 
 def test_chunks_and_keys_are_fixed_by_index():
