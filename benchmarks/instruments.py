@@ -110,9 +110,9 @@ class BenchOperator(FluxGenerateImageOperator):
 
     # The steps whose cost is worth knowing; each override only times the shipped method.
 
-    def plan(self, context: Context) -> Plan:
+    def plan(self, context: Context, **kwargs: Any) -> Plan:
         with step(context["ti"].dag_id, "plan (validate, price; again on the resume)"):
-            return super().plan(context)
+            return super().plan(context, **kwargs)
 
     def _collect(self, context: Context, *args: Any, **kwargs: Any) -> Collected:
         with step(context["ti"].dag_id, "collect (one /items per batch, download, verify, store)"):
