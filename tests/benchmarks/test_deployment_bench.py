@@ -11,6 +11,7 @@ import json
 import sys
 from datetime import datetime
 from pathlib import Path
+from urllib.parse import unquote, urlparse
 
 import pytest
 
@@ -49,7 +50,7 @@ def test_polling_client_submits_single_runs_polls_each_and_downloads(emulator, r
         timings = record["timings"]
         assert record["status"] == "succeeded"
         assert timings["submitted_at"] <= timings["detected_at"] <= timings["stored_at"]
-        assert Path(record["uri"].removeprefix("file://")).stat().st_size > 0
+        assert Path(unquote(urlparse(record["uri"]).path)).stat().st_size > 0
     stats = emulator.stats()
     assert stats["requests"]["create_run"] == 5
     assert stats["requests"]["download"] == 5
