@@ -6,8 +6,12 @@ scenario of ``make test`` and the full ones of ``make soak``:
 - ``FLUX2_DEPLOY_SMALL_TASKS`` (20) tasks of 3–5 images and one ``big`` task of
   ``FLUX2_DEPLOY_BIG_IMAGES`` (200) images, ``max_in_flight`` ``FLUX2_DEPLOY_MAX_IN_FLIGHT`` (16),
   ``retries=2``: ``flux2_deploy_chaos`` (deferrable) and ``flux2_deploy_chaos_sync`` (waits in the worker);
-- one task of ``FLUX2_DEPLOY_BENCH_IMAGES`` (200) images: ``flux2_deploy_bench`` (deferrable) and
-  ``flux2_deploy_bench_sync``.
+- ``make bench``'s DAGs (``benchmarks/deployment_bench.py``), one per compared way of running
+  ``FLUX2_DEPLOY_BENCH_IMAGES`` (the shipped operator: ``flux2_deploy_bench``, deferrable, and
+  ``flux2_deploy_bench_sync``) or ``FLUX2_DEPLOY_PEER_IMAGES`` images (``_chunked``, ``_waves``, the
+  polling clients ``_fal``, ``_bfl``, ``_runflow_js``, and ``_http``: ``HttpOperator`` + ``HttpSensor``),
+  and ``flux2_deploy_bench_triggerer`` (every run of the task in flight at once); their tasks are in
+  ``benchmarks/bench_operators.py``.
 
 Every task is the shipped operator, instrumented only to append one line per worker entry (when its
 process started, when the method was entered and left) to ``FLUX2_DEPLOY_ENTRIES``: that is how the
