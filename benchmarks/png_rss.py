@@ -27,6 +27,11 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--bucket", default="flux2-bench-png")
     parser.add_argument("--size", type=int, default=4096)
     parser.add_argument("--poll-interval", type=float, default=0.5)
+    parser.add_argument(
+        "--image-url",
+        help="download this PNG instead of the emulator's (the run as the API returned it, its output URL "
+        "swapped): the emulator's synthetic 4096×4096 PNG compresses to ~1 MB, a photograph's does not",
+    )
     args = parser.parse_args(argv)
 
     import psutil
@@ -54,6 +59,8 @@ def main(argv: list[str]) -> int:
     started = time.perf_counter()
     run = hook.submit(request, model=variant, idempotency_key=job.idempotency_key, client_ref=job.client_ref)
     run = hook.wait(run.id, timeout=900, poll_interval=args.poll_interval)
+    if args.image_url:
+        run = _with_output_url(hook, run.id, args.image_url)
     record = record_for_run(
         job, item_cost, run, attempt=0, batch_id=None, submitted_at=None, seen={}, log=logging.getLogger("png")
     )
@@ -73,6 +80,15 @@ def main(argv: list[str]) -> int:
         )
     )
     return 0
+
+
+def _with_output_url(hook: object, run_id: str, url: str) -> object:
+    """The run as ``GET /v1/runs/{id}`` returns it, its first output URL replaced by ``url``."""
+    from airflow_provider_flux2 import protocol
+
+    raw = hook.get_conn().get(f"/v1/runs/{run_id}").raise_for_status().json()  # type: ignore[attr-defined]
+    raw["output"]["outputs"][0]["url"] = url
+    return protocol.parse_run(raw)
 
 
 def _create_bucket(bucket: str) -> None:

@@ -172,7 +172,7 @@ def _measured(key: str, **figures) -> Measured:
 def test_targets_met_when_every_figure_is_within():
     shipped, sync = _measured("shipped"), _measured("sync", entries=1, slot_s=260.0)
     trig = Triggerer(1000, 1000, 30.0, 150 * MB, 190 * MB, 120 * MB, 0.6, "success")
-    rows = targets([shipped, sync], trig, Png(240 * MB, 150 * MB, 5 * MB, 3.0), max_in_flight=32)
+    rows = targets([shipped, sync], trig, [Png(240 * MB, 150 * MB, 5 * MB, 3.0)], max_in_flight=32)
     assert shipped.of_ideal(32) == pytest.approx(1000 * 8 / 32 / 260)
     assert [met for _, _, met in rows] == ["yes"] * len(rows)
     assert len(rows) == 9
@@ -182,7 +182,7 @@ def test_targets_missed_are_reported_missed_never_rounded_in():
     shipped = _measured("shipped", wall_s=300.0, entries=3, requests=1501, lag_p95=2.01, slot_s=14.0)
     sync = _measured("sync", entries=1, slot_s=270.0)
     trig = Triggerer(1000, 1000, 30.0, 300 * MB, 320 * MB, 201 * MB, 1.6, "success")
-    rows = targets([shipped, sync], trig, Png(251 * MB, 150 * MB, 5 * MB, 3.0), max_in_flight=32)
+    rows = targets([shipped, sync], trig, [Png(251 * MB, 150 * MB, 5 * MB, 3.0)], max_in_flight=32)
     assert [met for _, _, met in rows] == ["**no**"] * len(rows)
 
 
@@ -190,20 +190,20 @@ def test_an_invalid_run_meets_no_target():
     """Images ≠ billed (or a failed run) makes the row invalid, whatever its speed."""
     shipped = _measured("shipped", billed=999)
     assert not shipped.valid
-    rows = targets([shipped, _measured("sync", slot_s=1000.0)], None, None, max_in_flight=32)
+    rows = targets([shipped, _measured("sync", slot_s=1000.0)], None, [], max_in_flight=32)
     assert {met for _, _, met in rows} == {"**no**"}
 
 
 def test_triggerer_without_every_run_in_flight_meets_nothing():
     trig = Triggerer(1000, 400, 30.0, 150 * MB, 150 * MB, 100 * MB, 0.1, "success")
-    rows = targets([], trig, None, max_in_flight=32)
+    rows = targets([], trig, [], max_in_flight=32)
     assert {met for _, _, met in rows} == {"**no**"}
 
 
 def test_worker_slot_ratio_compares_per_image_when_the_sync_row_is_smaller():
     shipped = _measured("shipped", slot_s=10.0)
     sync = _measured("sync", images=200, planned=200, billed=200, slot_s=52.0)  # 0.26 s/image vs 0.01
-    [row] = [r for r in targets([shipped, sync], None, None, 32) if r[0].startswith("worker-slot")]
+    [row] = [r for r in targets([shipped, sync], None, [], 32) if r[0].startswith("worker-slot")]
     assert row[1].startswith("26.0×") and "for 200 images" in row[1] and row[2] == "yes"
 
 
