@@ -10,9 +10,8 @@ process's ``PYTHONPATH``). Every class appends one line per worker entry to ``FL
 - :class:`PollingClientOperator`: what a user writes with a plain client library inside a task —
   single runs (``POST /v1/models/{owner}/{slug}/runs`` with an ``Idempotency-Key``), ``max_in_flight``
   of them at once, each polled with ``GET /v1/runs/{id}`` at a fixed interval until terminal, then
-  downloaded; the task holds its worker slot from start to end, as those clients do. fal-client's
-  ``subscribe`` polls every 0.1 s, Black Forest Labs' client every 1 s (its ``poll`` helper and
-  examples), Runflow's JS SDK every 2 s;
+  downloaded; the task holds its worker slot from start to end, as those clients do. The intervals
+  are those issue 12 gives: fal-client 0.1 s, Black Forest Labs' client 1 s, Runflow's JS SDK 2 s;
 - :class:`HttpSubmitOperator`, :class:`HttpRunSensor`, :class:`HttpDownloadOperator`: the
   ``apache-airflow-providers-http`` way, one mapped task group per image.
 
