@@ -148,7 +148,7 @@ class Submit:
 
 @dataclass(frozen=True)
 class Poll:
-    """Read one thing: a batch's statuses, a single run, or a batch's items (costs, failure codes)."""
+    """Read one thing: a batch's statuses, a single run, or a batch's items (the costs the API reports)."""
 
     kind: Literal["batch", "run", "items"]
     id: str
