@@ -520,11 +520,10 @@ def run_window(
                         batch_key=submit.batch_key or "",
                         metadata=metadata,
                     )
-                    window.submitted(submit, done.run_ids, done.batch_id, time.time())
                 else:
                     (entry,) = window.entries(submit)
-                    run = hook.submit_entry(entry, model=resolve_variant(submit.model), metadata=metadata)
-                    window.submitted(submit, [run.id], None, time.time())
+                    done = hook.submit_one(entry, model=resolve_variant(submit.model), metadata=metadata)
+                window.submitted(submit, done.run_ids, done.batch_id, time.time(), replayed=done.replayed)
             except FluxError as error:
                 window.submit_failed(submit, error, time.time())
         now = time.time()

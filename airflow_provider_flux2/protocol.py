@@ -48,6 +48,9 @@ from airflow_provider_flux2.models import (
 
 DEFAULT_BASE_URL = "https://api.runflow.io"
 REQUEST_ID_HEADERS = ("x-request-id", "runflow-request-id", "request-id")
+#: [choice] A response replayed for a repeated ``Idempotency-Key`` may say so in this header (the
+#: emulator does; Stripe-style APIs do). It only makes the window poll a replayed run at once.
+REPLAYED_HEADER = "idempotent-replayed"
 MAX_CLIENT_REF = 255
 MAX_BATCH_ITEMS = 100
 MODERATION_CODES = frozenset({"CONTENT_MODERATED", "NSFW_CONTENT_DETECTED"})
@@ -310,7 +313,10 @@ def check_response(
     request reported it.
     """
     if 200 <= status < 300:
-        return _with_request_id(_json(body), request_id_of(headers))
+        data = _with_request_id(_json(body), request_id_of(headers))
+        if isinstance(data, dict) and (_header(headers, REPLAYED_HEADER) or "").lower() == "true":
+            data["replayed"] = True
+        return data
     raise error_from_response(status, headers, body, run_id=run_id)
 
 
@@ -387,6 +393,11 @@ def parse_batch_items(data: Any) -> list[Run]:
             run["id"] = run.get("run_id") or run.get("id")
             runs.append(parse_run(run))
     return runs
+
+
+def was_replayed(data: Any) -> bool:
+    """Whether a submission's response was a replay of an earlier one (see :data:`REPLAYED_HEADER`)."""
+    return isinstance(data, dict) and data.get("replayed") is True
 
 
 def failure_of(run: Run) -> FluxRunFailedError | None:

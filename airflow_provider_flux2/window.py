@@ -148,7 +148,7 @@ class Submit:
 
 @dataclass(frozen=True)
 class Poll:
-    """Read one thing: a batch's statuses, a single run, or a batch's items (costs, failure codes)."""
+    """Read one thing: a batch's statuses, a single run, or a batch's items (the costs the API reports)."""
 
     kind: Literal["batch", "run", "items"]
     id: str
@@ -331,8 +331,14 @@ class Window:
 
     # -- observations --------------------------------------------------------------------------------
 
-    def submitted(self, submit: Submit, run_ids: list[str], batch_id: str | None, now: float) -> None:
-        """The API accepted ``submit``: its runs are in flight."""
+    def submitted(
+        self, submit: Submit, run_ids: list[str], batch_id: str | None, now: float, *, replayed: bool = False
+    ) -> None:
+        """The API accepted ``submit``: its runs are in flight.
+
+        A replayed answer (a rebuilt trigger, a retry) is polled at once: its runs may have finished long
+        ago, and waiting a fresh run's first interval would slow the catch-up to a crawl.
+        """
         self.failures = 0
         target = ("batch", batch_id) if batch_id else None
         for index, run_id in zip(submit.jobs, run_ids, strict=True):
@@ -342,7 +348,8 @@ class Window:
             job_target = target or ("run", run_id)
             self._targets.setdefault(job_target, []).append(index)
             expected = max(self._specs[i].expected for i in submit.jobs)
-            self._due[job_target] = now + self._interval([RunStatus.QUEUED.value], 0.0, expected)
+            first = 0.0 if replayed else self._interval([RunStatus.QUEUED.value], 0.0, expected)
+            self._due[job_target] = now + first
 
     def submit_failed(self, submit: Submit, error: BaseException, now: float) -> None:
         """The API refused ``submit``: fall back to single runs, send it again later, or give up."""

@@ -185,6 +185,8 @@ class Submission:
 
     run_ids: list[str]
     batch_id: str | None = None
+    #: The API said this answer replays an earlier submission (same key): the runs may be done already.
+    replayed: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return {"batch_id": self.batch_id, "run_ids": list(self.run_ids)}
@@ -595,8 +597,15 @@ class FluxHook(BaseHook):
                 code="BAD_RESPONSE",
                 message=f"batch {batch.id} lists {len(run_ids)} runs for {expected} inputs",
             )
-        self.log.info("Submitted batch %s with %d runs (%s)", batch.id, len(run_ids), model.value)
-        return Submission(run_ids=run_ids, batch_id=batch.id)
+        replayed = protocol.was_replayed(data)
+        self.log.info(
+            "%s batch %s with %d runs (%s)",
+            "Replayed" if replayed else "Submitted",
+            batch.id,
+            len(run_ids),
+            model.value,
+        )
+        return Submission(run_ids=run_ids, batch_id=batch.id, replayed=replayed)
 
     def submit_entry(self, entry: BatchEntry, *, model: Variant, metadata: Mapping[str, Any] | None = None) -> Run:
         """Create one run under the entry's own Idempotency-Key (the input is sent as it is)."""
@@ -607,14 +616,34 @@ class FluxHook(BaseHook):
         self.log.info("Submitted run %s (%s, client_ref %s)", run.id, model.value, entry.client_ref)
         return run
 
-    async def asubmit(self, entry: BatchEntry, *, model: Variant, metadata: Mapping[str, Any] | None = None) -> Run:
+    async def asubmit(
+        self, entry: BatchEntry, *, model: Variant, metadata: Mapping[str, Any] | None = None
+    ) -> Submission:
         """Create one run from the event loop (the trigger), under the entry's own Idempotency-Key."""
         request = protocol.create_run(
             model, entry.request, idempotency_key=entry.idempotency_key, client_ref=entry.client_ref, metadata=metadata
         )
-        run = protocol.parse_run(await self._acall(request))
+        data = await self._acall(request)
+        run = protocol.parse_run(data)
+        replayed = protocol.was_replayed(data)
+        self.log.info(
+            "%s run %s (%s, client_ref %s)",
+            "Replayed" if replayed else "Submitted",
+            run.id,
+            model.value,
+            entry.client_ref,
+        )
+        return Submission(run_ids=[run.id], replayed=replayed)
+
+    def submit_one(self, entry: BatchEntry, *, model: Variant, metadata: Mapping[str, Any] | None = None) -> Submission:
+        """:meth:`asubmit` for the worker: one run under the entry's own key, and whether it was a replay."""
+        request = protocol.create_run(
+            model, entry.request, idempotency_key=entry.idempotency_key, client_ref=entry.client_ref, metadata=metadata
+        )
+        data = self._call(request)
+        run = protocol.parse_run(data)
         self.log.info("Submitted run %s (%s, client_ref %s)", run.id, model.value, entry.client_ref)
-        return run
+        return Submission(run_ids=[run.id], replayed=protocol.was_replayed(data))
 
     def get_run(self, run_id: str) -> Run:
         return protocol.parse_run(self._call(protocol.get_run(run_id)))

@@ -59,8 +59,8 @@ from airflow_provider_flux2.jobs import (
     task_identity,
     task_location,
 )
-from airflow_provider_flux2.links import STATE_KEY, XCOM_GALLERY, XCOM_MANIFEST, FluxImagesLink
 from airflow_provider_flux2.models import GENERATION_PARAMS, ImageRecord, build_input, resolve_variant
+from airflow_provider_flux2.outputs import STATE_KEY, XCOM_GALLERY, XCOM_MANIFEST, FluxImagesLink
 from airflow_provider_flux2.pricing import Budget, cents, estimate, usd
 from airflow_provider_flux2.storage import BatchLocation
 from airflow_provider_flux2.storage.report import write_batch_report

@@ -11,8 +11,8 @@ from airflow.sdk import Asset, BaseOperator
 from airflow_provider_flux2.exceptions import FluxValidationError
 from airflow_provider_flux2.hooks.flux import FluxHook
 from airflow_provider_flux2.jobs import task_location
-from airflow_provider_flux2.links import XCOM_GALLERY, XCOM_MANIFEST, FluxImagesLink
 from airflow_provider_flux2.models import records_from_xcom
+from airflow_provider_flux2.outputs import XCOM_GALLERY, XCOM_MANIFEST, FluxImagesLink
 from airflow_provider_flux2.pricing import billed_cost, usd
 from airflow_provider_flux2.storage import publisher_for, uri_reader
 from airflow_provider_flux2.storage.base import folder_of

@@ -246,11 +246,10 @@ class FluxGenerationTrigger(BaseTrigger):
                     batch_key=submit.batch_key or "",
                     metadata=self.metadata,
                 )
-                window.submitted(submit, done.run_ids, done.batch_id, time.time())
             else:
                 (entry,) = window.entries(submit)
-                run = await hook.asubmit(entry, model=resolve_variant(submit.model), metadata=self.metadata)
-                window.submitted(submit, [run.id], None, time.time())
+                done = await hook.asubmit(entry, model=resolve_variant(submit.model), metadata=self.metadata)
+            window.submitted(submit, done.run_ids, done.batch_id, time.time(), replayed=done.replayed)
         except FluxError as error:
             window.submit_failed(submit, error, time.time())
 

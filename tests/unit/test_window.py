@@ -102,6 +102,14 @@ def test_polls_are_one_per_batch_and_wait_for_their_interval():
     assert sorted((p.kind, p.id) for p in due) == [("batch", "batch-0"), ("batch", "batch-1")]
 
 
+def test_a_replayed_submission_is_polled_at_once_so_a_rebuilt_window_catches_up_fast():
+    win = window()
+    fresh, replayed = win.submissions(T0)
+    win.submitted(fresh, ["run-0", "run-1"], "batch-0", T0)
+    win.submitted(replayed, ["run-2", "run-3"], "batch-1", T0, replayed=True)
+    assert [(p.kind, p.id) for p in win.polls(T0)] == [("batch", "batch-1")]
+
+
 def test_a_failed_run_is_resubmitted_alone_under_derived_keys_until_the_limit():
     win, api = window(2, max_in_flight=2, chunk=2, resubmit_failed=2), FakeAPI()
     (submit,) = win.submissions(T0)

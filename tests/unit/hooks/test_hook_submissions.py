@@ -33,7 +33,8 @@ def test_a_batch_sent_twice_under_its_key_is_replayed_sync_and_async(emulator):
             await ahook.aclose()
 
     second = asyncio.run(again())
-    assert second == first and first.batch_id and len(first.run_ids) == 3
+    assert (second.batch_id, second.run_ids) == (first.batch_id, first.run_ids) and len(first.run_ids) == 3
+    assert second.replayed and not first.replayed  # the API said so (Idempotent-Replayed)
     assert emulator.stats()["runs_created"] == 3
 
 
@@ -50,7 +51,8 @@ def test_a_run_sent_from_its_wire_form_is_the_same_run(emulator):
         finally:
             await ahook.aclose()
 
-    assert asyncio.run(again()).id == run.id  # same body, same key: a replay, not a 409
+    replay = asyncio.run(again())
+    assert replay.run_ids == [run.id] and replay.replayed  # same body, same key: a replay, not a 409
     assert emulator.stats()["runs_created"] == 1
 
 

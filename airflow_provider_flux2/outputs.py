@@ -1,4 +1,4 @@
-"""What a task leaves in XCom for people and other tasks, and the extra link that reads it.
+"""What a task leaves for people and other tasks: its XCom keys, its state key, and the extra link.
 
 Small on purpose: the operators import it without importing each other.
 """
