@@ -130,8 +130,9 @@ class ClockScaled:
     """Mixin for the shipped operator on a compressed API clock (as ``instruments.BenchOperator``).
 
     The window guesses a run's duration in real seconds; at a time scale below 1 the guess is
-    compressed with the clock, so the adaptive interval sees runs as the API ages them.
-    At time scale 1 this changes nothing.
+    compressed with the clock, so the adaptive interval sees runs as the API ages them (the trigger's
+    window only: the non-deferrable path keeps real-second guesses). At time scale 1, where the
+    targets are measured, this changes nothing.
     """
 
     clock_scale: float = 1.0
