@@ -496,8 +496,24 @@ def table(results: list[Measured], max_in_flight: int) -> tuple[list[str], list[
 MB = 1024 * 1024
 
 
+#: What Airflow's triggerer logs when a trigger blocks its event loop (``triggerer_job_runner.py``).
+BLOCKED_WARNING = "async thread was blocked for"
+
+
+def blocked_warnings(dep: Deployment) -> int:
+    """How many times the deployment's triggerers logged that a trigger blocked their event loop."""
+    count = 0
+    for log in dep.root.glob("triggerer-*.log"):
+        count += log.read_text(errors="replace").count(BLOCKED_WARNING)
+    return count
+
+
 def targets(
-    results: list[Measured], trig: Triggerer | None, pngs: list[Png], max_in_flight: int
+    results: list[Measured],
+    trig: Triggerer | None,
+    pngs: list[Png],
+    max_in_flight: int,
+    blocked: int | None = None,
 ) -> list[tuple[str, str, str]]:
     """The issue's targets: (target, measured, met?) from the real-deployment rows."""
     deployed = {m.key: m for m in results if m.mode == "real deployment"}
@@ -550,6 +566,12 @@ def targets(
             f"({number(100 * trig.idle_cpu_share, 1)} % idle, before the run)",
             ok and trig.cpu_share <= 0.05,
         )
+    if blocked is not None:
+        add(
+            'the triggerer logs no "async thread was blocked" warning (the whole bench)',
+            f"{blocked} warning{'' if blocked == 1 else 's'}",
+            blocked == 0,
+        )
     for png in pngs:
         add(
             f"one 4096×4096 PNG end to end ≤ 250 MB peak RSS: {png.source} PNG",
@@ -601,6 +623,7 @@ def main(argv: list[str]) -> int:
     results: list[Measured] = []
     trig: Triggerer | None = None
     pngs: list[Png] = []
+    blocked: int | None = None
     selected = [r for r in ROWS if r.key in keys]
     try:
         with Deployment(
@@ -629,11 +652,12 @@ def main(argv: list[str]) -> int:
                 pngs = [measure_png(dep), measure_incompressible_png(dep)]
                 for png in pngs:
                     progress(f"one 4096×4096 PNG ({png.source}): peak RSS {png.peak_rss / MB:.0f} MB")
+            blocked = blocked_warnings(dep)
     except DeploymentError as exc:
         print(f"deployment bench failed: {exc}", file=sys.stderr)
         return 1
     header, rows = table(results, args.max_in_flight)
-    goals = targets(results, trig, pngs, args.max_in_flight)
+    goals = targets(results, trig, pngs, args.max_in_flight, blocked)
     print("\n" + report.text_table(header, rows))
     if goals:
         print("\n" + report.text_table(["target", "measured", "met?"], [list(g) for g in goals]))

@@ -172,17 +172,17 @@ def _measured(key: str, **figures) -> Measured:
 def test_targets_met_when_every_figure_is_within():
     shipped, sync = _measured("shipped"), _measured("sync", entries=1, slot_s=260.0)
     trig = Triggerer(1000, 1000, 30.0, 150 * MB, 190 * MB, 120 * MB, 0.6, "success")
-    rows = targets([shipped, sync], trig, [Png(240 * MB, 150 * MB, 5 * MB, 3.0)], max_in_flight=32)
+    rows = targets([shipped, sync], trig, [Png(240 * MB, 150 * MB, 5 * MB, 3.0)], max_in_flight=32, blocked=0)
     assert shipped.of_ideal(32) == pytest.approx(1000 * 8 / 32 / 260)
     assert [met for _, _, met in rows] == ["yes"] * len(rows)
-    assert len(rows) == 9
+    assert len(rows) == 10
 
 
 def test_targets_missed_are_reported_missed_never_rounded_in():
     shipped = _measured("shipped", wall_s=300.0, entries=3, requests=1501, lag_p95=2.01, slot_s=14.0)
     sync = _measured("sync", entries=1, slot_s=270.0)
     trig = Triggerer(1000, 1000, 30.0, 300 * MB, 320 * MB, 201 * MB, 1.6, "success")
-    rows = targets([shipped, sync], trig, [Png(251 * MB, 150 * MB, 5 * MB, 3.0)], max_in_flight=32)
+    rows = targets([shipped, sync], trig, [Png(251 * MB, 150 * MB, 5 * MB, 3.0)], max_in_flight=32, blocked=1)
     assert [met for _, _, met in rows] == ["**no**"] * len(rows)
 
 
