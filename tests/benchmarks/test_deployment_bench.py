@@ -228,3 +228,28 @@ def test_rows_of_one_dag_run_from_manifests_and_peer_records(tmp_path):
     (tmp_path / "d" / "run-2" / "records.jsonl").write_text(json.dumps({"client_ref": "other"}) + "\n")
     refs = sorted(r["client_ref"] for r in deployment_bench._rows(tmp_path, "d", "run-1"))
     assert refs == ["d/run-1/generate/-1/0/x", "peer"]
+
+
+@pytest.mark.cluster
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_make_bench_deployment_mode_runs_every_kind_of_row_valid_on_a_real_deployment():
+    """``benchmarks/deployment_bench.py`` end to end at a tiny size: each kind of row on the loopback
+    deployment (and under ``dag.test()``), the triggerer and the PNG measurements; every row valid
+    (succeeded, images = billed: the script exits 1 otherwise), the targets table printed. The figures themselves are
+    ``make bench``'s, not this test's."""
+    import os
+    import subprocess
+
+    rows = "shipped,fal,http,triggerer,png"  # the operator's kinds of task: shipped, client loop, mapped HTTP
+    command = [sys.executable, str(BENCHMARKS / "deployment_bench.py"), "--images", "4", "--max-in-flight", "2"]
+    command += ["--time-scale", "0.1", "--http-images", "2", "--triggerer-images", "20", "--rows", rows, "--no-docs"]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=850, env=os.environ.copy())
+
+    assert result.returncode == 0, result.stderr[-3000:]
+    out = result.stdout
+    for label in ("as shipped, deferrable", "fal-client"):
+        assert label in out
+    assert "HttpOperator + HttpSensor" in out and "dag.test()" in out
+    assert "triggerer ≤ 200 MB RSS, 20 runs in flight (peak 20)" in out
+    assert "one 4096×4096 PNG end to end ≤ 250 MB peak RSS: the emulator's PNG" in out
