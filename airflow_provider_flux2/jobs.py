@@ -537,11 +537,11 @@ def run_window(
 
 def _observe(window: Window, poll: Poll, hook: FluxHook) -> None:
     if poll.kind == "batch":
-        window.observe_batch(hook.get_batch(poll.id), time.time())
+        window.observe_batch(hook.get_batch(poll.id, deadline=window.end_time), time.time())
     elif poll.kind == "items":
-        window.observe_items(poll.id, hook.get_batch_items(poll.id), time.time())
+        window.observe_items(poll.id, hook.get_batch_items(poll.id, deadline=window.end_time), time.time())
     else:
-        window.observe_run(hook.get_run(poll.id), time.time())
+        window.observe_run(hook.get_run(poll.id, deadline=window.end_time), time.time())
 
 
 # --------------------------------------------------------------------------------------------------

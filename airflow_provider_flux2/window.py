@@ -364,7 +364,7 @@ class Window:
                 # The jobs keep their slots; the same request (same key) goes again shortly.
                 self._retry.append((submit, now + self.poll_interval))
                 return
-        self.error = f"Submitting jobs {', '.join(map(str, submit.jobs[:10]))} failed: {error}"
+        self.error = f"Submitting jobs {', '.join(map(str, submit.jobs[:10]))} failed: {_typed(error)}"
 
     def observe_batch(self, batch: Batch, now: float) -> None:
         """Statuses of one batch's items; a finished item frees its slot at once."""
@@ -403,11 +403,11 @@ class Window:
 
     def poll_failed(self, poll: Poll, error: BaseException, now: float) -> None:
         if not protocol.is_transient(error):
-            self.error = f"Reading {poll.kind} {poll.id} failed: {error}"
+            self.error = f"Reading {poll.kind} {poll.id} failed: {_typed(error)}"
             return
         self.failures += 1
         if self.failures >= MAX_CONSECUTIVE_FAILURES:
-            self.error = f"Polling failed {self.failures} times in a row ({error})"
+            self.error = f"Polling failed {self.failures} times in a row ({_typed(error)})"
             return
         self._due[(poll.kind, poll.id)] = now + self.poll_interval
 
@@ -535,6 +535,11 @@ class Window:
         if self.budget_stop is not None:
             payload["budget_stop"] = self.budget_stop
         return payload
+
+
+def _typed(error: BaseException) -> str:
+    """``FluxRequestTimeoutError: …``: the event carries text, so the error's type travels in it."""
+    return f"{type(error).__name__}: {error}"
 
 
 def duration(seconds: float) -> str:

@@ -62,6 +62,13 @@ def test_connections_are_set_by_environment_and_parse(compose):
     env = compose["services"]["airflow-worker"]["environment"]
     flux = json.loads(re.sub(r"\$\{(\w+):-([^}]*)\}", r"\2", env["AIRFLOW_CONN_FLUX2_DEFAULT"]))
     assert flux["conn_type"] == "flux2" and flux["host"] == "http://flux2-emulator:8787"
+    from airflow_provider_flux2.hooks.connection import FluxConnectionConfig
+
+    # Plain http off loopback is refused unless the connection allows it for its own host.
+    config = FluxConnectionConfig.build(
+        api_key=flux["password"], base_url=flux["host"], extra=flux["extra"], conn_id="compose"
+    )
+    assert config.plain_http_hosts == ("flux2-emulator",)
     aws = json.loads(env["AIRFLOW_CONN_AWS_MINIO"])
     assert aws["conn_type"] == "aws" and aws["extra"]["endpoint_url"] == "http://minio:9000"
     assert env["AIRFLOW_VAR_FLUX2_AWS_CONN_ID"] == "aws_minio"

@@ -33,6 +33,7 @@ except ImportError:  # Airflow 3.1: the Task SDK exposes conf from 3.2 on
     from airflow.configuration import conf  # type: ignore[assignment]
 
 from airflow_provider_flux2 import protocol
+from airflow_provider_flux2.arguments import check_operator_arguments
 from airflow_provider_flux2.exceptions import (
     FluxError,
     FluxModerationError,
@@ -206,6 +207,7 @@ class FluxGenerateImageOperator(BaseOperator):
         self.resubmit_failed = resubmit_failed
         self.progress_interval = progress_interval
         self.write_manifest = write_manifest
+        check_operator_arguments(self)  # typed errors for bad arguments (templated ones: again in plan)
         _check_choice("on_moderation", on_moderation, ("fail", "skip", "record"))
         _check_choice("on_run_failure", on_run_failure, ("fail", "record"))
         _check_choice("on_budget_stop", on_budget_stop, ("fail", "record"))
@@ -261,6 +263,7 @@ class FluxGenerateImageOperator(BaseOperator):
 
     def plan(self, context: Context, *, check_budget: bool = True) -> Plan:
         """Validate and price every item; refuse the plan if it is over budget. Sends nothing."""
+        check_operator_arguments(self, rendered=True)
         items = self._items()
         default_variant = resolve_variant(self.model) if self.model else self.hook.default_model
         identity = task_identity(context, durable=self.durable)

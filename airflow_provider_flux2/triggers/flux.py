@@ -274,11 +274,11 @@ class FluxGenerationTrigger(BaseTrigger):
 async def _observe(window: Window, poll: Poll, hook: FluxHook) -> None:
     try:
         if poll.kind == "batch":
-            window.observe_batch(await hook.aget_batch(poll.id), time.time())
+            window.observe_batch(await hook.aget_batch(poll.id, deadline=window.end_time), time.time())
         elif poll.kind == "items":
-            window.observe_items(poll.id, await hook.aget_batch_items(poll.id), time.time())
+            window.observe_items(poll.id, await hook.aget_batch_items(poll.id, deadline=window.end_time), time.time())
         else:
-            window.observe_run(await hook.aget_run(poll.id), time.time())
+            window.observe_run(await hook.aget_run(poll.id, deadline=window.end_time), time.time())
     except FluxError as error:
         window.poll_failed(poll, error, time.time())
 
