@@ -14,8 +14,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-CONTENT_TYPES = {"jpeg": "image/jpeg", "jpg": "image/jpeg", "png": "image/png"}
-EXTENSIONS = {"image/jpeg": "jpg", "image/png": "png"}
+from airflow_provider_flux2.formats import IMAGE_FORMATS
+
+#: Views of the one format table (``formats.IMAGE_FORMATS``): output_format → content type → extension.
+CONTENT_TYPES = {name: fmt.content_type for name, fmt in IMAGE_FORMATS.items()}
+EXTENSIONS = {fmt.content_type: fmt.extension for fmt in IMAGE_FORMATS.values()}
 _UNSAFE = re.compile(r"[^A-Za-z0-9._+:=@,-]")
 _METADATA_KEY = re.compile(r"^[a-z0-9][a-z0-9_.-]*$")
 #: S3 refuses a request whose user metadata (keys plus values, UTF-8) exceeds 2 KB; both publishers
