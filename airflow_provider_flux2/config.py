@@ -85,7 +85,7 @@ def get_option(name: str) -> str:
     try:
         from airflow.sdk import conf
     except ImportError:  # Airflow < 3.2
-        from airflow.configuration import conf  # type: ignore[assignment,no-redef]
+        from airflow.configuration import conf  # type: ignore[assignment]
 
     return str(conf.get(SECTION, name, fallback=OPTIONS[name]["default"]) or "")
 

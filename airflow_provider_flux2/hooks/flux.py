@@ -24,7 +24,7 @@ import httpx
 from airflow.sdk import BaseHook
 from PIL import Image, UnidentifiedImageError
 
-from airflow_provider_flux2 import protocol
+from airflow_provider_flux2 import metrics, protocol
 from airflow_provider_flux2.exceptions import (
     FluxAPIError,
     FluxAuthError,
@@ -369,6 +369,7 @@ class FluxHook(BaseHook):
             policy.max_attempts,
             delay,
         )
+        metrics.retried(error)
         return delay
 
     def _final_error(self, request: protocol.ApiRequest, attempt: int, error: BaseException) -> BaseException:

@@ -36,7 +36,7 @@ try:
 except ImportError:  # Airflow 3.1: the Task SDK exposes conf from 3.2 on
     from airflow.configuration import conf  # type: ignore[assignment]
 
-from airflow_provider_flux2 import protocol
+from airflow_provider_flux2 import metrics, protocol
 from airflow_provider_flux2.exceptions import (
     FluxConnectionError,
     FluxError,
@@ -775,6 +775,7 @@ class FluxGenerateImageOperator(BaseOperator):
         failure: FluxRunFailedError,
     ) -> None:
         attempt = flight["attempt"] + 1
+        metrics.retried("resubmit", metrics.task_tags(context))
         self.log.warning(
             "Run %s of image %d failed (%s); submitting it again (attempt %d, not billed twice: failed runs are free)",
             flight["run_id"],
@@ -864,6 +865,7 @@ class FluxGenerateImageOperator(BaseOperator):
             _duration(time.time() - state["started_at"]),
         )
         self._write_report(context, publisher, location, records)
+        metrics.images_finished(records, context)
         self._raise_for_outcome(records)
         kept = [r for r in records if r["status"] != "skipped"]
         if not kept and self.on_moderation == "skip":

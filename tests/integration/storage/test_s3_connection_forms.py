@@ -70,9 +70,8 @@ def test_a_profile_named_in_the_connection_is_read_from_the_shared_files(
     credentials = tmp_path / "credentials"
     credentials.write_text("[flux]\naws_access_key_id = AKIAPROFILEFLUX\naws_secret_access_key = profile-secret\n")
     monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(credentials))
-    conn_id = _connection(
-        monkeypatch, "flux_profile", extra={"profile_name": "flux", "region_name": REGION, "endpoint_url": moto_endpoint}
-    )
+    extra = {"profile_name": "flux", "region_name": REGION, "endpoint_url": moto_endpoint}
+    conn_id = _connection(monkeypatch, "flux_profile", extra=extra)
 
     key_id, _ = _signed_with(publisher_for(f"s3://{bucket}/profile", aws_conn_id=conn_id), bucket)
 

@@ -1,7 +1,6 @@
 from __future__ import annotations
 
 import pytest
-
 from botocore.config import Config
 
 from airflow_provider_flux2.storage.s3 import S3Publisher, client_config, split_s3_uri
