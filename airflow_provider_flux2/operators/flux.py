@@ -63,6 +63,7 @@ from airflow_provider_flux2.models import (
 )
 from airflow_provider_flux2.pricing import Budget, CostEstimate, ItemCost, estimate, usd
 from airflow_provider_flux2.storage import BatchLocation, content_hash, publisher_for
+from airflow_provider_flux2.storage.naming import name_fields
 from airflow_provider_flux2.storage.publish import object_metadata
 from airflow_provider_flux2.storage.report import write_batch_report
 from airflow_provider_flux2.triggers.flux import FluxGenerationTrigger, wait_in_worker
@@ -239,7 +240,13 @@ def store_run_image(
     record.content_type = downloaded.content_type
     record.size_bytes = downloaded.size_bytes
     record.uri = publisher.put_image(
-        location, image.index, downloaded.data, downloaded.content_type, object_metadata(record), digest
+        location,
+        image.index,
+        downloaded.data,
+        downloaded.content_type,
+        object_metadata(record),
+        digest,
+        name_fields(record),
     )
     record.timings.stored_at = utc_now_iso()
 
@@ -299,6 +306,8 @@ class FluxGenerateImageOperator(BaseOperator):
     :param progress_interval: at most one progress line per this many seconds.
     :param write_manifest: write ``manifest.json``/``.csv`` and the gallery beside the images.
     :param prompt_source: where the prompts came from (``s3://…/catalogue.csv``, ``file:///…``), for lineage.
+    :param output_name_template: how stored images are named, e.g. ``{id}-{seed}`` (fields ``{index}``,
+        ``{id}``, ``{seed}``, ``{hash}``; default ``[flux2] output_name_template``, ``{index}-{id}-{hash}``).
     """
 
     template_fields: Sequence[str] = (
@@ -317,6 +326,7 @@ class FluxGenerateImageOperator(BaseOperator):
         "budget_usd",
         "prompt_source",
         "aws_conn_id",
+        "output_name_template",
     )
     template_fields_renderers = {"prompts": "json", "prompt": "json"}
     operator_extra_links = (FluxImagesLink(),)
@@ -356,10 +366,12 @@ class FluxGenerateImageOperator(BaseOperator):
         progress_interval: float = 5.0,
         write_manifest: bool = True,
         prompt_source: str | None = None,
+        output_name_template: str | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
         self.prompt_source = prompt_source
+        self.output_name_template = output_name_template
         self.prompt = prompt
         self.prompts = prompts
         self.model = model
@@ -924,13 +936,13 @@ class FluxGenerateImageOperator(BaseOperator):
         return lineage(inputs=[self.prompt_source] if self.prompt_source else [], outputs=[output])
 
     def _publisher(self) -> Publisher:
-        return output_publisher(self.output_uri, self.aws_conn_id)
+        return output_publisher(self.output_uri, self.aws_conn_id, self.output_name_template)
 
 
 # -- small pure pieces ---------------------------------------------------------------------------------
 
 
-def output_publisher(output_uri: str | None, aws_conn_id: str | None) -> Publisher:
+def output_publisher(output_uri: str | None, aws_conn_id: str | None, name_template: str | None = None) -> Publisher:
     """Where an operator stores images: its ``output_uri``, else ``[flux2] default_output_uri``, else
     the folder ``$AIRFLOW_HOME/flux2-images`` on the worker (logged as a warning: fine on one machine,
     not where workers do not share a disk)."""
@@ -944,7 +956,7 @@ def output_publisher(output_uri: str | None, aws_conn_id: str | None) -> Publish
             "set one of them to s3://bucket/prefix when workers do not share a disk",
             uri,
         )
-    return publisher_for(uri, aws_conn_id=aws_conn_id)
+    return publisher_for(uri, aws_conn_id=aws_conn_id, name_template=name_template)
 
 
 def _check_choice(name: str, value: str, allowed: tuple[str, ...]) -> None:

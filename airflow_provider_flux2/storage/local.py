@@ -82,10 +82,10 @@ class LocalPublisher(Publisher):
 
     scheme = "file"
 
-    def __init__(self, base_uri: str) -> None:
+    def __init__(self, base_uri: str, name_template: str | None = None) -> None:
         if "://" not in base_uri:
             base_uri = Path(base_uri).resolve().as_uri()
-        super().__init__(base_uri)
+        super().__init__(base_uri, name_template)
 
     def _put(self, uri: str, data: bytes | Path, content_type: str, metadata: dict[str, str]) -> None:
         target = path_of(uri)

@@ -81,15 +81,21 @@ class S3Publisher(Publisher):
     :param aws_conn_id: an Airflow connection to take credentials and endpoint from; ``None`` uses
         boto3's default chain.
     :param multipart_threshold: objects larger than this many bytes are uploaded in parts.
+    :param name_template: how stored images are named (see :class:`~airflow_provider_flux2.storage.base.Publisher`).
     """
 
     scheme = "s3"
 
     def __init__(
-        self, base_uri: str, aws_conn_id: str | None = None, *, multipart_threshold: int = MULTIPART_THRESHOLD
+        self,
+        base_uri: str,
+        aws_conn_id: str | None = None,
+        *,
+        multipart_threshold: int = MULTIPART_THRESHOLD,
+        name_template: str | None = None,
     ) -> None:
         split_s3_uri(base_uri)  # fail at construction on a malformed destination, not at the first upload
-        super().__init__(base_uri)
+        super().__init__(base_uri, name_template)
         self.aws_conn_id = aws_conn_id
         self.multipart_threshold = multipart_threshold
         self._transfer = TransferConfig(
