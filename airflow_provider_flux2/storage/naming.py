@@ -38,7 +38,10 @@ def check_template(template: str) -> str:
     :raises FluxValidationError: a field other than :data:`NAME_FIELDS`, a format the fields cannot
         take, or no field that tells two images of a batch apart (``{index}``, ``{hash}`` or ``{id}``).
     """
-    allowed = "a name using {index}, {id}, {seed} and {hash} (at least one of {index}, {hash}, {id}), e.g. '{index}-{id}-{hash}'"
+    allowed = (
+        "a name using {index}, {id}, {seed} and {hash} (at least one of {index}, {hash}, {id}), "
+        "e.g. '{index}-{id}-{hash}'"
+    )
     try:
         fields = [name for _, name, _, _ in string.Formatter().parse(template) if name is not None]
         render_name(template, index=0, digest="0" * 64, item_id="x", seed=0, _checked=True)
