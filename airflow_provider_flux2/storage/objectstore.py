@@ -26,7 +26,7 @@ def _object_path(uri: str, conn_id: str | None) -> Any:
     try:
         from airflow.sdk import ObjectStoragePath
     except ImportError:  # Airflow 3.1 has it under airflow.sdk.io only
-        from airflow.sdk.io.path import ObjectStoragePath  # type: ignore[no-redef]
+        from airflow.sdk.io.path import ObjectStoragePath
 
     return ObjectStoragePath(uri, conn_id=conn_id) if conn_id else ObjectStoragePath(uri)
 

@@ -48,7 +48,7 @@ def test_the_connection_named_in_the_uri_picks_the_store(stores):
     )
     assert uri.rsplit("/", 1)[1].startswith("00002-SKU-5-")
     written = [p for p in stores["store_b"].rglob("*") if p.is_file()]
-    assert [p for p in written if ".meta" not in p.parts][0].read_bytes() == b"\x89PNG b"
+    assert next(p for p in written if ".meta" not in p.parts).read_bytes() == b"\x89PNG b"
     assert not any(p.is_file() for p in stores["store_a"].rglob("*"))
     info = publisher.head(uri)
     assert (info.size, info.content_type, info.metadata) == (6, "image/png", {"seed": "5"})
