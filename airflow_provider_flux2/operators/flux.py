@@ -36,7 +36,7 @@ try:
 except ImportError:  # Airflow 3.1: the Task SDK exposes conf from 3.2 on
     from airflow.configuration import conf  # type: ignore[assignment]
 
-from airflow_provider_flux2 import metrics, protocol
+from airflow_provider_flux2 import links, metrics, protocol
 from airflow_provider_flux2.exceptions import (
     FluxConnectionError,
     FluxError,
@@ -98,19 +98,9 @@ class FluxImagesLink(BaseOperatorLink):
     name = "FLUX images"
 
     def get_link(self, operator: BaseOperator, *, ti_key: TaskInstanceKey) -> str:
-        from airflow.sdk.execution_time.xcom import XCom
-
-        uri = XCom.get_value(key=XCOM_GALLERY, ti_key=ti_key)
-        return browsable_url(uri) if uri else ""
-
-
-def browsable_url(uri: str) -> str:
-    """A link a browser can open: S3 URIs go to the S3 console; file URIs stay as they are."""
-    if uri.startswith("s3://"):
-        bucket, _, key = uri[5:].partition("/")
-        folder = key.rsplit("/", 1)[0] + "/" if "/" in key else ""
-        return f"https://s3.console.aws.amazon.com/s3/buckets/{bucket}?prefix={folder}"
-    return uri
+        # Airflow 3 calls this in the worker as the task ends (the UI reads the stored value), on
+        # the operator that ran: what it stored is on it, so a failed task looks up no missing XCom.
+        return links.operator_link(operator)
 
 
 @dataclass(frozen=True)
@@ -567,7 +557,7 @@ class FluxGenerateImageOperator(BaseOperator):
         location = task_location(context)
         if event is None:
             # The extra link resolves from the first deferral on: the folder now, the gallery at the end.
-            context["ti"].xcom_push(key=XCOM_GALLERY, value=publisher.folder_uri(location))
+            links.remember_gallery(context["ti"], self, XCOM_GALLERY, publisher.folder_uri(location))
         while True:
             if event:
                 self._absorb(context, plan, state, event, publisher, location)
@@ -897,7 +887,7 @@ class FluxGenerateImageOperator(BaseOperator):
             gallery = uris["gallery_uri"]
             ti.xcom_push(key=XCOM_MANIFEST, value=uris["manifest_uri"])
             self.log.info("Manifest: %s · gallery: %s", uris["manifest_uri"], gallery)
-        ti.xcom_push(key=XCOM_GALLERY, value=gallery)
+        links.remember_gallery(ti, self, XCOM_GALLERY, gallery)
 
     def _raise_for_outcome(self, records: list[dict[str, Any]]) -> None:
         moderated = [r for r in records if r["status"] == "moderated"]
@@ -923,16 +913,10 @@ class FluxGenerateImageOperator(BaseOperator):
             )
 
     def get_openlineage_facets_on_complete(self, task_instance: Any) -> Any:
-        """Lineage: the prompt source (when given) in, the task's image folder out."""
+        """Lineage: the prompt source (when given) in, the output prefix (the same every run) out."""
         from airflow_provider_flux2.lineage import lineage
 
-        location = BatchLocation(
-            dag_id=task_instance.dag_id,
-            run_id=task_instance.run_id,
-            task_id=task_instance.task_id,
-            map_index=_map_index(task_instance),
-        )
-        output = self._publisher().folder_uri(location)
+        output = self._publisher().base_uri
         return lineage(inputs=[self.prompt_source] if self.prompt_source else [], outputs=[output])
 
     def _publisher(self) -> Publisher:

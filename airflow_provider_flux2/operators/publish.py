@@ -8,13 +8,13 @@ from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import Asset, BaseOperator
 
+from airflow_provider_flux2 import links
 from airflow_provider_flux2.exceptions import FluxValidationError
 from airflow_provider_flux2.hooks.flux import FluxHook
 from airflow_provider_flux2.models import records_from_xcom
 from airflow_provider_flux2.operators.flux import XCOM_GALLERY, XCOM_MANIFEST, FluxImagesLink, task_location
 from airflow_provider_flux2.pricing import usd
 from airflow_provider_flux2.storage import publisher_for, uri_reader
-from airflow_provider_flux2.storage.base import folder_of
 from airflow_provider_flux2.storage.manifest import billed_cost
 from airflow_provider_flux2.storage.publish import is_publishable, publish_latest, publish_records
 from airflow_provider_flux2.storage.report import write_batch_report
@@ -133,7 +133,7 @@ class FluxPublishOperator(BaseOperator):
             "uris": [r.uri for r in delivered],
         }
         ti = context["ti"]
-        ti.xcom_push(key=XCOM_GALLERY, value=uris["gallery_uri"])
+        links.remember_gallery(ti, self, XCOM_GALLERY, uris["gallery_uri"])
         ti.xcom_push(key=XCOM_MANIFEST, value=uris["manifest_uri"])
         if self.asset is not None:
             context["outlet_events"][self.asset].extra = {
@@ -148,14 +148,13 @@ class FluxPublishOperator(BaseOperator):
             uris["manifest_uri"],
             uris["gallery_uri"],
         )
-        self._published_to = summary["folder_uri"]
-        self._sources = sorted({folder_of(r.uri) for r in batch if r.uri})
         return summary
 
     def get_openlineage_facets_on_complete(self, task_instance: Any) -> Any:
-        from airflow_provider_flux2.lineage import lineage
+        from airflow_provider_flux2.lineage import lineage, prefixes
 
-        sources = getattr(self, "_sources", None) or sorted(
-            {folder_of(r.uri) for r in records_from_xcom(self.records) if r.uri}
-        )
-        return lineage(inputs=sources, outputs=[getattr(self, "_published_to", self.destination_uri)])
+        sources = prefixes((r.uri for r in records_from_xcom(self.records)), task_instance)
+        # What this task itself wrote is not its input (carried-over images already live here).
+        sources = [s for s in sources if s.rstrip("/") != self.destination_uri.rstrip("/")]
+        outputs = [self.destination_uri, *([self.latest_uri] if self.latest_uri else [])]
+        return lineage(inputs=sources, outputs=outputs)

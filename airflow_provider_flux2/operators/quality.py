@@ -40,7 +40,6 @@ from airflow_provider_flux2.quality.policy import apply_failure_policy
 from airflow_provider_flux2.quality.regeneration import RegenerationPlan, supersede
 from airflow_provider_flux2.quality.suite import CheckSuite, failed_checks, read_each
 from airflow_provider_flux2.storage import uri_reader
-from airflow_provider_flux2.storage.base import folder_of
 from airflow_provider_flux2.storage.manifest import billed_cost, superseded_rows
 from airflow_provider_flux2.triggers.flux import FluxGenerationTrigger, RunWatch, wait_in_worker
 
@@ -245,11 +244,13 @@ class FluxQualityCheckOperator(BaseOperator):
         return self.execute(context)
 
     def get_openlineage_facets_on_complete(self, task_instance: Any) -> Any:
-        from airflow_provider_flux2.lineage import lineage
+        from airflow_provider_flux2.lineage import lineage, prefixes
 
-        records = records_from_xcom(self.records)
-        outputs = [self.output_uri] if self.output_uri and self.on_failure == "regenerate" else []
-        return lineage(inputs=[folder_of(r.uri) for r in records if r.uri], outputs=outputs)
+        # The checked images stay where they are: the input prefixes are outputs too (the checked
+        # dataset the publish task reads), with the regeneration prefix when images are remade.
+        inputs = prefixes((r.uri for r in records_from_xcom(self.records)), task_instance)
+        regenerated = [self.output_uri] if self.output_uri and self.on_failure == "regenerate" else []
+        return lineage(inputs=inputs, outputs=[*inputs, *regenerated])
 
 
 def _raise_unless_done(event: dict[str, Any]) -> None:

@@ -51,7 +51,8 @@ def client_config(extra: dict[str, Any], connection_config: Config | None = None
     style = extra.get("addressing_style") or ("path" if endpoint else None)
     # "standard" retries back off on throttling and 5xx for every call, including multipart parts.
     s3: Any = {"addressing_style": style} if style else None
-    defaults = Config(s3=s3, retries={"mode": "standard"})
+    # SigV4 everywhere, presigned links included (boto3 may presign SigV2 for S3-compatible endpoints).
+    defaults = Config(s3=s3, retries={"mode": "standard"}, signature_version="s3v4")
     return defaults.merge(connection_config) if connection_config is not None else defaults
 
 
