@@ -439,7 +439,9 @@ class FluxHook(BaseHook):
                 self._call(protocol.get_run("flux2-connection-test"))
             return True, f"Connected to {self.config.base_url}; the API key is accepted"
         except FluxError as error:
-            return False, str(error)
+            # `airflow connections test` prints through rich, which takes "[request id …]" for markup
+            # and drops it: parentheses keep the request id in the CLI and the UI alike.
+            return False, str(error).replace("[", "(").replace("]", ")")
 
     def build_request(self, model: Variant | str | None = None, **params: Any) -> tuple[Variant, FluxInput]:
         """Validate parameters (raising :class:`FluxValidationError` before any money is spent)."""

@@ -429,7 +429,7 @@ class FluxGenerateImageOperator(BaseOperator):
             try:
                 request = build_input(variant, **item)
             except FluxValidationError as error:
-                if len(items) > 1:
+                if len(items) > 1 and not self._operator_level(error.field, index):
                     error.args = (f"prompts[{index}]: {error.args[0]}",)
                 raise
             images.append(planned_image(identity, index, variant, request, meta=meta))
@@ -441,6 +441,13 @@ class FluxGenerateImageOperator(BaseOperator):
         chunk = min(chunk, self.max_in_flight)
         digest = hashlib.sha256("".join(i.request_hash for i in images).encode()).hexdigest()[:16]
         return Plan(images=images, estimate=cost, chunk_size=chunk, digest=digest)
+
+    def _operator_level(self, field: str, index: int) -> bool:
+        """Whether an invalid ``field`` of item ``index`` is the operator's own parameter, not the item's."""
+        name = field.split(".")[0].split("[")[0]
+        entry = self.prompts[index] if self.prompts else None
+        own = isinstance(entry, dict) and name in entry
+        return name in self._PARAM_NAMES and getattr(self, name, None) is not None and not own
 
     def _items(self) -> list[tuple[dict[str, Any], dict[str, Any]]]:
         """``(generation params, meta)`` per item; meta (``id``, ``source_hash``, ``extra``) rides on the record."""
