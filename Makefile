@@ -7,7 +7,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-dev
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: demo test lint typecheck docs dist bench soak compat emulator browser clean help
+.PHONY: demo test lint typecheck docs dist compose-env bench soak compat emulator browser clean help
 
 help:
 	@echo "make demo | test | lint | typecheck | docs | dist | bench | soak | compat | emulator | clean"
@@ -48,6 +48,10 @@ typecheck: $(STAMP)
 
 docs: $(STAMP)
 	$(PY) -m mkdocs build --strict
+
+# .env (generated Fernet key and passwords) and secrets/flux2_connections.json for docker-compose.airflow.yml.
+compose-env: $(STAMP)
+	$(PY) scripts/compose_env.py
 
 # The wheel and the sdist in dist/ (the package is not on PyPI: install it from the wheel).
 dist: $(STAMP)
