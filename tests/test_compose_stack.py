@@ -57,7 +57,7 @@ def test_every_image_is_pinned(compose):
         image = service.get("image")
         if image is None or image == "airflow-provider-flux2:local":
             continue
-        repo, _, tag = image.partition(":")
+        _, _, tag = image.partition(":")
         assert tag and tag != "latest", (name, image)
         assert re.search(r"\d", tag), (name, image)  # a version, not a moving name
     assert re.search(r"^ARG AIRFLOW_VERSION=3\.3\.\d+$", (REPO / "Dockerfile").read_text(), re.M)
