@@ -7,10 +7,10 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-dev
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: demo test lint typecheck docs dist compose-env bench soak compat emulator browser clean help
+.PHONY: demo test cluster-test deploy-deps lint typecheck docs dist compose-env bench soak compat emulator browser clean help
 
 help:
-	@echo "make demo | test | lint | typecheck | docs | dist | bench | soak | compat | emulator | clean"
+	@echo "make demo | test | cluster-test | lint | typecheck | docs | dist | compose-env | bench | soak | compat | emulator | clean"
 
 # Set up once: a venv with the package and its dev extras. A second call does not reinstall
 # (the stamp is newer than pyproject.toml).
@@ -31,7 +31,18 @@ browser:
 		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends chromium >/dev/null; \
 	else echo "chromium is missing and apt-get is not available: install Chromium to run the browser test" >&2; exit 1; fi
 
-test: $(STAMP) browser
+# Debian's PostgreSQL and Redis for the real-deployment harness (benchmarks/deployment.py), installed
+# when missing; the harness starts throwaway servers on loopback, never the system's own.
+deploy-deps:
+	@if ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 && command -v redis-server >/dev/null 2>&1; then :; \
+	elif command -v apt-get >/dev/null 2>&1; then \
+		echo "Installing Debian's postgresql and redis-server for the deployment tests..."; \
+		SUDO=""; [ "$$(id -u)" = 0 ] || SUDO="sudo"; \
+		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends postgresql redis-server >/dev/null; \
+	else echo "postgresql and redis-server are missing and apt-get is not available: install them to run the deployment tests" >&2; exit 1; fi
+
+# The whole suite, the real-deployment scenarios (tests/deployment, marker `cluster`) included.
+test: $(STAMP) browser deploy-deps
 	$(PY) -m pytest -q
 	@echo "mkdocs build --strict"; out=$$($(PY) -m mkdocs build --strict --site-dir .site-check 2>&1); rc=$$?; \
 		echo "$$out" | grep -v '^INFO' || true; rm -rf .site-check; exit $$rc
@@ -59,11 +70,18 @@ dist: $(STAMP)
 	$(PY) -m build --outdir dist
 	@ls -1 dist
 
-bench: $(STAMP)
-	$(PY) benchmarks/run.py
+# One short kill -9 scenario per executor on a real deployment (also part of `make test`).
+cluster-test: $(STAMP) deploy-deps
+	$(PY) -m pytest -q -m cluster tests/deployment
 
-soak: $(STAMP)
+bench: $(STAMP) deploy-deps
+	$(PY) benchmarks/run.py
+	$(PY) benchmarks/deployment_bench.py
+
+# The 2,000-image fault soak under dag.test(), then every kill -9 scenario on both executors.
+soak: $(STAMP) deploy-deps
 	$(PY) benchmarks/soak.py
+	cd benchmarks && ../$(PY) chaos.py
 
 # The whole suite against the oldest supported Airflow (a separate venv; not part of `make test`).
 COMPAT_AIRFLOW ?= 3.1.8

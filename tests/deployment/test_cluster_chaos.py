@@ -1,0 +1,76 @@
+"""A real Airflow deployment on loopback survives ``kill -9``: the short scenarios of ``make cluster-test``.
+
+Each test starts PostgreSQL, the api-server, scheduler, dag-processor, triggerer(s) and the executor
+as separate processes (``benchmarks/deployment.py``), runs a DAG of deferrable tasks against the
+emulator, kills a process mid-flight, and checks the user's invariants against the emulator's
+ledger: one billed run per image, nothing billed twice, one stored file per image, manifests equal
+to the ledger to the cent. ``make soak`` runs every scenario at full size (``benchmarks/chaos.py``).
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
+sys.path.insert(0, str(BENCHMARKS))
+
+import chaos  # noqa: E402
+from deployment import Deployment  # noqa: E402
+
+pytestmark = [pytest.mark.cluster, pytest.mark.slow, pytest.mark.timeout(600)]
+
+#: Small enough for `make test` (about a minute each), big enough that the kill lands mid-flight.
+SHORT = chaos.Shape(small_tasks=6, big_images=40, max_in_flight=8, time_scale=0.3)
+
+
+def _assert_whole(verdict: chaos.Verdict) -> None:
+    assert verdict.ok, verdict.line()
+    assert verdict.dag_state == "success"
+    assert verdict.ledger_entries == verdict.images == verdict.stored == sum(SHORT.images().values())
+    assert verdict.duplicate_keys == verdict.duplicate_refs == 0
+    assert verdict.manifest_usd == verdict.ledger_usd
+
+
+def test_triggerer_killed_while_tasks_are_deferred_loses_nothing_and_pays_once():
+    verdict = chaos.run("triggerer_kill", SHORT)
+    _assert_whole(verdict)
+    assert verdict.killed == ["triggerer-1"]
+
+
+def test_celery_worker_killed_while_running_a_task_loses_nothing_and_pays_once():
+    verdict = chaos.run("celery_worker_kill", SHORT)
+    _assert_whole(verdict)
+    assert verdict.killed and verdict.killed[0].startswith("worker-")
+    # The killed worker's task was failed by the heartbeat timeout and retried elsewhere.
+    assert verdict.tries_beyond_first >= 1
+
+
+def test_deployment_listens_on_loopback_only_and_stops_every_process():
+    import psutil
+
+    with Deployment(executor="local", env=SHORT.env()) as dep:
+        pids = {name: service.pid for name, service in dep.services.items()}
+        assert {"api-server", "scheduler", "dag-processor", "triggerer-1"} <= set(pids)
+        family = {p.pid for name in pids for p in _tree(psutil, pids[name])}
+        family.add(dep.postgres.service.pid)
+        listening = [
+            c for c in psutil.net_connections(kind="inet") if c.status == psutil.CONN_LISTEN and c.pid in family
+        ]
+        assert listening, "the deployment listens somewhere"
+        off_loopback = [c.laddr for c in listening if not c.laddr.ip.startswith("127.")]
+        assert off_loopback == [], f"listening off loopback: {off_loopback}"
+        token = dep.token()
+        assert token.count(".") == 2  # a JWT
+        assert dep.api("GET", "/dags", params={"limit": 1})["total_entries"] >= 1
+    assert not any(psutil.pid_exists(pid) and psutil.Process(pid).status() != "zombie" for pid in pids.values())
+
+
+def _tree(psutil, pid):
+    try:
+        parent = psutil.Process(pid)
+    except psutil.NoSuchProcess:
+        return []
+    return [parent, *parent.children(recursive=True)]
