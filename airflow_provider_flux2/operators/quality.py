@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from airflow.sdk import BaseOperator
 
-from airflow_provider_flux2 import protocol
+from airflow_provider_flux2 import metrics, protocol
 from airflow_provider_flux2.exceptions import FluxError, FluxValidationError
 from airflow_provider_flux2.hooks.flux import FluxHook, expected_duration
 from airflow_provider_flux2.models import ImageRecord, RunStatus, records_from_xcom, utc_now_iso
@@ -144,7 +144,8 @@ class FluxQualityCheckOperator(BaseOperator):
                 usd(plan.spent),
                 f", budget ${usd(budget.limit)}" if budget else "",
             )
-            replacements = self._regenerate(context, plan)
+            replacements = self._regenerate(context, plan, records)
+            metrics.images_finished([r.to_xcom() for r in replacements], context)
             regenerated += len(replacements)
             records = supersede(records, replacements)
         summary = _summary(records, suite, regenerated)
@@ -162,15 +163,22 @@ class FluxQualityCheckOperator(BaseOperator):
 
     # -- regeneration ---------------------------------------------------------------------------------
 
-    def _regenerate(self, context: Context, plan: RegenerationPlan) -> list[ImageRecord]:
+    def _regenerate(self, context: Context, plan: RegenerationPlan, batch: list[ImageRecord]) -> list[ImageRecord]:
         """Submit a round of regenerations, wait for them, store them; return their records."""
+        # A new image is the same catalogue item: it keeps the item's id and source hash (its name, the refresh).
+        meta = {r.index: {**r.extra, "source_hash": r.source_hash} for r in batch if r.status == "succeeded"}
         publisher = output_publisher(self.output_uri, self.aws_conn_id)
         location = task_location(context)
         identity = task_identity(context)
         images: list[PlannedImage] = []
         for item in plan.items:
             variant, request = self.hook.build_request(item.model, prompt=item.prompt, **item.params)
-            images.append(planned_image(identity, item.index, variant, request, item=f"{item.index}/{item.attempt}"))
+            item_meta = {k: v for k, v in meta.get(item.index, {}).items() if v is not None}
+            images.append(
+                planned_image(
+                    identity, item.index, variant, request, item=f"{item.index}/{item.attempt}", meta=item_meta
+                )
+            )
         submitted_at = utc_now_iso()
         run_ids = [
             self.hook.submit(
