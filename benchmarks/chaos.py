@@ -26,6 +26,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
 import report
 from deployment import HEARTBEAT_TIMEOUT, REPO, TRIGGERER_HEALTH_THRESHOLD, Deployment, DeploymentError
@@ -107,9 +108,7 @@ def verify(dep: Deployment, dag_id: str, run_id: str, shape: Shape, verdict: Ver
         e for e in dep.emu.ledger()["entries"] if str(e.get("client_ref") or "").startswith(f"{dag_id}/{run_id}/")
     ]
     verdict.ledger_entries = len(entries)
-    verdict.duplicate_keys = sum(
-        n - 1 for n in Counter(e["idempotency_key"] for e in entries if e["idempotency_key"]).values() if n > 1
-    )
+    verdict.duplicate_keys = keys_billed_twice(entries)
     verdict.duplicate_refs = sum(n - 1 for n in Counter(e["client_ref"] for e in entries).values() if n > 1)
     ledger_total = sum((Decimal(e["cost"]) for e in entries), Decimal("0"))
     verdict.ledger_usd = str(ledger_total)
@@ -140,6 +139,21 @@ def verify(dep: Deployment, dag_id: str, run_id: str, shape: Shape, verdict: Ver
     if manifest_total != ledger_total:
         verdict.problems.append(f"manifests ${manifest_total} ≠ ledger ${ledger_total}")
     return verdict
+
+
+def keys_billed_twice(entries: list[dict[str, Any]]) -> int:
+    """Idempotency keys that bought more than one thing.
+
+    A single run's key must appear once in the ledger. A batch's key is carried by each of its items'
+    runs, so it may appear once per item — but always with the same ``batch_id``: a second batch
+    under the same key would be a second charge.
+    """
+    singles = Counter(e["idempotency_key"] for e in entries if e["idempotency_key"] and not e.get("batch_id"))
+    batches: dict[str, set[str]] = {}
+    for e in entries:
+        if e["idempotency_key"] and e.get("batch_id"):
+            batches.setdefault(e["idempotency_key"], set()).add(e["batch_id"])
+    return sum(n - 1 for n in singles.values()) + sum(len(ids) - 1 for ids in batches.values())
 
 
 def _files(folder: Path) -> list[Path]:

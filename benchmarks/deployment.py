@@ -461,7 +461,7 @@ class Deployment:
         if self.executor == "celery":
             assert self.redis is not None
             env["AIRFLOW__CELERY__BROKER_URL"] = self.redis.url
-            env["AIRFLOW__CELERY__RESULT_BACKEND"] = "db+" + self.postgres.url.replace("+psycopg2", "")
+            env["AIRFLOW__CELERY__RESULT_BACKEND"] = "db+" + self.postgres.url
             env["AIRFLOW__CELERY__WORKER_CONCURRENCY"] = str(max(2, self.parallelism // max(1, self.celery_workers)))
         if self.s3 and self.moto is not None:
             env["AIRFLOW_CONN_AWS_DEFAULT"] = json.dumps(

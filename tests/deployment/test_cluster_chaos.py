@@ -55,7 +55,7 @@ def test_deployment_listens_on_loopback_only_and_stops_every_process():
         pids = {name: service.pid for name, service in dep.services.items()}
         assert {"api-server", "scheduler", "dag-processor", "triggerer-1"} <= set(pids)
         family = {p.pid for name in pids for p in _tree(psutil, pids[name])}
-        family.add(dep.postgres.service.pid)
+        family |= {dep.postgres.service.pid, dep.emu._process.pid}
         listening = [
             c for c in psutil.net_connections(kind="inet") if c.status == psutil.CONN_LISTEN and c.pid in family
         ]
@@ -64,7 +64,8 @@ def test_deployment_listens_on_loopback_only_and_stops_every_process():
         assert off_loopback == [], f"listening off loopback: {off_loopback}"
         token = dep.token()
         assert token.count(".") == 2  # a JWT
-        assert dep.api("GET", "/dags", params={"limit": 1})["total_entries"] >= 1
+        dep.wait_for_dag("flux2_deploy_chaos")
+        assert dep.api("GET", "/dags/flux2_deploy_chaos")["dag_id"] == "flux2_deploy_chaos"
     assert not any(psutil.pid_exists(pid) and psutil.Process(pid).status() != "zombie" for pid in pids.values())
 
 
@@ -74,3 +75,47 @@ def _tree(psutil, pid):
     except psutil.NoSuchProcess:
         return []
     return [parent, *parent.children(recursive=True)]
+
+
+def test_ctrl_c_stops_every_process_of_the_deployment(tmp_path):
+    """A harness interrupted mid-run (Ctrl-C) leaves no process and no temp dir behind."""
+    import json
+    import os
+    import signal
+    import subprocess
+    import time
+
+    import psutil
+
+    script = tmp_path / "hold.py"
+    script.write_text(
+        "import json, sys, time\n"
+        f"sys.path.insert(0, {str(BENCHMARKS)!r})\n"
+        "from deployment import Deployment\n"
+        "with Deployment(executor='local') as dep:\n"
+        "    pids = [s.pid for s in dep.services.values()] + [dep.postgres.service.pid, dep.emu._process.pid]\n"
+        "    print(json.dumps({'pids': pids, 'root': str(dep.root)}), flush=True)\n"
+        "    time.sleep(600)\n"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AIRFLOW")}
+    holder = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True, env=env)
+    try:
+        started = json.loads(holder.stdout.readline())
+        assert all(psutil.pid_exists(pid) for pid in started["pids"])
+        holder.send_signal(signal.SIGINT)
+        holder.wait(timeout=90)
+    finally:
+        if holder.poll() is None:
+            holder.kill()
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline and any(_running(psutil, pid) for pid in started["pids"]):
+        time.sleep(0.2)
+    assert [pid for pid in started["pids"] if _running(psutil, pid)] == []
+    assert not Path(started["root"]).exists()
+
+
+def _running(psutil, pid):
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
