@@ -81,3 +81,23 @@ def test_the_readme_names_one_python_floor_and_it_matches_pyproject():
 
     assert floor is not None
     assert versions == {floor.group(1)}
+
+
+def test_a_bad_name_template_fails_the_task_before_anything_is_billed(emulator, run_dag, tmp_path):
+    from datetime import datetime
+
+    from airflow.sdk import DAG
+
+    with DAG("t_bad_template", schedule=None, start_date=datetime(2026, 1, 1)) as dag:
+        FluxGenerateImageOperator(
+            task_id="generate",
+            prompts=["a", "b"],
+            image_size="square",
+            output_uri=tmp_path.as_uri(),
+            output_name_template="{sku}",
+            poll_interval=0.02,
+        )
+
+    assert run_dag(dag).state == "failed"
+    assert emulator.ledger()["entries"] == []
+    assert emulator.stats().get("runs_created", 0) == 0
