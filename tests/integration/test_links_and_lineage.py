@@ -82,6 +82,7 @@ def test_a_failed_task_has_an_empty_link_and_logs_no_missing_xcom(emulator, run_
     assert "flux_gallery_url" not in logs.out + logs.err
 
 
+@pytest.mark.browser
 def test_on_s3_the_link_is_a_presigned_contact_sheet_at_the_stores_own_endpoint(
     emulator, run_dag, xcom, moto_aws_conn, moto_endpoint, bucket
 ):
@@ -93,6 +94,8 @@ def test_on_s3_the_link_is_a_presigned_contact_sheet_at_the_stores_own_endpoint(
     response = httpx.get(link, timeout=10)
     assert response.status_code == 200
     assert Image.open(io.BytesIO(response.content)).format == "PNG"
+    shown = rendered_images(link)  # a browser opening the link shows the contact sheet
+    assert len(shown) == 1 and shown[0]["ok"] and shown[0]["w"] == Image.open(io.BytesIO(response.content)).width
 
 
 def test_a_folder_on_s3_links_a_presigned_listing(isolated_aws, moto_aws_conn, moto_endpoint, bucket, s3_admin):
