@@ -29,13 +29,14 @@ _DIGITS = re.compile(r"^\d+$")
 def _emulator(args: argparse.Namespace) -> int:
     from airflow_provider_flux2.emulator import serve
 
+    port, time_scale, url_ttl = _emulator_flags(args)
     serve(
         host=args.host,
-        port=args.port,
+        port=port,
         profile=args.profile,
         api_key=args.api_key,
-        time_scale=args.time_scale,
-        url_ttl=args.url_ttl,
+        time_scale=time_scale,
+        url_ttl=url_ttl,
         port_file=args.port_file,
     )
     return 0
@@ -194,6 +195,7 @@ def _connection_hook(conn_id: str) -> Any:
     """The hook of an Airflow connection, its config read at once so a missing connection says so."""
     from airflow.exceptions import AirflowNotFoundException  # on 3.3 the same class as the SDK's; 3.1 has only this
 
+    from airflow_provider_flux2.exceptions import FluxConnectionNotFoundError
     from airflow_provider_flux2.hooks.flux import FluxHook
 
     # Outside a task, the SDK looks only at AIRFLOW_CONN_* and the secrets backends unless the process
@@ -202,7 +204,7 @@ def _connection_hook(conn_id: str) -> Any:
     hook = FluxHook(conn_id)
     try:
         hook.config  # noqa: B018 - read now
-    except AirflowNotFoundException:
+    except (AirflowNotFoundException, FluxConnectionNotFoundError):
         raise FluxError(
             f"connection {conn_id!r} is not defined (looked in AIRFLOW_CONN_{conn_id.upper()}, "
             "the secrets backends and the Airflow metadata DB)"
@@ -223,11 +225,14 @@ def _prices(args: argparse.Namespace) -> tuple[PriceTable, str, str | None]:
         note = f"prices: connection {args.conn_id!r} " + (
             f"overrides {', '.join(overridden)}" if overridden else "carries no price overrides (defaults used)"
         )
-    overrides = json.loads(args.prices) if args.prices else None
+    allowed = 'a JSON object of prices by model, e.g. {"pro": {"first_mp": "0.03"}}'
+    overrides = _json_flag("--prices", args.prices, allowed) if args.prices else None
     if overrides is not None and not isinstance(overrides, dict):
-        allowed = 'a JSON object of prices by model, e.g. {"pro": {"first_mp": "0.03"}}'
         raise FluxValidationError(field="--prices", value=args.prices, allowed=allowed)
-    return table.with_overrides(overrides), model, note
+    try:
+        return table.with_overrides(overrides), model, note
+    except FluxValidationError as error:
+        raise FluxValidationError(field=f"--prices {error.field}", value=error.value, allowed=error.allowed) from None
 
 
 def _estimate(args: argparse.Namespace) -> int:
@@ -241,7 +246,7 @@ def _estimate(args: argparse.Namespace) -> int:
         notes += file_notes
     else:
         request = build_input(model, prompt="(estimate)", image_size=args.size)
-        plan = [(resolve_variant(model), request)] * args.count
+        plan = [(resolve_variant(model), request)] * _count_flag(str(args.count))
     for line in notes:
         print(f"note: {line}", file=sys.stderr)
     result = estimate(plan, table)
@@ -305,15 +310,19 @@ def _output_format(out: str | None, requested: str | None) -> str | None:
 
 
 def _generate(args: argparse.Namespace) -> int:
-    from airflow_provider_flux2.pricing import usd
+    from airflow_provider_flux2.pricing import Budget, usd
 
-    output_format = _output_format(args.out, args.format)  # before anything is sent
+    # Every flag is checked before anything is sent.
+    output_format = _output_format(args.out, args.format)
+    seed = _int_flag("--seed", args.seed, 0, 2**32 - 1)
+    timeout = _seconds_flag("--timeout", args.timeout)
+    Budget.of(args.budget)
     prompt: Any = args.prompt
-    if prompt.lstrip().startswith("{"):
-        prompt = json.loads(prompt)  # a JSON-structured prompt
+    if prompt.lstrip().startswith("{"):  # a JSON-structured prompt
+        prompt = _json_flag("prompt", prompt, "a prompt text, or a JSON object for a structured prompt")
     hook = _hook(args)
-    params = {"image_size": args.size, "seed": args.seed, "output_format": output_format}
-    run, image = hook.generate(prompt, model=args.model, timeout=args.timeout, **params)
+    params = {"image_size": args.size, "seed": seed, "output_format": output_format}
+    run, image = hook.generate(prompt, model=args.model, timeout=timeout, budget_usd=args.budget, **params)
     out = Path(args.out or f"flux2-{run.id}.{'png' if image.format == 'png' else 'jpg'}")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_bytes(image.data)
@@ -324,11 +333,47 @@ def _generate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text} is not a whole number of images, at least 1")
-    return value
+# -- flags: typed errors naming the flag, the value and what is allowed --------------------------
+
+
+def _json_flag(flag: str, text: str, allowed: str) -> Any:
+    try:
+        return json.loads(text)
+    except (ValueError, RecursionError) as error:
+        raise FluxValidationError(field=flag, value=text, allowed=f"{allowed} ({error})") from None
+
+
+def _count_flag(text: str) -> int:
+    if not _DIGITS.match(text.strip()) or int(text) < 1:
+        raise FluxValidationError(field="--count", value=text, allowed="a whole number of images, at least 1")
+    return int(text)
+
+
+def _int_flag(flag: str, text: str | None, low: int, high: int) -> int | None:
+    if text is None:
+        return None
+    if not _DIGITS.match(text.strip()) or not low <= int(text) <= high:
+        raise FluxValidationError(field=flag, value=text, allowed=f"a whole number {low}..{high}")
+    return int(text)
+
+
+def _seconds_flag(flag: str, text: str | float, high: float = 7 * 86400.0) -> float:
+    from airflow_provider_flux2.arguments import check_seconds
+
+    try:
+        value = float(text)
+    except ValueError:
+        value = text  # type: ignore[assignment]  # refused below, naming the flag
+    try:
+        return check_seconds(flag, value, high=high)
+    except FluxValidationError as error:
+        raise FluxValidationError(field=flag, value=text, allowed=error.allowed) from None
+
+
+def _emulator_flags(args: argparse.Namespace) -> tuple[int, float, float]:
+    port = _int_flag("--port", str(args.port), 0, 65535)
+    assert port is not None
+    return port, _seconds_flag("--time-scale", args.time_scale, high=1000.0), _seconds_flag("--url-ttl", args.url_ttl)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -337,15 +382,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     emu = sub.add_parser("emulator", help="serve a local emulator of the Runflow FLUX 2 API")
     emu.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback only)")
-    emu.add_argument("--port", type=int, default=8787, help="port (0 picks a free one)")
+    emu.add_argument("--port", type=str, default="8787", help="port (0 picks a free one)")
     emu.add_argument("--profile", choices=["fast", "realistic"], default="fast", help="latency model")
     emu.add_argument(
         "--api-key",
         default=None,
         help="the only key accepted (default: any non-empty Bearer token); also FLUX2_EMULATOR_API_KEY",
     )
-    emu.add_argument("--time-scale", type=float, default=1.0, help="multiply every latency (0.1 = ten times faster)")
-    emu.add_argument("--url-ttl", type=float, default=600.0, help="seconds before an output URL expires")
+    emu.add_argument("--time-scale", type=str, default="1.0", help="multiply every latency (0.1 = ten times faster)")
+    emu.add_argument("--url-ttl", type=str, default="600", help="seconds before an output URL expires")
     emu.add_argument("--port-file", default=None, help="write the bound port to this file once listening")
     emu.set_defaults(func=_emulator)
 
@@ -354,7 +399,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--size", default="landscape_4_3", help="preset or WxH (e.g. 1920x1080); with --prompts, for rows without one"
     )
     est.add_argument("--model", default=None, help="pro, flex, max, turbo or a full model id (default: pro)")
-    est.add_argument("--count", type=_positive_int, default=1, help="number of images of that size")
+    est.add_argument("--count", default="1", help="number of images of that size (a whole number, at least 1)")
     est.add_argument(
         "--prompts",
         help="CSV or JSONL with a row per prompt; columns prompt, size or image_size (preset or WxH) "
@@ -372,12 +417,13 @@ def build_parser() -> argparse.ArgumentParser:
     gen = sub.add_parser("generate", help="generate one image (emulator or real API)")
     gen.add_argument("prompt", help="the prompt (text, or a JSON object)")
     gen.add_argument("--size", default=None, help="preset or WxH")
-    gen.add_argument("--seed", type=int, default=None)
+    gen.add_argument("--seed", default=None, help="a whole number 0..4294967295")
     gen.add_argument("--model", default=None, help="default: the connection's model (pro)")
     gen.add_argument("--format", choices=["jpeg", "png"], default=None, help="default: from --out's suffix, else jpeg")
     gen.add_argument("--out", help="file to write, .png/.jpg/.jpeg (default flux2-<run id>.jpg)")
     gen.add_argument("--conn-id", default="flux2_default", help="Airflow connection (when FLUX2_API_KEY is unset)")
-    gen.add_argument("--timeout", type=float, default=600.0)
+    gen.add_argument("--timeout", default="600", help="seconds to wait for the run (default 600)")
+    gen.add_argument("--budget", default=None, help="fail if the estimate, or the cost the API reports, is over this")
     gen.set_defaults(func=_generate)
     return parser
 

@@ -55,6 +55,21 @@ class FluxValidationError(FluxError, ValueError):
         super().__init__(text)
 
 
+class FluxConnectionNotFoundError(FluxValidationError):
+    """The Airflow connection does not exist where this process looks (permanent: never retried)."""
+
+    def __init__(self, conn_id: str) -> None:
+        self.conn_id = conn_id
+        super().__init__(
+            field="flux_conn_id",
+            value=conn_id,
+            allowed=(
+                "the id of a defined Airflow connection of type flux2 (looked in "
+                f"AIRFLOW_CONN_{conn_id.upper()}, the secrets backends and the metadata DB)"
+            ),
+        )
+
+
 class FluxAPIError(FluxError):
     """The API answered with an error envelope ``{"code", "message", "errors"}``."""
 
@@ -208,6 +223,21 @@ class BudgetExceededError(FluxError):
             f"Estimated cost ${format_usd(estimate)}{count} exceeds the {scope} budget of ${format_usd(limit)}; "
             "nothing was submitted"
         )
+
+
+class BudgetOverrunError(BudgetExceededError):
+    """The cost the API reports is over the budget (the API billed more than estimated)."""
+
+    def __init__(self, *, reported: Decimal, limit: Decimal, scope: str = "task", run_id: str | None = None) -> None:
+        self.reported = reported
+        self.run_id = run_id
+        FluxError.__init__(
+            self,
+            f"The API reports a cost of ${format_usd(reported)}"
+            + (f" for run {run_id}" if run_id else "")
+            + f", over the {scope} budget of ${format_usd(limit)}; nothing more is submitted or stored",
+        )
+        self.estimate, self.limit, self.scope, self.images = reported, limit, scope, 1
 
 
 def format_usd(amount: Decimal) -> str:

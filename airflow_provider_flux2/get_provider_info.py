@@ -77,6 +77,26 @@ def get_provider_info() -> dict[str, Any]:
                         "schema": {"type": ["number", "null"], "default": 30},
                         "description": "Per-request HTTP timeout in seconds.",
                     },
+                    "request_deadline": {
+                        "label": "Request deadline (s)",
+                        "schema": {"type": ["number", "null"], "default": 120},
+                        "description": "Total seconds one API call may take (connect and every read), per attempt.",
+                    },
+                    "download_deadline": {
+                        "label": "Download deadline (s)",
+                        "schema": {"type": ["number", "null"], "default": 300},
+                        "description": "Total seconds one image download may take, redirects included.",
+                    },
+                    "max_response_mb": {
+                        "label": "Max API response (MB)",
+                        "schema": {"type": ["number", "null"], "default": 16},
+                        "description": "Cap on one API response after decompression.",
+                    },
+                    "max_download_mb": {
+                        "label": "Max image download (MB)",
+                        "schema": {"type": ["number", "null"], "default": 128},
+                        "description": "Cap on one downloaded image after decompression.",
+                    },
                     "max_attempts": {
                         "label": "Max attempts",
                         "schema": {"type": ["integer", "null"], "default": 5},

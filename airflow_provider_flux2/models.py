@@ -296,9 +296,12 @@ class FluxInput(BaseModel):
             return None
         if len(value) > MAX_REFERENCE_IMAGES:
             raise ValueError(f"at most {MAX_REFERENCE_IMAGES} reference images (got {len(value)})")
+        from airflow_provider_flux2.arguments import reference_url_problem
+
         for url in value:
-            if not re.match(r"^(https?://|data:image/)", url):
-                raise ValueError("each entry must be an http(s) URL or a data:image/ URI")
+            problem = reference_url_problem(url)
+            if problem is not None:
+                raise ValueError(problem)
         return value
 
     @field_validator("num_inference_steps")

@@ -12,12 +12,17 @@ from __future__ import annotations
 
 import email.utils
 import hashlib
+import ipaddress
 import json
 import random
+import re
 import time
-from collections.abc import Mapping
+import zlib
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from decimal import Decimal, InvalidOperation
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 from pydantic import ValidationError
@@ -61,6 +66,7 @@ class ApiRequest:
     json: dict[str, Any] | None = None
     headers: dict[str, str] = field(default_factory=dict)
     run_id: str | None = None  # the run this request is about, named in errors
+    list_ok: bool = False  # whether the answer may be a JSON list (batch items) rather than an object
 
     def url(self, base_url: str) -> str:
         if "://" in self.path:  # an absolute URL (output downloads)
@@ -175,7 +181,7 @@ def get_batch(batch_id: str) -> ApiRequest:
 
 
 def get_batch_items(batch_id: str) -> ApiRequest:
-    return ApiRequest("GET", f"/v1/batches/{batch_id}/items")
+    return ApiRequest("GET", f"/v1/batches/{batch_id}/items", list_ok=True)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -212,15 +218,24 @@ def _json(body: bytes | str | None) -> Any:
         return None
     try:
         return json.loads(body)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):
         return None
 
 
 def error_from_response(
-    status: int, headers: Mapping[str, str], body: bytes | str | None, *, run_id: str | None = None
+    status: int,
+    headers: Mapping[str, str],
+    body: bytes | str | None,
+    *,
+    run_id: str | None = None,
+    secrets: Sequence[str] = (),
 ) -> FluxAPIError | FluxValidationError:
-    """Map an error response (the envelope ``{"code", "message", "errors"}``) to a typed exception."""
-    data = _json(body)
+    """Map an error response (the envelope ``{"code", "message", "errors"}``) to a typed exception.
+
+    ``secrets`` (the API key) are redacted from everything the server sent before it is read.
+    """
+    body, headers = redact(body, secrets), redact_headers(headers, secrets)
+    data = redact(_json(body), secrets)  # again once parsed: JSON may spell the key with \u escapes
     envelope = data if isinstance(data, dict) else {}
     code = envelope.get("code")
     message = envelope.get("message")
@@ -268,7 +283,8 @@ def _api_validation_error(
     for err in errors if isinstance(errors, list) else []:
         if not isinstance(err, dict):
             continue
-        loc = [str(p) for p in err.get("loc") or []]
+        raw_loc = err.get("loc")
+        loc = [str(p) for p in raw_loc] if isinstance(raw_loc, list) else ([str(raw_loc)] if raw_loc else [])
         if loc and loc[0] == "input":
             loc = loc[1:]
         details.append({"field": ".".join(loc) or "input", "value": err.get("input"), "allowed": err.get("msg")})
@@ -286,17 +302,41 @@ def _api_validation_error(
 
 
 def check_response(
-    status: int, headers: Mapping[str, str], body: bytes | str | None, *, run_id: str | None = None
+    status: int,
+    headers: Mapping[str, str],
+    body: bytes | str | None,
+    *,
+    run_id: str | None = None,
+    secrets: Sequence[str] = (),
+    list_ok: bool = True,
 ) -> Any:
     """Return the decoded JSON of a 2xx response; raise the typed error for anything else.
 
     The response's request id (``X-Request-Id``) is added as ``request_id`` to the object, or to
     each entry of an item list, that does not carry one, so a run read from it remembers which
-    request reported it.
+    request reported it. A 2xx body that is not a JSON object or list is an error naming that id.
+    ``secrets`` are redacted from the body and headers first (see :func:`redact`).
     """
-    if 200 <= status < 300:
-        return _with_request_id(_json(body), request_id_of(headers))
-    raise error_from_response(status, headers, body, run_id=run_id)
+    if not 200 <= status < 300:
+        raise error_from_response(status, headers, body, run_id=run_id, secrets=secrets)
+    headers = redact_headers(headers, secrets)
+    request_id = request_id_of(headers)
+    raw = body.encode() if isinstance(body, str) else (body or b"")
+    data = redact(parse_json_body(raw, request_id=request_id, status=status, run_id=run_id), secrets)
+    if not isinstance(data, dict) and not (list_ok and isinstance(data, list)):
+        raise FluxAPIError(
+            status_code=status,
+            code="BAD_RESPONSE",
+            message=f"expected a JSON object, got {_short_repr(data)}",
+            request_id=request_id,
+            run_id=run_id,
+        )
+    return _with_request_id(data, request_id)
+
+
+def _short_repr(value: Any, limit: int = 120) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _with_request_id(data: Any, request_id: str | None) -> Any:
@@ -339,32 +379,60 @@ def normalize_output(raw: Any) -> RunOutput | None:
 def parse_run(data: Any) -> Run:
     """A run object, with its output normalised."""
     if not isinstance(data, dict):
-        raise FluxAPIError(status_code=200, code="BAD_RESPONSE", message=f"expected a run object, got {data!r:.200}")
+        raise FluxAPIError(
+            status_code=200, code="BAD_RESPONSE", message=f"expected a run object, got {_short_repr(data, 200)}"
+        )
     payload = dict(data)
-    payload["output"] = normalize_output(payload.get("output"))
+    request_id = payload.get("request_id") if isinstance(payload.get("request_id"), str) else None
+    run_id = payload.get("id") if isinstance(payload.get("id"), str) else None
     try:
+        payload["output"] = normalize_output(payload.get("output"))
+        reported_cost(payload.get("cost"), run_id=run_id, request_id=request_id)
         return Run.model_validate(payload)
     except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first.get("loc") or ()) or "run"
         raise FluxAPIError(
             status_code=200,
             code="BAD_RESPONSE",
-            message=f"unreadable run object: {exc.errors()[0]['msg']}",
-            run_id=payload.get("id"),
+            message=f"unreadable run object: {where}: {first['msg']}",
+            request_id=request_id,
+            run_id=run_id,
+        ) from None
+    except (TypeError, ValueError) as exc:  # a hostile output shape (e.g. "outputs": 7)
+        raise FluxAPIError(
+            status_code=200,
+            code="BAD_RESPONSE",
+            message=f"unreadable run object: {type(exc).__name__}",
+            request_id=request_id,
+            run_id=run_id,
         ) from None
 
 
 def parse_batch(data: Any) -> Batch:
+    request_id = data.get("request_id") if isinstance(data, dict) else None
     try:
         return Batch.model_validate(data)
     except ValidationError as exc:
         raise FluxAPIError(
-            status_code=200, code="BAD_RESPONSE", message=f"unreadable batch object: {exc.errors()[0]['msg']}"
+            status_code=200,
+            code="BAD_RESPONSE",
+            message=f"unreadable batch object: {exc.errors()[0]['msg']}",
+            request_id=request_id if isinstance(request_id, str) else None,
         ) from None
 
 
 def parse_batch_items(data: Any) -> list[Run]:
     """``GET /v1/batches/{id}/items``: a list (or ``{"items": [...]}``) of run-like objects."""
     items = data.get("items") if isinstance(data, dict) else data
+    if items is not None and not isinstance(items, list):
+        request_id = data.get("request_id") if isinstance(data, dict) else None
+        raise FluxAPIError(
+            status_code=200,
+            code="BAD_RESPONSE",
+            message=f"expected a list of batch items, got {type(items).__name__}",
+            request_id=request_id if isinstance(request_id, str) else None,
+        )
     runs = []
     for item in items or []:
         if isinstance(item, dict):
@@ -423,3 +491,274 @@ class RetryPolicy:
             return min(float(retry_after), self.max_retry_after)
         delay = min(self.cap, self.base * 2 ** (attempt - 1))
         return delay + delay * JITTER * (rng or random).random()
+
+
+# --------------------------------------------------------------------------------------------------
+# Hardening: redaction, URL policy, bounded bodies, reported costs (sans-I/O; the hook applies them)
+# --------------------------------------------------------------------------------------------------
+
+#: Text put where a secret was.
+REDACTED = "***"
+#: At most this many redirects are followed on a download, each checked like the first URL.
+MAX_REDIRECTS = 3
+#: The encodings the clients ask for; a body in any other is refused rather than handed to a decoder.
+ACCEPT_ENCODING = "gzip, deflate"
+#: Decompress at most this many bytes per step, so a bomb never expands beyond the cap plus this.
+_INFLATE_STEP = 64 * 1024
+
+
+def redact(value: Any, secrets: Sequence[str]) -> Any:
+    """``value`` with every secret (and ``Bearer <secret>``) replaced by ``***``, recursively.
+
+    The one redaction step: applied to whatever a server sent (bodies, messages, ``errors[]``,
+    header values) before it can reach an exception, a log line, a trigger event or a record.
+    A server that echoes the request's ``Authorization`` header must not make the key readable.
+    """
+    secrets = [s for s in secrets if s]
+    if not secrets:
+        return value
+    if isinstance(value, bytes):
+        text = value.decode("utf-8", "replace")
+        redacted = redact(text, secrets)
+        return value if redacted == text else redacted.encode()
+    if isinstance(value, str):
+        for secret in sorted(secrets, key=len, reverse=True):
+            if secret in value:
+                value = value.replace(f"Bearer {secret}", f"Bearer {REDACTED}").replace(secret, REDACTED)
+        return value
+    if isinstance(value, dict):
+        return {redact(k, secrets): redact(v, secrets) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(redact(v, secrets) for v in value)
+    return value
+
+
+def redact_headers(headers: Mapping[str, str], secrets: Sequence[str]) -> dict[str, str]:
+    """Response headers with secrets redacted from their values (a request id may echo anything)."""
+    return {k: redact(v, secrets) for k, v in headers.items()}
+
+
+def is_loopback_host(host: str | None) -> bool:
+    """``localhost``, 127.0.0.0/8 or ``::1``: the only hosts plain ``http`` may go to."""
+    if not host:
+        return False
+    host = host.strip("[]").lower()
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+_HOST_LABEL = re.compile(r"^(?!-)[a-z0-9_-]{1,63}(?<!-)$", re.IGNORECASE)
+
+
+def is_valid_host(host: str | None) -> bool:
+    """A DNS host name (labels of letters, digits, ``-``; ≤ 253 chars) or an IP literal."""
+    if not host:
+        return False
+    try:
+        ipaddress.ip_address(host.strip("[]"))
+        return True
+    except ValueError:
+        pass
+    name = host.rstrip(".")
+    return 0 < len(name) <= 253 and all(_HOST_LABEL.match(label) for label in name.split("."))
+
+
+def url_for_humans(url: str) -> str:
+    """A URL fit for a message: scheme, host and path, without query, fragment or credentials."""
+    if url.startswith("data:"):
+        return url[:40] + ("..." if len(url) > 40 else "")
+    try:
+        parts = urlsplit(url)
+        netloc = parts.hostname or ""
+        if ":" in netloc:
+            netloc = f"[{netloc}]"
+        if parts.port:
+            netloc += f":{parts.port}"
+    except ValueError:
+        return url.split("?", 1)[0].split("#", 1)[0][:200]
+    return f"{parts.scheme}://{netloc}{parts.path}"[:300]
+
+
+def download_url_problem(url: str, plain_http_hosts: Sequence[str] = ()) -> str | None:
+    """Why a result URL (or a redirect target) must not be fetched, or ``None`` when it may be.
+
+    ``https`` to any valid host; plain ``http`` only to loopback (the emulator), because anything
+    else would carry the image — and, through a misconfigured proxy, worse — in clear text.
+    ``plain_http_hosts`` are further hosts plain ``http`` may go to (an emulator in a container
+    network, allowed explicitly by the connection's ``allow_plain_http``).
+    """
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname
+        _ = parts.port  # an out-of-range or non-numeric port raises here
+    except ValueError as error:
+        return f"not a URL ({error})"
+    if parts.scheme not in ("https", "http"):
+        return f"scheme {parts.scheme or '(none)'!r} is not allowed (https, or http to loopback)"
+    if not is_valid_host(host):
+        return f"host {host or '(none)'!r} is not a valid host name"
+    if parts.username or parts.password:
+        return "credentials in a URL are not allowed"
+    allowed = {h.lower() for h in plain_http_hosts}
+    if parts.scheme == "http" and not is_loopback_host(host) and (host or "").lower() not in allowed:
+        return "plain http is allowed only to loopback; use https"
+    return None
+
+
+def base_url_problem(url: str, *, allow_plain_http: bool = False) -> str | None:
+    """Why an API base URL is refused: ``https`` unless loopback (or explicitly allowed), a valid host, no query."""
+    host = urlsplit(url).hostname if "://" in url else None
+    problem = download_url_problem(url, (host,) if allow_plain_http and host else ())
+    if problem is not None:
+        return problem
+    parts = urlsplit(url)
+    if parts.query or parts.fragment:
+        return "a base URL takes no query or fragment"
+    return None
+
+
+class BodyTooLargeError(Exception):
+    """A response body passed its cap (after decompression)."""
+
+
+class BodyDecodingError(Exception):
+    """A response body is not in the encoding it declares (or in one we did not ask for)."""
+
+
+class CappedBody:
+    """Collect a response body from raw (still encoded) chunks, inflating at most ``limit`` bytes.
+
+    Feed it :meth:`feed` with what the socket gave; :meth:`finish` returns the decoded body. A gzip
+    bomb stops as soon as its output passes ``limit``: inflation goes in steps of 64 KiB, so memory
+    stays within the cap plus one step whatever the compression ratio.
+    """
+
+    def __init__(self, content_encoding: str | None, limit: int) -> None:
+        self.limit = limit
+        self.size = 0
+        self._chunks: list[bytes] = []
+        codings = [c.strip().lower() for c in (content_encoding or "").split(",") if c.strip()]
+        codings = [c for c in codings if c != "identity"]
+        self._decoders: list[Any] = []
+        for coding in reversed(codings):  # the last coding applied is undone first
+            if coding in ("gzip", "x-gzip"):
+                self._decoders.append(zlib.decompressobj(16 + zlib.MAX_WBITS))
+            elif coding == "deflate":
+                self._decoders.append(_DeflateDecoder())
+            else:
+                raise BodyDecodingError(f"unsupported Content-Encoding {coding!r} (asked for {ACCEPT_ENCODING})")
+
+    def feed(self, raw: bytes) -> None:
+        self._take(self._inflate(0, raw))
+
+    def finish(self) -> bytes:
+        self._take(self._flush(0))
+        return b"".join(self._chunks)
+
+    def _take(self, pieces: Iterator[bytes]) -> None:
+        for piece in pieces:
+            self.size += len(piece)
+            if self.size > self.limit:
+                raise BodyTooLargeError(f"more than {self.limit} bytes")
+            self._chunks.append(piece)
+
+    def _inflate(self, level: int, data: bytes) -> Iterator[bytes]:
+        if level == len(self._decoders):
+            if data:
+                yield data
+            return
+        decoder = self._decoders[level]
+        try:
+            while data:
+                out = decoder.decompress(data, _INFLATE_STEP)
+                data = decoder.unconsumed_tail
+                yield from self._inflate(level + 1, out)
+                if decoder.eof and data:
+                    data = b""  # trailing garbage after the stream: ignored, as browsers do
+        except zlib.error as error:
+            raise BodyDecodingError(f"corrupt compressed body ({error})") from None
+
+    def _flush(self, level: int) -> Iterator[bytes]:
+        if level == len(self._decoders):
+            return
+        try:
+            tail = self._decoders[level].flush(_INFLATE_STEP)
+        except zlib.error as error:
+            raise BodyDecodingError(f"corrupt compressed body ({error})") from None
+        yield from self._inflate(level + 1, tail)
+        yield from self._flush(level + 1)
+
+
+class _DeflateDecoder:
+    """``deflate`` as servers send it: zlib-wrapped, or (wrongly, but commonly) raw."""
+
+    def __init__(self) -> None:
+        self._inner: Any = None
+        self._first = b""
+
+    @property
+    def eof(self) -> bool:
+        return bool(self._inner is not None and self._inner.eof)
+
+    @property
+    def unconsumed_tail(self) -> bytes:
+        return b"" if self._inner is None else self._inner.unconsumed_tail
+
+    def decompress(self, data: bytes, max_length: int) -> bytes:
+        if self._inner is None:
+            self._first += data
+            if len(self._first) < 2:
+                return b""
+            data, self._first = self._first, b""
+            zlib_wrapped = (data[0] & 0x0F) == 8 and ((data[0] << 8) | data[1]) % 31 == 0
+            self._inner = zlib.decompressobj(zlib.MAX_WBITS if zlib_wrapped else -zlib.MAX_WBITS)
+        return self._inner.decompress(data, max_length)
+
+    def flush(self, length: int) -> bytes:
+        return b"" if self._inner is None else self._inner.flush(length)
+
+
+def parse_json_body(body: bytes, *, request_id: str | None, status: int, run_id: str | None = None) -> Any:
+    """A 2xx body as JSON; anything else is a typed error naming the response's request id."""
+    if not body:
+        return None
+    try:
+        return json.loads(body)
+    except (ValueError, UnicodeDecodeError, RecursionError) as error:
+        raise FluxAPIError(
+            status_code=status,
+            code="BAD_RESPONSE",
+            message=f"the response is not JSON ({type(error).__name__}: {str(error)[:120]})",
+            request_id=request_id,
+            run_id=run_id,
+        ) from None
+
+
+def reported_cost(value: Any, *, run_id: str | None = None, request_id: str | None = None) -> Decimal | None:
+    """The run's ``cost`` as an exact, finite, non-negative Decimal; anything else is a typed error.
+
+    Checked when the run is parsed, so a cost of ``"-1"`` or ``"NaN"`` stops the task before the
+    image is stored or the figure reaches a record, a manifest or a budget.
+    """
+    if value is None or value == "":
+        return None
+    if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+        amount = None
+    else:
+        try:
+            amount = Decimal(repr(value) if isinstance(value, float) else str(value).strip())
+        except InvalidOperation:
+            amount = None
+    if amount is None or not amount.is_finite() or amount < 0:
+        raise FluxAPIError(
+            status_code=200,
+            code="BAD_RESPONSE",
+            message=f"the run reports a cost of {str(value)[:40]!r}; expected a non-negative decimal string",
+            request_id=request_id,
+            run_id=run_id,
+        )
+    return amount

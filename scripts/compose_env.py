@@ -52,11 +52,15 @@ def connections(*, real_api: bool, api_key: str | None, minio_user: str, minio_p
     """The connections file of Airflow's ``LocalFilesystemBackend``."""
     if real_api and not api_key:
         raise SystemExit("--real-api needs the key in FLUX2_API_KEY (it is written to the secret file only)")
-    flux = {
+    flux: dict = {
         "conn_type": "flux2",
         "host": "https://api.runflow.io" if real_api else "http://flux2-emulator:8787",
         "password": api_key if real_api else EMULATOR_KEY,
     }
+    if not real_api:
+        # The hook refuses plain http off loopback unless the connection allows it for its own host:
+        # the emulator is reached over the stack's private network.
+        flux["extra"] = {"allow_plain_http": True}
     result: dict[str, dict] = {"flux2_default": flux}
     if not real_api:
         result["aws_minio"] = {

@@ -121,6 +121,13 @@ def test_airflow_reads_the_generated_connections_file(generated, monkeypatch):
     minio = backend.get_connection("aws_minio")
 
     assert (flux.conn_type, flux.host, flux.password) == ("flux2", "http://flux2-emulator:8787", "rf_test_compose_key")
+    from airflow_provider_flux2.hooks.connection import FluxConnectionConfig
+
+    # Plain http off loopback is refused unless the connection allows it for its own host.
+    config = FluxConnectionConfig.build(
+        api_key=flux.password, base_url=flux.host, extra=flux.extra_dejson, conn_id="compose"
+    )
+    assert config.plain_http_hosts == ("flux2-emulator",)
     assert minio.extra_dejson["endpoint_url"] == "http://minio:9000"
     assert minio.password == _env_file(generated)["MINIO_ROOT_PASSWORD"]  # the same MinIO the stack starts
 

@@ -11,24 +11,27 @@ import base64
 import binascii
 import contextlib
 import io
-import json
-import logging
 import time
 import uuid
-from collections.abc import Mapping, Sequence
+import warnings
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from decimal import Decimal
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urljoin
 
 import httpx
 from airflow.sdk import BaseHook
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
 from airflow_provider_flux2 import metrics, protocol
 from airflow_provider_flux2.exceptions import (
+    BudgetOverrunError,
     FluxAPIError,
     FluxAuthError,
     FluxConnectionError,
+    FluxConnectionNotFoundError,
     FluxError,
     FluxImageError,
     FluxModerationError,
@@ -36,6 +39,12 @@ from airflow_provider_flux2.exceptions import (
     FluxRequestTimeoutError,
     FluxTimeoutError,
     FluxValidationError,
+)
+from airflow_provider_flux2.hooks import transport
+from airflow_provider_flux2.hooks.connection import (
+    CONNECTION_EXTRAS,
+    EXTRA_ALIASES,
+    FluxConnectionConfig,
 )
 from airflow_provider_flux2.models import (
     Batch,
@@ -46,7 +55,7 @@ from airflow_provider_flux2.models import (
     build_input,
     resolve_variant,
 )
-from airflow_provider_flux2.pricing import PriceTable, billed_megapixels, estimate
+from airflow_provider_flux2.pricing import Budget, PriceTable, billed_megapixels, estimate
 
 if TYPE_CHECKING:
     from collections.abc import Iterable
@@ -58,103 +67,7 @@ EXPIRED_URL_STATUSES = frozenset({403, 404, 410})
 DEFAULT_MAX_DOWNLOAD_BYTES = 128 * 1024 * 1024
 PIL_FORMATS = {"jpeg": "JPEG", "png": "PNG"}
 
-
-#: The connection extras the hook reads.
-CONNECTION_EXTRAS = (
-    "model",
-    "organization_id",
-    "timeout",
-    "max_attempts",
-    "retry_base_delay",
-    "retry_max_delay",
-    "max_download_mb",
-    "prices",
-)
-#: Other names people write for them.
-EXTRA_ALIASES = {"retries": "max_retries", "max_retries": "max_retries", "price_overrides": "prices"}
-
-
-@dataclass(frozen=True)
-class FluxConnectionConfig:
-    """What the hook reads from its Airflow connection (the API key is kept out of ``repr``)."""
-
-    base_url: str
-    api_key: str = field(repr=False)
-    model: Variant
-    organization_id: str | None
-    timeout: float
-    retry: protocol.RetryPolicy
-    prices: PriceTable
-    max_download_bytes: int
-    conn_id: str
-
-    @classmethod
-    def from_connection(cls, conn: Any, conn_id: str) -> FluxConnectionConfig:
-        extra = _extras(conn)
-        api_key = (conn.password or "").strip()
-        if not api_key:
-            raise FluxValidationError(
-                field=f"connection {conn_id!r} password",
-                value="(empty)",
-                allowed="the Runflow API key (rf_live_...) in the connection's password / API Key field",
-            )
-        return cls.build(api_key=api_key, base_url=_base_url(conn.host, conn.port), extra=extra, conn_id=conn_id)
-
-    @classmethod
-    def build(
-        cls, *, api_key: str, base_url: str | None, extra: Mapping[str, Any], conn_id: str
-    ) -> FluxConnectionConfig:
-        unknown = sorted(set(extra) - set(CONNECTION_EXTRAS) - set(EXTRA_ALIASES))
-        if unknown:
-            logging.getLogger(__name__).warning(
-                "Connection %r: ignoring unknown extra(s) %s; known: %s", conn_id, unknown, ", ".join(CONNECTION_EXTRAS)
-            )
-        # Empty form fields arrive as null or "": they mean "the default".
-        extra = {EXTRA_ALIASES.get(k, k): v for k, v in extra.items() if v is not None and v != ""}
-        if isinstance(extra.get("prices"), str):  # a connection URI carries it as JSON text
-            try:
-                extra["prices"] = json.loads(extra["prices"])
-            except ValueError:
-                raise FluxValidationError(
-                    field="prices", value=extra["prices"], allowed='a JSON object like {"pro": "0.03"}'
-                ) from None
-        if "max_retries" in extra:  # retries after the first attempt
-            extra.setdefault("max_attempts", int(extra.pop("max_retries")) + 1)
-        retry = protocol.RetryPolicy(
-            max_attempts=int(extra.get("max_attempts", 5)),
-            base=float(extra.get("retry_base_delay", 1.0)),
-            cap=float(extra.get("retry_max_delay", 32.0)),
-        )
-        if retry.max_attempts < 1:
-            raise FluxValidationError(field="max_attempts", value=retry.max_attempts, allowed="an integer >= 1")
-        return cls(
-            base_url=(base_url or protocol.DEFAULT_BASE_URL).rstrip("/"),
-            api_key=api_key,
-            model=resolve_variant(extra.get("model")),
-            organization_id=extra.get("organization_id") or None,
-            timeout=float(extra.get("timeout", 30.0)),
-            retry=retry,
-            prices=PriceTable().with_overrides(extra.get("prices")),
-            max_download_bytes=int(float(extra.get("max_download_mb", 128)) * 1024 * 1024),
-            conn_id=conn_id,
-        )
-
-
-def _extras(conn: Any) -> dict[str, Any]:
-    extra = conn.extra_dejson if hasattr(conn, "extra_dejson") else (conn.extra or {})
-    if isinstance(extra, str):
-        extra = json.loads(extra or "{}")
-    return dict(extra or {})
-
-
-def _base_url(host: str | None, port: int | None) -> str:
-    """``host`` may be a full URL (``http://127.0.0.1:8787``) or a bare host name (https assumed)."""
-    if not host:
-        return protocol.DEFAULT_BASE_URL
-    url = host if "://" in host else f"https://{host}"
-    if port and f":{port}" not in url.split("://", 1)[1]:
-        url = f"{url.rstrip('/')}:{port}"
-    return url
+__all__ = ["CONNECTION_EXTRAS", "EXTRA_ALIASES", "FluxConnectionConfig", "FluxHook"]
 
 
 @dataclass(frozen=True)
@@ -285,7 +198,8 @@ class FluxHook(BaseHook):
     @property
     def config(self) -> FluxConnectionConfig:
         if self._config is None:
-            conn = self.get_connection(self.flux_conn_id)
+            with _connection_lookup(self.flux_conn_id):
+                conn = self.get_connection(self.flux_conn_id)
             _mask(conn.password)
             self._config = FluxConnectionConfig.from_connection(conn, self.flux_conn_id)
         return self._config
@@ -294,10 +208,11 @@ class FluxHook(BaseHook):
         """The config, read without blocking the event loop (the triggerer's)."""
         if self._config is None:
             getter = getattr(BaseHook, "aget_connection", None)
-            if getter is not None:
-                conn = await getter(self.flux_conn_id)
-            else:  # Airflow < 3.1 has no async connection lookup
-                conn = await asyncio.to_thread(self.get_connection, self.flux_conn_id)
+            with _connection_lookup(self.flux_conn_id):
+                if getter is not None:
+                    conn = await getter(self.flux_conn_id)
+                else:  # Airflow < 3.1 has no async connection lookup
+                    conn = await asyncio.to_thread(self.get_connection, self.flux_conn_id)
             _mask(conn.password)
             self._config = FluxConnectionConfig.from_connection(conn, self.flux_conn_id)
         return self._config
@@ -305,22 +220,24 @@ class FluxHook(BaseHook):
     def get_conn(self) -> httpx.Client:
         """The sync client (one per hook, reused)."""
         if self._client is None:
-            self._client = httpx.Client(**self._client_kwargs(self.config))
+            self._client = transport.client(**self._client_kwargs(self.config))
         return self._client
 
     async def aget_conn(self) -> httpx.AsyncClient:
         """The async client (one per hook and event loop, reused)."""
         if self._aclient is None:
-            self._aclient = httpx.AsyncClient(**self._client_kwargs(await self.aconfig()))
+            self._aclient = transport.async_client(**self._client_kwargs(await self.aconfig()))
         return self._aclient
 
     @cached_property
     def _download_client(self) -> httpx.Client:
         # Output URLs are presigned and may live on another host: never send them the API key.
-        return httpx.Client(timeout=httpx.Timeout(self.config.timeout), follow_redirects=True)
+        # Redirects are followed by ``_stream``, one checked hop at a time.
+        return transport.client(timeout=httpx.Timeout(self.config.timeout), follow_redirects=False)
 
     @staticmethod
     def _client_kwargs(config: FluxConnectionConfig) -> dict[str, Any]:
+        transport.register_secret(config.api_key)
         return {
             "base_url": config.base_url,
             "headers": {
@@ -363,8 +280,8 @@ class FluxHook(BaseHook):
         self.log.warning(
             "%s %s failed (%s); attempt %d of %d, retrying in %.2fs",
             request.method,
-            request.path.split("?", 1)[0],  # never a presigned URL's signature
-            _describe(error),
+            protocol.url_for_humans(request.path) if "://" in request.path else request.path,  # never a signature
+            self._describe(error),
             attempt,
             policy.max_attempts,
             delay,
@@ -379,51 +296,121 @@ class FluxHook(BaseHook):
             )
         if isinstance(error, httpx.TimeoutException):
             return FluxRequestTimeoutError(
-                f"The FLUX API did not answer in time: {_describe(error)}",
+                f"The FLUX API did not answer in time: {self._describe(error)}",
                 attempts=attempt,
-                url=request.url(self.config.base_url),
+                url=protocol.url_for_humans(request.url(self.config.base_url)),
             )
         if isinstance(error, httpx.TransportError):
             return FluxConnectionError(
-                f"Could not reach the FLUX API: {_describe(error)}",
+                f"Could not reach the FLUX API: {self._describe(error)}",
                 attempts=attempt,
-                url=request.url(self.config.base_url),
+                url=protocol.url_for_humans(request.url(self.config.base_url)),
             )
         return error
 
-    def _call(self, request: protocol.ApiRequest) -> Any:
+    def _describe(self, error: BaseException) -> str:
+        """An error as text for a log line or message, with the key redacted (httpx may quote headers)."""
+        return str(protocol.redact(_describe(error), self.config.secrets))
+
+    # -- one bounded exchange: a total deadline, a body cap after decompression, redaction ---------
+
+    def _checked(self, response: httpx.Response, body: bytes, request: protocol.ApiRequest) -> Any:
+        return protocol.check_response(
+            response.status_code,
+            response.headers,
+            body,
+            run_id=request.run_id,
+            secrets=self.config.secrets,
+            list_ok=request.list_ok,
+        )
+
+    def _body_error(self, response: httpx.Response, error: Exception) -> FluxAPIError:
+        """A body too large or undecodable, as a typed error naming the response's request id."""
+        too_large = isinstance(error, protocol.BodyTooLargeError)
+        return FluxAPIError(
+            status_code=response.status_code,
+            code="RESPONSE_TOO_LARGE" if too_large else "BAD_ENCODING",
+            message=(
+                f"the response body is larger than the {self.config.max_response_bytes}-byte cap "
+                f"(connection extra max_response_mb): {error}"
+                if too_large
+                else str(error)
+            ),
+            request_id=protocol.request_id_of(protocol.redact_headers(response.headers, self.config.secrets)),
+            run_id=None,
+        )
+
+    def _exchange(self, client: httpx.Client, request: protocol.ApiRequest, seconds: float) -> Any:
+        with (
+            transport.deadline(seconds),
+            client.stream(request.method, request.path, json=request.json, headers=request.headers) as response,
+        ):
+            try:
+                body = transport.read_body(response, self.config.max_response_bytes)
+            except (protocol.BodyTooLargeError, protocol.BodyDecodingError) as error:
+                raise self._body_error(response, error) from None
+        return self._checked(response, body, request)
+
+    async def _aexchange(self, client: httpx.AsyncClient, request: protocol.ApiRequest, seconds: float) -> Any:
+        with transport.deadline(seconds):
+            async with transport.astream(
+                client, request.method, request.path, json=request.json, headers=request.headers
+            ) as response:
+                try:
+                    body = await transport.aread_body(response, self.config.max_response_bytes)
+                except (protocol.BodyTooLargeError, protocol.BodyDecodingError) as error:
+                    raise self._body_error(response, error) from None
+        return self._checked(response, body, request)
+
+    def _attempt_seconds(self, request: protocol.ApiRequest, attempt: int, deadline: float | None) -> float:
+        """How long the next attempt may take: ``request_deadline``, or less when the caller's nears."""
+        seconds = self.config.request_deadline
+        if deadline is not None:
+            seconds = min(seconds, deadline - time.time())
+            if seconds <= 0:
+                raise self._past_deadline(request, attempt - 1)
+        return seconds
+
+    def _pause(self, request: protocol.ApiRequest, attempt: int, error: Exception, deadline: float | None) -> float:
+        """Seconds to wait before the next attempt; raises when there is none (or it would pass ``deadline``)."""
+        delay = self._next_delay(request, attempt, error)
+        if delay is None:
+            raise self._final_error(request, attempt, error) from error
+        if deadline is not None and time.time() + delay >= deadline:
+            raise self._past_deadline(request, attempt) from error
+        return delay
+
+    def _past_deadline(self, request: protocol.ApiRequest, attempts: int) -> FluxRequestTimeoutError:
+        return FluxRequestTimeoutError(
+            "The wait's deadline passed before the FLUX API answered",
+            attempts=attempts,
+            url=protocol.url_for_humans(request.url(self.config.base_url)),
+        )
+
+    def _call(self, request: protocol.ApiRequest, *, deadline: float | None = None) -> Any:
+        """Send ``request`` with retries; ``deadline`` (wall-clock epoch seconds) bounds every attempt
+        and every pause, so a wait's poll never outlives the wait."""
         client = self.get_conn()
         attempt = 0
         while True:
             attempt += 1
+            seconds = self._attempt_seconds(request, attempt, deadline)
             try:
-                response = client.request(request.method, request.path, json=request.json, headers=request.headers)
-                return protocol.check_response(
-                    response.status_code, response.headers, response.content, run_id=request.run_id
-                )
+                return self._exchange(client, request, seconds)
             except (FluxAPIError, FluxValidationError, httpx.TransportError) as error:
-                delay = self._next_delay(request, attempt, error)
-                if delay is None:
-                    raise self._final_error(request, attempt, error) from error
-                time.sleep(delay)
+                time.sleep(self._pause(request, attempt, error, deadline))
 
-    async def _acall(self, request: protocol.ApiRequest) -> Any:
+    async def _acall(self, request: protocol.ApiRequest, *, deadline: float | None = None) -> Any:
+        """The async twin of :meth:`_call` (the trigger passes its ``end_time`` as ``deadline``)."""
         client = await self.aget_conn()
         attempt = 0
         while True:
             attempt += 1
+            seconds = self._attempt_seconds(request, attempt, deadline)
             try:
-                response = await client.request(
-                    request.method, request.path, json=request.json, headers=request.headers
-                )
-                return protocol.check_response(
-                    response.status_code, response.headers, response.content, run_id=request.run_id
-                )
+                return await self._aexchange(client, request, seconds)
             except (FluxAPIError, FluxValidationError, httpx.TransportError) as error:
-                delay = self._next_delay(request, attempt, error)
-                if delay is None:
-                    raise self._final_error(request, attempt, error) from error
-                await asyncio.sleep(delay)
+                await asyncio.sleep(self._pause(request, attempt, error, deadline))
 
     # -- API ----------------------------------------------------------------------------------------
 
@@ -549,15 +536,12 @@ class FluxHook(BaseHook):
         if not prepared:
             raise FluxValidationError(field="entries", value=[], allowed="at least one image to submit")
         if use_batch_endpoint and len(prepared) > 1:
+            # Built outside the ``try``: a batch we refuse to build (over 100 items) is not "unsupported".
+            batch_request = protocol.create_batch(
+                variant, [(e.request, e.client_ref) for e in prepared], idempotency_key=batch_key, metadata=metadata
+            )
             try:
-                data = self._call(
-                    protocol.create_batch(
-                        variant,
-                        [(e.request, e.client_ref) for e in prepared],
-                        idempotency_key=batch_key,
-                        metadata=metadata,
-                    )
-                )
+                data = self._call(batch_request)
             except FluxValidationError as error:
                 if _points_at_item(error):
                     raise
@@ -586,17 +570,21 @@ class FluxHook(BaseHook):
         ]
         return Submission(run_ids=[r.id for r in runs])
 
-    def get_run(self, run_id: str) -> Run:
-        return protocol.parse_run(self._call(protocol.get_run(run_id)))
+    def get_run(self, run_id: str, *, deadline: float | None = None) -> Run:
+        """Read a run; ``deadline`` (epoch seconds) bounds the read and its retries."""
+        return protocol.parse_run(self._call(protocol.get_run(run_id), deadline=deadline))
 
-    async def aget_run(self, run_id: str) -> Run:
-        return protocol.parse_run(await self._acall(protocol.get_run(run_id)))
+    async def aget_run(self, run_id: str, *, deadline: float | None = None) -> Run:
+        """Read a run; ``deadline`` (epoch seconds) bounds the read and its retries."""
+        return protocol.parse_run(await self._acall(protocol.get_run(run_id), deadline=deadline))
 
-    def get_batch(self, batch_id: str) -> Batch:
-        return protocol.parse_batch(self._call(protocol.get_batch(batch_id)))
+    def get_batch(self, batch_id: str, *, deadline: float | None = None) -> Batch:
+        """Read a batch; ``deadline`` (epoch seconds) bounds the read and its retries."""
+        return protocol.parse_batch(self._call(protocol.get_batch(batch_id), deadline=deadline))
 
-    async def aget_batch(self, batch_id: str) -> Batch:
-        return protocol.parse_batch(await self._acall(protocol.get_batch(batch_id)))
+    async def aget_batch(self, batch_id: str, *, deadline: float | None = None) -> Batch:
+        """Read a batch; ``deadline`` (epoch seconds) bounds the read and its retries."""
+        return protocol.parse_batch(await self._acall(protocol.get_batch(batch_id), deadline=deadline))
 
     def get_batch_items(self, batch_id: str) -> list[Run]:
         return protocol.parse_batch_items(self._call(protocol.get_batch_items(batch_id)))
@@ -611,7 +599,8 @@ class FluxHook(BaseHook):
         deadline = time.time() + timeout
         started = time.time()
         while True:
-            run = self.get_run(run_id)
+            # The last poll (at the deadline) still gets a few seconds to answer; a hung API does not.
+            run = self.get_run(run_id, deadline=deadline + min(self.config.request_deadline, 10.0))
             if run.terminal:
                 return run
             if time.time() >= deadline:
@@ -678,31 +667,62 @@ class FluxHook(BaseHook):
             try:
                 return self._stream(url, run_id)
             except (FluxAPIError, httpx.TransportError) as error:
-                delay = self._next_delay(request, attempt, error)
-                if delay is None:
-                    raise self._final_error(request, attempt, error) from error
-                time.sleep(delay)
+                time.sleep(self._pause(request, attempt, error, None))
 
     def _stream(self, url: str, run_id: str) -> tuple[bytes, str]:
-        limit = self.config.max_download_bytes
-        with self._download_client.stream("GET", url) as response:
-            if response.status_code in EXPIRED_URL_STATUSES:
-                raise _ExpiredURL()
-            if response.status_code >= 400:
-                response.read()
-                raise protocol.error_from_response(
-                    response.status_code, response.headers, response.content, run_id=run_id
-                )
-            declared = int(response.headers.get("content-length") or 0)
-            if declared > limit:
-                raise FluxImageError(f"Image of {declared} bytes exceeds the {limit}-byte cap", run_id=run_id)
-            chunks, total = [], 0
-            for chunk in response.iter_bytes():
-                total += len(chunk)
-                if total > limit:
-                    raise FluxImageError(f"Image exceeds the {limit}-byte download cap", run_id=run_id)
-                chunks.append(chunk)
-            return b"".join(chunks), response.headers.get("content-type", "")
+        """One download within ``download_deadline``, following at most ``max_redirects`` checked hops."""
+        config = self.config
+        current = url
+        with transport.deadline(config.download_deadline):
+            for _hop in range(config.max_redirects + 1):
+                problem = protocol.download_url_problem(current, config.plain_http_hosts)
+                if problem is not None:
+                    what = "the output URL" if current == url else f"a redirect from {protocol.url_for_humans(url)}"
+                    raise FluxImageError(
+                        f"Refused to download {protocol.url_for_humans(current)} ({what}): {problem}", run_id=run_id
+                    )
+                with self._download_stream(current, url, run_id) as response:
+                    if response.is_redirect:
+                        location = response.headers.get("location", "")
+                        current = urljoin(current, location)
+                        continue
+                    if response.status_code in EXPIRED_URL_STATUSES:
+                        raise _ExpiredURL()
+                    try:
+                        body = transport.read_body(
+                            response, config.max_download_bytes if response.status_code < 400 else 64 * 1024
+                        )
+                    except protocol.BodyTooLargeError:
+                        raise FluxImageError(
+                            f"Image at {protocol.url_for_humans(current)} exceeds the "
+                            f"{config.max_download_bytes}-byte download cap (connection extra max_download_mb)",
+                            run_id=run_id,
+                        ) from None
+                    except protocol.BodyDecodingError as error:
+                        raise FluxImageError(
+                            f"Image at {protocol.url_for_humans(current)}: {error}", run_id=run_id
+                        ) from None
+                    if response.status_code >= 400:
+                        raise protocol.error_from_response(
+                            response.status_code, response.headers, body, run_id=run_id, secrets=config.secrets
+                        )
+                    return body, response.headers.get("content-type", "")
+        raise FluxImageError(
+            f"Too many redirects (more than {config.max_redirects}) downloading {protocol.url_for_humans(url)}",
+            run_id=run_id,
+        )
+
+    @contextlib.contextmanager
+    def _download_stream(self, current: str, first: str, run_id: str) -> Iterator[httpx.Response]:
+        """``GET current``; a redirect whose ``Location`` httpx cannot even parse is our error."""
+        try:
+            with self._download_client.stream("GET", current) as response:
+                yield response
+        except httpx.InvalidURL as error:
+            raise FluxImageError(
+                f"Refused to download {protocol.url_for_humans(first)}: a redirect to an invalid URL ({error})",
+                run_id=run_id,
+            ) from None
 
     def generate(
         self,
@@ -714,16 +734,23 @@ class FluxHook(BaseHook):
         timeout: float = 600.0,
         poll_interval: float = 2.0,
         allow_nsfw: bool = False,
+        budget_usd: str | Decimal | None = None,
         **params: Any,
     ) -> tuple[Run, DownloadedImage]:
         """Submit, wait and download one image; raises the run's failure (moderation included).
 
         An output the safety checker flagged (``has_nsfw_concepts``: a blacked-out image) raises
         :class:`FluxModerationError` too, unless ``allow_nsfw`` (the run is billed either way).
+        With ``budget_usd``, the estimate is checked before submitting and the cost the API reports
+        before downloading (:class:`BudgetOverrunError` when the API billed more than the budget).
         """
         variant, request = self.build_request(model, prompt=prompt, **params)
+        budget = Budget.of(budget_usd)
+        if budget is not None:
+            budget.check(self.estimate([(variant, request)]))
         run = self.submit(request, model=variant, idempotency_key=idempotency_key, client_ref=client_ref)
         run = self.wait(run.id, timeout=timeout, poll_interval=poll_interval)
+        check_reported_spend(run, budget)
         failure = protocol.failure_of(run)
         if failure is not None:
             raise failure
@@ -736,6 +763,13 @@ class FluxHook(BaseHook):
             )
         image = self.download(run, width=request.width, height=request.height, output_format=request.output_format)
         return run, image
+
+
+def check_reported_spend(run: Run, budget: Budget | None, *, spent: Decimal = Decimal("0")) -> None:
+    """Raise :class:`BudgetOverrunError` when ``spent`` plus the run's reported cost passes ``budget``."""
+    cost = run.api_cost
+    if budget is not None and cost is not None and spent + cost > budget.limit:
+        raise BudgetOverrunError(reported=spent + cost, limit=budget.limit, scope=budget.scope, run_id=run.id)
 
 
 def _connection_type_info() -> dict[str, Any]:
@@ -786,20 +820,29 @@ def verify_image(
     url: str = "",
     run_id: str | None = None,
 ) -> DownloadedImage:
-    """Decode the bytes (Pillow, with its decompression-bomb guard) and check size and format."""
+    """Check format and size from the image's header, then decode the bytes (Pillow, with its bomb guard).
+
+    The header is read first, so an image of the wrong size (or more pixels than Pillow's limit) is
+    refused before a single pixel is decoded; any error Pillow raises on hostile bytes is ours.
+    """
     want = PIL_FORMATS.get(output_format, output_format.upper())
-    try:
-        with Image.open(io.BytesIO(data)) as image:
-            image.verify()
-        with Image.open(io.BytesIO(data)) as image:
-            found_format, size = image.format, image.size
-            image.load()
-    except (UnidentifiedImageError, OSError, SyntaxError, Image.DecompressionBombError) as error:
-        raise FluxImageError(f"Downloaded bytes are not a readable image ({error})", run_id=run_id) from None
+    found_format, size = _header_of(data, run_id)
     if found_format != want:
         raise FluxImageError(f"Expected a {want} image, got {found_format}", run_id=run_id)
     if size != (width, height):
         raise FluxImageError(f"Expected {width}x{height}, got {size[0]}x{size[1]}", run_id=run_id)
+    limit = Image.MAX_IMAGE_PIXELS
+    if limit is not None and width * height > limit:
+        raise FluxImageError(f"{width}x{height} is more pixels than Pillow's limit ({limit})", run_id=run_id)
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            image.verify()
+        with Image.open(io.BytesIO(data)) as image:
+            image.load()
+    except Exception as error:  # Pillow raises OSError, SyntaxError, ValueError, struct.error, EOFError...
+        raise FluxImageError(
+            f"Downloaded bytes are not a readable image ({type(error).__name__}: {str(error)[:200]})", run_id=run_id
+        ) from None
     declared = content_type.split(";")[0].strip().lower()
     expected_type = f"image/{output_format}"
     if declared and declared not in (expected_type, "application/octet-stream", "binary/octet-stream"):
@@ -807,6 +850,39 @@ def verify_image(
     return DownloadedImage(
         data=data, content_type=expected_type, width=width, height=height, format=output_format, url=url
     )
+
+
+def _header_of(data: bytes, run_id: str | None) -> tuple[str | None, tuple[int, int]]:
+    """Format and size from the image header alone (nothing decoded).
+
+    Pillow refuses a header of more than twice its pixel limit here; a size between the limit and
+    twice it is returned, to be compared with the size asked for (which is always far below it).
+    """
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # the size check below decides
+            with Image.open(io.BytesIO(data)) as image:
+                return image.format, image.size
+    except Image.DecompressionBombError as error:
+        raise FluxImageError(
+            f"Image header declares more pixels than Pillow's limit ({Image.MAX_IMAGE_PIXELS}): {error}",
+            run_id=run_id,
+        ) from None
+    except Exception as error:  # UnidentifiedImageError, a truncated header's struct.error/EOFError...
+        raise FluxImageError(
+            f"Downloaded bytes are not a readable image ({type(error).__name__}: {str(error)[:200]})", run_id=run_id
+        ) from None
+
+
+@contextlib.contextmanager
+def _connection_lookup(conn_id: str) -> Iterator[None]:
+    """A connection that does not exist is a permanent, typed error (a trigger must not retry it)."""
+    from airflow.exceptions import AirflowNotFoundException
+
+    try:
+        yield
+    except AirflowNotFoundException:
+        raise FluxConnectionNotFoundError(conn_id) from None
 
 
 def _describe(error: BaseException) -> str:

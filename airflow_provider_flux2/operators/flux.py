@@ -37,6 +37,7 @@ except ImportError:  # Airflow 3.1: the Task SDK exposes conf from 3.2 on
     from airflow.configuration import conf  # type: ignore[assignment]
 
 from airflow_provider_flux2 import links, metrics, protocol
+from airflow_provider_flux2.arguments import check_operator_arguments
 from airflow_provider_flux2.exceptions import (
     FluxConnectionError,
     FluxError,
@@ -390,6 +391,7 @@ class FluxGenerateImageOperator(BaseOperator):
         self.resubmit_failed = resubmit_failed
         self.progress_interval = progress_interval
         self.write_manifest = write_manifest
+        check_operator_arguments(self)  # typed errors for bad arguments (templated ones: again in plan)
         _check_choice("on_moderation", on_moderation, ("fail", "skip", "record"))
         _check_choice("on_run_failure", on_run_failure, ("fail", "record"))
         if max_in_flight < 1:
@@ -420,6 +422,7 @@ class FluxGenerateImageOperator(BaseOperator):
 
     def plan(self, context: Context) -> Plan:
         """Validate and price every item; refuse the plan if it is over budget. Sends nothing."""
+        check_operator_arguments(self, rendered=True)
         items = self._items()
         default_variant = resolve_variant(self.model) if self.model else self.hook.default_model
         identity = task_identity(context)

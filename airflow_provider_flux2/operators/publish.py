@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 from airflow.sdk import Asset, BaseOperator
 
 from airflow_provider_flux2 import links
+from airflow_provider_flux2.arguments import check_operator_arguments, check_output_uri
 from airflow_provider_flux2.exceptions import FluxValidationError
 from airflow_provider_flux2.hooks.flux import FluxHook
 from airflow_provider_flux2.models import records_from_xcom
@@ -89,6 +90,7 @@ class FluxPublishOperator(BaseOperator):
             raise FluxValidationError(
                 field="destination_uri", value=None, allowed="file:///absolute/path or s3://bucket/prefix"
             )
+        check_output_uri(destination_uri, "destination_uri", unless_templated=True)  # before the asset reads it
         if asset is None and isinstance(destination_uri, str) and "{{" not in destination_uri:
             asset = destination_asset(destination_uri)
         if asset is not None:
@@ -105,6 +107,7 @@ class FluxPublishOperator(BaseOperator):
         self.latest_uri = latest_uri
 
     def execute(self, context: Context) -> dict[str, Any]:
+        check_operator_arguments(self, rendered=True)
         batch = records_from_xcom(self.records)
         publisher = publisher_for(
             self.destination_uri, aws_conn_id=self.aws_conn_id, name_template=self.output_name_template

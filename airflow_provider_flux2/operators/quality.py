@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from airflow.sdk import BaseOperator
 
 from airflow_provider_flux2 import metrics, protocol
+from airflow_provider_flux2.arguments import check_operator_arguments
 from airflow_provider_flux2.exceptions import FluxError, FluxValidationError
 from airflow_provider_flux2.hooks.flux import FluxHook, expected_duration
 from airflow_provider_flux2.models import ImageRecord, RunStatus, records_from_xcom, utc_now_iso
@@ -104,6 +105,7 @@ class FluxQualityCheckOperator(BaseOperator):
         self.poll_interval = poll_interval
         self.timeout = timeout
         self.deferrable = deferrable
+        check_operator_arguments(self)  # typed errors for bad arguments (templated ones: again in execute)
         if on_failure not in ("fail", "drop", "regenerate"):
             raise FluxValidationError(field="on_failure", value=on_failure, allowed="fail | drop | regenerate")
         # Fail on a bad check list at parse time, not at 3 a.m. (templated lists are checked at run time).
@@ -115,6 +117,7 @@ class FluxQualityCheckOperator(BaseOperator):
         return FluxHook(self.flux_conn_id)
 
     def execute(self, context: Context) -> list[dict[str, Any]]:
+        check_operator_arguments(self, rendered=True)
         records = records_from_xcom(self.records)
         suite = CheckSuite.from_config(self.checks)
         read = uri_reader(aws_conn_id=self.aws_conn_id)

@@ -8,6 +8,7 @@ anything, so a triggerer restart that rebuilds it from its kwargs cannot create 
 from __future__ import annotations
 
 import asyncio
+import functools
 import math
 import time
 from collections.abc import AsyncIterator, Callable
@@ -177,8 +178,9 @@ class FluxGenerationTrigger(BaseTrigger):
         try:
             payload = await watch_runs(
                 self.watch(),
-                get_batch=hook.aget_batch,
-                get_run=hook.aget_run,
+                # The hook bounds each poll (and its retries) by the trigger's own deadline.
+                get_batch=functools.partial(hook.aget_batch, deadline=self.end_time),
+                get_run=functools.partial(hook.aget_run, deadline=self.end_time),
                 end_time=self.end_time,
                 poll_interval=self.poll_interval,
                 expected_seconds=self.expected_seconds,
@@ -269,8 +271,8 @@ def wait_in_worker(
     return asyncio.run(
         watch_runs(
             watch,
-            get_batch=hook.get_batch,
-            get_run=hook.get_run,
+            get_batch=functools.partial(hook.get_batch, deadline=end_time),
+            get_run=functools.partial(hook.get_run, deadline=end_time),
             end_time=end_time,
             poll_interval=poll_interval,
             expected_seconds=expected_seconds,

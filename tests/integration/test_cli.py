@@ -173,7 +173,7 @@ def test_estimate_says_which_rows_took_the_default_size_and_which_columns_it_ign
 
 def test_estimate_refuses_a_count_below_one():
     result = flux2("estimate", "--count", "0")
-    assert result.returncode == 2 and "at least 1" in result.stderr
+    assert result.returncode == 1 and "--count" in result.stderr and "at least 1" in result.stderr
 
 
 # -- estimate: a connection's price overrides ----------------------------------------------------

@@ -1,0 +1,151 @@
+"""Checks of operator arguments, run where they are given — before anything is sent or billed.
+
+Each check raises :class:`FluxValidationError` naming the argument, the value and what is
+allowed. Operators call :func:`check_operator_arguments` from ``__init__`` (values already known)
+and again from ``execute`` (templated values, now rendered); a value still holding Jinja at
+``__init__`` is left for the second call.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from decimal import Decimal
+from typing import Any
+from urllib.parse import urlsplit
+
+from airflow_provider_flux2.exceptions import FluxValidationError
+
+#: Output URI forms the storage layer understands.
+OUTPUT_URI_ALLOWED = "file:///absolute/path, an absolute path, or s3://bucket[/prefix]"
+#: S3 bucket names (the rules AWS enforces for new buckets, lenient on dots).
+_BUCKET = re.compile(r"^[a-z0-9][a-z0-9.\-_]{1,61}[a-z0-9]$")
+
+
+def is_templated(value: Any) -> bool:
+    """Whether ``value`` is known only at run time: Jinja, or an XComArg or other lazy object."""
+    if not isinstance(value, (str, int, float, Decimal, list, tuple, dict)):
+        return True
+    if isinstance(value, str):
+        return "{{" in value or "{%" in value
+    if isinstance(value, (list, tuple)):
+        return any(is_templated(v) for v in value)
+    if isinstance(value, dict):
+        return any(is_templated(v) for v in value.values())
+    return False
+
+
+def check_int(name: str, value: Any, low: int, high: int | None = None) -> int:
+    """A whole number in ``low..high`` (``"8"`` is text, not a number: refused, not guessed)."""
+    allowed = f"a whole number {low}..{high}" if high is not None else f"a whole number >= {low}"
+    if isinstance(value, bool) or not isinstance(value, int) or value < low or (high is not None and value > high):
+        raise FluxValidationError(field=name, value=value, allowed=allowed)
+    return value
+
+
+def check_seconds(name: str, value: Any, *, allow_zero: bool = False, high: float = 30 * 86400.0) -> float:
+    """A finite number of seconds, more than 0 (or at least 0 with ``allow_zero``), at most ``high``."""
+    allowed = f"a number of seconds {'>= 0' if allow_zero else '> 0'} and <= {high:g}"
+    if isinstance(value, bool) or not isinstance(value, (int, float, Decimal)):
+        raise FluxValidationError(field=name, value=value, allowed=allowed)
+    number = float(value)
+    if not math.isfinite(number) or number < 0 or (number == 0 and not allow_zero) or number > high:
+        raise FluxValidationError(field=name, value=value, allowed=allowed)
+    return number
+
+
+def check_output_uri(value: Any, name: str = "output_uri", *, unless_templated: bool = False) -> Any:
+    """``None`` (the default location), ``file:///abs``, an absolute path or ``s3://bucket[/prefix]``.
+
+    A relative path is refused: it would be resolved against whatever directory the worker runs in.
+    With ``unless_templated``, a value known only at run time is returned unchecked.
+    """
+    if value is None or (unless_templated and is_templated(value)):
+        return value
+    if not isinstance(value, str) or not value.strip():
+        raise FluxValidationError(field=name, value=value, allowed=OUTPUT_URI_ALLOWED)
+    if value.startswith("s3://"):
+        bucket = urlsplit(value).netloc
+        if not _BUCKET.match(bucket):
+            raise FluxValidationError(
+                field=name, value=value, allowed=f"{OUTPUT_URI_ALLOWED} (a valid bucket name after s3://)"
+            )
+        return value
+    if value.startswith("file://"):
+        parts = urlsplit(value)
+        if parts.netloc not in ("", "localhost") or not parts.path.startswith("/"):
+            raise FluxValidationError(
+                field=name, value=value, allowed=f"{OUTPUT_URI_ALLOWED} (file:// takes three slashes: file:///abs)"
+            )
+        return value
+    if "://" in value or re.match(r"^[a-zA-Z][a-zA-Z0-9+.-]*:", value):
+        raise FluxValidationError(field=name, value=value, allowed=OUTPUT_URI_ALLOWED)
+    if not value.startswith("/"):
+        raise FluxValidationError(
+            field=name, value=value, allowed=f"{OUTPUT_URI_ALLOWED} (a relative path would depend on the worker's cwd)"
+        )
+    return value
+
+
+def reference_url_problem(url: Any) -> str | None:
+    """Why an ``image_urls`` entry cannot be sent: ``http(s)://`` with a valid host, or ``data:image/``."""
+    from airflow_provider_flux2.protocol import is_valid_host
+
+    if not isinstance(url, str):
+        return f"{type(url).__name__} is not a URL"
+    if url.startswith("data:image/"):
+        return None if "," in url else "a data: URI needs a comma before its payload"
+    if not re.match(r"^https?://", url, re.IGNORECASE):
+        return "each entry must be an http(s) URL or a data:image/ URI"
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname
+        _ = parts.port
+    except ValueError as error:
+        return f"not a URL ({error})"
+    if not is_valid_host(host):
+        return f"an http(s) URL needs a valid host (got {host or 'none'!r})"
+    return None
+
+
+def check_image_urls(value: Any, name: str = "image_urls") -> list[str] | None:
+    if value is None:
+        return None
+    if not isinstance(value, (list, tuple)):
+        raise FluxValidationError(field=name, value=value, allowed="a list of http(s) or data:image/ URLs")
+    for index, url in enumerate(value):
+        problem = reference_url_problem(url)
+        if problem is not None:
+            raise FluxValidationError(field=f"{name}[{index}]", value=url, allowed=problem)
+    return list(value)
+
+
+def check_operator_arguments(operator: Any, *, rendered: bool = False) -> None:
+    """Check the arguments an operator carries (those it has); templated ones only once ``rendered``."""
+
+    def given(name: str) -> bool:
+        if not hasattr(operator, name):
+            return False
+        value = getattr(operator, name)
+        return value is not None and (rendered or not is_templated(value))
+
+    for name in ("max_in_flight", "batch_size"):
+        if given(name):
+            check_int(name, getattr(operator, name), 1, 100 if name == "batch_size" else 1000)
+    for name in ("resubmit_failed", "max_regenerations"):
+        if given(name):
+            check_int(name, getattr(operator, name), 0, 100)
+    for name in ("timeout", "poll_interval"):
+        if given(name):
+            check_seconds(name, getattr(operator, name))
+    if given("progress_interval"):
+        check_seconds("progress_interval", operator.progress_interval, allow_zero=True)
+    for name in ("output_uri", "destination_uri"):
+        if given(name):
+            check_output_uri(getattr(operator, name), name)
+    if given("image_urls"):
+        check_image_urls(operator.image_urls)
+    if given("budget_usd"):
+        from airflow_provider_flux2.pricing import Budget
+
+        Budget.of(operator.budget_usd)
