@@ -105,6 +105,7 @@ class FluxPublishOperator(BaseOperator):
         self.title = title
         self.output_name_template = output_name_template
         self.latest_uri = latest_uri
+        check_operator_arguments(self)  # the name template and latest_uri too (templated ones: again in execute)
 
     def execute(self, context: Context) -> dict[str, Any]:
         check_operator_arguments(self, rendered=True)

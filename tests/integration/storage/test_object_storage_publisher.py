@@ -79,3 +79,25 @@ def test_a_whole_batch_report_lands_in_the_store_and_reads_back(stores):
     manifest = json.loads(publisher.get(uris["manifest_uri"]))
     assert [row["uri"] for row in manifest["images"]] == [r.uri for r in records]
     assert b"<html" in publisher.get(uris["gallery_uri"]).lower()
+
+
+def test_operators_accept_an_object_store_uri_airflow_can_open_and_refuse_one_it_cannot(stores):
+    from airflow_provider_flux2.exceptions import FluxValidationError
+    from airflow_provider_flux2.operators.flux import FluxGenerateImageOperator
+    from airflow_provider_flux2.operators.publish import FluxPublishOperator
+
+    FluxGenerateImageOperator(task_id="g", prompt="p", output_uri=f"{SCHEME}://store_a@bucket/out")
+    FluxPublishOperator(task_id="p", records=[], destination_uri=f"{SCHEME}://store_b@bucket/final")
+
+    with pytest.raises(FluxValidationError, match="a scheme an installed Airflow provider registers"):
+        FluxGenerateImageOperator(task_id="g2", prompt="p", output_uri="gs://bucket/out")  # no Google provider here
+
+
+def test_a_bad_template_or_latest_uri_is_refused_when_the_dag_is_parsed():
+    from airflow_provider_flux2.exceptions import FluxValidationError
+    from airflow_provider_flux2.operators.publish import FluxPublishOperator
+
+    with pytest.raises(FluxValidationError, match="output_name_template"):
+        FluxPublishOperator(task_id="p", records=[], destination_uri="/data/final", output_name_template="{sku}")
+    with pytest.raises(FluxValidationError, match="latest_uri"):
+        FluxPublishOperator(task_id="p", records=[], destination_uri="/data/final", latest_uri="relative/latest")
