@@ -83,21 +83,28 @@ def test_the_readme_names_one_python_floor_and_it_matches_pyproject():
     assert versions == {floor.group(1)}
 
 
-def test_a_bad_name_template_fails_the_task_before_anything_is_billed(emulator, run_dag, tmp_path):
+def test_a_bad_name_template_is_refused_when_the_dag_is_parsed_or_before_anything_is_billed(
+    emulator, run_dag, tmp_path, capfd
+):
     from datetime import datetime
 
     from airflow.sdk import DAG
 
-    with DAG("t_bad_template", schedule=None, start_date=datetime(2026, 1, 1)) as dag:
+    with pytest.raises(FluxValidationError, match="output_name_template"):
+        FluxGenerateImageOperator(task_id="g", prompt="a", output_name_template="{sku}")
+
+    with DAG("t_bad_template", schedule=None, start_date=datetime(2026, 1, 1), params={"names": "{sku}"}) as dag:
         FluxGenerateImageOperator(
             task_id="generate",
             prompts=["a", "b"],
             image_size="square",
             output_uri=tmp_path.as_uri(),
-            output_name_template="{sku}",
+            output_name_template="{{ params.names }}",  # known only when the task runs
             poll_interval=0.02,
         )
 
     assert run_dag(dag).state == "failed"
     assert emulator.ledger()["entries"] == []
     assert emulator.stats().get("runs_created", 0) == 0
+    out = capfd.readouterr()
+    assert "Invalid output_name_template: '{sku}'" in out.out + out.err
