@@ -101,19 +101,27 @@ def _between(start: str | None, end: str | None) -> timedelta | None:
     return last - first
 
 
-def images_finished(records: Iterable[Mapping[str, Any]], context: Mapping[str, Any] | None = None) -> None:
+def images_finished(
+    records: Iterable[Mapping[str, Any]], context: Mapping[str, Any] | None = None, *, resubmitted: bool = False
+) -> None:
     """Count a finished batch: images by outcome, billed megapixels and cost, and each image's timers.
 
     :param records: the batch's records (``ImageRecord.to_xcom()`` dicts).
     :param context: the task's context, for the ``dag_id``/``task_id`` tags.
+    :param resubmitted: a record's ``attempt`` counts the submissions of its run (the generate task):
+        each one after the first is a ``resubmit`` retry. Not for regenerations, whose attempt says
+        which regeneration they are.
     """
     base = task_tags(context)
+    resubmits: Counter[str] = Counter()
     images: Counter[tuple[str, str]] = Counter()
     megapixels: Counter[str] = Counter()
     cost: Counter[str] = Counter()
     for record in records:
         model = str(record.get("model") or "")
         images[(model, str(record.get("status") or "pending"))] += 1
+        if resubmitted:
+            resubmits[model] += max(0, int(record.get("attempt") or 1) - 1)
         if record.get("status") in ("succeeded", "moderated", "failed") and record.get("run_id"):
             megapixels[model] += int(record.get("billed_mp") or 0)
             cost[model] += micro_usd(record.get("cost_usd") or "0")
@@ -132,6 +140,9 @@ def images_finished(records: Iterable[Mapping[str, Any]], context: Mapping[str, 
     for model, count in cost.items():
         if count:
             _emit("incr", "cost_microusd", count, {**base, "model": model})
+    for model, count in resubmits.items():
+        if count:
+            _emit("incr", "retries", count, {**base, "model": model, "kind": "resubmit"})
 
 
 #: Exception class name → retry kind; anything else retried counts as ``other``.

@@ -787,7 +787,6 @@ class FluxGenerateImageOperator(BaseOperator):
         failure: FluxRunFailedError,
     ) -> None:
         attempt = flight["attempt"] + 1
-        metrics.retried("resubmit", metrics.task_tags(context))
         self.log.warning(
             "Run %s of image %d failed (%s); submitting it again (attempt %d, not billed twice: failed runs are free)",
             flight["run_id"],
@@ -877,7 +876,7 @@ class FluxGenerateImageOperator(BaseOperator):
             _duration(time.time() - state["started_at"]),
         )
         self._write_report(context, publisher, location, records)
-        metrics.images_finished(records, context)
+        metrics.images_finished(records, context, resubmitted=True)
         self._raise_for_outcome(records)
         kept = [r for r in records if r["status"] != "skipped"]
         if not kept and self.on_moderation == "skip":

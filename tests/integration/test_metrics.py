@@ -99,6 +99,25 @@ def test_a_batch_emits_images_by_outcome_megapixels_cost_and_timers(statsd, emul
         assert all(line[1] == tags and line[3] == "ms" and line[2] >= 0 for line in lines)
 
 
+def test_a_failed_run_sent_again_counts_as_a_resubmit(statsd, emulator, run_dag, tmp_path):
+    emulator.faults({"rules": [{"endpoint": "create_run", "fault": "run_failure", "count": 1}]})
+    with DAG("t_metrics_resubmit", schedule=None, start_date=datetime(2026, 1, 1), catchup=False) as dag:
+        FluxGenerateImageOperator(
+            task_id="generate",
+            prompt="a kite",
+            image_size="square",
+            output_uri=tmp_path.as_uri(),
+            poll_interval=0.02,
+            progress_interval=0,
+        )
+
+    assert run_dag(dag).state == "success"
+
+    retries = statsd.named("retries")
+    assert [(line[1]["kind"], line[1]["task_id"], line[2]) for line in retries] == [("resubmit", "generate", 1.0)]
+    assert statsd.named("images")[0][1]["outcome"] == "succeeded"
+
+
 def test_retries_are_counted_by_kind(statsd, emulator):
     emulator.faults(
         {
