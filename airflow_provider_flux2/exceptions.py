@@ -225,6 +225,22 @@ class BudgetExceededError(FluxError):
         )
 
 
+class RunningBudgetError(FluxError):
+    """Submissions stopped mid-task: what the API reported spent, plus what was in flight, plus the next
+    submission would have passed the budget (the API billed more than the price table said)."""
+
+    def __init__(self, *, committed: Decimal, next_cost: Decimal, limit: Decimal, not_sent: int) -> None:
+        self.committed = committed
+        self.next_cost = next_cost
+        self.limit = limit
+        self.not_sent = not_sent
+        super().__init__(
+            f"Stopped submitting: ${format_usd(committed)} spent or in flight plus ${format_usd(next_cost)} for the "
+            f"next submission would pass the task budget of ${format_usd(limit)}; {not_sent} image(s) were not "
+            "sent, the others are stored. Raise budget_usd, or set on_budget_stop='record' to accept this"
+        )
+
+
 class BudgetOverrunError(BudgetExceededError):
     """The cost the API reports is over the budget (the API billed more than estimated)."""
 

@@ -210,6 +210,8 @@ def apply_colours(prompt: str | dict[str, Any], colours: list[str]) -> str | dic
 # --------------------------------------------------------------------------------------------------
 
 OutputFormat = Literal["jpeg", "png"]
+
+
 SAFETY_TOLERANCES = ("1", "2", "3", "4", "5")
 FLEX_STEPS = (1, 50)
 FLEX_GUIDANCE = (1.5, 10.0)

@@ -14,14 +14,14 @@ import binascii
 import io
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
-from decimal import Decimal, InvalidOperation
+from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
 from typing import TYPE_CHECKING, Any, Union
 
-from airflow_provider_flux2.exceptions import BudgetExceededError, FluxValidationError, format_usd
+from airflow_provider_flux2.exceptions import BudgetExceededError, FluxAPIError, FluxValidationError, format_usd
 from airflow_provider_flux2.models import Variant, resolve_variant
 
 if TYPE_CHECKING:
-    from airflow_provider_flux2.models import FluxInput
+    from airflow_provider_flux2.models import FluxInput, ImageRecord, Run
 
 MEGAPIXEL = 1_048_576
 #: A reference image whose size cannot be known before the run (an http URL) is priced as one
@@ -123,6 +123,11 @@ def to_usd(value: Any, name: str = "budget_usd") -> Decimal:
 
 #: Dollars as text with at least three decimals (``0.045``); one formatter for messages and tables.
 usd = format_usd
+
+
+def cents(amount: Decimal) -> str:
+    """``1,234.50`` for a plan or progress line; exact amounts stay in records, manifests and summaries."""
+    return f"{amount.quantize(Decimal('0.01'), rounding=ROUND_HALF_UP):,.2f}"
 
 
 def reference_megapixels(image_urls: Iterable[str] | None) -> int:
@@ -292,3 +297,54 @@ class Budget:
 
     def remaining(self, spent: Decimal) -> Decimal:
         return max(Decimal("0"), self.limit - spent)
+
+
+# --------------------------------------------------------------------------------------------------
+# What an image cost: the one place that decides it
+# --------------------------------------------------------------------------------------------------
+
+
+def reported_cost(run: Run) -> Decimal | None:
+    """The cost the API reports for a run, checked: ``None`` when it reports none.
+
+    A figure that is not a finite, non-negative decimal is the API's error, raised as
+    :class:`FluxAPIError` naming the run and the request before anything is stored or counted.
+    """
+    if run.cost in (None, ""):
+        return None
+    try:
+        cost = Decimal(str(run.cost))
+    except InvalidOperation:
+        cost = Decimal("NaN")
+    if not cost.is_finite() or cost < 0:
+        raise FluxAPIError(
+            status_code=200,
+            code="BAD_COST",
+            message=f"the API reported a cost of {run.cost!r} for run {run.id}; expected a non-negative decimal",
+            request_id=run.request_id,
+            run_id=run.id,
+        )
+    return cost
+
+
+def image_cost(estimate: ItemCost, run: Run) -> tuple[Decimal, Decimal | None]:
+    """``(cost, api_cost)`` of one finished run: what the API billed when it says, the estimate otherwise.
+
+    A run that did not succeed costs nothing (the API does not bill failed runs).
+    """
+    from airflow_provider_flux2.models import RunStatus
+
+    api_cost = reported_cost(run)
+    if run.status_code != RunStatus.SUCCEEDED:
+        return Decimal("0"), api_cost
+    return (api_cost if api_cost is not None else estimate.cost), api_cost
+
+
+#: Record statuses whose runs the API has not billed (or not yet), whatever ``cost_usd`` says.
+UNBILLED_STATUSES = frozenset({"failed", "pending"})
+
+
+def billed_cost(record: ImageRecord) -> Decimal:
+    """What one image's record says it cost: its ``cost_usd`` (decided by :func:`image_cost`), or nothing
+    when its run was not billed (failed, or never sent)."""
+    return Decimal("0") if record.status in UNBILLED_STATUSES else Decimal(record.cost_usd)

@@ -31,6 +31,7 @@ from airflow_provider_flux2.exceptions import (
     FluxAPIError,
     FluxAuthError,
     FluxConflictError,
+    FluxConnectionError,
     FluxInsufficientCreditError,
     FluxModerationError,
     FluxNotFoundError,
@@ -52,6 +53,9 @@ from airflow_provider_flux2.models import (
 
 DEFAULT_BASE_URL = "https://api.runflow.io"
 REQUEST_ID_HEADERS = ("x-request-id", "runflow-request-id", "request-id")
+#: [choice] A response replayed for a repeated ``Idempotency-Key`` may say so in this header (the
+#: emulator does; Stripe-style APIs do). It only makes the window poll a replayed run at once.
+REPLAYED_HEADER = "idempotent-replayed"
 MAX_CLIENT_REF = 255
 MAX_BATCH_ITEMS = 100
 MODERATION_CODES = frozenset({"CONTENT_MODERATED", "NSFW_CONTENT_DETECTED"})
@@ -72,6 +76,20 @@ class ApiRequest:
         if "://" in self.path:  # an absolute URL (output downloads)
             return self.path.split("?", 1)[0]
         return base_url.rstrip("/") + self.path
+
+
+@dataclass(frozen=True)
+class WireInput:
+    """An input already in its wire form (what a trigger carries in its kwargs); sent exactly as it is."""
+
+    wire: dict[str, Any]
+
+    def to_wire(self) -> dict[str, Any]:
+        return dict(self.wire)
+
+
+#: What the request builders accept as an ``input``.
+AnyInput = FluxInput | WireInput
 
 
 # --------------------------------------------------------------------------------------------------
@@ -122,7 +140,7 @@ def health() -> ApiRequest:
 
 def create_run(
     model: Variant | str | None,
-    request: FluxInput,
+    request: AnyInput,
     *,
     idempotency_key: str,
     client_ref: str | None = None,
@@ -146,7 +164,7 @@ def create_run(
 
 def create_batch(
     model: Variant | str | None,
-    items: list[tuple[FluxInput, str]],
+    items: list[tuple[AnyInput, str]],
     *,
     idempotency_key: str,
     metadata: Mapping[str, Any] | None = None,
@@ -331,7 +349,10 @@ def check_response(
             request_id=request_id,
             run_id=run_id,
         )
-    return _with_request_id(data, request_id)
+    data = _with_request_id(data, request_id)
+    if isinstance(data, dict) and (_header(headers, REPLAYED_HEADER) or "").lower() == "true":
+        data["replayed"] = True
+    return data
 
 
 def _short_repr(value: Any, limit: int = 120) -> str:
@@ -442,6 +463,11 @@ def parse_batch_items(data: Any) -> list[Run]:
     return runs
 
 
+def was_replayed(data: Any) -> bool:
+    """Whether a submission's response was a replay of an earlier one (see :data:`REPLAYED_HEADER`)."""
+    return isinstance(data, dict) and data.get("replayed") is True
+
+
 def failure_of(run: Run) -> FluxRunFailedError | None:
     """The error a terminal, unsuccessful run stands for (moderation is its own type)."""
     if run.status_code not in (RunStatus.FAILED, RunStatus.CANCELED):
@@ -461,13 +487,30 @@ def failure_of(run: Run) -> FluxRunFailedError | None:
 # --------------------------------------------------------------------------------------------------
 
 
-def is_retryable(error: BaseException) -> bool:
-    """429, 408, 5xx and network errors are worth another attempt; other 4xx never are."""
-    if isinstance(error, (FluxRateLimitError, FluxServerError)):
+def is_transient(error: BaseException) -> bool:
+    """Whether ``error`` may go away by itself: 429, 408, 5xx and network errors; other 4xx never do.
+
+    The one rule for "try again later", used by the hook (retry a request), the window (poll or
+    submit again) and collection (fetch an image again). It accepts raw ``httpx`` errors and the
+    hook's wrapped ones (:class:`FluxConnectionError`, which covers request time-outs). Retrying a
+    POST is safe because every submission carries an ``Idempotency-Key``: the API replays the first
+    response instead of creating (and billing) a second run.
+    """
+    if isinstance(error, (FluxRateLimitError, FluxServerError, FluxConnectionError)):
         return True
     if isinstance(error, FluxAPIError):
         return error.status_code == 408
     return isinstance(error, httpx.TransportError)
+
+
+def batch_unsupported(error: BaseException) -> bool:
+    """A 422 to a batch request that names no item: the model has no batch endpoint (send single runs).
+
+    A 422 that points at an item (``errors[].loc`` = ``["input", 3, ...]``) is a real input error.
+    """
+    if not isinstance(error, FluxValidationError):
+        return False
+    return not any(str(d.get("field", "")).split(".")[0].isdigit() for d in error.details)
 
 
 #: Each backoff delay is lengthened by up to this fraction, at random, so clients do not retry in step.

@@ -1,7 +1,8 @@
 """The operator as shipped, instrumented; and the baselines it is measured against.
 
 Nothing here changes what the operator decides, except where a baseline says so in its name:
-:class:`WaveOperator` (waits for a whole wave) and :func:`fixed_poll_interval` (no adaptation).
+:class:`WaveOperator` (waits for a whole wave), :class:`ChunkedOperator` (wave 1's chunked operator,
+``baseline_chunked.py``) and :func:`fixed_poll_interval` (no adaptation).
 """
 
 from __future__ import annotations
@@ -12,13 +13,18 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-import airflow_provider_flux2.triggers.flux as trigger_module
+import airflow_provider_flux2.window as window_module
 from airflow_provider_flux2.operators.flux import FluxGenerateImageOperator
+
+try:  # run as ``python benchmarks/run.py`` (benchmarks/ on the path) or imported as a package
+    from baseline_chunked import BaselineChunkedOperator
+except ImportError:
+    from benchmarks.baseline_chunked import BaselineChunkedOperator
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
 
-    from airflow_provider_flux2.operators.flux import Plan
+    from airflow_provider_flux2.jobs import Collected, Plan
     from airflow_provider_flux2.triggers.flux import FluxGenerationTrigger
 
 
@@ -104,38 +110,52 @@ class BenchOperator(FluxGenerateImageOperator):
 
     # The steps whose cost is worth knowing; each override only times the shipped method.
 
-    def plan(self, context: Context) -> Plan:
-        with step(context["ti"].dag_id, "plan (re-validated on every resume)"):
-            return super().plan(context)
+    def plan(self, context: Context, **kwargs: Any) -> Plan:
+        with step(context["ti"].dag_id, "plan (validate, price; again on the resume)"):
+            return super().plan(context, **kwargs)
 
-    def _read_finished(self, run_ids: list[str], state: dict[str, Any]) -> Any:
-        # No context here: the one task running is the one whose slot is open (dag.test runs one at a time).
-        with step(_current_dag_id(), "read finished runs (one /items per batch)"):
-            return super()._read_finished(run_ids, state)
-
-    def _collect(self, context: Context, plan: Plan, state: dict[str, Any], index: str, *args: Any) -> None:
-        with step(context["ti"].dag_id, "collect (read, download, verify, store)"):
-            super()._collect(context, plan, state, index, *args)
-
-    def _top_up(self, context: Context, plan: Plan, state: dict[str, Any]) -> None:
-        with step(context["ti"].dag_id, "top up (submit, record)"):
-            super()._top_up(context, plan, state)
+    def _collect(self, context: Context, *args: Any, **kwargs: Any) -> Collected:
+        with step(context["ti"].dag_id, "collect (one /items per batch, download, verify, store)"):
+            return super()._collect(context, *args, **kwargs)
 
     def _write_report(self, context: Context, *args: Any) -> None:
         with step(context["ti"].dag_id, "report (manifest, gallery)"):
             super()._write_report(context, *args)
 
-    def _trigger(self, plan: Plan, state: dict[str, Any]) -> FluxGenerationTrigger:
-        trigger = super()._trigger(plan, state)
-        trigger.expected_seconds *= self.clock_scale
+    def _trigger(self, context: Context, plan: Plan) -> FluxGenerationTrigger:
+        trigger = super()._trigger(context, plan)
+        for job in trigger.jobs:  # [index, model, key, ref, input, cost, expected seconds]
+            job[6] = job[6] * self.clock_scale
         return trigger
 
 
 class WaveOperator(BenchOperator):
-    """Baseline: submits a wave, waits for every run of it, then submits the next wave."""
+    """Baseline: submits a whole window as one chunk and waits for every run of it before the next."""
 
-    def _min_finished(self, plan: Plan, state: dict[str, Any]) -> int:
-        return len(state["inflight"])
+    def __init__(self, **kwargs: Any) -> None:
+        kwargs["batch_size"] = min(kwargs.get("max_in_flight", 8), 100)
+        super().__init__(**kwargs)
+
+
+class ChunkedOperator(BaselineChunkedOperator):
+    """Baseline: wave 1's chunked operator (a worker entry per chunk), with its worker time accounted."""
+
+    def __init__(self, *, clock_scale: float = 1.0, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.clock_scale = clock_scale
+
+    def execute(self, context: Context) -> Any:
+        with worker_slot(context["ti"].dag_id):
+            return super().execute(context)
+
+    def execute_complete(self, context: Context, event: dict[str, Any] | None = None) -> Any:
+        with worker_slot(context["ti"].dag_id):
+            return super().execute_complete(context, event)
+
+    def _trigger(self, plan: Any, state: dict[str, Any]) -> Any:
+        trigger = super()._trigger(plan, state)
+        trigger.expected_seconds *= self.clock_scale
+        return trigger
 
 
 def _fixed_interval(statuses: Any, *, base: float, elapsed: float, expected: float) -> float:
@@ -145,9 +165,9 @@ def _fixed_interval(statuses: Any, *, base: float, elapsed: float, expected: flo
 @contextmanager
 def fixed_poll_interval() -> Iterator[None]:
     """Baseline: poll every ``poll_interval`` whatever the runs' status (the trigger's rule swapped out)."""
-    shipped = trigger_module.adaptive_poll_interval
-    trigger_module.adaptive_poll_interval = _fixed_interval
+    shipped = window_module.adaptive_poll_interval
+    window_module.adaptive_poll_interval = _fixed_interval
     try:
         yield
     finally:
-        trigger_module.adaptive_poll_interval = shipped
+        window_module.adaptive_poll_interval = shipped

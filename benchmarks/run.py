@@ -225,7 +225,7 @@ def slot_table(deferrable: TaskFigures, sync: TaskFigures) -> Table:
 def worker_parts_table(deferrable: TaskFigures) -> Table:
     """Where the deferrable task's worker time went, step by step."""
     parts = dict(deferrable.worker_parts)
-    parts["other (progress in XCom, resume, flush)"] = deferrable.worker_seconds - sum(parts.values())
+    parts["other (defer, progress in task_state_store, records)"] = deferrable.worker_seconds - sum(parts.values())
     rows = [
         [
             name,

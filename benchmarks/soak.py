@@ -98,17 +98,23 @@ CRASH = CrashLog()
 
 
 def crash_operator() -> type:
-    """The operator that dies once, mid-flight: after a third of its images are stored, runs in flight."""
+    """The operator that dies once, mid-collect: after a third of its images are stored, the rest not yet."""
     from airflow_provider_flux2.operators.flux import FluxGenerateImageOperator
 
     class CrashMidFlight(FluxGenerateImageOperator):
-        def _top_up(self, context: Any, plan: Any, state: dict[str, Any]) -> None:
-            super()._top_up(context, plan, state)
-            if CRASH.crashed_on_try is None and state["inflight"] and state["stats"]["done"] >= len(plan.images) // 3:
-                CRASH.crashed_on_try = context["ti"].try_number
-                CRASH.stored_before_crash = state["stats"]["done"]
-                CRASH.inflight_at_crash = [f["run_id"] for f in state["inflight"].values()]
-                raise RuntimeError("simulated worker crash mid-flight (soak)")
+        def _collect(self, context: Any, plan: Any, states: dict[int, Any], *args: Any, **kwargs: Any) -> Any:
+            if CRASH.crashed_on_try is not None:
+                return super()._collect(context, plan, states, *args, **kwargs)
+            order = sorted(states)
+            first = {i: states[i] for i in order[: len(order) // 3]}
+            collected = super()._collect(context, plan, first, *args, **kwargs)
+            checkpoint = args[-1] if args else kwargs.get("checkpoint")
+            if checkpoint is not None:
+                checkpoint(collected)  # what a crash mid-collect leaves recorded (task_state_store)
+            CRASH.crashed_on_try = context["ti"].try_number
+            CRASH.stored_before_crash = len(collected.records)
+            CRASH.inflight_at_crash = [s.run_id for i, s in states.items() if i not in first and s.run_id]
+            raise RuntimeError("simulated worker crash mid-collect (soak)")
 
     return CrashMidFlight
 
@@ -302,7 +308,7 @@ def crash_text() -> str:
         return "did not happen"
     return (
         f"try {CRASH.crashed_on_try}, {CRASH.stored_before_crash} images stored, "
-        f"{len(CRASH.inflight_at_crash)} runs in flight"
+        f"{len(CRASH.inflight_at_crash)} finished runs not yet collected"
     )
 
 

@@ -24,6 +24,7 @@ SHOWN = (
     "[DAG TEST] starting task_id",
     "Catalogue:",
     "Estimate:",
+    "Plan: ",
     " done · ",
     "Finished ",
     "Quality:",

@@ -22,9 +22,12 @@ from typing import Literal
 
 from PIL import Image, ImageDraw, ImageFilter, ImageFont
 
+from airflow_provider_flux2.formats import IMAGE_FORMATS
+
 Style = Literal["normal", "black", "blank", "duplicate"]
-CONTENT_TYPES = {"jpeg": "image/jpeg", "png": "image/png"}
-EXTENSIONS = {"jpeg": "jpg", "png": "png"}
+#: Views of the provider's one format table (the emulator serves what the provider expects).
+CONTENT_TYPES = {name: IMAGE_FORMATS[name].content_type for name in ("jpeg", "png")}
+EXTENSIONS = {name: IMAGE_FORMATS[name].extension for name in ("jpeg", "png")}
 
 # The scene is painted on a small canvas and scaled up: soft, painterly shapes at any size for a
 # fraction of the cost of drawing 16 megapixels. The text is drawn afterwards at full resolution.

@@ -12,13 +12,14 @@ import logging
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from decimal import Decimal
 from typing import Any
 from urllib.parse import urlsplit
 
 from airflow_provider_flux2 import protocol
 from airflow_provider_flux2.exceptions import FluxValidationError
 from airflow_provider_flux2.models import Variant, resolve_variant
-from airflow_provider_flux2.pricing import PriceTable
+from airflow_provider_flux2.pricing import PriceTable, to_usd
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +40,7 @@ CONNECTION_EXTRAS = (
     "max_redirects",
     "allow_plain_http",
     "prices",
+    "max_task_spend_usd",
 )
 #: Other names people write for them.
 EXTRA_ALIASES = {"retries": "max_retries", "max_retries": "max_retries", "price_overrides": "prices"}
@@ -78,6 +80,8 @@ class FluxConnectionConfig:
     max_response_bytes: int = int(DEFAULT_MAX_RESPONSE_MB * MB)
     max_redirects: int = protocol.MAX_REDIRECTS
     allow_plain_http: bool = False
+    #: The most one task may spend when it sets no ``budget_usd`` of its own (``max_task_spend_usd``).
+    max_task_spend: Decimal | None = None
 
     @property
     def secrets(self) -> tuple[str, ...]:
@@ -145,6 +149,9 @@ class FluxConnectionConfig:
             max_redirects=_integer(extra.get("max_redirects", protocol.MAX_REDIRECTS), "max_redirects", 0, 10),
             allow_plain_http=plain_http,
             conn_id=conn_id,
+            max_task_spend=(
+                to_usd(extra["max_task_spend_usd"], "max_task_spend_usd") if "max_task_spend_usd" in extra else None
+            ),
         )
 
 

@@ -25,6 +25,7 @@ import httpx
 from airflow.sdk import BaseHook
 from PIL import Image
 
+import airflow_provider_flux2.hooks.transport as transport
 from airflow_provider_flux2 import metrics, protocol
 from airflow_provider_flux2.exceptions import (
     BudgetOverrunError,
@@ -40,7 +41,7 @@ from airflow_provider_flux2.exceptions import (
     FluxTimeoutError,
     FluxValidationError,
 )
-from airflow_provider_flux2.hooks import transport
+from airflow_provider_flux2.formats import image_format
 from airflow_provider_flux2.hooks.connection import (
     CONNECTION_EXTRAS,
     EXTRA_ALIASES,
@@ -56,6 +57,7 @@ from airflow_provider_flux2.models import (
     resolve_variant,
 )
 from airflow_provider_flux2.pricing import Budget, PriceTable, billed_megapixels, estimate
+from airflow_provider_flux2.quality.decoding import decode_image
 
 if TYPE_CHECKING:
     from collections.abc import Iterable
@@ -65,7 +67,6 @@ if TYPE_CHECKING:
 #: Output URLs answer these when they have expired; the run is re-read for a fresh URL.
 EXPIRED_URL_STATUSES = frozenset({403, 404, 410})
 DEFAULT_MAX_DOWNLOAD_BYTES = 128 * 1024 * 1024
-PIL_FORMATS = {"jpeg": "JPEG", "png": "PNG"}
 
 __all__ = ["CONNECTION_EXTRAS", "EXTRA_ALIASES", "FluxConnectionConfig", "FluxHook"]
 
@@ -92,6 +93,8 @@ class Submission:
 
     run_ids: list[str]
     batch_id: str | None = None
+    #: The API said this answer replays an earlier submission (same key): the runs may be done already.
+    replayed: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return {"batch_id": self.batch_id, "run_ids": list(self.run_ids)}
@@ -101,7 +104,7 @@ class Submission:
 class BatchEntry:
     """One image of a batch submit: its input, its client_ref and its own Idempotency-Key."""
 
-    request: FluxInput
+    request: FluxInput | protocol.WireInput
     client_ref: str
     idempotency_key: str
 
@@ -226,7 +229,9 @@ class FluxHook(BaseHook):
     async def aget_conn(self) -> httpx.AsyncClient:
         """The async client (one per hook and event loop, reused)."""
         if self._aclient is None:
-            self._aclient = transport.async_client(**self._client_kwargs(await self.aconfig()))
+            # Building a client loads the CA bundle (tens of ms of blocking I/O): never on the event loop.
+            kwargs = self._client_kwargs(await self.aconfig())
+            self._aclient = await asyncio.to_thread(transport.async_client, **kwargs)
         return self._aclient
 
     @cached_property
@@ -272,9 +277,14 @@ class FluxHook(BaseHook):
     # -- the retry loop, once for sync and once for async --------------------------------------
 
     def _next_delay(self, request: protocol.ApiRequest, attempt: int, error: BaseException) -> float | None:
-        """Seconds to wait before retrying ``request``, or ``None`` when ``error`` must be raised."""
+        """Seconds to wait before retrying ``request``, or ``None`` when ``error`` must be raised.
+
+        One policy for the sync and the async client (and for downloads). POSTs are retried too, which
+        is safe only because every submission carries an ``Idempotency-Key``: if the first attempt did
+        reach the API and only its answer was lost, the retry is replayed (same run, billed once).
+        """
         policy = self.config.retry
-        if not protocol.is_retryable(error) or attempt >= policy.max_attempts:
+        if not protocol.is_transient(error) or attempt >= policy.max_attempts:
             return None
         delay = policy.delay(attempt, error)
         self.log.warning(
@@ -536,39 +546,94 @@ class FluxHook(BaseHook):
         if not prepared:
             raise FluxValidationError(field="entries", value=[], allowed="at least one image to submit")
         if use_batch_endpoint and len(prepared) > 1:
-            # Built outside the ``try``: a batch we refuse to build (over 100 items) is not "unsupported".
-            batch_request = protocol.create_batch(
-                variant, [(e.request, e.client_ref) for e in prepared], idempotency_key=batch_key, metadata=metadata
-            )
+            # Refused outside the ``try``: a batch we will not build (over 100 items) is not "unsupported".
+            if len(prepared) > protocol.MAX_BATCH_ITEMS:
+                raise FluxValidationError(
+                    field="entries", value=len(prepared), allowed=f"at most {protocol.MAX_BATCH_ITEMS} items per batch"
+                )
             try:
-                data = self._call(batch_request)
+                return self.create_batch(prepared, model=variant, batch_key=batch_key, metadata=metadata)
             except FluxValidationError as error:
-                if _points_at_item(error):
+                if not protocol.batch_unsupported(error):
                     raise
                 self.log.info("Model %s answered 422 to a batch (%s); submitting single runs", variant.value, error)
-            else:
-                batch = protocol.parse_batch(data)
-                items = sorted(batch.items, key=lambda i: i.sequence_index)
-                run_ids = [item.run_id or "" for item in items]
-                if len(run_ids) != len(prepared) or not all(run_ids):
-                    raise FluxAPIError(
-                        status_code=201,
-                        code="BAD_RESPONSE",
-                        message=f"batch {batch.id} lists {len(run_ids)} runs for {len(prepared)} inputs",
-                    )
-                self.log.info("Submitted batch %s with %d runs (%s)", batch.id, len(run_ids), variant.value)
-                return Submission(run_ids=run_ids, batch_id=batch.id)
-        runs = [
-            self.submit(
-                e.request,
-                model=variant,
-                idempotency_key=e.idempotency_key,
-                client_ref=e.client_ref,
-                metadata=metadata,
-            )
-            for e in prepared
-        ]
+        runs = [self.submit_entry(e, model=variant, metadata=metadata) for e in prepared]
         return Submission(run_ids=[r.id for r in runs])
+
+    def create_batch(
+        self, entries: Sequence[BatchEntry], *, model: Variant, batch_key: str, metadata: Mapping[str, Any] | None
+    ) -> Submission:
+        """One batch request, no fallback (a 422 is raised: see ``protocol.batch_unsupported``)."""
+        request = protocol.create_batch(
+            model, [(e.request, e.client_ref) for e in entries], idempotency_key=batch_key, metadata=metadata
+        )
+        return self._submission(self._call(request), len(entries), model)
+
+    async def acreate_batch(
+        self, entries: Sequence[BatchEntry], *, model: Variant, batch_key: str, metadata: Mapping[str, Any] | None
+    ) -> Submission:
+        request = protocol.create_batch(
+            model, [(e.request, e.client_ref) for e in entries], idempotency_key=batch_key, metadata=metadata
+        )
+        return self._submission(await self._acall(request), len(entries), model)
+
+    def _submission(self, data: Any, expected: int, model: Variant) -> Submission:
+        batch = protocol.parse_batch(data)
+        items = sorted(batch.items, key=lambda i: i.sequence_index)
+        run_ids = [item.run_id or "" for item in items]
+        if len(run_ids) != expected or not all(run_ids):
+            raise FluxAPIError(
+                status_code=201,
+                code="BAD_RESPONSE",
+                message=f"batch {batch.id} lists {len(run_ids)} runs for {expected} inputs",
+            )
+        replayed = protocol.was_replayed(data)
+        self.log.info(
+            "%s batch %s with %d runs (%s)",
+            "Replayed" if replayed else "Submitted",
+            batch.id,
+            len(run_ids),
+            model.value,
+        )
+        return Submission(run_ids=run_ids, batch_id=batch.id, replayed=replayed)
+
+    def submit_entry(self, entry: BatchEntry, *, model: Variant, metadata: Mapping[str, Any] | None = None) -> Run:
+        """Create one run under the entry's own Idempotency-Key (the input is sent as it is)."""
+        request = protocol.create_run(
+            model, entry.request, idempotency_key=entry.idempotency_key, client_ref=entry.client_ref, metadata=metadata
+        )
+        run = protocol.parse_run(self._call(request))
+        self.log.info("Submitted run %s (%s, client_ref %s)", run.id, model.value, entry.client_ref)
+        return run
+
+    async def asubmit(
+        self, entry: BatchEntry, *, model: Variant, metadata: Mapping[str, Any] | None = None
+    ) -> Submission:
+        """Create one run from the event loop (the trigger), under the entry's own Idempotency-Key."""
+        request = protocol.create_run(
+            model, entry.request, idempotency_key=entry.idempotency_key, client_ref=entry.client_ref, metadata=metadata
+        )
+        data = await self._acall(request)
+        run = protocol.parse_run(data)
+        replayed = protocol.was_replayed(data)
+        self.log.info(
+            "%s run %s (%s, client_ref %s)",
+            "Replayed" if replayed else "Submitted",
+            run.id,
+            model.value,
+            entry.client_ref,
+        )
+        return Submission(run_ids=[run.id], replayed=replayed)
+
+    def submit_one(self, entry: BatchEntry, *, model: Variant, metadata: Mapping[str, Any] | None = None) -> Submission:
+        """:meth:`asubmit` for the worker: one run under the entry's own key, and whether it was a replay."""
+        request = protocol.create_run(
+            model, entry.request, idempotency_key=entry.idempotency_key, client_ref=entry.client_ref, metadata=metadata
+        )
+        data = self._call(request)
+        run = protocol.parse_run(data)
+        self.log.info("Submitted run %s (%s, client_ref %s)", run.id, model.value, entry.client_ref)
+        return Submission(run_ids=[run.id], replayed=protocol.was_replayed(data))
 
     def get_run(self, run_id: str, *, deadline: float | None = None) -> Run:
         """Read a run; ``deadline`` (epoch seconds) bounds the read and its retries."""
@@ -586,8 +651,12 @@ class FluxHook(BaseHook):
         """Read a batch; ``deadline`` (epoch seconds) bounds the read and its retries."""
         return protocol.parse_batch(await self._acall(protocol.get_batch(batch_id), deadline=deadline))
 
-    def get_batch_items(self, batch_id: str) -> list[Run]:
-        return protocol.parse_batch_items(self._call(protocol.get_batch_items(batch_id)))
+    def get_batch_items(self, batch_id: str, *, deadline: float | None = None) -> list[Run]:
+        """Read a batch's items with their outputs; ``deadline`` (epoch seconds) bounds the read and its retries."""
+        return protocol.parse_batch_items(self._call(protocol.get_batch_items(batch_id), deadline=deadline))
+
+    async def aget_batch_items(self, batch_id: str, *, deadline: float | None = None) -> list[Run]:
+        return protocol.parse_batch_items(await self._acall(protocol.get_batch_items(batch_id), deadline=deadline))
 
     def wait(self, run_id: str | Run, *, timeout: float = 600.0, poll_interval: float = 2.0) -> Run:
         """Poll one run (its id, or a :class:`Run`) until it is terminal and return it.
@@ -783,11 +852,6 @@ class _ExpiredURL(Exception):
     """An output URL answered 403/404/410."""
 
 
-def _points_at_item(error: FluxValidationError) -> bool:
-    """Whether a batch 422 names an item's field (a real input error) rather than the batch itself."""
-    return any(str(d.get("field", "")).split(".")[0].isdigit() for d in error.details)
-
-
 def _size_of_run(run: Run, *, strict: bool = False) -> tuple[int, int]:
     """The size a run asked for (the API's default when its input does not say)."""
     from airflow_provider_flux2.models import DEFAULT_SIZE, size_of
@@ -820,12 +884,14 @@ def verify_image(
     url: str = "",
     run_id: str | None = None,
 ) -> DownloadedImage:
-    """Check format and size from the image's header, then decode the bytes (Pillow, with its bomb guard).
+    """Check format and size from the image's header, then decode the bytes (the one decoder, with
+    Pillow's bomb guard).
 
     The header is read first, so an image of the wrong size (or more pixels than Pillow's limit) is
     refused before a single pixel is decoded; any error Pillow raises on hostile bytes is ours.
     """
-    want = PIL_FORMATS.get(output_format, output_format.upper())
+    fmt = image_format(output_format)
+    want = fmt.pillow if fmt else output_format.upper()
     found_format, size = _header_of(data, run_id)
     if found_format != want:
         raise FluxImageError(f"Expected a {want} image, got {found_format}", run_id=run_id)
@@ -834,17 +900,13 @@ def verify_image(
     limit = Image.MAX_IMAGE_PIXELS
     if limit is not None and width * height > limit:
         raise FluxImageError(f"{width}x{height} is more pixels than Pillow's limit ({limit})", run_id=run_id)
-    try:
-        with Image.open(io.BytesIO(data)) as image:
-            image.verify()
-        with Image.open(io.BytesIO(data)) as image:
-            image.load()
-    except Exception as error:  # Pillow raises OSError, SyntaxError, ValueError, struct.error, EOFError...
-        raise FluxImageError(
-            f"Downloaded bytes are not a readable image ({type(error).__name__}: {str(error)[:200]})", run_id=run_id
-        ) from None
+    decoded = decode_image(data)  # never raises: Pillow's errors on hostile bytes come back as text
+    if decoded.image is None:
+        error = (decoded.error or "")[:200]
+        raise FluxImageError(f"Downloaded bytes are not a readable image ({error})", run_id=run_id)
+    decoded.image.close()
     declared = content_type.split(";")[0].strip().lower()
-    expected_type = f"image/{output_format}"
+    expected_type = fmt.content_type if fmt else f"image/{output_format}"
     if declared and declared not in (expected_type, "application/octet-stream", "binary/octet-stream"):
         raise FluxImageError(f"Expected content type {expected_type}, got {declared}", run_id=run_id)
     return DownloadedImage(

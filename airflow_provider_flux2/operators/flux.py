@@ -1,35 +1,31 @@
-"""FluxGenerateImageOperator: plan, submit, wait (deferred or not), fetch, verify, store.
+"""FluxGenerateImageOperator: plan → defer → collect → report.
 
 The story of a task:
 
-1. **Plan** — validate every item and price the whole batch; over budget → fail, nothing sent.
-2. **Resume or start** — progress recorded by an earlier try (``task_state_store``, Airflow >= 3.3)
-   or an earlier deferral (XCom) is picked up, so runs already paid for are re-attached.
-3. **Top up** — submit chunks (batch requests, or single runs) while fewer than ``max_in_flight``
-   runs are at the API; record the run ids at once.
-4. **Wait** — defer to :class:`FluxGenerationTrigger` (or poll in-process) until enough runs finish
-   to top up again.
-5. **Collect** — read each finished run (fresh URL), download, verify, store, record.
-6. **Finish** — manifest beside the images, small records to XCom (never bytes).
+1. **Plan** (:meth:`execute`) — validate every item, price the batch, check the budget, log one plan
+   line; over budget → fail, nothing sent.
+2. **Defer once** — :class:`~airflow_provider_flux2.triggers.flux.FluxGenerationTrigger` runs the
+   window on the triggerer: submits, polls one request per batch, tops up the moment slots free,
+   resubmits failed runs, stops at the budget, and fires once when every job is terminal. A
+   non-deferrable task runs the same window in the worker.
+3. **Collect** (:meth:`execute_complete`) — every finished job at once in a bounded pool: one
+   ``/items`` read per batch (fresh URLs), download, verify, store.
+4. **Report** — manifest and gallery beside the images, one small record per image as the return value.
 
-Every image's ``Idempotency-Key`` derives from its Airflow identity and its request, so even where
-progress was lost (Airflow < 3.3 after a worker crash) a resubmission is a replay, not a new charge.
+A batch enters a worker twice. Every image's ``Idempotency-Key`` derives from its Airflow identity and
+its request, so a retry, a cleared task or a rebuilt trigger replays the runs instead of paying again.
 """
 
 from __future__ import annotations
 
-import hashlib
-import logging
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass, field
-from datetime import datetime, timedelta
-from decimal import ROUND_HALF_UP, Decimal
+from collections.abc import Callable, Sequence
+from datetime import timedelta
+from decimal import Decimal
 from functools import cached_property
-from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar
 
-from airflow.sdk import BaseOperator, BaseOperatorLink
+from airflow.sdk import BaseOperator
 
 try:
     from airflow.sdk import conf
@@ -39,230 +35,45 @@ except ImportError:  # Airflow 3.1: the Task SDK exposes conf from 3.2 on
 from airflow_provider_flux2 import links, metrics, protocol
 from airflow_provider_flux2.arguments import check_operator_arguments
 from airflow_provider_flux2.exceptions import (
-    FluxConnectionError,
     FluxError,
-    FluxImageError,
     FluxModerationError,
-    FluxRateLimitError,
     FluxRunFailedError,
-    FluxServerError,
     FluxTimeoutError,
     FluxValidationError,
+    RunningBudgetError,
 )
-from airflow_provider_flux2.hooks.flux import BatchEntry, FluxHook, Submission, expected_duration
-from airflow_provider_flux2.models import (
-    GENERATION_PARAMS,
-    FluxInput,
-    ImageRecord,
-    Run,
-    RunStatus,
-    Timings,
-    Variant,
-    build_input,
-    resolve_variant,
-    utc_now_iso,
+from airflow_provider_flux2.hooks.flux import FluxHook
+from airflow_provider_flux2.jobs import (
+    ITEM_META,
+    Collected,
+    FailurePolicy,
+    ModerationPolicy,
+    Plan,
+    Progress,
+    collect,
+    default_chunk_size,
+    new_job,
+    output_publisher,
+    run_metadata,
+    run_window,
+    task_identity,
+    task_location,
 )
-from airflow_provider_flux2.pricing import Budget, CostEstimate, ItemCost, estimate, usd
-from airflow_provider_flux2.storage import BatchLocation, content_hash, publisher_for
-from airflow_provider_flux2.storage.naming import name_fields
-from airflow_provider_flux2.storage.publish import object_metadata
+from airflow_provider_flux2.models import GENERATION_PARAMS, ImageRecord, build_input, resolve_variant
+from airflow_provider_flux2.outputs import STATE_KEY, XCOM_GALLERY, XCOM_MANIFEST, FluxImagesLink
+from airflow_provider_flux2.pricing import Budget, cents, estimate, usd
+from airflow_provider_flux2.storage import BatchLocation
 from airflow_provider_flux2.storage.report import write_batch_report
-from airflow_provider_flux2.triggers.flux import FluxGenerationTrigger, wait_in_worker
+from airflow_provider_flux2.triggers.flux import FluxGenerationTrigger
+from airflow_provider_flux2.window import JobState, duration, rows_of
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
-    from airflow.sdk.types import TaskInstanceKey
 
     from airflow_provider_flux2.storage.base import Publisher
 
-ModerationPolicy = Literal["fail", "skip", "record"]
-FailurePolicy = Literal["fail", "record"]
-STATE_VERSION = 1
-log = logging.getLogger(__name__)
-#: The folder under ``$AIRFLOW_HOME`` used when neither ``output_uri`` nor ``[flux2] default_output_uri`` is set.
-DEFAULT_OUTPUT_FOLDER = "flux2-images"
-XCOM_STATE = "flux_state"
-XCOM_RUN_IDS = "flux_run_ids"
-XCOM_GALLERY = "flux_gallery_url"
-XCOM_MANIFEST = "flux_manifest_uri"
-STATE_KEY = "flux/state"
-#: Collecting one finished image (download, verify, store) is tried this many times across cycles.
-MAX_COLLECT_ATTEMPTS = 3
-COLLECT_RETRYABLE = (FluxConnectionError, FluxServerError, FluxRateLimitError, FluxImageError, OSError)
-#: Per-item keys that describe an item rather than generate it; they are kept on its record.
-ITEM_META = ("id", "source_hash", "extra")
-
-
-class FluxImagesLink(BaseOperatorLink):
-    """ "FLUX images": the gallery of the task's stored output (or its folder)."""
-
-    name = "FLUX images"
-
-    def get_link(self, operator: BaseOperator, *, ti_key: TaskInstanceKey) -> str:
-        # Airflow 3 calls this in the worker as the task ends (the UI reads the stored value), on
-        # the operator that ran: what it stored is on it, so a failed task looks up no missing XCom.
-        return links.operator_link(operator)
-
-
-@dataclass(frozen=True)
-class PlannedImage:
-    """One image of the plan: validated request, price and identity."""
-
-    index: int
-    variant: Variant
-    request: FluxInput
-    prompt: str
-    params: dict[str, Any]
-    idempotency_key: str
-    client_ref: str
-    request_hash: str
-    meta: dict[str, Any] = field(default_factory=dict)  # per-item id / source_hash / extra, kept on the record
-
-    def entry(self, attempt: int) -> BatchEntry:
-        return BatchEntry(self.request, self.client_ref, resubmission_key(self.idempotency_key, attempt))
-
-
-def planned_image(
-    identity: dict[str, Any],
-    index: int,
-    variant: Variant,
-    request: FluxInput,
-    item: str | int | None = None,
-    meta: dict[str, Any] | None = None,
-) -> PlannedImage:
-    """An image of a plan, with the keys that make its submission idempotent.
-
-    :param identity: the task's Airflow identity (dag, task, run, map index).
-    :param item: what tells this image apart inside the task (default: its index).
-    """
-    req_hash = protocol.request_hash(variant, request)
-    item_identity = {**identity, "item": index if item is None else item}
-    return PlannedImage(
-        index=index,
-        variant=variant,
-        request=request,
-        prompt=request.prompt,
-        params={k: v for k, v in request.to_wire().items() if k != "prompt"},
-        idempotency_key=protocol.idempotency_key(item_identity, req_hash),
-        client_ref=protocol.client_ref(item_identity, req_hash),
-        request_hash=req_hash,
-        meta=dict(meta or {}),
-    )
-
-
-def is_moderated(run: Run, failure: FluxRunFailedError | None) -> bool:
-    """Moderated: failed with a moderation code, or succeeded with the NSFW flag (a blacked-out image)."""
-    if isinstance(failure, FluxModerationError):
-        return True
-    return run.status_code == RunStatus.SUCCEEDED and run.output is not None and run.output.nsfw
-
-
-def record_for_run(
-    image: PlannedImage,
-    item_cost: ItemCost,
-    run: Run,
-    *,
-    attempt: int,
-    batch_id: str | None,
-    submitted_at: str | None,
-    seen: dict[str, Any],
-    log: Any,
-) -> ImageRecord:
-    """What the API said about one finished run, next to what we planned (status set by the caller).
-
-    The cost is the API's when it reports one (that is what is billed) and the estimate otherwise;
-    a run that did not succeed costs nothing. A mismatch is logged as a warning naming the run.
-    """
-    billed = run.status_code == RunStatus.SUCCEEDED
-    api_cost = run.api_cost
-    if api_cost is not None and billed and api_cost != item_cost.cost:
-        log.warning(
-            "Run %s (image %d) was billed $%s by the API; the estimate was $%s",
-            run.id,
-            image.index,
-            usd(api_cost),
-            usd(item_cost.cost),
-        )
-    cost = (api_cost if api_cost is not None else item_cost.cost) if billed else Decimal("0")
-    output = run.output
-    return ImageRecord(
-        index=image.index,
-        model=image.variant.model_id,
-        prompt=image.prompt,
-        upsampled_prompt=output.prompt if output else None,
-        params=image.params,
-        seed=(output.seed if output and output.seed is not None else image.request.seed),
-        width=image.request.width,
-        height=image.request.height,
-        output_format=image.request.output_format,
-        billed_mp=item_cost.billed_mp,
-        cost_usd=usd(cost),
-        estimated_cost_usd=usd(item_cost.cost),
-        api_cost_usd=usd(api_cost) if api_cost is not None else None,
-        run_id=run.id,
-        batch_id=batch_id,
-        request_id=run.request_id,
-        client_ref=image.client_ref,
-        idempotency_key=resubmission_key(image.idempotency_key, attempt),
-        failure_code=run.failure_code,
-        failure_message=run.failure_message,
-        nsfw=bool(output and output.nsfw),
-        quality_score=run.quality_score,
-        attempt=attempt,
-        source_hash=image.meta.get("source_hash"),
-        extra={k: v for k, v in image.meta.items() if k != "source_hash"},
-        timings=Timings(
-            submitted_at=submitted_at,
-            finished_at=run.completed_at or seen.get("completed_at"),
-            detected_at=seen.get("detected_at"),
-        ),
-    )
-
-
-def store_run_image(
-    hook: FluxHook, publisher: Publisher, location: BatchLocation, run: Run, image: PlannedImage, record: ImageRecord
-) -> None:
-    """Download a succeeded run's image, verify it, store it under its deterministic key; fill the record."""
-    downloaded = hook.download(
-        run, width=image.request.width, height=image.request.height, output_format=image.request.output_format
-    )
-    digest = content_hash(downloaded.data)
-    record.content_hash = digest
-    record.content_type = downloaded.content_type
-    record.size_bytes = downloaded.size_bytes
-    record.uri = publisher.put_image(
-        location,
-        image.index,
-        downloaded.data,
-        downloaded.content_type,
-        object_metadata(record),
-        digest,
-        name_fields(record),
-    )
-    record.timings.stored_at = utc_now_iso()
-
-
-def resubmission_key(key: str, attempt: int) -> str:
-    """Attempt 1 uses the image's key; a failed (unbilled) run is resubmitted under a derived one.
-
-    Deterministic, so a task retry walks the same chain and re-attaches instead of paying again.
-    """
-    return key if attempt <= 1 else f"{key}-r{attempt}"
-
-
-@dataclass(frozen=True)
-class Plan:
-    images: list[PlannedImage]
-    estimate: CostEstimate
-    chunk_size: int
-    digest: str
-
-    @property
-    def chunks(self) -> int:
-        return -(-len(self.images) // self.chunk_size)
-
-    def chunk(self, number: int) -> list[PlannedImage]:
-        return self.images[number * self.chunk_size : (number + 1) * self.chunk_size]
+#: Past the deadline, the task waits this much longer for the trigger's event before Airflow gives up.
+DEFER_GRACE = 300.0
 
 
 class FluxGenerateImageOperator(BaseOperator):
@@ -285,11 +96,16 @@ class FluxGenerateImageOperator(BaseOperator):
     :param aws_conn_id: Airflow AWS connection for ``s3://`` (else boto3's default chain).
     :param deferrable: wait on the triggerer instead of holding a worker slot.
     :param max_in_flight: most runs at the API at once (the window).
-    :param batch_size: images per submit request (default ``max_in_flight // 2``); 1 means single runs.
+    :param batch_size: images per batch request (default ``max_in_flight // 4``); 1 means single runs.
     :param use_batches: use the batch endpoint when the model supports it.
     :param poll_interval: shortest pause between polls (seconds); the real interval adapts.
     :param timeout: seconds the whole task may wait for its runs.
-    :param budget_usd: refuse the plan if its estimated cost is over this.
+    :param budget_usd: refuse the plan if its estimated cost is over this, and stop submitting if the
+        spend the API reports would pass it (default: the connection's ``max_task_spend_usd``).
+    :param on_budget_stop: ``fail`` (after storing what was made) or ``record`` (keep the images not
+        sent as ``pending`` records) when the running budget stopped the submissions.
+    :param durable: re-attach a retry to the runs an earlier try paid for (the same keys; the
+        default). ``False``: every try starts over under new keys, and pays again.
     :param on_moderation: ``fail`` (after storing the rest), ``skip`` (leave moderated images out;
         skip the task if nothing is left) or ``record`` (keep them, marked ``moderated``).
     :param on_run_failure: ``fail`` or ``record`` for runs that still fail after ``resubmit_failed``.
@@ -351,6 +167,8 @@ class FluxGenerateImageOperator(BaseOperator):
         poll_interval: float = 2.0,
         timeout: float = 6 * 60 * 60,
         budget_usd: str | float | Decimal | None = None,
+        on_budget_stop: FailurePolicy = "fail",
+        durable: bool = True,
         on_moderation: ModerationPolicy = "fail",
         on_run_failure: FailurePolicy = "fail",
         resubmit_failed: int = 2,
@@ -386,6 +204,8 @@ class FluxGenerateImageOperator(BaseOperator):
         self.poll_interval = poll_interval
         self.timeout = timeout
         self.budget_usd = budget_usd
+        self.on_budget_stop = on_budget_stop
+        self.durable = durable
         self.on_moderation = on_moderation
         self.on_run_failure = on_run_failure
         self.resubmit_failed = resubmit_failed
@@ -394,6 +214,7 @@ class FluxGenerateImageOperator(BaseOperator):
         check_operator_arguments(self)  # typed errors for bad arguments (templated ones: again in plan)
         _check_choice("on_moderation", on_moderation, ("fail", "skip", "record"))
         _check_choice("on_run_failure", on_run_failure, ("fail", "record"))
+        _check_choice("on_budget_stop", on_budget_stop, ("fail", "record"))
         if max_in_flight < 1:
             raise FluxValidationError(field="max_in_flight", value=max_in_flight, allowed="an integer >= 1")
         if batch_size is not None and not 1 <= batch_size <= protocol.MAX_BATCH_ITEMS:
@@ -408,25 +229,49 @@ class FluxGenerateImageOperator(BaseOperator):
     # -- the story ----------------------------------------------------------------------------------
 
     def execute(self, context: Context) -> list[dict[str, Any]]:
+        """Plan, log the plan line, and hand the window to the trigger (or run it here)."""
         plan = self.plan(context)
-        state = self._resume(context, plan, fresh_try=True)
-        return self._advance(context, plan, state, event=None)
+        self.log.info("%s", plan.line(self.max_in_flight))
+        if plan.budget is None:
+            self.log.warning(
+                "No budget: this task may spend $%s (its estimate; more if the API bills more). Set budget_usd, "
+                "or max_task_spend_usd on connection %r, to cap it",
+                usd(plan.estimate.total),
+                self.flux_conn_id,
+            )
+        publisher = self._publisher()
+        # The extra link resolves from the deferral on: the folder now, the gallery at the end.
+        links.remember_gallery(context["ti"], self, XCOM_GALLERY, publisher.folder_uri(task_location(context)))
+        trigger = self._trigger(context, plan)
+        if self.deferrable:
+            self.defer(
+                trigger=trigger,
+                method_name="execute_complete",
+                timeout=timedelta(seconds=max(60.0, trigger.end_time - time.time() + DEFER_GRACE)),
+            )
+        event = run_window(
+            self.hook,
+            trigger.window(),
+            metadata=trigger.metadata,
+            logger=self.log,
+            progress_interval=self.progress_interval,
+        )
+        return self._complete(context, plan, event, publisher)
 
     def execute_complete(self, context: Context, event: dict[str, Any] | None = None) -> list[dict[str, Any]]:
-        """Resume after the trigger fired; the progress comes back from XCom (and task_state_store)."""
-        plan = self.plan(context)
-        state = self._resume(context, plan, fresh_try=False)
-        return self._advance(context, plan, state, event=event or {})
+        """Back from the triggerer: collect every finished job, store, report."""
+        plan = self.plan(context, check_budget=False)  # what was sent is paid for: collect it whatever the prices
+        return self._complete(context, plan, event or {"status": "error", "message": "no event"}, self._publisher())
 
     # -- 1. plan --------------------------------------------------------------------------------------
 
-    def plan(self, context: Context) -> Plan:
+    def plan(self, context: Context, *, check_budget: bool = True) -> Plan:
         """Validate and price every item; refuse the plan if it is over budget. Sends nothing."""
         check_operator_arguments(self, rendered=True)
         items = self._items()
         default_variant = resolve_variant(self.model) if self.model else self.hook.default_model
-        identity = task_identity(context)
-        images = []
+        identity = task_identity(context, durable=self.durable)
+        jobs = []
         for index, (item, meta) in enumerate(items):
             variant = resolve_variant(item.pop("model", None) or default_variant)
             try:
@@ -435,15 +280,13 @@ class FluxGenerateImageOperator(BaseOperator):
                 if len(items) > 1 and not self._operator_level(error.field, index):
                     error.args = (f"prompts[{index}]: {error.args[0]}",)
                 raise
-            images.append(planned_image(identity, index, variant, request, meta=meta))
-        cost = estimate([(i.variant, i.request) for i in images], self.hook.prices)
-        budget = Budget.of(self.budget_usd)
-        if budget is not None:
+            jobs.append(new_job(identity, index, variant, request, meta=meta))
+        cost = estimate([(j.variant, j.request) for j in jobs], self.hook.prices)
+        budget = self._budget()
+        if budget is not None and check_budget:
             budget.check(cost)
-        chunk = self.batch_size or (max(1, self.max_in_flight // 2) if self.use_batches else 1)
-        chunk = min(chunk, self.max_in_flight)
-        digest = hashlib.sha256("".join(i.request_hash for i in images).encode()).hexdigest()[:16]
-        return Plan(images=images, estimate=cost, chunk_size=chunk, digest=digest)
+        chunk = default_chunk_size(self.max_in_flight, self.batch_size, self.use_batches)
+        return Plan.of(jobs, cost, chunk, budget)
 
     def _operator_level(self, field: str, index: int) -> bool:
         """Whether an invalid ``field`` of item ``index`` is the operator's own parameter, not the item's."""
@@ -451,6 +294,13 @@ class FluxGenerateImageOperator(BaseOperator):
         entry = self.prompts[index] if self.prompts else None
         own = isinstance(entry, dict) and name in entry
         return name in self._PARAM_NAMES and getattr(self, name, None) is not None and not own
+
+    def _budget(self) -> Budget | None:
+        """The task's ``budget_usd``, else the connection's ``max_task_spend_usd``, else none."""
+        budget = Budget.of(self.budget_usd)
+        if budget is None and self.hook.config.max_task_spend is not None:
+            budget = Budget(self.hook.config.max_task_spend, scope=f"connection {self.flux_conn_id!r} task")
+        return budget
 
     def _items(self) -> list[tuple[dict[str, Any], dict[str, Any]]]:
         """``(generation params, meta)`` per item; meta (``id``, ``source_hash``, ``extra``) rides on the record."""
@@ -492,391 +342,175 @@ class FluxGenerateImageOperator(BaseOperator):
             items.append(({k: v for k, v in item.items() if v is not None}, meta))
         return items
 
-    # -- 2. progress ------------------------------------------------------------------------------------
+    # -- 2. the window (run by the trigger, or here) ----------------------------------------------------
 
-    def _resume(self, context: Context, plan: Plan, *, fresh_try: bool) -> dict[str, Any]:
-        """Progress of this task: from this try's XCom, else an earlier try's task_state_store, else new."""
-        ti = context["ti"]
-        state: Any = None
-        if not fresh_try:
-            state = ti.xcom_pull(task_ids=ti.task_id, key=XCOM_STATE, map_indexes=ti.map_index)
-        store = context.get("task_state_store")
-        if state is None and store is not None:
-            state = store.get(STATE_KEY)
-            if state is not None:
-                self.log.info(
-                    "Resuming from an earlier try: %d chunk(s) submitted, %d stored; re-attaching to runs in flight",
-                    state["next_chunk"],
-                    len(state["done_chunks"]),
-                )
-        if state is not None and fresh_try:
-            state["end_time"] = time.time() + self.timeout  # a new try gets its own deadline
-        if state is not None and state.get("plan") != plan.digest:
-            self.log.warning("The recorded progress belongs to a different plan (inputs changed); starting over")
-            state = None
-        if state is None:
-            state = {
-                "version": STATE_VERSION,
-                "plan": plan.digest,
-                "started_at": time.time(),
-                "end_time": time.time() + self.timeout,
-                "next_chunk": 0,
-                "inflight": {},  # index → {run_id, batch_id, attempt, submitted_at}
-                "records": {},  # index → record of images not yet flushed with their chunk
-                "done_chunks": [],
-                "stats": {"done": 0, "failed": 0, "moderated": 0, "cost": "0", "billed_mp": 0},
-                "last_progress": 0.0,
-            }
-        return state
-
-    def _save(self, context: Context, state: dict[str, Any]) -> None:
-        """Record progress before any wait: XCom for this try, task_state_store across tries (3.3+)."""
-        ti = context["ti"]
-        ti.xcom_push(key=XCOM_STATE, value=state)
-        run_ids = {int(i): f["run_id"] for i, f in state["inflight"].items()}
-        ti.xcom_push(key=XCOM_RUN_IDS, value=run_ids)
-        store = context.get("task_state_store")
-        if store is not None:
-            store.set(STATE_KEY, state)
-
-    def _save_chunk_records(self, context: Context, chunk: int, records: list[dict[str, Any]]) -> None:
-        key = f"flux_records_{chunk:05d}"
-        context["ti"].xcom_push(key=key, value=records)
-        store = context.get("task_state_store")
-        if store is not None:
-            store.set(f"flux/records/{chunk:05d}", list(records))
-
-    def _load_chunk_records(self, context: Context, chunk: int) -> list[dict[str, Any]]:
-        # task_state_store first: after a retry it holds the chunks of earlier tries, which this
-        # try's XCom does not (and a missing XCom is logged as an error by the Task SDK).
-        store = context.get("task_state_store")
-        records: Any = store.get(f"flux/records/{chunk:05d}") if store is not None else None
-        if records is None:
-            ti = context["ti"]
-            records = ti.xcom_pull(task_ids=ti.task_id, key=f"flux_records_{chunk:05d}", map_indexes=ti.map_index)
-        if records is None:
-            raise FluxError(f"Records of chunk {chunk} are missing from XCom and task_state_store")
-        return records
-
-    # -- 3..5. the window ---------------------------------------------------------------------------
-
-    def _advance(
-        self, context: Context, plan: Plan, state: dict[str, Any], event: dict[str, Any] | None
-    ) -> list[dict[str, Any]]:
-        publisher = self._publisher()
-        location = task_location(context)
-        if event is None:
-            # The extra link resolves from the first deferral on: the folder now, the gallery at the end.
-            links.remember_gallery(context["ti"], self, XCOM_GALLERY, publisher.folder_uri(location))
-        while True:
-            if event:
-                self._absorb(context, plan, state, event, publisher, location)
-            self._top_up(context, plan, state)
-            self._flush_chunks(context, plan, state)
-            self._log_progress(plan, state)
-            self._save(context, state)
-            if not state["inflight"]:
-                return self._finish(context, plan, state, publisher, location)
-            trigger = self._trigger(plan, state)
-            if self.deferrable:
-                self.defer(
-                    trigger=trigger,
-                    method_name="execute_complete",
-                    timeout=timedelta(seconds=max(60.0, state["end_time"] - time.time() + 300)),
-                )
-            event = wait_in_worker(
-                self.hook,
-                trigger.watch(),
-                end_time=trigger.end_time,
-                poll_interval=trigger.poll_interval,
-                expected_seconds=trigger.expected_seconds,
-                log=self.log,
-                started_at=trigger.started_at,
-            )
-
-    def _top_up(self, context: Context, plan: Plan, state: dict[str, Any]) -> None:
-        """Submit whole chunks while the window has room; record each submission at once."""
-        while state["next_chunk"] < plan.chunks:
-            images = plan.chunk(state["next_chunk"])
-            if len(state["inflight"]) + len(images) > self.max_in_flight:
-                return
-            submitted_at = utc_now_iso()
-            if len({image.variant for image in images}) == 1:
-                submission = self.hook.submit_batch(
-                    [image.entry(1) for image in images],
-                    model=images[0].variant,
-                    batch_key=_batch_key(images),
-                    metadata=run_metadata(context),
-                    use_batch_endpoint=self.use_batches,
-                )
-            else:  # a batch request carries one model; a mixed chunk goes as single runs
-                submission = self._submit_singles(context, images)
-            for image, run_id in zip(images, submission.run_ids, strict=True):
-                state["inflight"][str(image.index)] = {
-                    "run_id": run_id,
-                    "batch_id": submission.batch_id,
-                    "attempt": 1,
-                    "submitted_at": submitted_at,
-                }
-            state["next_chunk"] += 1
-            # Recorded before anything else can fail: a retry re-attaches to these runs.
-            self._save(context, state)
-
-    def _submit_singles(self, context: Context, images: list[PlannedImage]) -> Submission:
-        runs = [
-            self.hook.submit(
-                image.request,
-                model=image.variant,
-                idempotency_key=image.idempotency_key,
-                client_ref=image.client_ref,
-                metadata=run_metadata(context),
-            )
-            for image in images
-        ]
-        return Submission(run_ids=[r.id for r in runs])
-
-    def _trigger(self, plan: Plan, state: dict[str, Any]) -> FluxGenerationTrigger:
-        batches: dict[str, list[str]] = {}
-        runs: list[str] = []
-        largest = 0.0
-        for index, flight in state["inflight"].items():
-            if flight["batch_id"]:
-                batches.setdefault(flight["batch_id"], []).append(flight["run_id"])
-            else:
-                runs.append(flight["run_id"])
-            request = plan.images[int(index)].request
-            largest = max(largest, expected_duration(request.width, request.height))
-        oldest = min(f["submitted_at"] for f in state["inflight"].values())
-        return FluxGenerationTrigger(
+    def _trigger(self, context: Context, plan: Plan) -> FluxGenerationTrigger:
+        return FluxGenerationTrigger.for_specs(
+            plan.specs(),
             flux_conn_id=self.flux_conn_id,
-            batches=batches,
-            runs=runs,
-            min_finished=self._min_finished(plan, state),
-            end_time=state["end_time"],
+            batch_keys=plan.batch_keys(),
+            max_in_flight=self.max_in_flight,
+            chunk_size=plan.chunk_size,
+            use_batches=self.use_batches,
+            resubmit_failed=self.resubmit_failed,
+            budget_usd=str(plan.budget.limit) if plan.budget is not None else None,
+            metadata=run_metadata(context),
+            end_time=time.time() + self.timeout,
             poll_interval=self.poll_interval,
-            expected_seconds=largest,
-            started_at=datetime.fromisoformat(oldest).timestamp(),
+            progress_interval=self.progress_interval,
         )
 
-    def _min_finished(self, plan: Plan, state: dict[str, Any]) -> int:
-        """Finished runs needed before the next chunk fits in the window (or all, at the tail)."""
-        inflight = len(state["inflight"])
-        if state["next_chunk"] >= plan.chunks:
-            return max(1, min(inflight, self.max_in_flight // 2 or 1))
-        next_size = len(plan.chunk(state["next_chunk"]))
-        return max(1, min(inflight, inflight + next_size - self.max_in_flight))
+    # -- 3. collect -----------------------------------------------------------------------------------
 
-    def _absorb(
-        self,
-        context: Context,
-        plan: Plan,
-        state: dict[str, Any],
-        event: dict[str, Any],
-        publisher: Publisher,
-        location: BatchLocation,
-    ) -> None:
-        """Collect every finished run of an event; raise on a timeout or a polling error."""
-        finished = event.get("finished") or {}
-        by_run = {f["run_id"]: index for index, f in state["inflight"].items()}
-        runs = self._read_finished([run_id for run_id in finished if run_id in by_run], state)
-        for run_id, seen in finished.items():
-            index = by_run.get(run_id)
-            if index is not None:
-                self._collect(context, plan, state, index, seen, publisher, location, runs.get(run_id))
-        status = event.get("status")
-        if status == "timeout":
-            self._save(context, state)
-            raise FluxTimeoutError(
-                f"{event.get('message')} (timeout {self.timeout:.0f}s); progress is recorded, "
-                "a retry re-attaches to these runs",
-                run_ids=list(event.get("pending") or []),
+    def _complete(
+        self, context: Context, plan: Plan, event: dict[str, Any], publisher: Publisher
+    ) -> list[dict[str, Any]]:
+        started = time.time()
+        states = rows_of(event)
+        location = task_location(context)
+        store = context.get("task_state_store") if self.durable else None
+        progress = Progress.load(store.get(STATE_KEY), plan, self.log) if store is not None else None
+
+        def checkpoint(done: Collected) -> None:  # a crash mid-collect keeps what is already stored
+            if store is not None:
+                store.set(STATE_KEY, self._progress(plan, states, done.records, progress).model_dump(mode="json"))
+
+        collected = self._collect(context, plan, states, publisher, location, progress, checkpoint)
+        if progress is not None:
+            self.log.info(
+                "An earlier try stored this plan's images: the API replayed its runs (same keys, nothing billed "
+                "again); %d object(s) were intact, %d missing or changed and stored again%s",
+                len(collected.kept),
+                len(collected.restored),
+                f" ({', '.join(f'#{i}' for i in collected.restored[:20])})" if collected.restored else "",
             )
-        if status == "error":
-            self._save(context, state)
-            raise FluxError(f"Waiting for FLUX runs failed: {event.get('message')}")
-
-    def _read_finished(self, run_ids: list[str], state: dict[str, Any]) -> dict[str, Run]:
-        """Finished runs read in as few requests as the API allows: one ``/items`` read per batch.
-
-        Reading now (not at poll time) gets fresh output URLs, the cost, the seed and any failure.
-        A run of a batch with a single finished run is read alone (``/items`` returns the whole batch).
-        """
-        batch_of = {f["run_id"]: f["batch_id"] for f in state["inflight"].values() if f["batch_id"]}
-        by_batch: dict[str, list[str]] = {}
-        for run_id in run_ids:
-            if run_id in batch_of:
-                by_batch.setdefault(batch_of[run_id], []).append(run_id)
-        runs: dict[str, Run] = {}
-        for batch_id, members in by_batch.items():
-            if len(members) > 1:
-                items = {run.id: run for run in self.hook.get_batch_items(batch_id)}
-                runs.update({run_id: items[run_id] for run_id in members if run_id in items})
-        return runs
+        checkpoint(collected)
+        status = event.get("status")
+        if status != "success":
+            pending = [s.run_id for s in states.values() if s.phase in ("in_flight", "read") and s.run_id]
+            self.log.warning("Stored %d finished image(s) before failing", len(collected.records))
+            if status == "timeout":
+                raise FluxTimeoutError(
+                    f"{event.get('message')} (timeout {self.timeout:.0f}s); a retry replays these runs "
+                    "under the same keys",
+                    run_ids=[r for r in pending if r],
+                )
+            raise FluxError(f"The FLUX window failed: {event.get('message')}")
+        records = self._records(plan, states, collected.records)
+        self.log.info("Collected %d image(s) in %s", len(collected.records), duration(time.time() - started))
+        return self._finish(context, plan, records, publisher, location, event.get("budget_stop"))
 
     def _collect(
         self,
         context: Context,
         plan: Plan,
-        state: dict[str, Any],
-        index: str,
-        seen: dict[str, Any],
+        states: dict[int, JobState],
         publisher: Publisher,
         location: BatchLocation,
-        run: Run | None = None,
-    ) -> None:
-        """Turn one finished run into a record: download, verify, store (or resubmit)."""
-        flight = state["inflight"][index]
-        image = plan.images[int(index)]
-        if run is None or not run.terminal:
-            run = self.hook.get_run(flight["run_id"])  # fresh URL, cost, seed, failure details
-        failure = protocol.failure_of(run)
-        moderated = is_moderated(run, failure)
-        if failure is not None and not moderated and flight["attempt"] <= self.resubmit_failed:
-            self._resubmit(context, state, image, flight, failure)
-            return
-        record = record_for_run(
-            image,
-            plan.estimate.items[image.index],
-            run,
-            attempt=flight["attempt"],
-            batch_id=flight.get("batch_id"),
-            submitted_at=flight.get("submitted_at"),
-            seen=seen,
-            log=self.log,
+        progress: Progress | None,
+        checkpoint: Callable[[Collected], None] | None = None,
+    ) -> Collected:
+        return collect(
+            self.hook,
+            plan,
+            states,
+            publisher,
+            location,
+            on_moderation=self.on_moderation,
+            progress=progress,
+            logger=self.log,
+            checkpoint=checkpoint,
         )
-        if run.status_code == RunStatus.SUCCEEDED and not (moderated and self.on_moderation == "skip"):
-            try:
-                store_run_image(self.hook, publisher, location, run, image, record)
-            except COLLECT_RETRYABLE as error:
-                # One image's bad luck (URLs expiring, a flaky store) must not fail a 1,000-image try:
-                # the run stays in flight, already finished, and is collected again on the next cycle.
-                flight["collect_failures"] = flight.get("collect_failures", 0) + 1
-                if flight["collect_failures"] >= MAX_COLLECT_ATTEMPTS:
-                    raise
-                self.log.warning(
-                    "Could not fetch or store image %d of run %s (%s); trying again on the next cycle (%d of %d)",
-                    image.index,
-                    run.id,
-                    error,
-                    flight["collect_failures"],
-                    MAX_COLLECT_ATTEMPTS,
-                )
-                return
-        if moderated:
-            record.status = "skipped" if self.on_moderation == "skip" else "moderated"
-            state["stats"]["moderated"] += 1
-        elif failure is not None:
-            record.status = "failed"
-            state["stats"]["failed"] += 1
-        else:
-            record.status = "succeeded"
-            state["stats"]["done"] += 1
-        stats = state["stats"]
-        stats["cost"] = str(Decimal(stats["cost"]) + Decimal(record.cost_usd))
-        if Decimal(record.cost_usd) > 0:
-            stats["billed_mp"] += record.billed_mp
-        state["records"][index] = record.to_xcom()
-        del state["inflight"][index]
 
-    def _resubmit(
+    def _progress(
         self,
-        context: Context,
-        state: dict[str, Any],
-        image: PlannedImage,
-        flight: dict[str, Any],
-        failure: FluxRunFailedError,
-    ) -> None:
-        attempt = flight["attempt"] + 1
-        self.log.warning(
-            "Run %s of image %d failed (%s); submitting it again (attempt %d, not billed twice: failed runs are free)",
-            flight["run_id"],
-            image.index,
-            failure.failure_code,
-            attempt,
+        plan: Plan,
+        states: dict[int, JobState],
+        records: dict[int, ImageRecord],
+        earlier: Progress | None = None,
+    ) -> Progress:
+        """Ids and what is stored (never record copies), kept with what an earlier try stored."""
+        batches = sorted(
+            {s.batch_id for s in states.values() if s.batch_id} | set(earlier.batch_ids if earlier else [])
         )
-        entry = image.entry(attempt)
-        run = self.hook.submit(
-            entry.request,
-            model=image.variant,
-            idempotency_key=entry.idempotency_key,
-            client_ref=entry.client_ref,
-            metadata=run_metadata(context),
-        )
-        state["inflight"][str(image.index)] = {
-            "run_id": run.id,
-            "batch_id": None,
-            "attempt": attempt,
-            "submitted_at": utc_now_iso(),
-            "previous_run_ids": [*flight.get("previous_run_ids", []), flight["run_id"]],
-        }
-        self._save(context, state)
+        stored = dict(earlier.stored) if earlier else {}
+        stored.update({str(i): (r.uri, r.content_hash) for i, r in records.items() if r.uri and r.content_hash})
+        return Progress(plan=plan.digest, batch_ids=sorted(batches), stored=stored)
 
-    def _flush_chunks(self, context: Context, plan: Plan, state: dict[str, Any]) -> None:
-        """A chunk whose every image has a record is written out once and dropped from the state."""
-        for chunk in range(state["next_chunk"]):
-            if chunk in state["done_chunks"]:
-                continue
-            indices = [str(i.index) for i in plan.chunk(chunk)]
-            if all(i in state["records"] for i in indices):
-                self._save_chunk_records(context, chunk, [state["records"].pop(i) for i in indices])
-                state["done_chunks"].append(chunk)
+    def _records(
+        self, plan: Plan, states: dict[int, JobState], collected: dict[int, ImageRecord]
+    ) -> list[dict[str, Any]]:
+        """One record per job, in plan order: collected ones, and ``pending`` ones the budget stopped."""
+        out = []
+        for job in plan.jobs:
+            record = collected.get(job.index)
+            if record is None:
+                item = plan.estimate.items[job.index]
+                record = ImageRecord(
+                    index=job.index,
+                    model=job.variant.model_id,
+                    prompt=job.prompt,
+                    params=job.params,
+                    seed=job.request.seed,
+                    width=job.request.width,
+                    height=job.request.height,
+                    output_format=job.request.output_format,
+                    billed_mp=item.billed_mp,
+                    cost_usd="0",
+                    estimated_cost_usd=usd(item.cost),
+                    client_ref=job.client_ref,
+                    idempotency_key=job.idempotency_key,
+                    status="pending",
+                    failure_code="BUDGET_STOPPED",
+                    failure_message="not submitted: the running budget stopped the submissions",
+                    extra={k: v for k, v in job.meta.items() if k != "source_hash"},
+                    source_hash=job.meta.get("source_hash"),
+                )
+            out.append(record.to_xcom())
+        return out
 
-    def _log_progress(self, plan: Plan, state: dict[str, Any]) -> None:
-        """``37/200 done · 2 failed · $1.11 of $6.00 budget · ETA 3m10s · 8 in flight``, every few seconds.
-
-        Money here is rounded to the cent for reading; the final summary and the records keep the
-        exact figures.
-        """
-        now = time.time()
-        if now - state["last_progress"] < self.progress_interval:
-            return
-        state["last_progress"] = now
-        stats = state["stats"]
-        total = len(plan.images)
-        finished = stats["done"] + stats["failed"] + stats["moderated"]
-        elapsed = now - state["started_at"]
-        limit = Budget.of(self.budget_usd)
-        spent = f"${_cents(Decimal(stats['cost']))}"
-        spent += f" of ${_cents(limit.limit)} budget" if limit is not None else " spent"
-        eta = ""
-        if 0 < finished < total and elapsed > 0:
-            eta = f" · ETA {_duration((total - finished) * elapsed / finished)}"
-        moderated = f" · {stats['moderated']} moderated" if stats["moderated"] else ""
-        self.log.info(
-            "%d/%d done · %d failed · %s%s · %d in flight%s",
-            finished,
-            total,
-            stats["failed"],
-            spent,
-            eta,
-            len(state["inflight"]),
-            moderated,
-        )
-
-    # -- 6. finish ----------------------------------------------------------------------------------------
+    # -- 4. report ------------------------------------------------------------------------------------
 
     def _finish(
-        self, context: Context, plan: Plan, state: dict[str, Any], publisher: Publisher, location: BatchLocation
+        self,
+        context: Context,
+        plan: Plan,
+        records: list[dict[str, Any]],
+        publisher: Publisher,
+        location: BatchLocation,
+        budget_stop: dict[str, str] | None,
     ) -> list[dict[str, Any]]:
-        records = [r for chunk in range(plan.chunks) for r in self._load_chunk_records(context, chunk)]
-        stats = state["stats"]
         failures: dict[str, int] = {}
+        billed_mp, spent = 0, Decimal("0")
         for record in records:
-            if record["status"] in ("failed", "moderated", "skipped"):
+            if record["status"] in ("failed", "moderated", "skipped", "pending"):
                 kind = record.get("failure_code") or ("NSFW_FLAGGED" if record.get("nsfw") else "UNKNOWN")
                 failures[kind] = failures.get(kind, 0) + 1
+            if Decimal(record["cost_usd"]) > 0 and record["status"] not in ("failed", "pending"):
+                billed_mp += record["billed_mp"]
+                spent += Decimal(record["cost_usd"])
+        done = sum(1 for r in records if r["status"] in ("succeeded", "moderated", "skipped", "failed"))
+        failed = sum(1 for r in records if r["status"] == "failed")
+        limit = f" of ${cents(plan.budget.limit)} budget" if plan.budget is not None else " spent"
+        self.log.info("%d/%d done · %d failed · $%s%s · 0 in flight", done, len(records), failed, cents(spent), limit)
         self.log.info(
-            "Finished %d image(s): %d stored, failures by kind %s, %d MP billed, $%s (estimate $%s) in %s",
+            "Finished %d image(s): %d stored, failures by kind %s, %d MP billed, $%s (estimate $%s)",
             len(records),
             sum(1 for r in records if r.get("uri")),
             failures or "none",
-            stats["billed_mp"],
-            usd(Decimal(stats["cost"])),
+            billed_mp,
+            usd(spent),
             usd(plan.estimate.total),
-            _duration(time.time() - state["started_at"]),
         )
         self._write_report(context, publisher, location, records)
         metrics.images_finished(records, context, resubmitted=True)
+        if budget_stop is not None and self.on_budget_stop == "fail":
+            raise RunningBudgetError(
+                committed=Decimal(budget_stop["committed"]),
+                next_cost=Decimal(budget_stop["next"]),
+                limit=Decimal(budget_stop["limit"]),
+                not_sent=sum(1 for r in records if r["status"] == "pending"),
+            )
         self._raise_for_outcome(records)
         kept = [r for r in records if r["status"] != "skipped"]
         if not kept and self.on_moderation == "skip":
@@ -935,65 +569,9 @@ class FluxGenerateImageOperator(BaseOperator):
 # -- small pure pieces ---------------------------------------------------------------------------------
 
 
-def output_publisher(output_uri: str | None, aws_conn_id: str | None, name_template: str | None = None) -> Publisher:
-    """Where an operator stores images: its ``output_uri``, else ``[flux2] default_output_uri``, else
-    the folder ``$AIRFLOW_HOME/flux2-images`` on the worker (logged as a warning: fine on one machine,
-    not where workers do not share a disk)."""
-    uri = output_uri or conf.get("flux2", "default_output_uri", fallback=None)
-    if not uri:
-        from airflow.configuration import AIRFLOW_HOME
-
-        uri = Path(AIRFLOW_HOME, DEFAULT_OUTPUT_FOLDER).resolve().as_uri()
-        log.warning(
-            "No output_uri and no [flux2] default_output_uri: storing images in %s on this worker; "
-            "set one of them to s3://bucket/prefix when workers do not share a disk",
-            uri,
-        )
-    return publisher_for(uri, aws_conn_id=aws_conn_id, name_template=name_template)
-
-
 def _check_choice(name: str, value: str, allowed: tuple[str, ...]) -> None:
     if value not in allowed:
         raise FluxValidationError(field=name, value=value, allowed=" | ".join(allowed))
-
-
-def _map_index(ti: Any) -> int:
-    return -1 if ti.map_index is None else int(ti.map_index)
-
-
-def task_identity(context: Context) -> dict[str, Any]:
-    ti = context["ti"]
-    return {"dag_id": ti.dag_id, "task_id": ti.task_id, "run_id": ti.run_id, "map_index": ti.map_index}
-
-
-def task_location(context: Context) -> BatchLocation:
-    ti = context["ti"]
-    return BatchLocation(dag_id=ti.dag_id, run_id=ti.run_id, task_id=ti.task_id, map_index=_map_index(ti))
-
-
-def run_metadata(context: Context) -> dict[str, Any]:
-    ti = context["ti"]
-    return {"dag_id": ti.dag_id, "task_id": ti.task_id, "run_id": ti.run_id, "map_index": ti.map_index}
-
-
-def _batch_key(images: list[PlannedImage]) -> str:
-    """A batch's Idempotency-Key: fixed by its images' keys (chunks are fixed by index, not timing)."""
-    digest = hashlib.sha256("\x1f".join(i.idempotency_key for i in images).encode()).hexdigest()
-    return f"flux2-batch-{digest[:43]}"
-
-
-def _cents(amount: Decimal) -> str:
-    """``1.11`` for a progress line; exact amounts stay in records, manifests and the summary."""
-    return f"{amount.quantize(Decimal('0.01'), rounding=ROUND_HALF_UP):.2f}"
-
-
-def _duration(seconds: float) -> str:
-    seconds = int(max(0, seconds))
-    if seconds >= 3600:
-        return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
-    if seconds >= 60:
-        return f"{seconds // 60}m{seconds % 60:02d}s"
-    return f"{seconds}s"
 
 
 __all__ = ["FluxGenerateImageOperator", "FluxImagesLink"]

@@ -12,11 +12,11 @@ from airflow_provider_flux2 import links
 from airflow_provider_flux2.arguments import check_operator_arguments, check_output_uri
 from airflow_provider_flux2.exceptions import FluxValidationError
 from airflow_provider_flux2.hooks.flux import FluxHook
+from airflow_provider_flux2.jobs import task_location
 from airflow_provider_flux2.models import records_from_xcom
-from airflow_provider_flux2.operators.flux import XCOM_GALLERY, XCOM_MANIFEST, FluxImagesLink, task_location
-from airflow_provider_flux2.pricing import usd
+from airflow_provider_flux2.outputs import XCOM_GALLERY, XCOM_MANIFEST, FluxImagesLink
+from airflow_provider_flux2.pricing import billed_cost, usd
 from airflow_provider_flux2.storage import publisher_for, uri_reader
-from airflow_provider_flux2.storage.manifest import billed_cost
 from airflow_provider_flux2.storage.publish import is_publishable, publish_latest, publish_records
 from airflow_provider_flux2.storage.report import write_batch_report
 

@@ -20,34 +20,38 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from airflow.sdk import BaseOperator
 
+try:
+    from airflow.sdk import conf
+except ImportError:  # Airflow 3.1: the Task SDK exposes conf from 3.2 on
+    from airflow.configuration import conf  # type: ignore[assignment]
+
 from airflow_provider_flux2 import metrics, protocol
 from airflow_provider_flux2.arguments import check_operator_arguments
 from airflow_provider_flux2.exceptions import FluxError, FluxValidationError
 from airflow_provider_flux2.hooks.flux import FluxHook, expected_duration
-from airflow_provider_flux2.models import ImageRecord, RunStatus, records_from_xcom, utc_now_iso
-from airflow_provider_flux2.operators.flux import (
-    conf,
+from airflow_provider_flux2.jobs import (
+    Job,
     is_moderated,
+    new_job,
     output_publisher,
-    planned_image,
     record_for_run,
     run_metadata,
-    store_run_image,
+    run_window,
+    store_image,
     task_identity,
     task_location,
 )
-from airflow_provider_flux2.pricing import Budget, usd
+from airflow_provider_flux2.models import ImageRecord, RunStatus, records_from_xcom, utc_now_iso
+from airflow_provider_flux2.pricing import Budget, billed_cost, usd
 from airflow_provider_flux2.quality.policy import apply_failure_policy
 from airflow_provider_flux2.quality.regeneration import RegenerationPlan, supersede
 from airflow_provider_flux2.quality.suite import CheckSuite, failed_checks, read_each
 from airflow_provider_flux2.storage import uri_reader
-from airflow_provider_flux2.storage.manifest import billed_cost, superseded_rows
-from airflow_provider_flux2.triggers.flux import FluxGenerationTrigger, RunWatch, wait_in_worker
+from airflow_provider_flux2.storage.manifest import superseded_rows
+from airflow_provider_flux2.triggers.flux import FluxGenerationTrigger, finished_runs
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
-
-    from airflow_provider_flux2.operators.flux import PlannedImage
 
 XCOM_QUALITY = "flux_quality_summary"
 
@@ -173,14 +177,12 @@ class FluxQualityCheckOperator(BaseOperator):
         publisher = output_publisher(self.output_uri, self.aws_conn_id)
         location = task_location(context)
         identity = task_identity(context)
-        images: list[PlannedImage] = []
+        images: list[Job] = []
         for item in plan.items:
             variant, request = self.hook.build_request(item.model, prompt=item.prompt, **item.params)
             item_meta = {k: v for k, v in meta.get(item.index, {}).items() if v is not None}
             images.append(
-                planned_image(
-                    identity, item.index, variant, request, item=f"{item.index}/{item.attempt}", meta=item_meta
-                )
+                new_job(identity, item.index, variant, request, item=f"{item.index}/{item.attempt}", meta=item_meta)
             )
         submitted_at = utc_now_iso()
         run_ids = [
@@ -209,45 +211,34 @@ class FluxQualityCheckOperator(BaseOperator):
                 log=self.log,
             )
             if run.status_code == RunStatus.SUCCEEDED:
-                store_run_image(self.hook, publisher, location, run, image, record)
+                store_image(self.hook, publisher, location, run, image, record)
             record.status = (
                 "moderated" if is_moderated(run, failure) else "failed" if failure is not None else "succeeded"
             )
             records.append(record)
         return records
 
-    def _wait(self, run_ids: list[str], images: list[PlannedImage]) -> dict[str, dict[str, Any]]:
+    def _wait(self, run_ids: list[str], images: list[Job]) -> dict[str, dict[str, Any]]:
         expected = max(expected_duration(i.request.width, i.request.height) for i in images)
-        end_time = time.time() + self.timeout
-        watch = RunWatch(batches={}, runs=run_ids, min_finished=len(run_ids))
+        trigger = FluxGenerationTrigger(
+            flux_conn_id=self.flux_conn_id,
+            runs=run_ids,
+            end_time=time.time() + self.timeout,
+            poll_interval=self.poll_interval,
+            expected_seconds=expected,
+        )
         if not self.deferrable:
-            event = wait_in_worker(
-                self.hook,
-                watch,
-                end_time=end_time,
-                poll_interval=self.poll_interval,
-                expected_seconds=expected,
-                log=self.log,
-            )
+            event = run_window(self.hook, trigger.window(), metadata=None, logger=self.log, progress_interval=-1)
             _raise_unless_done(event)
-            return event["finished"]
+            return finished_runs(event)
         # Runs already finished (a resumed task replays its earlier rounds) need no wait at all.
-        for run_id in run_ids:
-            watch.observe_run(self.hook.get_run(run_id))
-        if watch.awaited:
-            self.log.info("Waiting on the triggerer for %d regenerated image(s)", len(watch.awaited))
-            self.defer(
-                trigger=FluxGenerationTrigger(
-                    flux_conn_id=self.flux_conn_id,
-                    runs=watch.awaited,
-                    end_time=end_time,
-                    poll_interval=self.poll_interval,
-                    expected_seconds=expected,
-                ),
-                method_name="execute_complete",
-                timeout=timedelta(seconds=self.timeout + 300),
-            )
-        return watch.finished
+        runs = [self.hook.get_run(run_id) for run_id in run_ids]
+        awaited = [run.id for run in runs if not run.terminal]
+        if awaited:
+            self.log.info("Waiting on the triggerer for %d regenerated image(s)", len(awaited))
+            trigger.runs = awaited
+            self.defer(trigger=trigger, method_name="execute_complete", timeout=timedelta(seconds=self.timeout + 300))
+        return {run.id: {"status": run.status_code.value, "completed_at": run.completed_at} for run in runs}
 
     def execute_complete(self, context: Context, event: dict[str, Any] | None = None) -> list[dict[str, Any]]:
         """Back from the triggerer: run again; the finished round is replayed, not paid again."""

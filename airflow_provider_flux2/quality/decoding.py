@@ -7,8 +7,10 @@ from dataclasses import dataclass
 
 from PIL import Image, UnidentifiedImageError
 
-#: Pillow's format names for the protocol's ``output_format`` values.
-PILLOW_FORMATS = {"jpeg": "JPEG", "jpg": "JPEG", "png": "PNG"}
+from airflow_provider_flux2.formats import IMAGE_FORMATS
+
+#: Pillow's format names for the protocol's ``output_format`` values (a view of ``formats.IMAGE_FORMATS``).
+PILLOW_FORMATS = {name: fmt.pillow for name, fmt in IMAGE_FORMATS.items()}
 
 
 @dataclass(frozen=True)

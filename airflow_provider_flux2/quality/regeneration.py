@@ -17,9 +17,17 @@ from typing import Any
 
 from airflow_provider_flux2.exceptions import FluxValidationError
 from airflow_provider_flux2.models import ImageRecord, resolve_variant
-from airflow_provider_flux2.pricing import Budget, CostEstimate, ItemCost, PriceTable, reference_megapixels, to_usd, usd
+from airflow_provider_flux2.pricing import (
+    Budget,
+    CostEstimate,
+    ItemCost,
+    PriceTable,
+    billed_cost,
+    reference_megapixels,
+    to_usd,
+    usd,
+)
 from airflow_provider_flux2.quality.suite import failed_checks
-from airflow_provider_flux2.storage.manifest import billed_cost
 
 #: ``failure_code`` of an image dropped for failing its checks (by the drop policy, or superseded).
 QUALITY_FAILURE_CODE = "QUALITY_CHECK_FAILED"

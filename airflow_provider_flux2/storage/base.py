@@ -17,10 +17,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from airflow_provider_flux2.formats import IMAGE_FORMATS
 from airflow_provider_flux2.storage.naming import check_template, render_name, safe_segment
 
-CONTENT_TYPES = {"jpeg": "image/jpeg", "jpg": "image/jpeg", "png": "image/png"}
-EXTENSIONS = {"image/jpeg": "jpg", "image/png": "png"}
+#: Views of the one format table (``formats.IMAGE_FORMATS``): output_format → content type → extension.
+CONTENT_TYPES = {name: fmt.content_type for name, fmt in IMAGE_FORMATS.items()}
+EXTENSIONS = {fmt.content_type: fmt.extension for fmt in IMAGE_FORMATS.values()}
 _METADATA_KEY = re.compile(r"^[a-z0-9][a-z0-9_.-]*$")
 #: S3 refuses a request whose user metadata (keys plus values, UTF-8) exceeds 2 KB; both publishers
 #: enforce the same limit so a DAG that works on ``file://`` also works on ``s3://``.

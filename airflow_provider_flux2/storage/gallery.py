@@ -329,14 +329,3 @@ def _fit(draw: ImageDraw.ImageDraw, font: Any, text: str, width: int) -> str:
     while text and draw.textlength(text + "…", font=font) > width:
         text = text[:-1]
     return text + "…"
-
-
-def __getattr__(name: str) -> Any:
-    # ``write_batch_report`` lives in :mod:`.report` (it writes the manifest too); it is importable
-    # from here as well because the generate operator imports it from this module. Lazy, because
-    # report imports this module.
-    if name == "write_batch_report":
-        from airflow_provider_flux2.storage.report import write_batch_report
-
-        return write_batch_report
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

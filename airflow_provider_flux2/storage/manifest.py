@@ -31,7 +31,7 @@ from typing import Any
 
 from airflow_provider_flux2.exceptions import FluxValidationError
 from airflow_provider_flux2.models import ImageRecord, resolve_variant
-from airflow_provider_flux2.pricing import PriceTable, usd
+from airflow_provider_flux2.pricing import PriceTable, billed_cost, usd
 from airflow_provider_flux2.storage.base import BatchLocation, Publisher
 
 MANIFEST_JSON = "manifest.json"
@@ -41,15 +41,8 @@ COST_RULE = (
     "Each image counts at its cost_usd (what the API billed), dropped, moderated and skipped images included: "
     "they were paid for. Failed and pending runs count 0: the API does not bill a failed run."
 )
-#: Statuses whose runs the API has not billed (or not yet), whatever ``cost_usd`` says.
-UNBILLED_STATUSES = frozenset({"failed", "pending"})
 # Spreadsheets run a cell that starts with one of these as a formula; prompts are user text.
 _FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
-
-
-def billed_cost(record: ImageRecord) -> Decimal:
-    """What this image cost under the module's cost rule."""
-    return Decimal("0") if record.status in UNBILLED_STATUSES else Decimal(record.cost_usd)
 
 
 def is_billed(record: ImageRecord) -> bool:

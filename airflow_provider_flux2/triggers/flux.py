@@ -1,151 +1,113 @@
-"""FluxGenerationTrigger: wait for FLUX runs on the triggerer, holding no worker slot.
+"""FluxGenerationTrigger: run a task's window on the triggerer — submit, poll, top up — holding no worker slot.
 
-The trigger only reads: it polls batches (one request per batch) and single runs, and yields one
-event as soon as enough runs have finished for the operator to top its window up. It never submits
-anything, so a triggerer restart that rebuilds it from its kwargs cannot create a run.
+The trigger acts: it submits the task's jobs (batch endpoint, chunks fixed by index), polls one
+request per batch, tops the window up the moment slots free, resubmits failed runs under derived
+keys, stops submitting before the spend the API reports passes the budget, and logs progress lines
+(they reach the task log). It yields **exactly one** event, when every job is terminal or the deadline
+passes.
+
+Why acting here is safe: every submission carries the job's deterministic ``Idempotency-Key`` (and a
+batch the key of its fixed chunk), so a trigger rebuilt from its kwargs after a triggerer restart, or
+running twice during a failover, *replays* its submissions — the API answers with the runs it already
+made and bills nothing again. Submissions are its only side effect; it writes nothing anywhere.
+
+With ``runs`` (or ``batches``) instead of jobs it only waits for runs sent elsewhere (the quality
+operator's regenerations).
 """
 
 from __future__ import annotations
 
 import asyncio
-import functools
-import math
 import time
-from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator, Mapping
+from decimal import Decimal
 from typing import Any
 
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 
-from airflow_provider_flux2.exceptions import FluxAPIError, FluxValidationError
-from airflow_provider_flux2.hooks.flux import FluxHook, adaptive_poll_interval
-from airflow_provider_flux2.models import Batch, Run, RunStatus, utc_now_iso
+from airflow_provider_flux2.exceptions import FluxError, FluxValidationError
+from airflow_provider_flux2.hooks.flux import FluxHook
+from airflow_provider_flux2.models import resolve_variant
+from airflow_provider_flux2.window import POLL_ROUNDS, JobSpec, Poll, Submit, Window, rows_of
 
-#: Polls that may fail in a row (after the hook's own retries) before the wait is given up.
-MAX_CONSECUTIVE_POLL_FAILURES = 5
 #: The deadline of a trigger built with neither ``end_time`` nor ``timeout``.
 DEFAULT_WAIT_TIMEOUT = 3600.0
-
-
-def _is_permanent_poll_error(error: BaseException) -> bool:
-    """Whether a polling error cannot succeed on a later poll (auth, not found, bad request)."""
-    if isinstance(error, FluxValidationError):
-        return True
-    return isinstance(error, FluxAPIError) and 400 <= error.status_code < 500 and error.status_code not in (408, 429)
-
-
-@dataclass
-class RunWatch:
-    """Which runs are awaited and which have finished: the bookkeeping shared by trigger and operator.
-
-    :param batches: batch id → the run ids it holds that are awaited (polled with one request each).
-    :param runs: run ids polled one by one (single runs, resubmissions, batch fallback).
-    :param min_finished: how many finished runs make the wait worth ending.
-    :param flush_after: end the wait this long after the first finish, even below ``min_finished``,
-        so finished images are fetched before their URLs expire.
-    """
-
-    batches: dict[str, list[str]]
-    runs: list[str]
-    min_finished: int = 1
-    flush_after: float = 300.0
-    finished: dict[str, dict[str, Any]] = field(default_factory=dict)
-    statuses: dict[str, str] = field(default_factory=dict)
-    first_finish_at: float | None = None
-
-    @property
-    def awaited(self) -> list[str]:
-        ids = [r for ids in self.batches.values() for r in ids] + list(self.runs)
-        return [r for r in ids if r not in self.finished]
-
-    def batches_to_poll(self) -> list[str]:
-        return [b for b, ids in self.batches.items() if any(r not in self.finished for r in ids)]
-
-    def runs_to_poll(self) -> list[str]:
-        return [r for r in self.runs if r not in self.finished]
-
-    def observe(self, run_id: str, status: RunStatus, completed_at: str | None = None) -> None:
-        self.statuses[run_id] = status.value
-        if status.terminal and run_id not in self.finished:
-            self.finished[run_id] = {
-                "status": status.value,
-                "completed_at": completed_at,
-                "detected_at": utc_now_iso(),
-            }
-            if self.first_finish_at is None:
-                self.first_finish_at = time.time()
-
-    def observe_batch(self, batch: Batch) -> None:
-        wanted = set(self.batches.get(batch.id, []))
-        for item in batch.items:
-            if item.run_id in wanted:
-                self.observe(item.run_id, item.status_code)
-
-    def observe_run(self, run: Run) -> None:
-        self.observe(run.id, run.status_code, run.completed_at)
-
-    def ready(self) -> bool:
-        if not self.awaited:
-            return True
-        if len(self.finished) >= self.min_finished:
-            return True
-        return self.first_finish_at is not None and time.time() - self.first_finish_at >= self.flush_after
-
-    def pending_statuses(self) -> list[str]:
-        return [self.statuses.get(r, RunStatus.QUEUED.value) for r in self.awaited]
-
-    def event(self, status: str, message: str) -> dict[str, Any]:
-        return {"status": status, "message": message, "finished": self.finished, "pending": self.awaited}
+#: Requests one trigger has at the API at once (polls of a turn, or its submissions).
+CONCURRENCY = 8
+#: The least time a trigger lives before it fires. A trigger that fires a fraction of a second after
+#: its task deferred can race Airflow's own bookkeeping of the deferral (apache/airflow#67287, #72716:
+#: "state mismatch … queued/running" fails the try). A replay of finished runs would do exactly that.
+MIN_LIFETIME = 1.0
 
 
 class FluxGenerationTrigger(BaseTrigger):
-    """Wait for one or many FLUX runs (as batches and/or single runs) until enough have finished.
+    """Run the window of a task's jobs on the triggerer (or wait for runs sent elsewhere).
 
     :param flux_conn_id: the ``flux2`` connection (default ``flux2_default``).
-    :param batches: batch id → awaited run ids of that batch.
-    :param runs: run ids awaited one by one (``run_ids`` is accepted as another name for it).
-    :param min_finished: yield once this many runs have finished (the operator passes its free
-        window slots); by default all of them.
+    :param jobs: the jobs, compact: ``[index, model id, key, client_ref, input (beside common), cost, expected s]``.
+    :param common: input fields every job shares (kept once, so 1,000 jobs fit in well under 1 MB).
+    :param batch_keys: chunk number → batch Idempotency-Key.
+    :param max_in_flight: most runs at the API at once.
+    :param chunk_size: jobs per batch request.
+    :param use_batches: use the batch endpoint.
+    :param resubmit_failed: times a failed (unbilled, non-moderation) run is sent again.
+    :param budget_usd: stop submitting before the spend (as the API reports it) would pass this.
+    :param metadata: the runs' ``metadata`` (the task's identity).
+    :param runs: run ids to wait for, sent elsewhere (``run_ids`` is another name for it).
+    :param batches: batch id → run ids to wait for, sent elsewhere.
     :param end_time: wall-clock deadline (epoch seconds). Wall-clock is used deliberately: the trigger
         is serialized and may resume in another triggerer process, where a monotonic clock means nothing.
     :param timeout: instead of ``end_time``: seconds from now (default one hour); turned into an
         ``end_time`` at construction, so a rebuilt trigger keeps the same deadline.
-    :param poll_interval: the shortest pause between polls; the actual one adapts to the runs' status.
-    :param expected_seconds: the expected generation time of the largest image, for the interval.
-    :param flush_after: yield this long after the first run finished even below ``min_finished``
-        (default 300 s when ``min_finished`` is set, never when waiting for all runs).
-    :param started_at: when the oldest awaited run was submitted (epoch seconds), so the interval
-        follows the runs' age rather than the age of this wait (a task defers many times).
+    :param poll_interval: the shortest pause between two polls of one batch or run.
+    :param expected_seconds: for runs sent elsewhere: their expected generation time.
+    :param progress_interval: at most one progress line per this many seconds.
     """
 
     def __init__(
         self,
         *,
         flux_conn_id: str = FluxHook.default_conn_name,
-        batches: dict[str, list[str]] | None = None,
+        jobs: list[list[Any]] | None = None,
+        common: dict[str, Any] | None = None,
+        batch_keys: list[str] | None = None,
+        max_in_flight: int = 8,
+        chunk_size: int = 1,
+        use_batches: bool = True,
+        resubmit_failed: int = 2,
+        budget_usd: str | None = None,
+        metadata: dict[str, Any] | None = None,
         runs: list[str] | None = None,
         run_ids: list[str] | None = None,
-        min_finished: int | None = None,
+        batches: dict[str, list[str]] | None = None,
         end_time: float | None = None,
         timeout: float | None = None,
         poll_interval: float = 5.0,
         expected_seconds: float = 10.0,
-        flush_after: float | None = None,
+        progress_interval: float = 30.0,
         started_at: float | None = None,
     ) -> None:
         super().__init__()
         self.flux_conn_id = flux_conn_id
-        self.batches = {k: list(v) for k, v in (batches or {}).items()}
+        self.jobs = [list(j) for j in jobs or []]
+        self.common = dict(common or {})
+        self.batch_keys = list(batch_keys or [])
+        self.max_in_flight = max_in_flight
+        self.chunk_size = chunk_size
+        self.use_batches = use_batches
+        self.resubmit_failed = resubmit_failed
+        self.budget_usd = budget_usd
+        self.metadata = metadata
         self.runs = list(dict.fromkeys([*(runs or []), *(run_ids or [])]))
-        if not self.batches and not self.runs:
-            raise FluxValidationError(field="runs", value=runs, allowed="at least one run id (or a batch)")
-        self.min_finished = min_finished
+        self.batches = {k: list(v) for k, v in (batches or {}).items()}
+        if not self.jobs and not self.runs and not self.batches:
+            raise FluxValidationError(field="jobs", value=jobs, allowed="at least one job, run id or batch")
         if end_time is None:
             end_time = time.time() + (DEFAULT_WAIT_TIMEOUT if timeout is None else float(timeout))
         self.end_time = end_time
         self.poll_interval = poll_interval
         self.expected_seconds = expected_seconds
-        self.flush_after = flush_after
+        self.progress_interval = progress_interval
         self.started_at = started_at
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
@@ -153,44 +115,143 @@ class FluxGenerationTrigger(BaseTrigger):
             f"{type(self).__module__}.{type(self).__qualname__}",
             {
                 "flux_conn_id": self.flux_conn_id,
-                "batches": self.batches,
+                "jobs": self.jobs,
+                "common": self.common,
+                "batch_keys": self.batch_keys,
+                "max_in_flight": self.max_in_flight,
+                "chunk_size": self.chunk_size,
+                "use_batches": self.use_batches,
+                "resubmit_failed": self.resubmit_failed,
+                "budget_usd": self.budget_usd,
+                "metadata": self.metadata,
                 "runs": self.runs,
-                "min_finished": self.min_finished,
+                "batches": self.batches,
                 "end_time": self.end_time,
                 "poll_interval": self.poll_interval,
                 "expected_seconds": self.expected_seconds,
-                "flush_after": self.flush_after,
+                "progress_interval": self.progress_interval,
                 "started_at": self.started_at,
             },
         )
 
-    def watch(self) -> RunWatch:
-        awaited = len(self.runs) + sum(len(ids) for ids in self.batches.values())
-        if self.min_finished is None:
-            min_finished, flush_after = awaited, self.flush_after if self.flush_after is not None else math.inf
-        else:
-            min_finished, flush_after = self.min_finished, self.flush_after if self.flush_after is not None else 300.0
-        return RunWatch(batches=self.batches, runs=self.runs, min_finished=min_finished, flush_after=flush_after)
+    @classmethod
+    def for_specs(cls, specs: list[JobSpec], **kwargs: Any) -> FluxGenerationTrigger:
+        """A trigger for these jobs; input fields they all share are kept once (``common``)."""
+        inputs = [spec.input or {} for spec in specs]
+        common = {k: v for k, v in inputs[0].items() if all(k in i and i[k] == v for i in inputs)} if inputs else {}
+        if len(specs) == 1:
+            common = {}
+        jobs = [
+            [
+                spec.index,
+                spec.model,
+                spec.key,
+                spec.ref,
+                {k: v for k, v in (spec.input or {}).items() if k not in common},
+                str(spec.cost),
+                round(spec.expected, 2),
+            ]
+            for spec in specs
+        ]
+        return cls(jobs=jobs, common=common, **kwargs)
+
+    def specs(self) -> list[JobSpec]:
+        return [
+            JobSpec(
+                index=int(index),
+                model=model,
+                key=key,
+                ref=ref,
+                input={**self.common, **own},
+                cost=Decimal(cost),
+                expected=float(expected),
+            )
+            for index, model, key, ref, own, cost, expected in self.jobs
+        ]
+
+    def window(self) -> Window:
+        """The window this trigger runs (the worker builds the same one for non-deferrable tasks)."""
+        if self.jobs:
+            return Window(
+                jobs=self.specs(),
+                max_in_flight=self.max_in_flight,
+                chunk_size=self.chunk_size,
+                end_time=self.end_time,
+                batch_keys=self.batch_keys,
+                use_batches=self.use_batches,
+                resubmit_failed=self.resubmit_failed,
+                budget=Decimal(self.budget_usd) if self.budget_usd is not None else None,
+                poll_interval=self.poll_interval,
+            )
+        attached: list[tuple[str, str | None]] = [(run_id, None) for run_id in self.runs]
+        attached += [(run_id, batch_id) for batch_id, ids in self.batches.items() for run_id in ids]
+        specs = [
+            JobSpec(index=i, model="", key="", ref="", input=None, cost=Decimal("0"), expected=self.expected_seconds)
+            for i in range(len(attached))
+        ]
+        window = Window(
+            jobs=specs,
+            max_in_flight=max(1, len(specs)),
+            chunk_size=1,
+            end_time=self.end_time,
+            resubmit_failed=0,
+            poll_interval=self.poll_interval,
+        )
+        since = self.started_at or time.time()
+        for index, (run_id, batch_id) in enumerate(attached):
+            window.attach(index, run_id, batch_id=batch_id, submitted_at=since)
+        return window
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
-        """Poll until enough runs finish; yield exactly one event and return."""
+        """Run the window until every job is terminal or the deadline passes; yield exactly one event."""
+        window = self.window()
         hook = FluxHook(self.flux_conn_id)
+        started = last_at = time.time()
+        last = ""
         try:
-            payload = await watch_runs(
-                self.watch(),
-                # The hook bounds each poll (and its retries) by the trigger's own deadline.
-                get_batch=functools.partial(hook.aget_batch, deadline=self.end_time),
-                get_run=functools.partial(hook.aget_run, deadline=self.end_time),
-                end_time=self.end_time,
-                poll_interval=self.poll_interval,
-                expected_seconds=self.expected_seconds,
-                sleep=asyncio.sleep,
-                log=self.log,
-                started_at=self.started_at,
-            )
+            while not window.finished(time.time()):
+                # Polls first, so slots freed (and costs reported) this turn are used by this turn's top-up.
+                acted = False
+                for _ in range(POLL_ROUNDS):
+                    polls = window.polls(time.time())
+                    if not polls:
+                        break
+                    acted = True
+                    await _bounded([_observe(window, poll, hook) for poll in polls])
+                acted = await self._submit(hook, window, time.time()) or acted
+                now = time.time()
+                if now - last_at >= self.progress_interval and (line := window.progress_line(started, now)) != last:
+                    last, last_at = line, now
+                    self.log.info("%s", line)
+                if not acted:
+                    await asyncio.sleep(max(0.0, min(window.wakeup(now), self.end_time) - now))
         finally:
             await hook.aclose()
-        yield TriggerEvent(payload)
+        if (line := window.progress_line(started, time.time())) != last:
+            self.log.info("%s", line)
+        await asyncio.sleep(max(0.0, started + MIN_LIFETIME - time.time()))
+        yield TriggerEvent(window.event(time.time()))
+
+    async def _submit(self, hook: FluxHook, window: Window, now: float) -> bool:
+        submissions = window.submissions(now)
+        await _bounded([self._send(hook, window, submit) for submit in submissions])
+        return bool(submissions)
+
+    async def _send(self, hook: FluxHook, window: Window, submit: Submit) -> None:
+        try:
+            if submit.is_batch:
+                done = await hook.acreate_batch(
+                    window.entries(submit),
+                    model=resolve_variant(submit.model),
+                    batch_key=submit.batch_key or "",
+                    metadata=self.metadata,
+                )
+            else:
+                (entry,) = window.entries(submit)
+                done = await hook.asubmit(entry, model=resolve_variant(submit.model), metadata=self.metadata)
+            window.submitted(submit, done.run_ids, done.batch_id, time.time(), replayed=done.replayed)
+        except FluxError as error:
+            window.submit_failed(submit, error, time.time())
 
     async def on_kill(self) -> None:
         """Airflow >= 3.3 calls this when the deferred task is killed: say which runs are abandoned.
@@ -199,96 +260,56 @@ class FluxGenerationTrigger(BaseTrigger):
         are logged so a person can find their results. Best effort: never raises.
         """
         try:
-            abandoned = self.watch().awaited
+            abandoned = [*self.runs, *(r for ids in self.batches.values() for r in ids)]
             self.log.warning(
-                "Task killed while waiting; %d FLUX run(s) left running at the API: %s",
-                len(abandoned),
-                ", ".join(abandoned),
+                "Task killed while its window ran; runs already sent finish (and bill) at the API. "
+                "%d job(s) in the plan%s",
+                len(self.jobs) or len(abandoned),
+                f": {', '.join(abandoned)}" if abandoned else "; a retry replays them under the same keys",
             )
         except Exception as error:
             self.log.warning("on_kill could not list the abandoned runs: %s", error)
 
 
-async def watch_runs(
-    watch: RunWatch,
-    *,
-    get_batch: Callable[[str], Any],
-    get_run: Callable[[str], Any],
-    end_time: float,
-    poll_interval: float,
-    expected_seconds: float,
-    sleep: Callable[[float], Any],
-    log: Any,
-    started_at: float | None = None,
-) -> dict[str, Any]:
-    """Drive ``watch`` until it is ready, the deadline passes, or polling fails for good.
-
-    ``get_batch``/``get_run`` may be coroutines (the trigger) or plain functions (the operator's
-    synchronous path); the bookkeeping and the decisions are the same.
-    """
-    started = time.time() if started_at is None else started_at
-    failures = 0
-    while True:
-        try:
-            await _poll_once(watch, get_batch, get_run)
-        except Exception as error:
-            if _is_permanent_poll_error(error):
-                return watch.event("error", f"Polling runs {', '.join(watch.awaited)} failed: {error}")
-            failures += 1
-            if failures >= MAX_CONSECUTIVE_POLL_FAILURES:
-                return watch.event(
-                    "error",
-                    f"Polling failed {failures} times in a row ({error}); runs still awaited: "
-                    f"{', '.join(watch.awaited)}",
-                )
-            log.warning("Polling FLUX runs failed (%s); will poll again", error)
+async def _observe(window: Window, poll: Poll, hook: FluxHook) -> None:
+    try:
+        if poll.kind == "batch":
+            window.observe_batch(await hook.aget_batch(poll.id, deadline=window.end_time), time.time())
+        elif poll.kind == "items":
+            window.observe_items(poll.id, await hook.aget_batch_items(poll.id, deadline=window.end_time), time.time())
         else:
-            failures = 0
-        if watch.ready():
-            return watch.event("success", f"{len(watch.finished)} run(s) finished; {len(watch.awaited)} awaited")
-        now = time.time()
-        if now >= end_time:
-            return watch.event("timeout", f"Runs {', '.join(watch.awaited)} did not finish before the deadline")
-        interval = adaptive_poll_interval(
-            watch.pending_statuses(), base=poll_interval, elapsed=now - started, expected=expected_seconds
-        )
-        result = sleep(max(0.0, min(interval, end_time - now)))
-        if asyncio.iscoroutine(result):
-            await result
+            window.observe_run(await hook.aget_run(poll.id, deadline=window.end_time), time.time())
+    except FluxError as error:
+        window.poll_failed(poll, error, time.time())
 
 
-def wait_in_worker(
-    hook: FluxHook,
-    watch: RunWatch,
-    *,
-    end_time: float,
-    poll_interval: float,
-    expected_seconds: float,
-    log: Any,
-    started_at: float | None = None,
-) -> dict[str, Any]:
-    """The trigger's wait, run in the worker with the hook's sync client (non-deferrable tasks)."""
-    return asyncio.run(
-        watch_runs(
-            watch,
-            get_batch=functools.partial(hook.get_batch, deadline=end_time),
-            get_run=functools.partial(hook.get_run, deadline=end_time),
-            end_time=end_time,
-            poll_interval=poll_interval,
-            expected_seconds=expected_seconds,
-            sleep=time.sleep,
-            log=log,
-            started_at=started_at,
-        )
-    )
+async def _bounded(calls: list[Any]) -> None:
+    """Run a turn's requests at once, at most :data:`CONCURRENCY` at a time (one shared client).
+
+    The window's methods never await, so the coroutines cannot interleave inside a decision.
+    """
+    if not calls:
+        return
+    gate = asyncio.Semaphore(CONCURRENCY)
+
+    async def one(call: Any) -> None:
+        async with gate:
+            await call
+
+    await asyncio.gather(*(one(call) for call in calls))
 
 
-async def _poll_once(watch: RunWatch, get_batch: Callable[[str], Any], get_run: Callable[[str], Any]) -> None:
-    for batch_id in watch.batches_to_poll():
-        watch.observe_batch(await _maybe_await(get_batch(batch_id)))
-    for run_id in watch.runs_to_poll():
-        watch.observe_run(await _maybe_await(get_run(run_id)))
+def finished_runs(event: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    """Run id → ``{"status", "completed_at", "detected_at"}`` of every terminal run an event reports."""
+    from datetime import datetime, timezone
 
-
-async def _maybe_await(value: Any) -> Any:
-    return await value if asyncio.iscoroutine(value) else value
+    out = {}
+    for state in rows_of(event).values():
+        if state.run_id and state.terminal:
+            detected = state.detected_at
+            out[state.run_id] = {
+                "status": state.status,
+                "completed_at": state.completed_at,
+                "detected_at": datetime.fromtimestamp(detected, timezone.utc).isoformat() if detected else None,
+            }
+    return out

@@ -10,10 +10,12 @@ from airflow_provider_flux2.exceptions import (
     FluxAPIError,
     FluxAuthError,
     FluxConflictError,
+    FluxConnectionError,
     FluxInsufficientCreditError,
     FluxModerationError,
     FluxNotFoundError,
     FluxRateLimitError,
+    FluxRequestTimeoutError,
     FluxRunFailedError,
     FluxServerError,
     FluxValidationError,
@@ -89,10 +91,30 @@ def test_non_json_error_body_is_kept_readable():
         (FluxNotFoundError(status_code=404, code="RUN_NOT_FOUND", message=""), False),
         (FluxConflictError(status_code=409, code="CONFLICT", message=""), False),
         (FluxValidationError(field="f", value=1, allowed="x", status_code=422), False),
+        # The hook's wrapped network errors, as the window and collection see them after its retries.
+        (FluxConnectionError("could not reach", attempts=5, url="https://api.runflow.io/v1/runs"), True),
+        (FluxRequestTimeoutError("no answer", attempts=5, url="https://api.runflow.io/v1/runs"), True),
+        (FluxRunFailedError(run_id="r", status="failed", failure_code="X", failure_message=""), False),
+        (ValueError("a bug"), False),
     ],
 )
-def test_only_429_408_5xx_and_network_errors_are_retried(error, retry):
-    assert protocol.is_retryable(error) is retry
+def test_only_429_408_5xx_and_network_errors_are_transient(error, retry):
+    """The one rule for "try again later": the hook's retries, the window's polls, collection's fetches."""
+    assert protocol.is_transient(error) is retry
+
+
+@pytest.mark.parametrize(
+    ("details", "unsupported"),
+    [
+        (None, True),  # a 422 about the batch itself: the model has no batch endpoint
+        ([{"field": "input", "value": None, "allowed": "batches are not supported"}], True),
+        ([{"field": "3.image_size", "value": "huge", "allowed": "a preset"}], False),  # item 3's input is wrong
+    ],
+)
+def test_a_batch_422_naming_no_item_means_the_model_has_no_batches(details, unsupported):
+    error = FluxValidationError(field="input", value=None, allowed="x", details=details, status_code=422)
+    assert protocol.batch_unsupported(error) is unsupported
+    assert protocol.batch_unsupported(FluxServerError(status_code=500, code="INTERNAL", message="")) is False
 
 
 def test_backoff_doubles_to_the_cap_with_jitter():

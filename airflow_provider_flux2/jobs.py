@@ -1,0 +1,615 @@
+"""The job — one image: its request, price and keys — and what a task does with many of them.
+
+* :class:`Job` and :func:`new_job`: a validated request, its price and the deterministic keys that make
+  sending it again a replay, not a new charge.
+* :class:`Plan`: every job of a task, priced, chunked (chunks are fixed by index, so a chunk always goes
+  under the same batch key) and turned into the window the trigger (or the worker) runs.
+* :class:`Progress`: what ``task_state_store`` keeps between tries (Airflow >= 3.3): batch ids and what
+  is stored — ids, never copies of records. Typed and versioned; checked on load.
+* :func:`record_for_run`, :func:`store_image` and :func:`collect`: a finished run becomes a record,
+  its image is downloaded, verified and stored — many at once, in a bounded pool.
+* :func:`run_window`: the worker's plain loop over the window (non-deferrable tasks); the trigger has
+  the same loop, async.
+
+The operators import from here and never from each other.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from airflow_provider_flux2 import protocol
+from airflow_provider_flux2.exceptions import FluxError, FluxImageError, FluxModerationError, FluxRunFailedError
+from airflow_provider_flux2.hooks.flux import BatchEntry, FluxHook, expected_duration
+from airflow_provider_flux2.models import (
+    FluxInput,
+    ImageRecord,
+    Run,
+    RunStatus,
+    Timings,
+    Variant,
+    resolve_variant,
+    utc_now_iso,
+)
+from airflow_provider_flux2.pricing import Budget, CostEstimate, ItemCost, cents, image_cost, usd
+from airflow_provider_flux2.storage import BatchLocation, content_hash, publisher_for
+from airflow_provider_flux2.storage.naming import name_fields
+from airflow_provider_flux2.storage.publish import object_metadata
+from airflow_provider_flux2.window import POLL_ROUNDS, JobSpec, JobState, Poll, Submit, Window, resubmission_key
+
+if TYPE_CHECKING:
+    from airflow.sdk import Context
+
+    from airflow_provider_flux2.storage.base import Publisher
+
+log = logging.getLogger(__name__)
+
+ModerationPolicy = Literal["fail", "skip", "record"]
+FailurePolicy = Literal["fail", "record"]
+#: The folder under ``$AIRFLOW_HOME`` used when neither ``output_uri`` nor ``[flux2] default_output_uri`` is set.
+DEFAULT_OUTPUT_FOLDER = "flux2-images"
+#: Per-item keys that describe an item rather than generate it; they are kept on its record.
+ITEM_META = ("id", "source_hash", "extra")
+#: Collecting one image (download, verify, store) is tried this many times before the task fails.
+COLLECT_ATTEMPTS = 3
+#: Images collected at once by one worker: enough to hide download latency, few enough for memory
+#: (each holds one image's bytes until it is stored).
+COLLECT_WORKERS = 8
+#: Memory collection may hold at once: each worker holds one image's bytes and its decoded pixels, so
+#: 4096×4096 images get fewer workers than 1-megapixel ones.
+COLLECT_MEMORY = 512 * 1024 * 1024
+#: Collection records what it stored (``task_state_store``) after every this many images.
+CHECKPOINT_EVERY = 100
+
+
+# --------------------------------------------------------------------------------------------------
+# The job
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Job:
+    """One image of a plan: validated request, price and identity."""
+
+    index: int
+    variant: Variant
+    request: FluxInput
+    prompt: str
+    params: dict[str, Any]
+    idempotency_key: str
+    client_ref: str
+    request_hash: str
+    meta: dict[str, Any] = field(default_factory=dict)  # per-item id / source_hash / extra, kept on the record
+
+    def entry(self, attempt: int) -> BatchEntry:
+        return BatchEntry(self.request, self.client_ref, resubmission_key(self.idempotency_key, attempt))
+
+    def spec(self, cost: ItemCost) -> JobSpec:
+        """What the window needs of this job."""
+        return JobSpec(
+            index=self.index,
+            model=self.variant.model_id,
+            key=self.idempotency_key,
+            ref=self.client_ref,
+            input=self.request.to_wire(),
+            cost=cost.cost,
+            expected=expected_duration(self.request.width, self.request.height),
+        )
+
+
+def new_job(
+    identity: Mapping[str, Any],
+    index: int,
+    variant: Variant,
+    request: FluxInput,
+    item: str | int | None = None,
+    meta: Mapping[str, Any] | None = None,
+) -> Job:
+    """A job with the keys that make its submission idempotent.
+
+    :param identity: the task's Airflow identity (dag, task, run, map index).
+    :param item: what tells this image apart inside the task (default: its index).
+    """
+    req_hash = protocol.request_hash(variant, request)
+    item_identity = {**identity, "item": index if item is None else item}
+    return Job(
+        index=index,
+        variant=variant,
+        request=request,
+        prompt=request.prompt,
+        params={k: v for k, v in request.to_wire().items() if k != "prompt"},
+        idempotency_key=protocol.idempotency_key(item_identity, req_hash),
+        client_ref=protocol.client_ref(item_identity, req_hash),
+        request_hash=req_hash,
+        meta=dict(meta or {}),
+    )
+
+
+def batch_key(jobs: Sequence[Job]) -> str:
+    """A batch's Idempotency-Key: fixed by its jobs' keys (chunks are fixed by index, not by timing)."""
+    digest = hashlib.sha256("\x1f".join(j.idempotency_key for j in jobs).encode()).hexdigest()
+    return f"flux2-batch-{digest[:43]}"
+
+
+def default_chunk_size(max_in_flight: int, batch_size: int | None, use_batches: bool) -> int:
+    """Jobs per batch request: a quarter of the window by default, so a quarter of it freeing tops it up.
+
+    Smaller chunks keep the window fuller (a chunk waits for its whole size to free); larger ones mean
+    fewer requests (one submit and one poll per batch). A chunk of one goes as a single run.
+    """
+    if not use_batches:
+        return 1
+    size = batch_size or max(1, max_in_flight // 4)
+    return max(1, min(size, max_in_flight, protocol.MAX_BATCH_ITEMS))
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Every job of a task, priced and chunked; built once per worker entry."""
+
+    jobs: list[Job]
+    estimate: CostEstimate
+    chunk_size: int
+    digest: str
+    budget: Budget | None = None
+
+    @classmethod
+    def of(cls, jobs: list[Job], estimate: CostEstimate, chunk_size: int, budget: Budget | None) -> Plan:
+        digest = hashlib.sha256("".join(j.idempotency_key for j in jobs).encode()).hexdigest()[:16]
+        return cls(jobs=jobs, estimate=estimate, chunk_size=chunk_size, digest=digest, budget=budget)
+
+    @property
+    def chunks(self) -> int:
+        return -(-len(self.jobs) // self.chunk_size)
+
+    def chunk(self, number: int) -> list[Job]:
+        return self.jobs[number * self.chunk_size : (number + 1) * self.chunk_size]
+
+    def batch_keys(self) -> list[str]:
+        return [batch_key(self.chunk(number)) for number in range(self.chunks)]
+
+    def specs(self) -> list[JobSpec]:
+        return [job.spec(self.estimate.items[job.index]) for job in self.jobs]
+
+    def line(self, max_in_flight: int) -> str:
+        """``Plan: 1,000 images · 1,250 MP · $31.50 of $40.00 budget · max 32 in flight``."""
+        count = len(self.jobs)
+        money = f"${cents(self.estimate.total)}"
+        money += f" of ${cents(self.budget.limit)} budget" if self.budget is not None else ", no budget"
+        return (
+            f"Plan: {count:,} image{'s' if count != 1 else ''} · {self.estimate.total_mp:,} MP · {money} · "
+            f"max {max_in_flight} in flight"
+        )
+
+
+# --------------------------------------------------------------------------------------------------
+# Progress between tries
+# --------------------------------------------------------------------------------------------------
+
+
+class Progress(BaseModel):
+    """What ``task_state_store`` keeps between tries: ids and what is stored, never record copies.
+
+    :param plan: the plan's digest; progress of another plan (inputs changed) is not used.
+    :param batch_ids: batches the API made for this task (a person can look them up).
+    :param stored: image index → ``[uri, sha256]`` of the object stored for it.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    version: Literal[2] = 2
+    plan: str
+    batch_ids: list[str] = []
+    stored: dict[str, tuple[str, str]] = {}
+
+    @classmethod
+    def load(cls, raw: Any, plan: Plan, logger: Any = log) -> Progress | None:
+        """Progress from an earlier try, checked: ``None`` (with a warning) when unreadable or another plan's."""
+        if raw is None:
+            return None
+        try:
+            progress = cls.model_validate(raw)
+        except ValidationError as error:
+            logger.warning("Ignoring recorded progress of an unknown shape (%s); starting over", error.errors()[0])
+            return None
+        if progress.plan != plan.digest:
+            logger.warning("The recorded progress belongs to a different plan (inputs changed); starting over")
+            return None
+        return progress
+
+
+# --------------------------------------------------------------------------------------------------
+# Records and collection
+# --------------------------------------------------------------------------------------------------
+
+
+def is_moderated(run: Run, failure: FluxRunFailedError | None) -> bool:
+    """Moderated: failed with a moderation code, or succeeded with the NSFW flag (a blacked-out image)."""
+    if isinstance(failure, FluxModerationError):
+        return True
+    return run.status_code == RunStatus.SUCCEEDED and run.output is not None and run.output.nsfw
+
+
+def record_for_run(
+    job: Job,
+    item_cost: ItemCost,
+    run: Run,
+    *,
+    attempt: int,
+    batch_id: str | None,
+    submitted_at: str | None,
+    seen: Mapping[str, Any],
+    log: Any,
+) -> ImageRecord:
+    """What the API said about one finished run, next to what was planned (status set by the caller).
+
+    The cost is decided by :func:`~airflow_provider_flux2.pricing.image_cost`; a mismatch with the
+    estimate is logged as a warning naming the run.
+    """
+    cost, api_cost = image_cost(item_cost, run)
+    if api_cost is not None and run.status_code == RunStatus.SUCCEEDED and api_cost != item_cost.cost:
+        log.warning(
+            "Run %s (image %d) was billed $%s by the API; the estimate was $%s",
+            run.id,
+            job.index,
+            usd(api_cost),
+            usd(item_cost.cost),
+        )
+    output = run.output
+    return ImageRecord(
+        index=job.index,
+        model=job.variant.model_id,
+        prompt=job.prompt,
+        upsampled_prompt=output.prompt if output else None,
+        params=job.params,
+        seed=(output.seed if output and output.seed is not None else job.request.seed),
+        width=job.request.width,
+        height=job.request.height,
+        output_format=job.request.output_format,
+        billed_mp=item_cost.billed_mp,
+        cost_usd=usd(cost),
+        estimated_cost_usd=usd(item_cost.cost),
+        api_cost_usd=usd(api_cost) if api_cost is not None else None,
+        run_id=run.id,
+        batch_id=batch_id,
+        request_id=run.request_id,
+        client_ref=job.client_ref,
+        idempotency_key=resubmission_key(job.idempotency_key, attempt),
+        failure_code=run.failure_code,
+        failure_message=run.failure_message,
+        nsfw=bool(output and output.nsfw),
+        quality_score=run.quality_score,
+        attempt=attempt,
+        source_hash=job.meta.get("source_hash"),
+        extra={k: v for k, v in job.meta.items() if k != "source_hash"},
+        timings=Timings(
+            submitted_at=submitted_at,
+            finished_at=run.completed_at or seen.get("completed_at"),
+            detected_at=seen.get("detected_at"),
+        ),
+    )
+
+
+def store_image(
+    hook: FluxHook, publisher: Publisher, location: BatchLocation, run: Run, job: Job, record: ImageRecord
+) -> None:
+    """Download a succeeded run's image, verify it, store it under its deterministic key; fill the record."""
+    downloaded = hook.download(
+        run, width=job.request.width, height=job.request.height, output_format=job.request.output_format
+    )
+    digest = content_hash(downloaded.data)
+    record.content_hash = digest
+    record.content_type = downloaded.content_type
+    record.size_bytes = downloaded.size_bytes
+    record.uri = publisher.put_image(
+        location,
+        job.index,
+        downloaded.data,
+        downloaded.content_type,
+        object_metadata(record),
+        digest,
+        name_fields(record),
+    )
+    record.timings.stored_at = utc_now_iso()
+
+
+def _kept(publisher: Publisher, stored: tuple[str, str] | None, record: ImageRecord) -> bool:
+    """Whether the object an earlier try stored is still there, byte for byte; fills the record if so."""
+    if stored is None:
+        return False
+    uri, digest = stored
+    try:
+        data = publisher.get(uri)
+    except (FileNotFoundError, OSError, FluxError):
+        return False
+    except Exception:  # a store's own "not found" (botocore) means the same: store it again
+        return False
+    if content_hash(data) != digest:
+        return False
+    record.uri, record.content_hash, record.size_bytes = uri, digest, len(data)
+    record.content_type = f"image/{record.output_format}"
+    record.timings.stored_at = utc_now_iso()
+    return True
+
+
+def is_collect_retryable(error: BaseException) -> bool:
+    """An image worth fetching again: a transient API error, an expired or garbled download, a flaky store."""
+    return protocol.is_transient(error) or isinstance(error, (FluxImageError, OSError))
+
+
+@dataclass
+class Collected:
+    """What collection produced: records by index, and what it did for the log."""
+
+    records: dict[int, ImageRecord] = field(default_factory=dict)
+    kept: list[int] = field(default_factory=list)  # objects an earlier try stored, still intact
+    restored: list[int] = field(default_factory=list)  # objects an earlier try stored, missing or changed
+
+
+def collect(
+    hook: FluxHook,
+    plan: Plan,
+    states: Mapping[int, JobState],
+    publisher: Publisher,
+    location: BatchLocation,
+    *,
+    on_moderation: ModerationPolicy,
+    progress: Progress | None,
+    logger: Any = log,
+    workers: int | None = None,
+    sleep: Callable[[float], None] = time.sleep,
+    checkpoint: Callable[[Collected], None] | None = None,
+) -> Collected:
+    """Every finished job → its record; succeeded ones downloaded, verified and stored, concurrently.
+
+    Finished runs are read in as few requests as the API allows: one ``/items`` read per batch (fresh
+    output URLs, the cost, the seed, any failure); a batch with a single job to collect is read as that run.
+    An image an earlier try stored that is still intact is kept; a missing or changed one is stored again.
+    ``checkpoint`` is called every :data:`CHECKPOINT_EVERY` images, so a crash mid-way loses little.
+    """
+    finished = [s for s in states.values() if s.phase == "done" and s.run_id]
+    by_batch: dict[str, list[JobState]] = {}
+    for state in finished:
+        if state.batch_id:
+            by_batch.setdefault(state.batch_id, []).append(state)
+    readable = [b for b, members in by_batch.items() if len(members) > 1]
+    workers = workers or collect_workers(plan.jobs[s.index] for s in finished)
+    hook.get_conn()  # created once, before the threads share it
+    runs: dict[str, Run] = {}
+    with ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="flux-collect") as pool:
+        for items in pool.map(lambda b: _retrying(lambda: hook.get_batch_items(b), sleep), readable):
+            runs.update({run.id: run for run in items})
+        out = Collected()
+        stored = progress.stored if progress is not None else {}
+
+        def one(state: JobState) -> tuple[int, ImageRecord, str]:
+            job = plan.jobs[state.index]
+            run = runs.get(state.run_id or "")
+            if run is None or not run.terminal:
+                run = _retrying(lambda: hook.get_run(state.run_id or ""), sleep)
+            record = record_for_run(
+                job,
+                plan.estimate.items[job.index],
+                run,
+                attempt=state.attempt,
+                batch_id=state.batch_id,
+                submitted_at=_iso(state.submitted_at),
+                seen={"detected_at": _iso(state.detected_at), "completed_at": state.completed_at},
+                log=logger,
+            )
+            failure = protocol.failure_of(run)
+            moderated = is_moderated(run, failure)
+            what = ""
+            if run.status_code == RunStatus.SUCCEEDED and not (moderated and on_moderation == "skip"):
+                previous = stored.get(str(job.index))
+                if _kept(publisher, previous, record):
+                    what = "kept"
+                else:
+                    _retrying(lambda: store_image(hook, publisher, location, run, job, record), sleep, logger, job)
+                    what = "restored" if previous is not None else ""
+            if moderated:
+                record.status = "skipped" if on_moderation == "skip" else "moderated"
+            else:
+                record.status = "failed" if failure is not None else "succeeded"
+            return job.index, record, what
+
+        def guarded(state: JobState) -> tuple[int, ImageRecord | None, str, BaseException | None]:
+            try:
+                return (*one(state), None)
+            except Exception as error:  # one image's failure must not lose the others' records
+                return state.index, None, "", error
+
+        errors: list[tuple[int, BaseException]] = []
+        for index, record, what, error in pool.map(guarded, finished):
+            if record is None:
+                errors.append((index, error or FluxError("unknown")))
+                continue
+            out.records[index] = record
+            if what == "kept":
+                out.kept.append(index)
+            elif what == "restored":
+                out.restored.append(index)
+            if checkpoint is not None and len(out.records) % CHECKPOINT_EVERY == 0:
+                checkpoint(out)
+    if errors:
+        if checkpoint is not None:
+            checkpoint(out)  # what did get stored is recorded before the task fails
+        index, first = errors[0]
+        logger.error(
+            "Could not collect %d image(s) (%s); the %d others are stored",
+            len(errors),
+            ", ".join(f"#{i}" for i, _ in errors[:20]),
+            len(out.records),
+        )
+        raise first
+    return out
+
+
+def collect_workers(jobs: Iterable[Job]) -> int:
+    """Images collected at once: :data:`COLLECT_WORKERS`, fewer when the largest image would make them
+    hold more than :data:`COLLECT_MEMORY` (its encoded bytes plus 4 bytes a pixel once decoded)."""
+    largest = max((job.request.width * job.request.height for job in jobs), default=0)
+    if largest == 0:
+        return 1
+    return max(1, min(COLLECT_WORKERS, COLLECT_MEMORY // (largest * 8)))
+
+
+def _retrying(
+    call: Callable[[], Any], sleep: Callable[[float], None], logger: Any = log, job: Job | None = None
+) -> Any:
+    for attempt in range(1, COLLECT_ATTEMPTS + 1):
+        try:
+            return call()
+        except Exception as error:
+            if attempt >= COLLECT_ATTEMPTS or not is_collect_retryable(error):
+                raise
+            # One image's bad luck (an URL expiring, a flaky store) must not fail a 1,000-image task.
+            logger.warning(
+                "Could not fetch or store%s (%s); trying again (%d of %d)",
+                f" image {job.index}" if job is not None else " a batch's runs",
+                error,
+                attempt,
+                COLLECT_ATTEMPTS,
+            )
+            sleep(min(2.0 * attempt, 10.0))
+    raise AssertionError("unreachable")
+
+
+def _iso(epoch: float | None) -> str | None:
+    return None if epoch is None else datetime.fromtimestamp(epoch, timezone.utc).isoformat()
+
+
+# --------------------------------------------------------------------------------------------------
+# The worker's loop over the window (the trigger runs the same one, async)
+# --------------------------------------------------------------------------------------------------
+
+
+def run_window(
+    hook: FluxHook,
+    window: Window,
+    *,
+    metadata: Mapping[str, Any] | None,
+    logger: Any = log,
+    progress_interval: float = 5.0,
+    sleep: Callable[[float], None] = time.sleep,
+) -> dict[str, Any]:
+    """Drive ``window`` in this process until it is finished; returns its one event."""
+    started, last_at, last = time.time(), 0.0, ""
+    while not window.finished(time.time()):
+        acted = False
+        for _ in range(POLL_ROUNDS):  # polls first: slots freed this turn are topped up this turn
+            polls = window.polls(time.time())
+            if not polls:
+                break
+            acted = True
+            for poll in polls:
+                try:
+                    _observe(window, poll, hook)
+                except FluxError as error:
+                    window.poll_failed(poll, error, time.time())
+        for submit in window.submissions(time.time()):
+            acted = True
+            try:
+                if submit.is_batch:
+                    done = hook.create_batch(
+                        window.entries(submit),
+                        model=resolve_variant(submit.model),
+                        batch_key=submit.batch_key or "",
+                        metadata=metadata,
+                    )
+                else:
+                    (entry,) = window.entries(submit)
+                    done = hook.submit_one(entry, model=resolve_variant(submit.model), metadata=metadata)
+                window.submitted(submit, done.run_ids, done.batch_id, time.time(), replayed=done.replayed)
+            except FluxError as error:
+                window.submit_failed(submit, error, time.time())
+        now = time.time()
+        if 0 <= progress_interval <= now - last_at and (line := window.progress_line(started, now)) != last:
+            last, last_at = line, now
+            logger.info("%s", line)
+        if not acted:
+            sleep(max(0.0, min(window.wakeup(now), window.end_time) - now))
+    return window.event(time.time())
+
+
+def _observe(window: Window, poll: Poll, hook: FluxHook) -> None:
+    if poll.kind == "batch":
+        window.observe_batch(hook.get_batch(poll.id, deadline=window.end_time), time.time())
+    elif poll.kind == "items":
+        window.observe_items(poll.id, hook.get_batch_items(poll.id, deadline=window.end_time), time.time())
+    else:
+        window.observe_run(hook.get_run(poll.id, deadline=window.end_time), time.time())
+
+
+# --------------------------------------------------------------------------------------------------
+# A task's identity and places
+# --------------------------------------------------------------------------------------------------
+
+
+def map_index(ti: Any) -> int:
+    return -1 if ti.map_index is None else int(ti.map_index)
+
+
+def task_identity(context: Context, *, durable: bool = True) -> dict[str, Any]:
+    """The Airflow identity the keys derive from; ``durable=False`` adds the try, so every try pays anew."""
+    ti = context["ti"]
+    identity = {"dag_id": ti.dag_id, "task_id": ti.task_id, "run_id": ti.run_id, "map_index": ti.map_index}
+    if not durable:
+        identity["run_id"] = f"{ti.run_id}#try{ti.try_number}"
+    return identity
+
+
+def task_location(context: Context) -> BatchLocation:
+    ti = context["ti"]
+    return BatchLocation(dag_id=ti.dag_id, run_id=ti.run_id, task_id=ti.task_id, map_index=map_index(ti))
+
+
+def run_metadata(context: Context) -> dict[str, Any]:
+    ti = context["ti"]
+    return {"dag_id": ti.dag_id, "task_id": ti.task_id, "run_id": ti.run_id, "map_index": ti.map_index}
+
+
+def output_publisher(output_uri: str | None, aws_conn_id: str | None, name_template: str | None = None) -> Publisher:
+    """Where an operator stores images: its ``output_uri``, else ``[flux2] default_output_uri``, else
+    the folder ``$AIRFLOW_HOME/flux2-images`` on the worker (logged as a warning: fine on one machine,
+    not where workers do not share a disk)."""
+    try:
+        from airflow.sdk import conf
+    except ImportError:  # Airflow 3.1: the Task SDK exposes conf from 3.2 on
+        from airflow.configuration import conf  # type: ignore[assignment]
+
+    uri = output_uri or conf.get("flux2", "default_output_uri", fallback=None)
+    if not uri:
+        from airflow.configuration import AIRFLOW_HOME
+
+        uri = Path(AIRFLOW_HOME, DEFAULT_OUTPUT_FOLDER).resolve().as_uri()
+        log.warning(
+            "No output_uri and no [flux2] default_output_uri: storing images in %s on this worker; "
+            "set one of them to s3://bucket/prefix when workers do not share a disk",
+            uri,
+        )
+    return publisher_for(uri, aws_conn_id=aws_conn_id, name_template=name_template)
+
+
+__all__ = [
+    "Collected",
+    "Job",
+    "Plan",
+    "Progress",
+    "Submit",
+    "collect",
+    "new_job",
+    "record_for_run",
+    "run_window",
+    "store_image",
+]

@@ -1,0 +1,561 @@
+"""The window: which jobs to submit next, what to poll, when a batch is done — decided without I/O.
+
+One :class:`Window` holds every job of a task and answers the questions a driving loop asks:
+
+* :meth:`Window.submissions` — what to send now: whole chunks (fixed by index, so a rebuilt window
+  sends the same batches under the same keys) while they fit under ``max_in_flight``, resubmissions
+  of failed runs first; nothing past the budget.
+* :meth:`Window.polls` — which batches (one request each) and single runs are due for a poll.
+* :meth:`Window.wakeup` — when the loop should look again.
+* :meth:`Window.finished` — every job is terminal, or the deadline passed, or something failed for good.
+
+The loop reports back what happened (:meth:`submitted`, :meth:`submit_failed`, :meth:`observe_batch`,
+:meth:`observe_run`, :meth:`observe_items`, :meth:`poll_failed`). Two plain loops drive it: the
+trigger's (async, on the triggerer) and the worker's (sync, for non-deferrable tasks), the way
+httpx's ``Client`` and ``AsyncClient`` share ``BaseClient``. Every decision here is tested without a
+socket (``tests/unit/test_window.py``).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import Any, Literal
+
+from airflow_provider_flux2 import protocol
+from airflow_provider_flux2.hooks.flux import BatchEntry, adaptive_poll_interval
+from airflow_provider_flux2.models import Batch, Run, RunStatus
+from airflow_provider_flux2.pricing import cents, reported_cost, usd
+
+#: Poll rounds a loop does in one turn: a batch seen finished makes its items read due at once.
+POLL_ROUNDS = 3
+#: Polls (or submissions) that may fail in a row, after the hook's own retries, before the window gives up.
+MAX_CONSECUTIVE_FAILURES = 5
+#: Job phases: not sent yet · at the API · failed, its failure code unknown (read the run) · failed, to be
+#: sent again · terminal for good · never sent (budget or deadline).
+Phase = Literal["waiting", "in_flight", "read", "resubmit", "done", "stopped"]
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    """What the window needs of one job: its keys, what it asks for, what it should cost.
+
+    :param input: the wire input (``None`` for a run attached by id, which cannot be sent again).
+    :param expected: seconds the run is expected to take, for the poll interval.
+    """
+
+    index: int
+    model: str
+    key: str
+    ref: str
+    input: dict[str, Any] | None
+    cost: Decimal
+    expected: float = 10.0
+
+    def attempt_key(self, attempt: int) -> str:
+        return resubmission_key(self.key, attempt)
+
+
+def resubmission_key(key: str, attempt: int) -> str:
+    """Attempt 1 uses the job's key; a failed (unbilled) run is resubmitted under a derived one.
+
+    Deterministic, so a rebuilt window or a task retry walks the same chain and replays instead of paying again.
+    """
+    return key if attempt <= 1 else f"{key}-r{attempt}"
+
+
+@dataclass
+class JobState:
+    """Where one job stands; ``to_row``/``from_row`` give it the compact shape events carry."""
+
+    index: int
+    phase: Phase = "waiting"
+    attempt: int = 1
+    run_id: str | None = None
+    batch_id: str | None = None
+    status: str | None = None  # the run's status_code
+    submitted_at: float | None = None
+    detected_at: float | None = None
+    completed_at: str | None = None
+    cost: Decimal | None = None  # what the API reported (a succeeded run)
+    failure_code: str | None = None
+    previous: list[str] = field(default_factory=list)  # run ids of earlier attempts (failed, unbilled)
+    stopped: str | None = None  # why it was never sent
+
+    def to_row(self) -> dict[str, Any]:
+        row: dict[str, Any] = {"i": self.index, "p": self.phase, "a": self.attempt}
+        optional = {
+            "r": self.run_id,
+            "b": self.batch_id,
+            "s": self.status,
+            "t": _round(self.submitted_at),
+            "d": _round(self.detected_at),
+            "c": self.completed_at,
+            "$": str(self.cost) if self.cost is not None else None,
+            "f": self.failure_code,
+            "x": self.stopped,
+        }
+        row.update({k: v for k, v in optional.items() if v is not None})
+        if self.previous:
+            row["v"] = list(self.previous)
+        return row
+
+    @classmethod
+    def from_row(cls, row: Mapping[str, Any]) -> JobState:
+        return cls(
+            index=int(row["i"]),
+            phase=row.get("p", "done"),
+            attempt=int(row.get("a", 1)),
+            run_id=row.get("r"),
+            batch_id=row.get("b"),
+            status=row.get("s"),
+            submitted_at=row.get("t"),
+            detected_at=row.get("d"),
+            completed_at=row.get("c"),
+            cost=Decimal(row["$"]) if row.get("$") is not None else None,
+            failure_code=row.get("f"),
+            previous=list(row.get("v") or []),
+            stopped=row.get("x"),
+        )
+
+    @property
+    def terminal(self) -> bool:
+        return self.status is not None and RunStatus(self.status).terminal
+
+    @property
+    def succeeded(self) -> bool:
+        return self.status == RunStatus.SUCCEEDED.value
+
+
+def _round(value: float | None) -> float | None:
+    return None if value is None else round(value, 3)
+
+
+@dataclass(frozen=True)
+class Submit:
+    """Send these jobs: as one batch (``batch_key`` set) or one run each."""
+
+    jobs: tuple[int, ...]
+    model: str
+    batch_key: str | None = None
+
+    @property
+    def is_batch(self) -> bool:
+        return self.batch_key is not None
+
+
+@dataclass(frozen=True)
+class Poll:
+    """Read one thing: a batch's statuses, a single run, or a batch's items (the costs the API reports)."""
+
+    kind: Literal["batch", "run", "items"]
+    id: str
+
+
+@dataclass
+class Window:
+    """The sans-I/O state machine of one task's jobs (see the module docstring).
+
+    :param jobs: the jobs, in plan order.
+    :param max_in_flight: most runs at the API at once.
+    :param chunk_size: jobs per batch request; chunks are fixed by index (chunk ``k`` is jobs
+        ``k*size … (k+1)*size-1``) so the same chunk always goes under the same batch key.
+    :param use_batches: send chunks through the batch endpoint (1-job chunks always go as single runs).
+    :param resubmit_failed: times a failed (unbilled, non-moderation) run is sent again.
+    :param budget: stop submitting when what is spent (as the API reports it) plus what is in flight
+        plus the next submission would pass this; ``None``: no running limit.
+    :param end_time: wall-clock deadline (epoch seconds).
+    :param poll_interval: the shortest pause between two polls of one batch or run.
+    :param batch_keys: chunk number → batch Idempotency-Key (fixed by the plan).
+    """
+
+    jobs: list[JobSpec]
+    max_in_flight: int
+    chunk_size: int
+    end_time: float
+    batch_keys: list[str] = field(default_factory=list)
+    use_batches: bool = True
+    resubmit_failed: int = 2
+    budget: Decimal | None = None
+    poll_interval: float = 2.0
+    states: dict[int, JobState] = field(init=False)
+    next_chunk: int = field(init=False, default=0)
+    error: str | None = field(init=False, default=None)
+    budget_stop: dict[str, str] | None = field(init=False, default=None)
+    failures: int = field(init=False, default=0)
+    _specs: dict[int, JobSpec] = field(init=False)
+    _due: dict[tuple[str, str], float] = field(init=False, default_factory=dict)
+    _targets: dict[tuple[str, str], list[int]] = field(init=False, default_factory=dict)
+    _no_batches: set[str] = field(init=False, default_factory=set)
+    _retry: list[tuple[Submit, float]] = field(init=False, default_factory=list)
+
+    def __post_init__(self) -> None:
+        self._specs = {spec.index: spec for spec in self.jobs}
+        self.states = {spec.index: JobState(spec.index) for spec in self.jobs}
+        self.chunk_size = max(1, min(self.chunk_size, self.max_in_flight, protocol.MAX_BATCH_ITEMS))
+
+    # -- attaching runs already sent (the quality operator's regenerations) -------------------------
+
+    def attach(self, index: int, run_id: str, *, batch_id: str | None = None, submitted_at: float) -> None:
+        """A job whose run was sent elsewhere: the window only waits for it."""
+        state = self.states[index]
+        state.phase, state.run_id, state.batch_id, state.submitted_at = "in_flight", run_id, batch_id, submitted_at
+        target = ("batch", batch_id) if batch_id else ("run", run_id)
+        self._targets.setdefault(target, []).append(index)
+        self._due.setdefault(target, submitted_at)
+        self.next_chunk = self.chunks
+
+    # -- decisions -----------------------------------------------------------------------------------
+
+    @property
+    def chunks(self) -> int:
+        return math.ceil(len(self.jobs) / self.chunk_size)
+
+    def chunk(self, number: int) -> list[JobSpec]:
+        return self.jobs[number * self.chunk_size : (number + 1) * self.chunk_size]
+
+    def in_flight(self) -> int:
+        return sum(1 for s in self.states.values() if s.phase in ("in_flight", "read"))
+
+    def submissions(self, now: float) -> list[Submit]:
+        """What to send now: resubmissions first (one slot each), then whole chunks while they fit."""
+        if self.error is not None or now >= self.end_time:
+            return []
+        out = [submit for submit, at in self._retry if at <= now]
+        self._retry = [(submit, at) for submit, at in self._retry if at > now]
+        free = self.max_in_flight - self.in_flight()
+        committed = self.committed()
+        for state in self.states.values():
+            if state.phase == "resubmit" and free > 0:
+                spec = self._specs[state.index]
+                if not self._affordable(committed, spec.cost, [state.index]):
+                    return out
+                out.append(Submit((state.index,), spec.model))
+                state.phase = "in_flight"  # holds its slot until the loop reports the submission
+                committed += spec.cost
+                free -= 1
+        while self.next_chunk < self.chunks:
+            chunk = self.chunk(self.next_chunk)
+            if len(chunk) > free:
+                break
+            cost = sum((spec.cost for spec in chunk), Decimal("0"))
+            if not self._affordable(committed, cost, [spec.index for spec in chunk]):
+                break
+            models = {spec.model for spec in chunk}
+            batchable = self.use_batches and len(chunk) > 1 and len(models) == 1 and not models & self._no_batches
+            key = self.batch_keys[self.next_chunk] if batchable and self.next_chunk < len(self.batch_keys) else None
+            if key is not None:
+                out.append(Submit(tuple(spec.index for spec in chunk), chunk[0].model, key))
+            else:  # a batch request carries one model; mixed chunks and unbatchable models go one run each
+                out.extend(Submit((spec.index,), spec.model) for spec in chunk)
+            for spec in chunk:
+                self.states[spec.index].phase = "in_flight"
+            self.next_chunk += 1
+            committed += cost
+            free -= len(chunk)
+        return out
+
+    def committed(self) -> Decimal:
+        """Spent (the API's figure where it reported one, the estimate otherwise) plus what is in flight."""
+        total = Decimal("0")
+        for state in self.states.values():
+            spec = self._specs[state.index]
+            if state.phase in ("in_flight", "read"):
+                total += spec.cost
+            elif state.phase == "done" and state.succeeded:
+                total += state.cost if state.cost is not None else spec.cost
+        return total
+
+    def spent(self) -> Decimal:
+        """What finished runs cost (the API's figure where reported): failed runs are free."""
+        return sum(
+            (
+                (s.cost if s.cost is not None else self._specs[s.index].cost)
+                for s in self.states.values()
+                if s.phase == "done" and s.succeeded
+            ),
+            Decimal("0"),
+        )
+
+    def _affordable(self, committed: Decimal, cost: Decimal, indices: list[int]) -> bool:
+        if self.budget is None or committed + cost <= self.budget:
+            return True
+        self.budget_stop = {
+            "committed": usd(committed),
+            "next": usd(cost),
+            "limit": usd(self.budget),
+            "jobs": str(len(indices)),
+        }
+        for state in self.states.values():
+            if state.phase in ("waiting", "resubmit"):
+                state.phase, state.stopped = "stopped", "budget"
+        self.next_chunk = self.chunks
+        return False
+
+    def polls(self, now: float) -> list[Poll]:
+        """Batches, runs and batch items due for a read now (one request each)."""
+        due = []
+        for target, at in sorted(self._due.items(), key=lambda item: item[1]):
+            if at <= now and self._awaited(target):
+                due.append(Poll(target[0], target[1]))  # type: ignore[arg-type]
+        return due
+
+    def _awaited(self, target: tuple[str, str]) -> bool:
+        kind, _ = target
+        states = [self.states[i] for i in self._targets.get(target, [])]
+        if kind == "items":
+            return any(s.phase == "done" and s.succeeded and s.cost is None for s in states)
+        if kind == "run":
+            return any(s.phase in ("in_flight", "read") and s.run_id == target[1] for s in states)
+        return any(s.phase == "in_flight" and s.batch_id == target[1] and not s.terminal for s in states)
+
+    def wakeup(self, now: float) -> float:
+        """When the loop should look again (epoch seconds): the next due poll, or the deadline."""
+        pending = [at for target, at in self._due.items() if self._awaited(target)]
+        pending += [at for _, at in self._retry]
+        return min([*pending, self.end_time])
+
+    def finished(self, now: float) -> bool:
+        if self.error is not None or now >= self.end_time:
+            return True
+        return all(s.phase in ("done", "stopped") for s in self.states.values())
+
+    def status(self, now: float) -> str:
+        if self.error is not None:
+            return "error"
+        if all(s.phase in ("done", "stopped") for s in self.states.values()):
+            return "success"
+        return "timeout" if now >= self.end_time else "running"
+
+    # -- observations --------------------------------------------------------------------------------
+
+    def submitted(
+        self, submit: Submit, run_ids: list[str], batch_id: str | None, now: float, *, replayed: bool = False
+    ) -> None:
+        """The API accepted ``submit``: its runs are in flight.
+
+        A replayed answer (a rebuilt trigger, a retry) is polled at once: its runs may have finished long
+        ago, and waiting a fresh run's first interval would slow the catch-up to a crawl.
+        """
+        self.failures = 0
+        target = ("batch", batch_id) if batch_id else None
+        for index, run_id in zip(submit.jobs, run_ids, strict=True):
+            state = self.states[index]
+            state.phase, state.run_id, state.batch_id, state.submitted_at = "in_flight", run_id, batch_id, now
+            state.status, state.detected_at, state.completed_at, state.cost = RunStatus.QUEUED.value, None, None, None
+            job_target = target or ("run", run_id)
+            self._targets.setdefault(job_target, []).append(index)
+            expected = max(self._specs[i].expected for i in submit.jobs)
+            first = 0.0 if replayed else self._interval([RunStatus.QUEUED.value], 0.0, expected)
+            self._due[job_target] = now + first
+
+    def submit_failed(self, submit: Submit, error: BaseException, now: float) -> None:
+        """The API refused ``submit``: fall back to single runs, send it again later, or give up."""
+        if submit.is_batch and protocol.batch_unsupported(error):
+            # The model has no batch endpoint: each job goes alone, under its own key.
+            self._no_batches.add(submit.model)
+            self._retry.extend((Submit((index,), submit.model), now) for index in submit.jobs)
+            return
+        if protocol.is_transient(error):
+            self.failures += 1
+            if self.failures < MAX_CONSECUTIVE_FAILURES:
+                # The jobs keep their slots; the same request (same key) goes again shortly.
+                self._retry.append((submit, now + self.poll_interval))
+                return
+        self.error = f"Submitting jobs {', '.join(map(str, submit.jobs[:10]))} failed: {_typed(error)}"
+
+    def observe_batch(self, batch: Batch, now: float) -> None:
+        """Statuses of one batch's items; a finished item frees its slot at once."""
+        self.failures = 0
+        by_run = {item.run_id: item for item in batch.items if item.run_id}
+        target = ("batch", batch.id)
+        for index in self._targets.get(target, []):
+            state = self.states[index]
+            item = by_run.get(state.run_id or "")
+            if item is None or state.batch_id != batch.id or state.phase != "in_flight":
+                continue
+            self._observe(state, item.status_code, None, now)
+        self._reschedule(target, now)
+
+    def observe_run(self, run: Run, now: float) -> None:
+        """One run read (a single run, or a failed batch item whose failure code is needed)."""
+        self.failures = 0
+        for state in self.states.values():
+            if state.run_id == run.id and state.phase in ("in_flight", "read"):
+                state.cost = reported_cost(run) if run.status_code == RunStatus.SUCCEEDED else None
+                state.failure_code = run.failure_code
+                self._observe(state, run.status_code, run.completed_at, now, known=True)
+        self._reschedule(("run", run.id), now)
+
+    def observe_items(self, batch_id: str, runs: Iterable[Run], now: float) -> None:
+        """A batch's items: the cost the API reports for each succeeded run (the running budget)."""
+        self.failures = 0
+        by_run = {run.id: run for run in runs}
+        for index in self._targets.get(("items", batch_id), []):
+            state = self.states[index]
+            run = by_run.get(state.run_id or "")
+            if run is not None and state.phase == "done" and state.succeeded and state.cost is None:
+                state.cost = reported_cost(run)
+                state.completed_at = run.completed_at or state.completed_at
+        self._due.pop(("items", batch_id), None)
+
+    def poll_failed(self, poll: Poll, error: BaseException, now: float) -> None:
+        if not protocol.is_transient(error):
+            self.error = f"Reading {poll.kind} {poll.id} failed: {_typed(error)}"
+            return
+        self.failures += 1
+        if self.failures >= MAX_CONSECUTIVE_FAILURES:
+            self.error = f"Polling failed {self.failures} times in a row ({_typed(error)})"
+            return
+        self._due[(poll.kind, poll.id)] = now + self.poll_interval
+
+    def _observe(
+        self, state: JobState, status: RunStatus, completed_at: str | None, now: float, *, known: bool = False
+    ) -> None:
+        state.status = status.value
+        if not status.terminal:
+            return
+        if state.detected_at is None:
+            state.detected_at = now
+        state.completed_at = completed_at or state.completed_at
+        if status == RunStatus.SUCCEEDED:
+            state.phase = "done"  # its slot is free at once
+            if not known and self.budget is not None and state.batch_id:
+                # The running budget wants the API's figure: one read of the batch's items gives every
+                # cost, once no run of the batch is left in flight (estimates count until then).
+                items = ("items", state.batch_id)
+                members = self._targets.setdefault(items, [])
+                if state.index not in members:
+                    members.append(state.index)
+            return
+        # failed or canceled: free of charge; is it worth sending again?
+        if not known:
+            self._read(state, ("run", state.run_id or ""), now)
+            return
+        spec = self._specs[state.index]
+        moderated = (state.failure_code or "") in protocol.MODERATION_CODES
+        if not moderated and spec.input is not None and state.attempt <= self.resubmit_failed and not self.error:
+            state.previous.append(state.run_id or "")
+            state.attempt += 1
+            state.phase, state.run_id, state.batch_id, state.status = "resubmit", None, None, None
+            state.detected_at = state.completed_at = None
+            state.failure_code = None
+            return
+        state.phase = "done"
+
+    def _read(self, state: JobState, target: tuple[str, str], now: float) -> None:
+        """A failed batch item: read its run at once (its failure code decides whether to resubmit)."""
+        state.phase = "read"
+        members = self._targets.setdefault(target, [])
+        if state.index not in members:
+            members.append(state.index)
+        self._due[target] = now
+
+    def _reschedule(self, target: tuple[str, str], now: float) -> None:
+        states = [
+            self.states[i] for i in self._targets.get(target, []) if self.states[i].phase in ("in_flight", "read")
+        ]
+        if target[0] == "batch":
+            items = ("items", target[1])
+            if self._awaited(items) and not any(s.phase == "in_flight" for s in states):
+                self._due[items] = now
+        if not states:
+            self._due.pop(target, None)
+            return
+        submitted = min(s.submitted_at or now for s in states)
+        expected = max(self._specs[s.index].expected for s in states)
+        self._due[target] = now + self._interval([s.status or "queued" for s in states], now - submitted, expected)
+
+    def _interval(self, statuses: list[str], elapsed: float, expected: float) -> float:
+        return adaptive_poll_interval(statuses, base=self.poll_interval, elapsed=elapsed, expected=expected)
+
+    # -- what the loop reports -------------------------------------------------------------------------
+
+    def counts(self) -> dict[str, int]:
+        counts = {"done": 0, "failed": 0, "moderated": 0, "in_flight": 0, "stopped": 0}
+        for state in self.states.values():
+            if state.phase == "stopped":
+                counts["stopped"] += 1
+            elif state.phase in ("in_flight", "read"):
+                counts["in_flight"] += 1
+            elif state.phase == "done":
+                moderated = (state.failure_code or "") in protocol.MODERATION_CODES
+                counts["moderated" if moderated else "done" if state.succeeded else "failed"] += 1
+        return counts
+
+    def entries(self, submit: Submit) -> list[BatchEntry]:
+        """The inputs of a submission, each with the key of its current attempt."""
+        entries = []
+        for index in submit.jobs:
+            spec = self._specs[index]
+            if spec.input is None:
+                raise ValueError(f"job {index} was attached by run id and cannot be sent")
+            key = spec.attempt_key(self.states[index].attempt)
+            entries.append(BatchEntry(protocol.WireInput(spec.input), spec.ref, key))
+        return entries
+
+    def progress_line(self, started: float, now: float) -> str:
+        """``37/200 done · 2 failed · $1.11 of $6.00 budget · ETA 3m10s · 8 in flight``.
+
+        Money is rounded to the cent for reading; records and the final summary keep exact figures.
+        """
+        counts = self.counts()
+        total = len(self.jobs)
+        finished = counts["done"] + counts["failed"] + counts["moderated"]
+        spent = f"${cents(self.spent())}"
+        spent += f" of ${cents(self.budget)} budget" if self.budget is not None else " spent"
+        eta = ""
+        if 0 < finished < total and now > started:
+            eta = f" · ETA {duration((total - finished) * (now - started) / finished)}"
+        extra = f" · {counts['moderated']} moderated" if counts["moderated"] else ""
+        extra += f" · {counts['stopped']} not sent (budget)" if counts["stopped"] else ""
+        flight = counts["in_flight"]
+        return f"{finished}/{total} done · {counts['failed']} failed · {spent}{eta} · {flight} in flight{extra}"
+
+    def event(self, now: float) -> dict[str, Any]:
+        """The one event of a wait: its status, a message, and where every job stands (compact rows)."""
+        status = self.status(now)
+        if status == "running":
+            status = "timeout"
+        counts = self.counts()
+        if status == "error":
+            message = self.error or "failed"
+        elif status == "timeout":
+            pending = [s.run_id for s in self.states.values() if s.phase in ("in_flight", "read") and s.run_id]
+            message = f"{len(pending)} run(s) did not finish before the deadline: {', '.join(pending[:20])}"
+        else:
+            message = f"{counts['done'] + counts['failed'] + counts['moderated']} job(s) finished"
+        payload: dict[str, Any] = {
+            "status": status,
+            "message": message,
+            "jobs": [state.to_row() for state in self.states.values()],
+        }
+        if self.budget_stop is not None:
+            payload["budget_stop"] = self.budget_stop
+        return payload
+
+
+def _typed(error: BaseException) -> str:
+    """``FluxRequestTimeoutError: …``: the event carries text, so the error's type travels in it."""
+    return f"{type(error).__name__}: {error}"
+
+
+def duration(seconds: float) -> str:
+    """``3m10s``, ``1h05m``, ``42s``."""
+    seconds = int(max(0, seconds))
+    if seconds >= 3600:
+        return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+    if seconds >= 60:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds}s"
+
+
+def rows_of(event: Mapping[str, Any]) -> dict[int, JobState]:
+    """The job states an event carries, by index."""
+    states = [JobState.from_row(row) for row in event.get("jobs") or []]
+    return {state.index: state for state in states}
+
+
+__all__ = ["JobSpec", "JobState", "Poll", "Submit", "Window", "resubmission_key", "rows_of"]

@@ -1,0 +1,239 @@
+"""The window's decisions, without a socket: top-up, chunks and keys, resubmission, budget, deadline, one event."""
+
+from __future__ import annotations
+
+import math
+from decimal import Decimal
+
+import pytest
+
+from airflow_provider_flux2.exceptions import FluxAPIError, FluxServerError, FluxValidationError
+from airflow_provider_flux2.models import Batch, BatchItem, Run, RunStatus
+from airflow_provider_flux2.window import JobSpec, JobState, Submit, Window, rows_of
+
+T0 = 1_000_000.0
+MODEL = "black-forest-labs/flux-2-pro"
+
+
+def specs(count: int, cost: str = "0.030") -> list[JobSpec]:
+    return [
+        JobSpec(
+            index=i, model=MODEL, key=f"flux2-key{i}", ref=f"ref/{i}", input={"prompt": f"p{i}"}, cost=Decimal(cost)
+        )
+        for i in range(count)
+    ]
+
+
+def window(count: int = 10, *, max_in_flight: int = 4, chunk: int = 2, **kwargs) -> Window:
+    return Window(
+        jobs=specs(count),
+        max_in_flight=max_in_flight,
+        chunk_size=chunk,
+        end_time=kwargs.pop("end_time", T0 + 3600),
+        batch_keys=[f"batch-key-{n}" for n in range(math.ceil(count / chunk))],
+        poll_interval=kwargs.pop("poll_interval", 1.0),
+        **kwargs,
+    )
+
+
+class FakeAPI:
+    """Hands out run and batch ids the way the API does, so tests read like the loop."""
+
+    def __init__(self) -> None:
+        self.runs = 0
+        self.batches = 0
+
+    def accept(self, win: Window, submit: Submit, now: float) -> list[str]:
+        ids = [f"run-{self.runs + n}" for n in range(len(submit.jobs))]
+        self.runs += len(ids)
+        batch_id = None
+        if submit.is_batch:
+            batch_id = f"batch-{self.batches}"
+            self.batches += 1
+        win.submitted(submit, ids, batch_id, now)
+        return ids
+
+
+def batch(win: Window, batch_id: str, statuses: dict[int, RunStatus]) -> Batch:
+    items = []
+    for seq, state in enumerate(s for s in win.states.values() if s.batch_id == batch_id):
+        status = statuses.get(state.index, RunStatus.RUNNING)
+        items.append(BatchItem(sequence_index=seq, run_id=state.run_id, status_code=status))
+    return Batch(id=batch_id, status_code=RunStatus.RUNNING, items=items)
+
+
+def run(run_id: str, status: RunStatus, *, cost: str | None = None, failure_code: str | None = None) -> Run:
+    return Run(id=run_id, status_code=status, cost=cost, failure_code=failure_code, request_id="req-1")
+
+
+def test_first_turn_fills_the_window_with_whole_chunks_under_their_fixed_keys():
+    win = window()
+    first = win.submissions(T0)
+    assert [s.jobs for s in first] == [(0, 1), (2, 3)]
+    assert [s.batch_key for s in first] == ["batch-key-0", "batch-key-1"]
+    assert win.in_flight() == 4
+    assert win.submissions(T0) == []  # full
+
+
+def test_a_rebuilt_window_makes_exactly_the_same_submissions():
+    one, two = window(), window()
+    assert one.submissions(T0) == two.submissions(T0 + 50)
+
+
+def test_the_window_is_topped_up_the_moment_a_chunk_fits():
+    win, api = window(), FakeAPI()
+    for submit in win.submissions(T0):
+        api.accept(win, submit, T0)
+    win.observe_batch(batch(win, "batch-0", {0: RunStatus.SUCCEEDED}), T0 + 5)
+    assert win.submissions(T0 + 5) == []  # one slot free, the next chunk needs two
+    win.observe_batch(batch(win, "batch-0", {0: RunStatus.SUCCEEDED, 1: RunStatus.SUCCEEDED}), T0 + 6)
+    (submit,) = win.submissions(T0 + 6)
+    assert submit.jobs == (4, 5) and submit.batch_key == "batch-key-2"
+
+
+def test_polls_are_one_per_batch_and_wait_for_their_interval():
+    win, api = window(poll_interval=1.0), FakeAPI()
+    for submit in win.submissions(T0):
+        api.accept(win, submit, T0)
+    assert win.polls(T0) == []  # a fresh batch is queued: not polled at once
+    wake = win.wakeup(T0)
+    assert T0 < wake < T0 + 5
+    due = win.polls(wake)
+    assert sorted((p.kind, p.id) for p in due) == [("batch", "batch-0"), ("batch", "batch-1")]
+
+
+def test_a_replayed_submission_is_polled_at_once_so_a_rebuilt_window_catches_up_fast():
+    win = window()
+    fresh, replayed = win.submissions(T0)
+    win.submitted(fresh, ["run-0", "run-1"], "batch-0", T0)
+    win.submitted(replayed, ["run-2", "run-3"], "batch-1", T0, replayed=True)
+    assert [(p.kind, p.id) for p in win.polls(T0)] == [("batch", "batch-1")]
+
+
+def test_a_failed_run_is_resubmitted_alone_under_derived_keys_until_the_limit():
+    win, api = window(2, max_in_flight=2, chunk=2, resubmit_failed=2), FakeAPI()
+    (submit,) = win.submissions(T0)
+    api.accept(win, submit, T0)
+    keys = []
+    for attempt in (1, 2, 3):
+        state = win.states[0]
+        if attempt == 1:
+            win.observe_batch(batch(win, "batch-0", {0: RunStatus.FAILED, 1: RunStatus.SUCCEEDED}), T0 + attempt)
+            (poll,) = [p for p in win.polls(T0 + attempt) if p.kind == "run"]  # the failure code decides
+            assert poll.id == state.run_id
+        win.observe_run(run(state.run_id, RunStatus.FAILED, failure_code="GPU_ERROR"), T0 + attempt)
+        if attempt == 3:
+            break
+        (resubmit,) = win.submissions(T0 + attempt)
+        assert resubmit.jobs == (0,) and not resubmit.is_batch
+        keys.append(win.entries(resubmit)[0].idempotency_key)
+        api.accept(win, resubmit, T0 + attempt)
+    assert keys == ["flux2-key0-r2", "flux2-key0-r3"]
+    final = win.states[0]
+    assert final.phase == "done" and final.status == "failed" and final.attempt == 3
+    assert final.previous == ["run-0", "run-2"]
+    assert win.finished(T0 + 4) and win.status(T0 + 4) == "success"
+    assert win.counts()["failed"] == 1
+
+
+def test_a_moderated_run_is_never_resubmitted():
+    win, api = window(1, max_in_flight=1, chunk=1), FakeAPI()
+    (submit,) = win.submissions(T0)
+    (run_id,) = api.accept(win, submit, T0)
+    win.observe_run(run(run_id, RunStatus.FAILED, failure_code="CONTENT_MODERATED"), T0 + 1)
+    assert win.submissions(T0 + 1) == []
+    assert win.states[0].phase == "done" and win.counts()["moderated"] == 1
+
+
+def test_the_running_budget_stops_submitting_on_the_spend_the_api_reports():
+    # Six images estimated at $0.030 (=$0.18 = the budget); the API bills $0.040 each.
+    win, api = window(6, max_in_flight=2, chunk=2, budget=Decimal("0.18")), FakeAPI()
+    (submit,) = win.submissions(T0)
+    api.accept(win, submit, T0)
+    win.observe_batch(batch(win, "batch-0", {0: RunStatus.SUCCEEDED, 1: RunStatus.SUCCEEDED}), T0 + 5)
+    (items,) = win.polls(T0 + 5)
+    assert (items.kind, items.id) == ("items", "batch-0")  # the costs come from one read of the batch
+    billed = [run("run-0", RunStatus.SUCCEEDED, cost="0.040"), run("run-1", RunStatus.SUCCEEDED, cost="0.040")]
+    win.observe_items("batch-0", billed, T0 + 5)
+    assert win.spent() == Decimal("0.080")
+    (second,) = win.submissions(T0 + 5)  # $0.08 + $0.06 = $0.14: fits
+    api.accept(win, second, T0 + 5)
+    assert win.submissions(T0 + 5) == []  # the window is full, nothing decided yet
+    win.observe_batch(batch(win, "batch-1", {2: RunStatus.SUCCEEDED, 3: RunStatus.SUCCEEDED}), T0 + 9)
+    billed = [run("run-2", RunStatus.SUCCEEDED, cost="0.040"), run("run-3", RunStatus.SUCCEEDED, cost="0.040")]
+    win.observe_items("batch-1", billed, T0 + 9)
+    assert win.submissions(T0 + 9) == []  # $0.16 + $0.06 would pass $0.18
+    assert win.budget_stop == {"committed": "0.160", "next": "0.060", "limit": "0.180", "jobs": "2"}
+    assert [s.phase for s in win.states.values()][4:] == ["stopped", "stopped"]
+    assert win.finished(T0 + 9)
+    event = win.event(T0 + 9)
+    assert event["status"] == "success" and event["budget_stop"]["limit"] == "0.180"
+    assert "2 not sent (budget)" in win.progress_line(T0, T0 + 9)
+
+
+@pytest.mark.parametrize("cost", ["-0.030", "NaN", "abc"])
+def test_a_reported_cost_that_is_negative_or_not_a_number_is_a_typed_error(cost):
+    win, api = window(1, max_in_flight=1, chunk=1), FakeAPI()
+    (submit,) = win.submissions(T0)
+    (run_id,) = api.accept(win, submit, T0)
+    with pytest.raises(FluxAPIError, match=rf"BAD_COST.*{run_id}") as caught:
+        win.observe_run(run(run_id, RunStatus.SUCCEEDED, cost=cost), T0 + 1)
+    assert caught.value.request_id == "req-1"
+    win.poll_failed(win.polls(T0 + 1000)[0], caught.value, T0 + 1)  # not transient: the window stops
+    assert win.status(T0 + 1) == "error" and "BAD_COST" in win.event(T0 + 1)["message"]
+
+
+def test_the_deadline_ends_the_window_with_one_timeout_event_naming_the_runs_out():
+    win, api = window(3, max_in_flight=3, chunk=1, end_time=T0 + 10), FakeAPI()
+    for submit in win.submissions(T0):
+        api.accept(win, submit, T0)
+    assert not win.finished(T0 + 9)
+    assert win.wakeup(T0 + 9) <= T0 + 10
+    assert win.finished(T0 + 10) and win.submissions(T0 + 10) == []
+    event = win.event(T0 + 10)
+    assert event["status"] == "timeout"
+    assert all(f"run-{n}" in event["message"] for n in range(3))
+
+
+def test_transient_submit_errors_send_the_same_request_again_then_give_up():
+    win = window(2, max_in_flight=2, chunk=2)
+    (submit,) = win.submissions(T0)
+    error = FluxServerError(status_code=503, code="MODEL_UNAVAILABLE", message="busy")
+    for n in range(4):
+        win.submit_failed(submit, error, T0 + n)
+        again = win.submissions(T0 + n + 1.5)
+        assert again == [submit]  # same chunk, same batch key: a replay if the first one did land
+    win.submit_failed(submit, error, T0 + 10)
+    assert win.status(T0 + 10) == "error" and "MODEL_UNAVAILABLE" in (win.error or "")
+
+
+def test_a_model_without_batches_gets_each_job_alone_under_its_own_key():
+    win = window(4, max_in_flight=4, chunk=2)
+    first = win.submissions(T0)
+    refused = FluxValidationError(field="input", value=None, allowed="batches are not supported", status_code=422)
+    win.submit_failed(first[0], refused, T0)
+    win.submit_failed(first[1], refused, T0)
+    singles = win.submissions(T0)
+    assert [s.jobs for s in singles] == [(0,), (1,), (2,), (3,)] and not any(s.is_batch for s in singles)
+    assert [win.entries(s)[0].idempotency_key for s in singles] == [f"flux2-key{i}" for i in range(4)]
+
+
+def test_a_permanent_submit_error_stops_the_window():
+    win = window(2, max_in_flight=2, chunk=2)
+    (submit,) = win.submissions(T0)
+    win.submit_failed(submit, FluxAPIError(status_code=402, code="INSUFFICIENT_CREDIT", message="top up"), T0)
+    assert win.finished(T0) and win.event(T0)["status"] == "error"
+
+
+def test_every_job_terminal_makes_exactly_one_success_event_whose_rows_round_trip():
+    win, api = window(4, max_in_flight=4, chunk=2), FakeAPI()
+    for submit in win.submissions(T0):
+        api.accept(win, submit, T0)
+    for batch_id in ("batch-0", "batch-1"):
+        win.observe_batch(batch(win, batch_id, dict.fromkeys(range(4), RunStatus.SUCCEEDED)), T0 + 7)
+    assert win.finished(T0 + 7) and win.status(T0 + 7) == "success"
+    event = win.event(T0 + 7)
+    states = rows_of(event)
+    assert sorted(states) == [0, 1, 2, 3]
+    assert states[2].batch_id == "batch-1" and states[2].detected_at == T0 + 7 and states[2].succeeded
+    assert JobState.from_row(states[3].to_row()) == states[3]
