@@ -1,4 +1,4 @@
-# Two commands on a fresh machine with only Python 3.11+ and make:
+# Two commands on a fresh machine with only Python 3.10+ and make:
 #   make demo   – set up, start the emulator, run the main sample DAG end to end, print where the images are
 #   make test   – set up and run the whole test suite
 PYTHON ?= python3
@@ -7,10 +7,10 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-dev
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: demo test cluster-test deploy-deps lint typecheck docs bench soak compat emulator browser clean help
+.PHONY: demo test cluster-test deploy-deps lint typecheck docs dist compose-env bench soak compat emulator browser clean help
 
 help:
-	@echo "make demo | test | cluster-test | lint | typecheck | docs | bench | soak | compat | emulator | clean"
+	@echo "make demo | test | cluster-test | lint | typecheck | docs | dist | compose-env | bench | soak | compat | emulator | clean"
 
 # Set up once: a venv with the package and its dev extras. A second call does not reinstall
 # (the stamp is newer than pyproject.toml).
@@ -59,6 +59,16 @@ typecheck: $(STAMP)
 
 docs: $(STAMP)
 	$(PY) -m mkdocs build --strict
+
+# .env (generated Fernet key and passwords) and secrets/flux2_connections.json for docker-compose.airflow.yml.
+compose-env: $(STAMP)
+	$(PY) scripts/compose_env.py
+
+# The wheel and the sdist in dist/ (the package is not on PyPI: install it from the wheel).
+dist: $(STAMP)
+	rm -rf dist
+	$(PY) -m build --outdir dist
+	@ls -1 dist
 
 # One short kill -9 scenario per executor on a real deployment (also part of `make test`).
 cluster-test: $(STAMP) deploy-deps

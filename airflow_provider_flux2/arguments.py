@@ -78,13 +78,31 @@ def check_output_uri(value: Any, name: str = "output_uri", *, unless_templated: 
                 field=name, value=value, allowed=f"{OUTPUT_URI_ALLOWED} (file:// takes three slashes: file:///abs)"
             )
         return value
+    if "://" in value and _object_store(value.split("://", 1)[0]):
+        return value  # gs://conn@bucket/prefix, sftp://…: a filesystem an Airflow provider registered
     if "://" in value or re.match(r"^[a-zA-Z][a-zA-Z0-9+.-]*:", value):
-        raise FluxValidationError(field=name, value=value, allowed=OUTPUT_URI_ALLOWED)
+        raise FluxValidationError(
+            field=name,
+            value=value,
+            allowed=f"{OUTPUT_URI_ALLOWED}, or a scheme an installed Airflow provider registers for ObjectStoragePath",
+        )
     if not value.startswith("/"):
         raise FluxValidationError(
             field=name, value=value, allowed=f"{OUTPUT_URI_ALLOWED} (a relative path would depend on the worker's cwd)"
         )
     return value
+
+
+def _object_store(scheme: str) -> bool:
+    """Whether Airflow's ObjectStoragePath can open ``scheme://`` here (file and s3 have their own rules)."""
+    if scheme in ("file", "s3") or not re.match(r"^[a-z][a-z0-9+.-]*$", scheme):
+        return False
+    try:
+        from airflow_provider_flux2.storage.objectstore import has_filesystem
+
+        return has_filesystem(scheme)
+    except ImportError:
+        return False
 
 
 def reference_url_problem(url: Any) -> str | None:
@@ -155,9 +173,13 @@ def check_operator_arguments(operator: Any, *, rendered: bool = False) -> None:
             check_seconds(name, getattr(operator, name))
     if given("progress_interval"):
         check_seconds("progress_interval", operator.progress_interval, allow_zero=True)
-    for name in ("output_uri", "destination_uri"):
+    for name in ("output_uri", "destination_uri", "latest_uri"):
         if given(name):
             check_output_uri(getattr(operator, name), name)
+    if given("output_name_template"):
+        from airflow_provider_flux2.storage.naming import check_template
+
+        check_template(operator.output_name_template)
     if given("image_urls"):
         check_image_urls(operator.image_urls)
     if given("budget_usd"):

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from airflow_provider_flux2 import __version__
+from airflow_provider_flux2.config import provider_config
 
 
 def get_provider_info() -> dict[str, Any]:
@@ -43,6 +44,7 @@ def get_provider_info() -> dict[str, Any]:
                 "python-modules": ["airflow_provider_flux2.triggers.flux"],
             }
         ],
+        "config": provider_config(),
         "extra-links": ["airflow_provider_flux2.operators.flux.FluxImagesLink"],
         "connection-types": [
             {

@@ -43,6 +43,7 @@ from airflow_provider_flux2.models import (
 )
 from airflow_provider_flux2.pricing import Budget, CostEstimate, ItemCost, cents, image_cost, usd
 from airflow_provider_flux2.storage import BatchLocation, content_hash, publisher_for
+from airflow_provider_flux2.storage.naming import name_fields
 from airflow_provider_flux2.storage.publish import object_metadata
 from airflow_provider_flux2.window import POLL_ROUNDS, JobSpec, JobState, Poll, Submit, Window, resubmission_key
 
@@ -311,7 +312,13 @@ def store_image(
     record.content_type = downloaded.content_type
     record.size_bytes = downloaded.size_bytes
     record.uri = publisher.put_image(
-        location, job.index, downloaded.data, downloaded.content_type, object_metadata(record), digest
+        location,
+        job.index,
+        downloaded.data,
+        downloaded.content_type,
+        object_metadata(record),
+        digest,
+        name_fields(record),
     )
     record.timings.stored_at = utc_now_iso()
 
@@ -572,7 +579,7 @@ def run_metadata(context: Context) -> dict[str, Any]:
     return {"dag_id": ti.dag_id, "task_id": ti.task_id, "run_id": ti.run_id, "map_index": ti.map_index}
 
 
-def output_publisher(output_uri: str | None, aws_conn_id: str | None) -> Publisher:
+def output_publisher(output_uri: str | None, aws_conn_id: str | None, name_template: str | None = None) -> Publisher:
     """Where an operator stores images: its ``output_uri``, else ``[flux2] default_output_uri``, else
     the folder ``$AIRFLOW_HOME/flux2-images`` on the worker (logged as a warning: fine on one machine,
     not where workers do not share a disk)."""
@@ -591,7 +598,7 @@ def output_publisher(output_uri: str | None, aws_conn_id: str | None) -> Publish
             "set one of them to s3://bucket/prefix when workers do not share a disk",
             uri,
         )
-    return publisher_for(uri, aws_conn_id=aws_conn_id)
+    return publisher_for(uri, aws_conn_id=aws_conn_id, name_template=name_template)
 
 
 __all__ = [

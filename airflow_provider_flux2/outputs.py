@@ -26,19 +26,12 @@ class FluxImagesLink(BaseOperatorLink):
     name = "FLUX images"
 
     def get_link(self, operator: BaseOperator, *, ti_key: TaskInstanceKey) -> str:
-        from airflow.sdk.execution_time.xcom import XCom
+        # Airflow 3 calls this in the worker as the task ends (the UI reads the stored value), on
+        # the operator that ran: what it stored is on it (links.remember_gallery), so a failed task
+        # looks up no missing XCom. The URL itself is made in links.py.
+        from airflow_provider_flux2 import links
 
-        uri = XCom.get_value(key=XCOM_GALLERY, ti_key=ti_key)
-        return browsable_url(uri) if uri else ""
-
-
-def browsable_url(uri: str) -> str:
-    """A link a browser can open: S3 URIs go to the S3 console; file URIs stay as they are."""
-    if uri.startswith("s3://"):
-        bucket, _, key = uri[5:].partition("/")
-        folder = key.rsplit("/", 1)[0] + "/" if "/" in key else ""
-        return f"https://s3.console.aws.amazon.com/s3/buckets/{bucket}?prefix={folder}"
-    return uri
+        return links.operator_link(operator)
 
 
-__all__ = ["STATE_KEY", "XCOM_GALLERY", "XCOM_MANIFEST", "FluxImagesLink", "browsable_url"]
+__all__ = ["STATE_KEY", "XCOM_GALLERY", "XCOM_MANIFEST", "FluxImagesLink"]

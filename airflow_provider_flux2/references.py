@@ -196,27 +196,10 @@ class ReferenceResolver:
         return self._s3
 
     def _make_s3(self) -> Any:
-        import boto3
-        from botocore.config import Config
+        # The publisher's client: the Amazon provider's S3Hook for aws_conn_id, SigV4 for presigning.
+        from airflow_provider_flux2.storage.s3 import s3_client
 
-        from airflow_provider_flux2.storage.s3 import client_kwargs_from_connection
-
-        # SigV4: the only signature every region (and MinIO) accepts for presigned URLs. Bounded in
-        # time: planning must not hang on an unreachable store.
-        sigv4 = Config(
-            signature_version="s3v4",
-            retries={"mode": "standard", "max_attempts": 3},
-            connect_timeout=10,
-            read_timeout=30,
-        )
-        if self.aws_conn_id is None:
-            return boto3.session.Session().client("s3", config=sigv4)
-        from airflow.sdk import BaseHook
-
-        conn = BaseHook.get_connection(self.aws_conn_id)
-        kwargs = client_kwargs_from_connection(conn.login, conn.password, conn.extra_dejson)
-        kwargs["config"] = kwargs["config"].merge(sigv4)
-        return boto3.session.Session().client("s3", **kwargs)
+        return s3_client(self.aws_conn_id)
 
     def _s3_header(self, source: str, field: str) -> tuple[bytes, int | None]:
         from botocore.exceptions import BotoCoreError, ClientError

@@ -6,8 +6,9 @@ Every night, one product image per catalogue row, paid for only when the row cha
 **Flow**: read the catalogue → plan (hash each row, compare with the last published manifest, render a
 prompt per new or changed product, price the plan, refuse it over budget) → generate (deferrable:
 no worker slot while the API works) → quality checks (regenerate a failing image once, within the
-budget) → publish the passing images with a manifest and a gallery → asset event
-``flux2_product_images`` (the creative pipeline is scheduled on it).
+budget) → publish the passing images with a manifest and a gallery, and refresh ``{output}/latest/``
+(always the current image of each product: ``latest/<product id>.jpg``, indexed by ``latest.json``)
+→ asset event ``flux2_product_images`` (the creative pipeline is scheduled on it).
 
 **Connections**: ``flux2_default`` (type ``flux2``: API key, base URL); for ``s3://`` outputs the
 AWS connection named by the ``flux2_aws_conn_id`` variable (or boto3's default chain).
@@ -73,6 +74,8 @@ with DAG(
             "output_uri": output,
             # A sibling of the output, not inside it: publishing copies what passed out of staging.
             "staging_uri": Variable.get("flux2_staging_uri", default=f"{output}-staging"),
+            # One stable object per product, whatever night it last changed.
+            "latest_uri": f"{output}/latest",
             "aws_conn_id": Variable.get("flux2_aws_conn_id", default=None) or None,
             "budget_usd": Variable.get("flux2_nightly_budget_usd", default="5.00"),
             "model": Variable.get("flux2_model", default="pro"),
@@ -156,6 +159,7 @@ with DAG(
         aws_conn_id=config["aws_conn_id"],
         asset=PRODUCT_IMAGES,
         title="Product images — nightly refresh",
+        latest_uri=config["latest_uri"],
     )
 
     anything_changed(planned["prompts"]) >> generate

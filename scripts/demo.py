@@ -98,6 +98,8 @@ def report() -> int:
     print(f"   manifest:      {manifest_path}")
     print(f"   gallery:       {gallery}")
     print(f"   contact sheet: {manifest_path.with_name('contact_sheet.png')}")
+    print(f"   image names:   {', '.join(p.name for p in images[:2])}, … (index, product id, content hash)")
+    print(f"   latest:        {OUTPUT / 'latest'} (the current image of each product: <product id>.jpg)")
     return 0
 
 

@@ -58,21 +58,15 @@ def test_provider_image_emulator_and_minio(compose):
     assert "mc mb" in init and "flux2-images" in init
 
 
-def test_connections_are_set_by_environment_and_parse(compose):
+def test_connections_come_from_the_secret_file_not_the_environment(compose):
     env = compose["services"]["airflow-worker"]["environment"]
-    flux = json.loads(re.sub(r"\$\{(\w+):-([^}]*)\}", r"\2", env["AIRFLOW_CONN_FLUX2_DEFAULT"]))
-    assert flux["conn_type"] == "flux2" and flux["host"] == "http://flux2-emulator:8787"
-    from airflow_provider_flux2.hooks.connection import FluxConnectionConfig
-
-    # Plain http off loopback is refused unless the connection allows it for its own host.
-    config = FluxConnectionConfig.build(
-        api_key=flux["password"], base_url=flux["host"], extra=flux["extra"], conn_id="compose"
-    )
-    assert config.plain_http_hosts == ("flux2-emulator",)
-    aws = json.loads(env["AIRFLOW_CONN_AWS_MINIO"])
-    assert aws["conn_type"] == "aws" and aws["extra"]["endpoint_url"] == "http://minio:9000"
-    assert env["AIRFLOW_VAR_FLUX2_AWS_CONN_ID"] == "aws_minio"
-    assert env["AIRFLOW_VAR_FLUX2_OUTPUT_URI"].startswith("s3://flux2-images/")
+    assert not [name for name in env if name.startswith("AIRFLOW_CONN_")]
+    assert env["AIRFLOW__SECRETS__BACKEND"] == "airflow.secrets.local_filesystem.LocalFilesystemBackend"
+    kwargs = json.loads(env["AIRFLOW__SECRETS__BACKEND_KWARGS"])
+    assert kwargs == {"connections_file_path": "/run/secrets/flux2_connections"}
+    assert compose["services"]["airflow-worker"]["secrets"] == ["flux2_connections"]
+    assert env["AIRFLOW_VAR_FLUX2_AWS_CONN_ID"] == "${FLUX2_AWS_CONN_ID:-}"
+    assert env["AIRFLOW_VAR_FLUX2_OUTPUT_URI"].startswith("${FLUX2_OUTPUT_URI:-")
 
 
 def test_every_referenced_file_exists(compose):

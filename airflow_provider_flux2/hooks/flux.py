@@ -26,7 +26,7 @@ from airflow.sdk import BaseHook
 from PIL import Image
 
 import airflow_provider_flux2.hooks.transport as transport
-from airflow_provider_flux2 import protocol
+from airflow_provider_flux2 import metrics, protocol
 from airflow_provider_flux2.exceptions import (
     BudgetOverrunError,
     FluxAPIError,
@@ -296,6 +296,7 @@ class FluxHook(BaseHook):
             policy.max_attempts,
             delay,
         )
+        metrics.retried(error)
         return delay
 
     def _final_error(self, request: protocol.ApiRequest, attempt: int, error: BaseException) -> BaseException:
@@ -435,7 +436,9 @@ class FluxHook(BaseHook):
                 self._call(protocol.get_run("flux2-connection-test"))
             return True, f"Connected to {self.config.base_url}; the API key is accepted"
         except FluxError as error:
-            return False, str(error)
+            # `airflow connections test` prints through rich, which takes "[request id …]" for markup
+            # and drops it: parentheses keep the request id in the CLI and the UI alike.
+            return False, str(error).replace("[", "(").replace("]", ")")
 
     def build_request(self, model: Variant | str | None = None, **params: Any) -> tuple[Variant, FluxInput]:
         """Validate parameters (raising :class:`FluxValidationError` before any money is spent)."""

@@ -32,7 +32,7 @@ try:
 except ImportError:  # Airflow 3.1: the Task SDK exposes conf from 3.2 on
     from airflow.configuration import conf  # type: ignore[assignment]
 
-from airflow_provider_flux2 import protocol
+from airflow_provider_flux2 import links, metrics, protocol
 from airflow_provider_flux2.arguments import check_operator_arguments
 from airflow_provider_flux2.exceptions import (
     FluxError,
@@ -52,7 +52,6 @@ from airflow_provider_flux2.jobs import (
     Progress,
     collect,
     default_chunk_size,
-    map_index,
     new_job,
     output_publisher,
     run_metadata,
@@ -117,6 +116,8 @@ class FluxGenerateImageOperator(BaseOperator):
     :param progress_interval: at most one progress line per this many seconds.
     :param write_manifest: write ``manifest.json``/``.csv`` and the gallery beside the images.
     :param prompt_source: where the prompts came from (``s3://…/catalogue.csv``, ``file:///…``), for lineage.
+    :param output_name_template: how stored images are named, e.g. ``{id}-{seed}`` (fields ``{index}``,
+        ``{id}``, ``{seed}``, ``{hash}``; default ``[flux2] output_name_template``, ``{index}-{id}-{hash}``).
     """
 
     template_fields: Sequence[str] = (
@@ -135,6 +136,7 @@ class FluxGenerateImageOperator(BaseOperator):
         "budget_usd",
         "prompt_source",
         "aws_conn_id",
+        "output_name_template",
     )
     template_fields_renderers = {"prompts": "json", "prompt": "json"}
     operator_extra_links = (FluxImagesLink(),)
@@ -176,10 +178,12 @@ class FluxGenerateImageOperator(BaseOperator):
         progress_interval: float = 5.0,
         write_manifest: bool = True,
         prompt_source: str | None = None,
+        output_name_template: str | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
         self.prompt_source = prompt_source
+        self.output_name_template = output_name_template
         self.prompt = prompt
         self.prompts = prompts
         self.model = model
@@ -240,7 +244,7 @@ class FluxGenerateImageOperator(BaseOperator):
             )
         publisher = self._publisher()
         # The extra link resolves from the deferral on: the folder now, the gallery at the end.
-        context["ti"].xcom_push(key=XCOM_GALLERY, value=publisher.folder_uri(task_location(context)))
+        links.remember_gallery(context["ti"], self, XCOM_GALLERY, publisher.folder_uri(task_location(context)))
         trigger = self._trigger(context, plan)
         if self.deferrable:
             self.defer(
@@ -281,7 +285,7 @@ class FluxGenerateImageOperator(BaseOperator):
                 # Identity from the references as written; the request sent carries fetchable ones.
                 job = references.attach(new_job(identity, index, variant, request, meta=meta))
             except FluxValidationError as error:
-                if len(items) > 1:
+                if len(items) > 1 and not self._operator_level(error.field, index):
                     error.args = (f"prompts[{index}]: {error.args[0]}",)
                 raise
             jobs.append(job)
@@ -291,6 +295,13 @@ class FluxGenerateImageOperator(BaseOperator):
             budget.check(cost)
         chunk = default_chunk_size(self.max_in_flight, self.batch_size, self.use_batches)
         return Plan.of(jobs, cost, chunk, budget)
+
+    def _operator_level(self, field: str, index: int) -> bool:
+        """Whether an invalid ``field`` of item ``index`` is the operator's own parameter, not the item's."""
+        name = field.split(".")[0].split("[")[0]
+        entry = self.prompts[index] if self.prompts else None
+        own = isinstance(entry, dict) and name in entry
+        return name in self._PARAM_NAMES and getattr(self, name, None) is not None and not own
 
     def _budget(self) -> Budget | None:
         """The task's ``budget_usd``, else the connection's ``max_task_spend_usd``, else none."""
@@ -500,6 +511,7 @@ class FluxGenerateImageOperator(BaseOperator):
             usd(plan.estimate.total),
         )
         self._write_report(context, publisher, location, records)
+        metrics.images_finished(records, context, resubmitted=True)
         if budget_stop is not None and self.on_budget_stop == "fail":
             raise RunningBudgetError(
                 committed=Decimal(budget_stop["committed"]),
@@ -526,7 +538,7 @@ class FluxGenerateImageOperator(BaseOperator):
             gallery = uris["gallery_uri"]
             ti.xcom_push(key=XCOM_MANIFEST, value=uris["manifest_uri"])
             self.log.info("Manifest: %s · gallery: %s", uris["manifest_uri"], gallery)
-        ti.xcom_push(key=XCOM_GALLERY, value=gallery)
+        links.remember_gallery(ti, self, XCOM_GALLERY, gallery)
 
     def _raise_for_outcome(self, records: list[dict[str, Any]]) -> None:
         moderated = [r for r in records if r["status"] == "moderated"]
@@ -552,20 +564,14 @@ class FluxGenerateImageOperator(BaseOperator):
             )
 
     def get_openlineage_facets_on_complete(self, task_instance: Any) -> Any:
-        """Lineage: the prompt source (when given) in, the task's image folder out."""
+        """Lineage: the prompt source (when given) in, the output prefix (the same every run) out."""
         from airflow_provider_flux2.lineage import lineage
 
-        location = BatchLocation(
-            dag_id=task_instance.dag_id,
-            run_id=task_instance.run_id,
-            task_id=task_instance.task_id,
-            map_index=map_index(task_instance),
-        )
-        output = self._publisher().folder_uri(location)
+        output = self._publisher().base_uri
         return lineage(inputs=[self.prompt_source] if self.prompt_source else [], outputs=[output])
 
     def _publisher(self) -> Publisher:
-        return output_publisher(self.output_uri, self.aws_conn_id)
+        return output_publisher(self.output_uri, self.aws_conn_id, self.output_name_template)
 
 
 # -- small pure pieces ---------------------------------------------------------------------------------

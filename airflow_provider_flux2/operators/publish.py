@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import Asset, BaseOperator
 
+from airflow_provider_flux2 import links
 from airflow_provider_flux2.arguments import check_operator_arguments, check_output_uri
 from airflow_provider_flux2.exceptions import FluxValidationError
 from airflow_provider_flux2.hooks.flux import FluxHook
@@ -16,8 +17,7 @@ from airflow_provider_flux2.models import records_from_xcom
 from airflow_provider_flux2.outputs import XCOM_GALLERY, XCOM_MANIFEST, FluxImagesLink
 from airflow_provider_flux2.pricing import billed_cost, usd
 from airflow_provider_flux2.storage import publisher_for, uri_reader
-from airflow_provider_flux2.storage.base import folder_of
-from airflow_provider_flux2.storage.publish import is_publishable, publish_records
+from airflow_provider_flux2.storage.publish import is_publishable, publish_latest, publish_records
 from airflow_provider_flux2.storage.report import write_batch_report
 
 if TYPE_CHECKING:
@@ -46,9 +46,20 @@ class FluxPublishOperator(BaseOperator):
     :param asset: the outlet to update (default: an asset for ``destination_uri``, when it is not templated).
     :param flux_conn_id: the ``flux2`` connection whose price table the manifest records.
     :param title: the gallery's heading.
+    :param output_name_template: how published images are named (default ``[flux2] output_name_template``).
+    :param latest_uri: a stable prefix that always holds the current image of each item, as
+        ``{latest_uri}/{id}.{ext}``, with ``latest.json`` mapping ids to them (items without an id are left out).
     """
 
-    template_fields: Sequence[str] = ("records", "destination_uri", "title", "aws_conn_id", "source_aws_conn_id")
+    template_fields: Sequence[str] = (
+        "records",
+        "destination_uri",
+        "title",
+        "aws_conn_id",
+        "source_aws_conn_id",
+        "output_name_template",
+        "latest_uri",
+    )
     template_fields_renderers = {"records": "json"}
     operator_extra_links = (FluxImagesLink(),)
     ui_color = "#e3f2fd"
@@ -64,6 +75,8 @@ class FluxPublishOperator(BaseOperator):
         asset: Asset | None = None,
         flux_conn_id: str = FluxHook.default_conn_name,
         title: str | None = None,
+        output_name_template: str | None = None,
+        latest_uri: str | None = None,
         **kwargs: Any,
     ) -> None:
         if destination_uri is not None and output_uri is not None and destination_uri != output_uri:
@@ -90,17 +103,26 @@ class FluxPublishOperator(BaseOperator):
         self.asset = asset
         self.flux_conn_id = flux_conn_id
         self.title = title
+        self.output_name_template = output_name_template
+        self.latest_uri = latest_uri
+        check_operator_arguments(self)  # the name template and latest_uri too (templated ones: again in execute)
 
     def execute(self, context: Context) -> dict[str, Any]:
         check_operator_arguments(self, rendered=True)
         batch = records_from_xcom(self.records)
-        publisher = publisher_for(self.destination_uri, aws_conn_id=self.aws_conn_id)
+        publisher = publisher_for(
+            self.destination_uri, aws_conn_id=self.aws_conn_id, name_template=self.output_name_template
+        )
         location = task_location(context)
         reader = uri_reader(aws_conn_id=self.source_aws_conn_id or self.aws_conn_id)
         published = publish_records(batch, publisher, location, reader=reader)
         uris = write_batch_report(
             publisher, location, published, FluxHook(self.flux_conn_id).prices, reader=reader, title=self.title
         )
+        if self.latest_uri:
+            latest = publisher_for(self.latest_uri, aws_conn_id=self.aws_conn_id)
+            updated = publish_latest(published, latest, reader=reader, run_id=context["ti"].run_id)
+            self.log.info("Latest: %d item(s) updated under %s", len(updated), latest.base_uri)
         delivered = [r for r in published if is_publishable(r)]
         cost = sum((billed_cost(r) for r in published), Decimal("0"))
         summary: dict[str, Any] = {
@@ -115,7 +137,7 @@ class FluxPublishOperator(BaseOperator):
             "uris": [r.uri for r in delivered],
         }
         ti = context["ti"]
-        ti.xcom_push(key=XCOM_GALLERY, value=uris["gallery_uri"])
+        links.remember_gallery(ti, self, XCOM_GALLERY, uris["gallery_uri"])
         ti.xcom_push(key=XCOM_MANIFEST, value=uris["manifest_uri"])
         if self.asset is not None:
             context["outlet_events"][self.asset].extra = {
@@ -130,14 +152,13 @@ class FluxPublishOperator(BaseOperator):
             uris["manifest_uri"],
             uris["gallery_uri"],
         )
-        self._published_to = summary["folder_uri"]
-        self._sources = sorted({folder_of(r.uri) for r in batch if r.uri})
         return summary
 
     def get_openlineage_facets_on_complete(self, task_instance: Any) -> Any:
-        from airflow_provider_flux2.lineage import lineage
+        from airflow_provider_flux2.lineage import lineage, prefixes
 
-        sources = getattr(self, "_sources", None) or sorted(
-            {folder_of(r.uri) for r in records_from_xcom(self.records) if r.uri}
-        )
-        return lineage(inputs=sources, outputs=[getattr(self, "_published_to", self.destination_uri)])
+        sources = prefixes((r.uri for r in records_from_xcom(self.records)), task_instance)
+        # What this task itself wrote is not its input (carried-over images already live here).
+        sources = [s for s in sources if s.rstrip("/") != self.destination_uri.rstrip("/")]
+        outputs = [self.destination_uri, *([self.latest_uri] if self.latest_uri else [])]
+        return lineage(inputs=sources, outputs=outputs)

@@ -25,7 +25,7 @@ try:
 except ImportError:  # Airflow 3.1: the Task SDK exposes conf from 3.2 on
     from airflow.configuration import conf  # type: ignore[assignment]
 
-from airflow_provider_flux2 import protocol
+from airflow_provider_flux2 import metrics, protocol
 from airflow_provider_flux2.arguments import check_operator_arguments
 from airflow_provider_flux2.exceptions import FluxError, FluxValidationError
 from airflow_provider_flux2.hooks.flux import FluxHook, expected_duration
@@ -48,7 +48,6 @@ from airflow_provider_flux2.quality.regeneration import RegenerationPlan, supers
 from airflow_provider_flux2.quality.suite import CheckSuite, failed_checks, read_each
 from airflow_provider_flux2.references import ReferenceResolver
 from airflow_provider_flux2.storage import uri_reader
-from airflow_provider_flux2.storage.base import folder_of
 from airflow_provider_flux2.storage.manifest import superseded_rows
 from airflow_provider_flux2.triggers.flux import FluxGenerationTrigger, finished_runs
 
@@ -153,7 +152,8 @@ class FluxQualityCheckOperator(BaseOperator):
                 usd(plan.spent),
                 f", budget ${usd(budget.limit)}" if budget else "",
             )
-            replacements = self._regenerate(context, plan)
+            replacements = self._regenerate(context, plan, records)
+            metrics.images_finished([r.to_xcom() for r in replacements], context)
             regenerated += len(replacements)
             records = supersede(records, replacements)
         summary = _summary(records, suite, regenerated)
@@ -171,8 +171,10 @@ class FluxQualityCheckOperator(BaseOperator):
 
     # -- regeneration ---------------------------------------------------------------------------------
 
-    def _regenerate(self, context: Context, plan: RegenerationPlan) -> list[ImageRecord]:
+    def _regenerate(self, context: Context, plan: RegenerationPlan, batch: list[ImageRecord]) -> list[ImageRecord]:
         """Submit a round of regenerations, wait for them, store them; return their records."""
+        # A new image is the same catalogue item: it keeps the item's id and source hash (its name, the refresh).
+        meta = {r.index: {**r.extra, "source_hash": r.source_hash} for r in batch if r.status == "succeeded"}
         publisher = output_publisher(self.output_uri, self.aws_conn_id)
         location = task_location(context)
         identity = task_identity(context)
@@ -182,7 +184,8 @@ class FluxQualityCheckOperator(BaseOperator):
         )
         for item in plan.items:
             variant, request = self.hook.build_request(item.model, prompt=item.prompt, **item.params)
-            job = new_job(identity, item.index, variant, request, item=f"{item.index}/{item.attempt}")
+            item_meta = {k: v for k, v in meta.get(item.index, {}).items() if v is not None}
+            job = new_job(identity, item.index, variant, request, item=f"{item.index}/{item.attempt}", meta=item_meta)
             images.append(references.attach(job))  # s3:// and local references made fetchable
         submitted_at = utc_now_iso()
         run_ids = [
@@ -246,11 +249,13 @@ class FluxQualityCheckOperator(BaseOperator):
         return self.execute(context)
 
     def get_openlineage_facets_on_complete(self, task_instance: Any) -> Any:
-        from airflow_provider_flux2.lineage import lineage
+        from airflow_provider_flux2.lineage import lineage, prefixes
 
-        records = records_from_xcom(self.records)
-        outputs = [self.output_uri] if self.output_uri and self.on_failure == "regenerate" else []
-        return lineage(inputs=[folder_of(r.uri) for r in records if r.uri], outputs=outputs)
+        # The checked images stay where they are: the input prefixes are outputs too (the checked
+        # dataset the publish task reads), with the regeneration prefix when images are remade.
+        inputs = prefixes((r.uri for r in records_from_xcom(self.records)), task_instance)
+        regenerated = [self.output_uri] if self.output_uri and self.on_failure == "regenerate" else []
+        return lineage(inputs=inputs, outputs=[*inputs, *regenerated])
 
 
 def _raise_unless_done(event: dict[str, Any]) -> None:

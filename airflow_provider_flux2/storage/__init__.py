@@ -1,4 +1,5 @@
-"""Publishers: where images, manifests and galleries are stored (``file://`` or ``s3://``).
+"""Publishers: where images, manifests and galleries are stored (``file://``, ``s3://``, or any store
+Airflow's ``ObjectStoragePath`` reaches: ``gs://``, ``abfs://``, ``sftp://``…).
 
 Every public name is importable from this package. The publisher interface, the local publisher,
 :func:`publisher_for` and :func:`uri_reader` are loaded with it (DAG files import them and they are
@@ -24,20 +25,32 @@ if TYPE_CHECKING:
         build_manifest,
         write_manifest,
     )
+    from airflow_provider_flux2.storage.objectstore import ObjectStoragePublisher
     from airflow_provider_flux2.storage.publish import is_publishable, object_metadata, publish_records
     from airflow_provider_flux2.storage.report import write_batch_report
     from airflow_provider_flux2.storage.s3 import S3Publisher
 
 
-def publisher_for(uri: str, *, aws_conn_id: str | None = None) -> Publisher:
-    """The publisher for a destination URI: ``file:///path`` (or a plain path) or ``s3://bucket/prefix``."""
+def publisher_for(
+    uri: str, *, aws_conn_id: str | None = None, conn_id: str | None = None, name_template: str | None = None
+) -> Publisher:
+    """The publisher for a destination URI.
+
+    ``file:///path`` (or a plain path) is a local folder; ``s3://bucket/prefix`` goes through the Amazon
+    provider's S3Hook with ``aws_conn_id``; any other scheme goes through Airflow's ``ObjectStoragePath``,
+    its connection named in the URI (``gs://my_gcp@bucket/prefix``) or by ``conn_id``.
+
+    :param name_template: how stored images are named (default ``[flux2] output_name_template``).
+    """
     if uri.startswith("s3://"):
         from airflow_provider_flux2.storage.s3 import S3Publisher
 
-        return S3Publisher(uri, aws_conn_id=aws_conn_id)
+        return S3Publisher(uri, aws_conn_id=aws_conn_id, name_template=name_template)
     if uri.startswith("file://") or "://" not in uri:
-        return LocalPublisher(uri)
-    raise ValueError(f"Unsupported output_uri {uri!r}: use file:///absolute/path or s3://bucket/prefix")
+        return LocalPublisher(uri, name_template)
+    from airflow_provider_flux2.storage.objectstore import ObjectStoragePublisher
+
+    return ObjectStoragePublisher(uri, conn_id=conn_id, name_template=name_template)
 
 
 def uri_reader(*, aws_conn_id: str | None = None) -> Callable[[str], bytes]:
@@ -50,7 +63,7 @@ def uri_reader(*, aws_conn_id: str | None = None) -> Callable[[str], bytes]:
 
     def read(uri: str) -> bytes:
         parsed = urlparse(uri)
-        root = f"s3://{parsed.netloc}" if parsed.scheme == "s3" else "file:///"
+        root = "file:///" if parsed.scheme in ("", "file") else f"{parsed.scheme}://{parsed.netloc}"
         if root not in publishers:
             publishers[root] = publisher_for(root, aws_conn_id=aws_conn_id)
         return publishers[root].get(uri)
@@ -61,6 +74,7 @@ def uri_reader(*, aws_conn_id: str | None = None) -> Callable[[str], bytes]:
 #: Names loaded on first use, and where they live.
 _MODULE_OF: dict[str, str] = {
     "S3Publisher": "airflow_provider_flux2.storage.s3",
+    "ObjectStoragePublisher": "airflow_provider_flux2.storage.objectstore",
     "MANIFEST_CSV": "airflow_provider_flux2.storage.manifest",
     "MANIFEST_JSON": "airflow_provider_flux2.storage.manifest",
     "Manifest": "airflow_provider_flux2.storage.manifest",
@@ -84,6 +98,7 @@ __all__ = [
     "LocalPublisher",
     "Manifest",
     "ObjectInfo",
+    "ObjectStoragePublisher",
     "Publisher",
     "S3Publisher",
     "billed_cost",

@@ -1,7 +1,9 @@
 """One storage interface for images, manifests and galleries; ``file://`` and ``s3://`` implement it.
 
-Keys are deterministic — ``{prefix}/{dag_id}/{run_id}/{task_id}/{index:05d}-{content hash[:12]}.{ext}`` —
-so a re-run overwrites what it wrote before instead of duplicating it.
+Keys are deterministic — ``{prefix}/{dag_id}/{run_id}/{task_id}/{name}.{ext}``, the name from a template
+(``{index}-{id}-{hash}`` by default: batch index, the item's id, 12 hex digits of the content hash; see
+:mod:`~airflow_provider_flux2.storage.naming`) — so a re-run overwrites what it wrote before instead of
+duplicating it. Folder names carry no ``:`` or ``+`` (``manual__2026-12-01T12-38-50.911527Z``).
 """
 
 from __future__ import annotations
@@ -13,13 +15,14 @@ from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from airflow_provider_flux2.formats import IMAGE_FORMATS
+from airflow_provider_flux2.storage.naming import check_template, render_name, safe_segment
 
 #: Views of the one format table (``formats.IMAGE_FORMATS``): output_format → content type → extension.
 CONTENT_TYPES = {name: fmt.content_type for name, fmt in IMAGE_FORMATS.items()}
 EXTENSIONS = {fmt.content_type: fmt.extension for fmt in IMAGE_FORMATS.values()}
-_UNSAFE = re.compile(r"[^A-Za-z0-9._+:=@,-]")
 _METADATA_KEY = re.compile(r"^[a-z0-9][a-z0-9_.-]*$")
 #: S3 refuses a request whose user metadata (keys plus values, UTF-8) exceeds 2 KB; both publishers
 #: enforce the same limit so a DAG that works on ``file://`` also works on ``s3://``.
@@ -44,11 +47,6 @@ def file_hash(path: Path | str) -> str:
 def folder_of(uri: str) -> str:
     """The folder (prefix) holding an object: ``s3://b/a/x.jpg`` → ``s3://b/a``."""
     return uri.rsplit("/", 1)[0]
-
-
-def safe_segment(text: str) -> str:
-    """A path segment that is the same on S3 and on a local disk (no slashes, no spaces)."""
-    return _UNSAFE.sub("_", text) or "_"
 
 
 def ascii_metadata(metadata: Mapping[str, object] | None) -> dict[str, str]:
@@ -101,21 +99,46 @@ class ObjectInfo:
     etag: str | None = None
 
 
-def image_name(index: int, digest: str, content_type: str) -> str:
-    """``00007-0123456789ab.jpg``: index first so listings sort in batch order."""
-    return f"{index:05d}-{digest[:12]}.{EXTENSIONS.get(content_type, 'bin')}"
+def image_name(
+    index: int,
+    digest: str,
+    content_type: str,
+    template: str | None = None,
+    *,
+    item_id: Any = None,
+    seed: int | None = None,
+) -> str:
+    """``00007-SKU-1042-0123456789ab.jpg``: index first so listings sort in batch order, then the item's id.
+
+    :param template: the name template (default ``[flux2] output_name_template``).
+    """
+    name = render_name(template or default_name_template(), index=index, digest=digest, item_id=item_id, seed=seed)
+    return f"{name}.{EXTENSIONS.get(content_type, 'bin')}"
+
+
+def default_name_template() -> str:
+    """``[flux2] output_name_template``, or the built-in default outside Airflow."""
+    from airflow_provider_flux2.config import DEFAULT_NAME_TEMPLATE, get_option
+
+    try:
+        return get_option("output_name_template") or DEFAULT_NAME_TEMPLATE
+    except ImportError:
+        return DEFAULT_NAME_TEMPLATE
 
 
 class Publisher(ABC):
     """Writes objects under one base URI and says where they went.
 
     :param base_uri: ``file:///abs/path`` or ``s3://bucket/prefix``.
+    :param name_template: how stored images are named (default ``[flux2] output_name_template``);
+        checked here, so a bad template fails before anything is generated.
     """
 
     scheme: str = ""
 
-    def __init__(self, base_uri: str) -> None:
+    def __init__(self, base_uri: str, name_template: str | None = None) -> None:
         self.base_uri = base_uri.rstrip("/")
+        self.name_template = check_template(name_template or default_name_template())
 
     def uri_for(self, location: BatchLocation, name: str) -> str:
         return "/".join([self.base_uri, *location.parts(), name])
@@ -131,15 +154,18 @@ class Publisher(ABC):
         content_type: str,
         metadata: Mapping[str, str] | None = None,
         digest: str | None = None,
+        name_fields: Mapping[str, Any] | None = None,
     ) -> str:
         """Store one image under its deterministic key and return its URI.
 
         :param data: the bytes, or the path of a file holding them (streamed; large files go multipart).
         :param digest: the SHA-256 of the bytes when the caller already has it.
+        :param name_fields: ``item_id`` and ``seed`` for the name template
+            (:func:`~airflow_provider_flux2.storage.naming.name_fields` of the image's record).
         """
         if digest is None:
             digest = content_hash(data) if isinstance(data, bytes) else file_hash(data)
-        uri = self.uri_for(location, image_name(index, digest, content_type))
+        uri = self.uri_for(location, image_name(index, digest, content_type, self.name_template, **(name_fields or {})))
         self.put(uri, data, content_type, metadata)
         return uri
 

@@ -158,11 +158,17 @@ def _card_html(card: Card) -> str:
     row = card.row
     label, css = _BADGES.get(row["outcome"], (row["outcome"].upper(), "neutral"))
     return (
-        f'<figure class="card {css}" data-index="{_e(row["index"])}" data-outcome="{_e(row["outcome"])}">'
+        f'<figure class="card {css}" data-index="{_e(row["index"])}" data-outcome="{_e(row["outcome"])}"'
+        f"{_id_attribute(row)}>"
         f'<span class="badge">{_e(label)}</span>{_thumb_html(card)}'
         f'<figcaption><p class="prompt">{_e(row["prompt"])}</p>{_facts_html(row)}{_checks_html(row)}</figcaption>'
         "</figure>"
     )
+
+
+def _id_attribute(row: Mapping[str, Any]) -> str:
+    item_id = row.get("item_id")
+    return "" if item_id in (None, "") else f' data-id="{_e(item_id)}"'
 
 
 def _thumb_html(card: Card) -> str:
@@ -176,7 +182,9 @@ def _thumb_html(card: Card) -> str:
 
 
 def _facts_html(row: Mapping[str, Any]) -> str:
+    item_id = row.get("item_id")
     facts = [
+        *([("ID", item_id)] if item_id not in (None, "") else []),
         ("Index", row["index"]),
         ("Seed", "—" if row["seed"] is None else row["seed"]),
         ("Size", f"{row['width']}×{row['height']} ({row['output_format']})"),
@@ -220,8 +228,9 @@ def contact_sheet_png(
     sheet = Image.new("RGB", (pad + cols * (cell + pad), header + rows * (cell + caption + pad)), "white")
     draw = ImageDraw.Draw(sheet)
     font = ImageFont.load_default(size=13)
-    draw.text((pad, 8), title, fill="black", font=ImageFont.load_default(size=18))
-    draw.text((pad, 32), _summary_line(manifest, len(shown)), fill=(87, 96, 106), font=font)
+    title_font = ImageFont.load_default(size=18)
+    draw.text((pad, 8), drawable(title, title_font), fill="black", font=title_font)
+    draw.text((pad, 32), drawable(_summary_line(manifest, len(shown)), font), fill=(87, 96, 106), font=font)
     for i, (row, thumb) in enumerate(shown):
         x = pad + (i % cols) * (cell + pad)
         y = header + (i // cols) * (cell + caption + pad)
@@ -261,14 +270,56 @@ def _draw_cell(
     draw.rectangle((x, y, x + cell - 1, y + cell - 1), outline=_FRAME[css], width=4)
     label = "PASS" if row["outcome"] == "passed" else _BADGES.get(row["outcome"], (row["outcome"].upper(), ""))[0]
     failed = ", ".join(row["failed_checks"])
-    seed = "—" if row["seed"] is None else row["seed"]
+    seed = "-" if row["seed"] is None else row["seed"]
+    item = f" {row['item_id']}" if row.get("item_id") not in (None, "") else ""
     lines: list[tuple[str, str | tuple[int, int, int]]] = [
-        (f"#{row['index']} seed {seed} · ${row['billed_cost_usd']}", "black"),
+        (f"#{row['index']}{item} · seed {seed} · ${row['billed_cost_usd']}", "black"),
         (f"{label}: {failed}" if failed else label, _FRAME[css]),
         (" ".join(str(row["prompt"]).split()), (87, 96, 106)),
     ]
     for n, (text, colour) in enumerate(lines):
-        draw.text((x, y + cell + 4 + n * 18), _fit(draw, font, text, cell), fill=colour, font=font)
+        draw.text((x, y + cell + 4 + n * 18), _fit(draw, font, drawable(text, font), cell), fill=colour, font=font)
+
+
+#: Look-alikes for characters Pillow's built-in font has no glyph for (it draws a box instead).
+_LOOKALIKES = {"—": "-", "–": "-", "−": "-", "×": "x", "•": "*", "→": "->", "←": "<-", "✓": "v", "✗": "x"}
+
+
+def drawable(text: str, font: Any) -> str:
+    """``text`` with every character ``font`` cannot draw replaced by a look-alike, its unaccented
+    letter (``é`` → ``e``) or ``?`` — never a missing-glyph box.
+    """
+    return "".join(ch if _has_glyph(font, ch) else _lookalike(font, ch) for ch in text)
+
+
+def _lookalike(font: Any, ch: str) -> str:
+    import unicodedata
+
+    candidates = [_LOOKALIKES.get(ch, ""), unicodedata.normalize("NFKD", ch).encode("ascii", "ignore").decode()]
+    for candidate in candidates:
+        if candidate and all(_has_glyph(font, c) for c in candidate):
+            return candidate
+    return "?"
+
+
+_NOTDEF = "\U0010fffd"  # a private-use code point no font draws: what a missing glyph looks like
+_glyph_cache: dict[tuple[Any, ...], bool] = {}
+
+
+def _has_glyph(font: Any, ch: str) -> bool:
+    if ch.isascii():
+        return True
+    # Fonts are made per sheet; the same face at the same size answers the same.
+    key = (font.getname() if hasattr(font, "getname") else type(font).__name__, getattr(font, "size", 0), ch)
+    if key not in _glyph_cache:
+        _glyph_cache[key] = _mask(font, ch) != _mask(font, _NOTDEF)
+    return _glyph_cache[key]
+
+
+def _mask(font: Any, ch: str) -> bytes:
+    image = Image.new("L", (64, 48))
+    ImageDraw.Draw(image).text((4, 4), ch, font=font, fill=255)
+    return image.tobytes()
 
 
 def _fit(draw: ImageDraw.ImageDraw, font: Any, text: str, width: int) -> str:

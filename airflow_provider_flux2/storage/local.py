@@ -13,12 +13,14 @@ import mimetypes
 import os
 import shutil
 import tempfile
+import threading
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
 from airflow_provider_flux2.storage.base import ObjectInfo, Publisher
 
 META_DIR = ".meta"
+_UMASK_LOCK = threading.Lock()
 
 
 def path_of(uri: str) -> Path:
@@ -34,12 +36,35 @@ def sidecar_of(path: Path) -> Path:
     return path.parent / META_DIR / f"{path.name}.json"
 
 
+def current_umask() -> int:
+    """The process umask, read without changing it where the OS allows (Linux: ``/proc/self/status``)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except OSError:
+        pass
+    with _UMASK_LOCK:  # elsewhere the only way to read it is to set it and put it back
+        mask = os.umask(0o022)
+        os.umask(mask)
+    return mask
+
+
+def published_mode() -> int:
+    """The mode of a published file: what ``open()`` would give it (``0o666`` less the umask, 0644 by default)."""
+    return 0o666 & ~current_umask()
+
+
 def _write_atomically(target: Path, data: bytes | Path) -> None:
     # A temp file in the same folder, then a rename: a reader never sees half an image, and a
-    # crash leaves the previous version (or nothing) rather than a truncated file.
+    # crash leaves the previous version (or nothing) rather than a truncated file. mkstemp makes the
+    # temp file 0600; it gets the mode a plain open() would have given before it becomes visible, so
+    # a web server or another group on a shared volume can read the gallery.
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.")
     try:
+        os.fchmod(fd, published_mode())
         with os.fdopen(fd, "wb") as out:
             if isinstance(data, bytes):
                 out.write(data)
@@ -57,10 +82,10 @@ class LocalPublisher(Publisher):
 
     scheme = "file"
 
-    def __init__(self, base_uri: str) -> None:
+    def __init__(self, base_uri: str, name_template: str | None = None) -> None:
         if "://" not in base_uri:
             base_uri = Path(base_uri).resolve().as_uri()
-        super().__init__(base_uri)
+        super().__init__(base_uri, name_template)
 
     def _put(self, uri: str, data: bytes | Path, content_type: str, metadata: dict[str, str]) -> None:
         target = path_of(uri)

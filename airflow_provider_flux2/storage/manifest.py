@@ -127,6 +127,8 @@ def _row(record: ImageRecord, *, superseded: bool) -> dict[str, Any]:
     row = record.to_xcom()
     failed = [v.check for v in record.checks if not v.passed]
     row.update(
+        # The item's own id (a SKU, a row key) from the prompt source, where people look for it first.
+        item_id=(record.extra or {}).get("id"),
         outcome=outcome_of(record, superseded=superseded),
         checks_passed=(not failed) if record.checks else None,
         failed_checks=failed,

@@ -8,7 +8,8 @@ from datetime import datetime, timezone
 from typing import Any
 
 from airflow_provider_flux2.models import ImageRecord
-from airflow_provider_flux2.storage.base import CONTENT_TYPES, BatchLocation, Publisher, content_hash
+from airflow_provider_flux2.storage.base import CONTENT_TYPES, EXTENSIONS, BatchLocation, Publisher, content_hash
+from airflow_provider_flux2.storage.naming import name_fields, safe_segment
 
 
 def object_metadata(record: ImageRecord) -> dict[str, str]:
@@ -70,7 +71,7 @@ def _publish(
         return record
     data = reader(record.uri)
     digest = content_hash(data)
-    uri = publisher.put_image(location, record.index, data, ctype, object_metadata(record), digest)
+    uri = publisher.put_image(location, record.index, data, ctype, object_metadata(record), digest, name_fields(record))
     stored_at = datetime.now(timezone.utc).isoformat()
     return record.model_copy(
         update={
@@ -81,3 +82,56 @@ def _publish(
             "timings": record.timings.model_copy(update={"stored_at": stored_at}),
         }
     )
+
+
+#: The index of a "latest" prefix: item id → where its current image came from.
+LATEST_INDEX = "latest.json"
+
+
+def publish_latest(
+    records: Iterable[ImageRecord | Mapping[str, Any]],
+    latest: Publisher,
+    *,
+    reader: Callable[[str], bytes],
+    run_id: str | None = None,
+) -> dict[str, str]:
+    """Keep one stable object per item id under ``latest``: ``{latest}/{id}.{ext}`` is always its current image.
+
+    Only publishable records with an id count; an image whose bytes are already there is not copied
+    again. ``latest.json`` beside them maps every id ever published to its current object, the dated
+    copy it came from and when — items that left the catalogue keep their last image.
+
+    :returns: ``{item id: latest URI}`` of what this batch updated.
+    """
+    import json
+
+    index_uri = f"{latest.base_uri}/{LATEST_INDEX}"
+    try:
+        index: dict[str, Any] = json.loads(latest.get(index_uri))
+    except FileNotFoundError:
+        index = {}
+    updated: dict[str, str] = {}
+    for record in (r if isinstance(r, ImageRecord) else ImageRecord.model_validate(r) for r in records):
+        item_id = (record.extra or {}).get("id")
+        if not is_publishable(record) or item_id in (None, "") or record.uri is None:
+            continue
+        ctype = content_type_of(record)
+        ext = EXTENSIONS.get(ctype, "bin")
+        uri = f"{latest.base_uri}/{safe_segment(str(item_id))}.{ext}"
+        digest = record.content_hash
+        if digest is None or not latest.exists(uri) or latest.head(uri).metadata.get("content-sha256") != digest:
+            data = reader(record.uri)
+            digest = content_hash(data)
+            latest.put(uri, data, ctype, {**object_metadata(record), "content-sha256": digest, "item-id": item_id})
+            updated[str(item_id)] = uri
+        index[str(item_id)] = {
+            "uri": uri,
+            "source_uri": record.uri,
+            "content_hash": digest,
+            "run_id": run_id if str(item_id) in updated else index.get(str(item_id), {}).get("run_id", run_id),
+            "updated_at": datetime.now(timezone.utc).isoformat()
+            if str(item_id) in updated
+            else index.get(str(item_id), {}).get("updated_at"),
+        }
+    latest.put(index_uri, json.dumps(index, indent=2, sort_keys=True).encode("utf-8"), "application/json")
+    return updated

@@ -1,9 +1,12 @@
-"""``s3://bucket/prefix`` storage through boto3: AWS S3, MinIO or any S3-compatible store.
+"""``s3://bucket/prefix`` storage: AWS S3, MinIO or any S3-compatible store.
 
-Credentials come from an Airflow connection when ``aws_conn_id`` is given (login = access key id,
-password = secret access key; extras ``region_name``, ``endpoint_url``, ``aws_session_token``,
-``addressing_style``), otherwise from boto3's default chain (environment variables including
-``AWS_ENDPOINT_URL``, shared config and credentials files, instance or container roles).
+The client comes from the Amazon provider's ``S3Hook`` (``apache-airflow-providers-amazon``, the
+``amazon`` extra), so every form of AWS connection Airflow users already have works as it does for
+Airflow's own S3 operators: access keys, ``role_arn`` with assume role, ``profile_name``,
+``endpoint_url`` (MinIO), ``service_config``, ``config_kwargs``. Without ``aws_conn_id`` boto3's
+default chain is used (environment variables including ``AWS_ENDPOINT_URL``, shared config and
+credentials files, instance or container roles). Uploads keep boto3's transfer manager (multipart,
+parallel parts) and the object metadata.
 """
 
 from __future__ import annotations
@@ -34,34 +37,42 @@ def split_s3_uri(uri: str) -> tuple[str, str]:
     return parsed.netloc, parsed.path.lstrip("/")
 
 
-def client_kwargs_from_connection(login: str | None, password: str | None, extra: dict[str, Any]) -> dict[str, Any]:
-    """boto3 client arguments from an Airflow AWS connection's fields; absent fields are left to boto3.
+def client_config(extra: dict[str, Any], connection_config: Config | None = None) -> Config:
+    """The botocore config of the publisher's client: standard retries, path-style for custom endpoints.
 
-    :param login: the access key id.
-    :param password: the secret access key.
-    :param extra: the connection's extras (``region_name``, ``endpoint_url``, ``aws_session_token``,
-        ``addressing_style``).
+    What the connection sets itself (``config_kwargs`` in its extras) wins over these defaults.
+
+    :param extra: the AWS connection's extras; ``endpoint_url`` (or ``service_config.s3.endpoint_url``)
+        switches to path-style addressing unless ``addressing_style`` says otherwise.
+    :param connection_config: the config the Amazon provider built from the connection, if any.
     """
-    kwargs: dict[str, Any] = {}
-    if login:
-        kwargs["aws_access_key_id"] = login
-        kwargs["aws_secret_access_key"] = password
-        if extra.get("aws_session_token"):
-            kwargs["aws_session_token"] = extra["aws_session_token"]
-    if extra.get("region_name"):
-        kwargs["region_name"] = extra["region_name"]
-    if extra.get("endpoint_url"):
-        kwargs["endpoint_url"] = extra["endpoint_url"]
+    endpoint = extra.get("endpoint_url") or (extra.get("service_config") or {}).get("s3", {}).get("endpoint_url")
     # MinIO and most S3-compatible stores only answer path-style requests unless told otherwise.
-    style = extra.get("addressing_style") or ("path" if extra.get("endpoint_url") else None)
-    kwargs["config"] = _client_config(style)
-    return kwargs
-
-
-def _client_config(addressing_style: str | None = None) -> Config:
+    style = extra.get("addressing_style") or ("path" if endpoint else None)
     # "standard" retries back off on throttling and 5xx for every call, including multipart parts.
-    s3: Any = {"addressing_style": addressing_style} if addressing_style else None
-    return Config(s3=s3, retries={"mode": "standard"})
+    s3: Any = {"addressing_style": style} if style else None
+    # SigV4 everywhere, presigned links included (boto3 may presign SigV2 for S3-compatible endpoints).
+    defaults = Config(s3=s3, retries={"mode": "standard"}, signature_version="s3v4")
+    return defaults.merge(connection_config) if connection_config is not None else defaults
+
+
+def s3_client(aws_conn_id: str | None) -> Any:
+    """A boto3 S3 client for an Airflow AWS connection, made by the Amazon provider's ``S3Hook``.
+
+    :param aws_conn_id: the connection; ``None`` uses boto3's default chain.
+    :raises ImportError: ``aws_conn_id`` is given and ``apache-airflow-providers-amazon`` is not installed.
+    """
+    try:
+        from airflow.providers.amazon.aws.hooks.s3 import S3Hook
+    except ImportError as exc:
+        if aws_conn_id is None:
+            return boto3.session.Session().client("s3", config=client_config({}))
+        raise ImportError(
+            f"aws_conn_id={aws_conn_id!r} needs the Amazon provider: pip install 'airflow-provider-flux2[amazon]'"
+        ) from exc
+    hook = S3Hook(aws_conn_id=aws_conn_id)
+    extra = hook.conn_config.extra_dejson if aws_conn_id else {}
+    return hook.get_client_type(config=client_config(extra, hook.conn_config.botocore_config))
 
 
 class S3Publisher(Publisher):
@@ -71,15 +82,21 @@ class S3Publisher(Publisher):
     :param aws_conn_id: an Airflow connection to take credentials and endpoint from; ``None`` uses
         boto3's default chain.
     :param multipart_threshold: objects larger than this many bytes are uploaded in parts.
+    :param name_template: how stored images are named (see :class:`~airflow_provider_flux2.storage.base.Publisher`).
     """
 
     scheme = "s3"
 
     def __init__(
-        self, base_uri: str, aws_conn_id: str | None = None, *, multipart_threshold: int = MULTIPART_THRESHOLD
+        self,
+        base_uri: str,
+        aws_conn_id: str | None = None,
+        *,
+        multipart_threshold: int = MULTIPART_THRESHOLD,
+        name_template: str | None = None,
     ) -> None:
         split_s3_uri(base_uri)  # fail at construction on a malformed destination, not at the first upload
-        super().__init__(base_uri)
+        super().__init__(base_uri, name_template)
         self.aws_conn_id = aws_conn_id
         self.multipart_threshold = multipart_threshold
         self._transfer = TransferConfig(
@@ -95,13 +112,7 @@ class S3Publisher(Publisher):
         return self._client
 
     def _make_client(self) -> Any:
-        if self.aws_conn_id is None:
-            return boto3.session.Session().client("s3", config=_client_config())
-        from airflow.sdk import BaseHook
-
-        conn = BaseHook.get_connection(self.aws_conn_id)
-        kwargs = client_kwargs_from_connection(conn.login, conn.password, conn.extra_dejson)
-        return boto3.session.Session().client("s3", **kwargs)
+        return s3_client(self.aws_conn_id)
 
     def _put(self, uri: str, data: bytes | Path, content_type: str, metadata: dict[str, str]) -> None:
         bucket, key = split_s3_uri(uri)

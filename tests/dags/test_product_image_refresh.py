@@ -60,8 +60,10 @@ def test_first_night_generates_every_product_and_publishes_a_manifest(
 
 def test_second_night_pays_only_for_the_changed_product(emulator, run_dag, xcom, refresh_dag, tmp_path, monkeypatch):
     monkeypatch.setenv("AIRFLOW_VAR_FLUX2_OUTPUT_URI", tmp_path.as_uri())
-    assert run_dag(refresh_dag).state == "success"
+    first = run_dag(refresh_dag)
+    assert first.state == "success"
     first_cost = Decimal(emulator.ledger()["total_cost"])
+    first_latest = (tmp_path / "latest" / "SKU-1003.jpg").read_bytes()
 
     rows = list(csv.DictReader(io.StringIO(CATALOGUE.read_text())))
     rows[2]["description"] = "hand-glazed dripper, now in speckled stoneware"
@@ -76,6 +78,18 @@ def test_second_night_pays_only_for_the_changed_product(emulator, run_dag, xcom,
     assert Decimal(manifest["summary"]["total_cost_usd"]) == Decimal("0.030")
     carried = [row for row in manifest["images"] if row["extra"].get("carried_from")]
     assert len(carried) == 15
+
+    # The stable "latest" prefix: one current image per product, whatever night it changed.
+    latest = json.loads((tmp_path / "latest" / "latest.json").read_text())
+    assert sorted(latest) == [f"SKU-{1000 + i}" for i in range(1, 17)]
+    assert latest["SKU-1003"]["run_id"] == dr.run_id
+    assert {latest[k]["run_id"] for k in latest if k != "SKU-1003"} == {first.run_id}
+    assert (tmp_path / "latest" / "SKU-1003.jpg").read_bytes() != first_latest
+    changed = next(row for row in manifest["images"] if row["item_id"] == "SKU-1003")
+    assert path_of(changed["uri"]).read_bytes() == (tmp_path / "latest" / "SKU-1003.jpg").read_bytes()
+    # Readable names: the product's id in the file name, no ':' or '+' in the run's folder.
+    assert path_of(changed["uri"]).name.startswith("00000-SKU-1003-")
+    assert ":" not in changed["uri"][len("file://") :] and "+" not in changed["uri"]
 
 
 def test_publishes_to_s3_through_an_aws_connection(

@@ -200,12 +200,15 @@ def test_unknown_check_is_refused_when_the_dag_is_parsed():
 
 
 def test_openlineage_facets_name_sources_and_destination():
+    from types import SimpleNamespace
+
     from synthetic_images import image_record
 
-    record = image_record(0, uri="s3://staging/d/r/generate/00000-abc.jpg").to_xcom()
+    ti = SimpleNamespace(dag_id="d", run_id="manual__2026-12-01T12:38:50+00:00", task_id="publish")
+    record = image_record(0, uri="s3://staging/d/manual__2026-12-01T12-38-50Z/generate/00000-abc.jpg").to_xcom()
     publish = FluxPublishOperator(task_id="publish", records=[record], destination_uri="s3://final/products")
-    facets = publish.get_openlineage_facets_on_complete(None)
-    assert [(d.namespace, d.name) for d in facets.inputs] == [("s3://staging", "d/r/generate")]
+    facets = publish.get_openlineage_facets_on_complete(ti)
+    assert [(d.namespace, d.name) for d in facets.inputs] == [("s3://staging", "/")]
     assert [(d.namespace, d.name) for d in facets.outputs] == [("s3://final", "products")]
 
 

@@ -37,7 +37,7 @@ def test_an_image_lands_under_its_key_with_content_type_and_metadata(aws_env, s3
 
     uri = publisher.put_image(LOCATION, 3, data, "image/png", object_metadata(record))
 
-    key = f"images/catalogue/scheduled__2026-05-01T00:00:00+00:00/publish/00003-{content_hash(data)[:12]}.png"
+    key = f"images/catalogue/scheduled__2026-05-01T00-00-00Z/publish/00003-{content_hash(data)[:12]}.png"
     assert uri == f"s3://{bucket}/{key}"
     stored = s3_admin.get_object(Bucket=bucket, Key=key)
     assert stored["Body"].read() == data

@@ -228,3 +228,50 @@ def test_the_report_writer_lives_in_report_only_and_the_gallery_does_not_import_
 
     assert not hasattr(gallery, "write_batch_report")  # the shim that made gallery <-> report a cycle is gone
     assert write_batch_report.__module__ == "airflow_provider_flux2.storage.report"
+
+
+def test_the_items_id_is_shown_on_its_card_and_in_the_manifest():
+    records = [image_record(0, extra={"id": "SKU-1042"}), image_record(1)]
+    manifest = build_manifest(records, generated_at=WHEN)
+    page = page_for(records)
+
+    assert [row["item_id"] for row in manifest.rows] == ["SKU-1042", None]
+    assert "item_id" in manifest.to_csv().decode().splitlines()[0].split(",")
+    assert "<dt>ID</dt><dd>SKU-1042</dd>" in page
+    cards = [attrs for tag, attrs in parse(page) if tag == "figure"]
+    assert [c.get("data-id") for c in cards] == ["SKU-1042", None]
+
+
+def _title_band(title: str, records=None) -> Image.Image:
+    manifest = build_manifest(records or [image_record(0)], generated_at=WHEN)
+    sheet = Image.open(io.BytesIO(contact_sheet_png(manifest, [None] * len(manifest.rows), title=title)))
+    return sheet.crop((0, 0, sheet.width, 30))
+
+
+def test_the_contact_sheet_title_draws_a_dash_where_the_font_has_no_em_dash():
+    from PIL import ImageFont
+
+    from airflow_provider_flux2.storage.gallery import _has_glyph, drawable
+
+    font = ImageFont.load_default(size=18)
+    title = "Product images — nightly refresh"
+
+    assert not _has_glyph(font, "—")  # what made the missing-glyph box
+    assert drawable(title, font) == "Product images - nightly refresh"
+    assert drawable("Café × 2 漢", font) == "Cafe x 2 ?"
+    assert _title_band(title).tobytes() == _title_band("Product images - nightly refresh").tobytes()
+
+
+def test_the_contact_sheet_caption_names_the_item():
+    records = [image_record(0, extra={"id": "SKU-1042"})]
+
+    with_id = _cell_caption(records)
+    without = _cell_caption([image_record(0)])
+
+    assert with_id != without  # the id is drawn in the caption
+
+
+def _cell_caption(records) -> bytes:
+    manifest = build_manifest(records, generated_at=WHEN)
+    sheet = Image.open(io.BytesIO(contact_sheet_png(manifest, [None], title="t")))
+    return sheet.crop((12, 56 + 200, 212, 56 + 200 + 20)).tobytes()

@@ -1,12 +1,14 @@
 from __future__ import annotations
 
 import json
+import os
+import stat
 
 import pytest
 
 from airflow_provider_flux2.storage import BatchLocation, LocalPublisher
 from airflow_provider_flux2.storage.base import content_hash
-from airflow_provider_flux2.storage.local import META_DIR, path_of
+from airflow_provider_flux2.storage.local import META_DIR, current_umask, path_of, sidecar_of
 
 LOCATION = BatchLocation("dag", "run_1", "publish")
 PNG = b"\x89PNG\r\n\x1a\n" + b"pixels" * 100
@@ -101,3 +103,42 @@ def test_a_plain_path_is_accepted_as_base(tmp_path):
 def test_path_of_refuses_other_schemes():
     with pytest.raises(ValueError, match="not a file:// URI"):
         path_of("s3://bucket/key")
+
+
+@pytest.fixture
+def umask():
+    """Set the process umask for one test and put the previous one back."""
+    previous = os.umask(0o022)
+    yield lambda mask: os.umask(mask)
+    os.umask(previous)
+
+
+def test_published_files_are_readable_by_others_under_the_default_umask(publisher, umask):
+    umask(0o022)
+
+    uri = publisher.put_image(LOCATION, 0, b"img", "image/png", {"seed": "1"})
+    path = path_of(uri)
+
+    assert stat.S_IMODE(path.stat().st_mode) == 0o644
+    assert stat.S_IMODE(sidecar_of(path).stat().st_mode) == 0o644
+    assert current_umask() == 0o022
+
+
+def test_published_files_follow_a_stricter_umask(publisher, umask):
+    umask(0o027)
+
+    uri = publisher.put_named(LOCATION, "index.html", b"<html>", "text/html")
+
+    assert stat.S_IMODE(path_of(uri).stat().st_mode) == 0o640
+
+
+def test_a_file_copied_in_gets_the_published_mode_too_and_the_write_stays_atomic(publisher, umask, tmp_path):
+    umask(0o002)
+    source = tmp_path / "source.png"
+    source.write_bytes(b"x" * 1000)
+    source.chmod(0o600)
+
+    uri = publisher.put_image(LOCATION, 1, source, "image/png")
+
+    assert stat.S_IMODE(path_of(uri).stat().st_mode) == 0o664
+    assert [p.name for p in path_of(uri).parent.iterdir() if p.name.startswith(".") and p.name != META_DIR] == []

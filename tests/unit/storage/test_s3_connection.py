@@ -1,43 +1,41 @@
 from __future__ import annotations
 
 import pytest
+from botocore.config import Config
 
-from airflow_provider_flux2.storage.s3 import S3Publisher, client_kwargs_from_connection, split_s3_uri
+from airflow_provider_flux2.storage.s3 import S3Publisher, client_config, split_s3_uri
 
 
-def test_connection_fields_become_client_arguments():
-    kwargs = client_kwargs_from_connection(
-        "AKIDEXAMPLE",
-        "secret",
-        {"region_name": "eu-central-1", "endpoint_url": "http://minio:9000", "aws_session_token": "tok"},
-    )
+def test_a_custom_endpoint_gets_path_style_and_standard_retries():
+    config = client_config({"endpoint_url": "http://minio:9000"})
 
-    config = kwargs.pop("config")
-    assert kwargs == {
-        "aws_access_key_id": "AKIDEXAMPLE",
-        "aws_secret_access_key": "secret",
-        "aws_session_token": "tok",
-        "region_name": "eu-central-1",
-        "endpoint_url": "http://minio:9000",
-    }
     assert config.s3 == {"addressing_style": "path"}  # MinIO answers path-style requests
     assert config.retries == {"mode": "standard"}
 
 
-def test_a_connection_without_keys_leaves_credentials_to_the_default_chain():
-    kwargs = client_kwargs_from_connection(None, None, {"region_name": "us-west-2"})
+def test_an_s3_endpoint_in_service_config_also_gets_path_style():
+    config = client_config({"service_config": {"s3": {"endpoint_url": "http://minio:9000"}}})
 
-    assert "aws_access_key_id" not in kwargs
-    assert kwargs["region_name"] == "us-west-2"
-    assert kwargs["config"].s3 is None  # AWS itself: boto3 picks the addressing style
+    assert config.s3 == {"addressing_style": "path"}
+
+
+def test_aws_itself_leaves_the_addressing_style_to_boto3():
+    assert client_config({"region_name": "us-west-2"}).s3 is None
 
 
 def test_the_addressing_style_can_be_set_explicitly():
-    kwargs = client_kwargs_from_connection(
-        "a", "b", {"endpoint_url": "https://s3.example", "addressing_style": "virtual"}
+    config = client_config({"endpoint_url": "https://s3.example", "addressing_style": "virtual"})
+
+    assert config.s3 == {"addressing_style": "virtual"}
+
+
+def test_the_connections_own_botocore_config_wins_over_the_defaults():
+    config = client_config(
+        {"endpoint_url": "http://minio:9000"}, Config(retries={"mode": "adaptive", "max_attempts": 9})
     )
 
-    assert kwargs["config"].s3 == {"addressing_style": "virtual"}
+    assert config.retries == {"mode": "adaptive", "max_attempts": 9}
+    assert config.s3 == {"addressing_style": "path"}
 
 
 @pytest.mark.parametrize(

@@ -20,9 +20,7 @@ def test_keys_follow_dag_run_task_index_and_content_hash():
 
     uri = publisher.uri_for(location, image_name(7, "0123456789abcdef" * 4, "image/png"))
 
-    assert (
-        uri == "file:///data/images/nightly_catalogue/manual__2026-01-01T00:00:00+00:00/publish/00007-0123456789ab.png"
-    )
+    assert uri == "file:///data/images/nightly_catalogue/manual__2026-01-01T00-00-00Z/publish/00007-0123456789ab.png"
 
 
 def test_a_mapped_task_gets_its_own_folder():
@@ -77,7 +75,7 @@ def test_publisher_for_picks_the_store_from_the_uri(tmp_path):
     assert isinstance(publisher_for(str(tmp_path)), LocalPublisher)
     assert publisher_for(tmp_path.as_uri()).base_uri == tmp_path.as_uri()
     assert type(publisher_for("s3://bucket/prefix")).__name__ == "S3Publisher"
-    with pytest.raises(ValueError, match="Unsupported output_uri"):
+    with pytest.raises(ValueError, match=r"Unsupported output_uri .*no filesystem is registered for gs://"):
         publisher_for("gs://bucket/prefix")
 
 
