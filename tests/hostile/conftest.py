@@ -94,9 +94,13 @@ class Outcome:
 class Probe:
     """One probe subprocess (see ``probe.py``); ``run(case, limit, **kwargs)`` → :class:`Outcome`."""
 
-    def __init__(self) -> None:
+    def __init__(self, database: Path | None = None) -> None:
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join([str(REPO), str(HERE), env.get("PYTHONPATH", "")])
+        if database is not None:
+            # The probe forks a child per case; SQLite forbids carrying a connection across a fork, so the
+            # probe gets a copy of the session's database instead of sharing the file the other tests use.
+            env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"] = f"sqlite:///{database}"
         self.process = subprocess.Popen(
             [sys.executable, str(HERE / "probe.py")],
             stdin=subprocess.PIPE,
@@ -141,12 +145,28 @@ def hostile() -> Iterator[HostileServer]:
 
 
 @pytest.fixture(scope="session")
-def probe() -> Iterator[Probe]:
-    runner = Probe()
+def probe(airflow_db, tmp_path_factory) -> Iterator[Probe]:
+    runner = Probe(_copy_of_session_database(tmp_path_factory.mktemp("probe-db") / "airflow.db"))
     try:
         yield runner
     finally:
         runner.close()
+
+
+def _copy_of_session_database(target: Path) -> Path | None:
+    """A consistent copy (SQLite's backup API) of the session's migrated metadata database."""
+    import sqlite3
+
+    url = os.environ.get("AIRFLOW__DATABASE__SQL_ALCHEMY_CONN", "")
+    if not url.startswith("sqlite:///"):
+        return None
+    source, copy = sqlite3.connect(url.removeprefix("sqlite:///")), sqlite3.connect(target)
+    try:
+        source.backup(copy)
+    finally:
+        source.close()
+        copy.close()
+    return target
 
 
 @pytest.fixture
