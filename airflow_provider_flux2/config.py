@@ -52,12 +52,21 @@ OPTIONS: dict[str, dict[str, Any]] = {
     },
     "local_link_template": {
         "description": "The task's link for a ``file://`` gallery. ``{path}`` is the gallery's absolute path "
-        "(URL-quoted in ``{quoted_path}``). The default shows the path; an Airflow UI view serving the files "
-        "sets its own URL here.\n",
+        "(URL-quoted in ``{quoted_path}``). Left at the default, the link opens the gallery through the "
+        "provider's FLUX view in the Airflow UI (``/flux2/gallery``) where the api-server loads the plugin, "
+        "and shows the path otherwise.\n",
         "version_added": "0.2.0",
         "type": "string",
-        "example": "/flux2/gallery?path={quoted_path}",
+        "example": "https://files.example.com{path}",
         "default": "{path}",
+    },
+    "ui_aws_conn_id": {
+        "description": "The AWS connection the FLUX view in the Airflow UI reads ``s3://`` galleries and "
+        "manifests with; empty uses boto3's default credential chain.\n",
+        "version_added": "0.2.0",
+        "type": "string",
+        "example": "aws_default",
+        "default": "",
     },
     "metrics": {
         "description": "Emit the provider's metrics through Airflow's StatsD/OpenTelemetry client "

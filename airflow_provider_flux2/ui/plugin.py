@@ -2,9 +2,24 @@
 
 from __future__ import annotations
 
+from urllib.parse import quote
+
 from airflow.plugins_manager import AirflowPlugin
 
+from airflow_provider_flux2 import links
+from airflow_provider_flux2.config import get_option
 from airflow_provider_flux2.ui.app import URL_PREFIX, create_app
+
+
+def gallery_link(path: str) -> str:
+    """The task's "FLUX images" link for a gallery on local disk: the view serving it."""
+    return f"{URL_PREFIX}/gallery?uri={quote('file://' + path, safe='')}"
+
+
+# The api-server loads this plugin and renders the extra links: a local gallery's link opens through the
+# view, unless the deployment chose its own ``[flux2] local_link_template``.
+if (get_option("local_link_template") or "{path}") == "{path}":
+    links.set_local_link(gallery_link)
 
 
 class Flux2Plugin(AirflowPlugin):
