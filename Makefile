@@ -41,9 +41,10 @@ deploy-deps:
 		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends postgresql redis-server >/dev/null; \
 	else echo "postgresql and redis-server are missing and apt-get is not available: install them to run the deployment tests" >&2; exit 1; fi
 
-# The whole suite, the real-deployment scenarios (tests/deployment, marker `cluster`) included.
+# The whole suite, the real-deployment scenarios (tests/deployment, marker `cluster`) included; the
+# benchmark's own end-to-end check (marker `bench`, minutes) runs with `make bench`.
 test: $(STAMP) browser deploy-deps
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -m "not bench"
 	@echo "mkdocs build --strict"; out=$$($(PY) -m mkdocs build --strict --site-dir .site-check 2>&1); rc=$$?; \
 		echo "$$out" | grep -v '^INFO' || true; rm -rf .site-check; exit $$rc
 
@@ -75,6 +76,7 @@ cluster-test: $(STAMP) deploy-deps
 	$(PY) -m pytest -q -m cluster tests/deployment
 
 bench: $(STAMP) deploy-deps
+	$(PY) -m pytest -q -m bench tests/benchmarks
 	$(PY) benchmarks/run.py
 	$(PY) benchmarks/deployment_bench.py
 

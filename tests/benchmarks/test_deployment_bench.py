@@ -231,6 +231,7 @@ def test_rows_of_one_dag_run_from_manifests_and_peer_records(tmp_path):
 
 
 @pytest.mark.cluster
+@pytest.mark.bench
 @pytest.mark.slow
 @pytest.mark.timeout(900)
 def test_make_bench_deployment_mode_runs_every_kind_of_row_valid_on_a_real_deployment():
