@@ -43,8 +43,12 @@ deploy-deps:
 
 # The whole suite, the real-deployment scenarios (tests/deployment, marker `cluster`) included; the
 # benchmark's own end-to-end check (marker `bench`, minutes) runs with `make bench`.
+# The FLUX view's tests run first, in a session of their own: in the full run an earlier test leaves the
+# session's shared SQLite metadata database unreadable to a second process ("disk I/O error"; the cause
+# is not found yet), and the view's api-server reads that database.
 test: $(STAMP) browser deploy-deps
-	$(PY) -m pytest -q -m "not bench"
+	$(PY) -m pytest -q tests/integration/test_ui_view.py
+	$(PY) -m pytest -q -m "not bench" --ignore=tests/integration/test_ui_view.py
 	@echo "mkdocs build --strict"; out=$$($(PY) -m mkdocs build --strict --site-dir .site-check 2>&1); rc=$$?; \
 		echo "$$out" | grep -v '^INFO' || true; rm -rf .site-check; exit $$rc
 

@@ -16,10 +16,14 @@ def gallery_link(path: str) -> str:
     return f"{URL_PREFIX}/gallery?uri={quote('file://' + path, safe='')}"
 
 
-# The api-server loads this plugin and renders the extra links: a local gallery's link opens through the
-# view, unless the deployment chose its own ``[flux2] local_link_template``.
-if (get_option("local_link_template") or "{path}") == "{path}":
-    links.set_local_link(gallery_link)
+def register_gallery_link() -> None:
+    """Make a local gallery's task link open through the view, unless ``[flux2] local_link_template`` is set."""
+    if (get_option("local_link_template") or "{path}") == "{path}":
+        links.set_local_link(gallery_link)
+
+
+# The api-server loads this plugin and renders the extra links.
+register_gallery_link()
 
 
 class Flux2Plugin(AirflowPlugin):

@@ -10,6 +10,7 @@ from airflow_provider_flux2 import links
 def test_loading_the_plugin_routes_local_gallery_links_through_the_view():
     from airflow_provider_flux2.ui import plugin
 
+    plugin.register_gallery_link()  # what importing the plugin does (the module may be imported already)
     try:
         link = links.local_link("file:///data/flux/night/run 1/generate/index.html")
         parts = urlsplit(link)
