@@ -75,7 +75,17 @@ def test_the_response_cap_is_configurable(probe, hostile):
 @pytest.mark.parametrize("method", ["get_run", "aget_run"])
 def test_a_dripping_server_is_cut_off_at_the_request_deadline(probe, hostile, scenario, method):
     case = "hook_acall" if method.startswith("a") else "hook_call"
-    outcome = probe.run(case, group=DRIPS, base_url=hostile.url(scenario), key=SECRET_KEY, method=method, args=["r1"])
+    # A per-read timeout far above the deadline: on a loaded machine a 50 ms drip can pause for
+    # longer than FAST's 0.5 s read timeout, which would cut the call early for another reason.
+    outcome = probe.run(
+        case,
+        group=DRIPS,
+        base_url=hostile.url(scenario),
+        key=SECRET_KEY,
+        method=method,
+        args=["r1"],
+        extra={"timeout": 30},
+    )
     outcome.raised("FluxRequestTimeoutError", "did not answer in time").bounded(2.5).no_secret()
     assert outcome.elapsed >= 0.9  # the deadline (1 s), not an earlier accident
 
