@@ -22,6 +22,7 @@ from airflow_provider_flux2.models import Variant, resolve_variant
 
 if TYPE_CHECKING:
     from airflow_provider_flux2.models import FluxInput, ImageRecord, Run
+    from airflow_provider_flux2.references import ReferenceResolver
 
 MEGAPIXEL = 1_048_576
 #: A reference image whose size cannot be known before the run (an http URL) is priced as one
@@ -242,7 +243,11 @@ PlanItem = Union[PlanInput, "tuple[Variant | str | None, PlanInput]"]
 
 
 def estimate(
-    requests: Iterable[PlanItem], table: PriceTable | None = None, *, model: Variant | str | None = None
+    requests: Iterable[PlanItem],
+    table: PriceTable | None = None,
+    *,
+    model: Variant | str | None = None,
+    references: ReferenceResolver | None = None,
 ) -> CostEstimate:
     """Price a plan before anything is sent.
 
@@ -250,13 +255,47 @@ def estimate(
     ``model``), a mapping of generation parameters (``{"prompt": ..., "image_size": "1920x1080"}``,
     optionally with ``"model"``), or a ``(model, input)`` pair. Invalid parameters raise
     :class:`FluxValidationError` naming the item.
+
+    Reference images are priced at their real size: a ``data:`` URI is decoded, and an ``s3://``
+    object or a local file not measured yet is measured from its header through ``references``
+    (a :class:`~airflow_provider_flux2.references.ReferenceResolver`; by default one with boto3's
+    credential chain), one read per distinct reference. One that cannot be read raises
+    :class:`FluxValidationError` naming ``requests[i].image_urls[j]``. ``http(s)`` references are
+    not fetched: they are priced at the 1 MP minimum.
     """
     table = table or PriceTable()
+    measuring = _Measuring(references)
     items = []
     for index, entry in enumerate(requests):
         variant, request = _plan_item(entry, model, index)
+        request = measuring.measured(request, index)
         items.append(item_cost(variant, request, table, index))
     return CostEstimate(items=tuple(items), prices=table)
+
+
+class _Measuring:
+    """Measures a plan's unmeasured storage references, with one resolver made when first needed."""
+
+    def __init__(self, resolver: ReferenceResolver | None) -> None:
+        self.resolver = resolver
+
+    def measured(self, request: FluxInput, index: int) -> FluxInput:
+        from airflow_provider_flux2.references import ReferenceResolver, is_storage_reference
+
+        sources = list(request.image_urls or [])
+        if request.reference_sizes is not None or not any(is_storage_reference(s) for s in sources):
+            return request
+        if self.resolver is None:
+            self.resolver = ReferenceResolver()
+        try:
+            return self.resolver.measured(request, sources)
+        except FluxValidationError as error:
+            raise FluxValidationError(
+                field=f"requests[{index}].{error.field}",
+                value=error.value,
+                allowed=error.allowed,
+                details=error.details,
+            ) from None
 
 
 def _plan_item(entry: Any, model: Variant | str | None, index: int) -> tuple[Variant, FluxInput]:

@@ -63,6 +63,7 @@ if TYPE_CHECKING:
     from collections.abc import Iterable
 
     from airflow_provider_flux2.pricing import CostEstimate, PlanItem
+    from airflow_provider_flux2.references import ReferenceResolver
 
 #: Output URLs answer these when they have expired; the run is re-read for a fresh URL.
 EXPIRED_URL_STATUSES = frozenset({403, 404, 410})
@@ -149,6 +150,12 @@ class FluxHook(BaseHook):
     :param api_key: use this key instead of a connection (for scripts; never logged).
     :param base_url: with ``api_key``: the API's base URL.
     :param extra: with ``api_key``: the options a connection would carry in its extras.
+    :param aws_conn_id: Airflow AWS connection for ``s3://`` reference images (else boto3's chain).
+
+    Reference images may be written as the team stores them (``s3://bucket/key``, a local path or
+    ``file://``): :meth:`submit`, :meth:`submit_batch`, :meth:`generate` and :meth:`estimate`
+    measure them and send a presigned URL or a ``data:`` URI (see
+    :class:`~airflow_provider_flux2.references.ReferenceResolver`).
     """
 
     conn_name_attr = "flux_conn_id"
@@ -163,10 +170,13 @@ class FluxHook(BaseHook):
         api_key: str | None = None,
         base_url: str | None = None,
         extra: Mapping[str, Any] | None = None,
+        aws_conn_id: str | None = None,
         logger_name: str | None = None,
     ) -> None:
         super().__init__(logger_name=logger_name)
         self.flux_conn_id = flux_conn_id
+        self.aws_conn_id = aws_conn_id
+        self._resolver: ReferenceResolver | None = None
         self._config: FluxConnectionConfig | None = None
         if api_key:
             _mask(api_key)
@@ -446,8 +456,26 @@ class FluxHook(BaseHook):
         return variant, build_input(variant, **params)
 
     def estimate(self, requests: Iterable[PlanItem], *, model: Variant | str | None = None) -> CostEstimate:
-        """Price a plan with this connection's prices (see :func:`~airflow_provider_flux2.pricing.estimate`)."""
-        return estimate(requests, self.prices, model=model)
+        """Price a plan with this connection's prices (see :func:`~airflow_provider_flux2.pricing.estimate`);
+        storage references are measured through :attr:`aws_conn_id`."""
+        return estimate(requests, self.prices, model=model, references=self.references)
+
+    @property
+    def references(self) -> ReferenceResolver:
+        """The resolver of this hook's storage references (one read and one signature per reference)."""
+        if self._resolver is None:
+            from airflow_provider_flux2.references import ReferenceResolver
+
+            self._resolver = ReferenceResolver(aws_conn_id=self.aws_conn_id)
+        return self._resolver
+
+    def _sendable(self, request: FluxInput) -> FluxInput:
+        """``request`` with its ``s3://`` and local references made fetchable (presigned, inlined)."""
+        from airflow_provider_flux2.references import is_storage_reference
+
+        if not any(is_storage_reference(url) for url in request.image_urls or ()):
+            return request
+        return self.references.resolve(request)[0]
 
     def _as_input(
         self,
@@ -491,6 +519,7 @@ class FluxHook(BaseHook):
         Anything invalid raises :class:`FluxValidationError` before a request is sent.
         """
         variant, request = self._as_input(request, model, params)
+        request = self._sendable(request)
         key = idempotency_key or f"flux2-{uuid.uuid4().hex}"
         run = protocol.parse_run(
             self._call(
@@ -537,7 +566,7 @@ class FluxHook(BaseHook):
             entry
             if isinstance(entry, BatchEntry)
             else BatchEntry(
-                request=self._as_input(entry, variant, {})[1],
+                request=self._sendable(self._as_input(entry, variant, {})[1]),
                 client_ref=f"{batch_key}-{index}",
                 idempotency_key=f"{batch_key}-{index}",
             )
@@ -814,6 +843,7 @@ class FluxHook(BaseHook):
         before downloading (:class:`BudgetOverrunError` when the API billed more than the budget).
         """
         variant, request = self.build_request(model, prompt=prompt, **params)
+        request = self._sendable(request)  # measured (for the budget) and fetchable
         budget = Budget.of(budget_usd)
         if budget is not None:
             budget.check(self.estimate([(variant, request)]))

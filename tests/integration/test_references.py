@@ -298,3 +298,57 @@ def test_a_remembered_url_close_to_expiry_is_signed_again(s3_admin, photo_in_s3)
     ReferenceResolver(s3_client=client, memory=store, clock=lambda: now[0]).wire_url(uri)
     assert client.signed == 2
     assert store.values["flux/references"][uri]["expires_at"] == now[0] + 6 * 3600 + PRESIGN_MARGIN
+
+
+# -- estimate() and the hook measure storage references on their own ---------------------------------
+
+
+def test_estimate_on_its_own_prices_a_local_reference_at_its_real_size(tmp_path):
+    from PIL import Image
+
+    from airflow_provider_flux2.pricing import estimate
+
+    path = tmp_path / "dish.jpg"
+    Image.new("RGB", (2400, 1800), "tan").save(path, "JPEG")  # 4,320,000 px: 5 MP
+    result = estimate([{"prompt": "the dish, as a watercolour", "image_urls": [str(path)], "image_size": "square"}])
+    (item,) = result.items
+    assert (item.billed_mp, item.reference_mp) == (1, 5)
+    assert result.total == Decimal("0.030") + 5 * Decimal("0.015")
+
+
+def test_estimate_reads_each_s3_reference_once_through_the_given_resolver(s3_admin, photo_in_s3):
+    from airflow_provider_flux2.pricing import estimate
+
+    uri, _ = photo_in_s3
+    client = CountingClient(s3_admin)
+    plan = [{"prompt": f"style {i}", "image_urls": [uri]} for i in range(5)]
+    result = estimate(plan, references=ReferenceResolver(s3_client=client))
+    assert [item.reference_mp for item in result.items] == [2] * 5
+    assert len(client.ranges) == 1
+
+
+def test_estimate_names_the_item_of_an_unreadable_reference(tmp_path):
+    from airflow_provider_flux2.pricing import estimate
+
+    plan = [{"prompt": "ok"}, {"prompt": "a dish", "image_urls": [str(tmp_path / "missing.jpg")]}]
+    with pytest.raises(FluxValidationError) as raised:
+        estimate(plan)
+    assert raised.value.field == "requests[1].image_urls[0]"
+
+
+def test_the_hook_sends_local_and_s3_references_fetchable_and_billed_at_their_size(
+    emulator, moto_aws_conn, photo_in_s3, tmp_path
+):
+    from airflow_provider_flux2.hooks.flux import FluxHook
+
+    uri, _ = photo_in_s3  # 1600x1200: 2 MP
+    local = tmp_path / "snap.png"
+    local.write_bytes(_photo((1200, 1000), "png"))  # 1,200,000 px: 2 MP
+    hook = FluxHook(aws_conn_id=moto_aws_conn)
+    assert hook.estimate([{"prompt": "a dish", "image_urls": [uri, str(local)]}]).items[0].reference_mp == 4
+    run, image = hook.generate("the dish, as a watercolour", image_urls=[uri, f"file://{local}"], image_size="square")
+    sent = run.input["image_urls"]
+    assert sent[0].startswith("http://") and "X-Amz-Signature" in sent[0] and sent[1].startswith("data:image/png")
+    (entry,) = emulator.ledger()["entries"]
+    assert Decimal(entry["cost"]) == Decimal("0.030") + 4 * Decimal("0.015") == Decimal(str(run.cost))
+    assert image.width == 512
