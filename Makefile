@@ -83,6 +83,7 @@ bench: $(STAMP) deploy-deps
 	$(PY) -m pytest -q -m bench tests/benchmarks
 	$(PY) benchmarks/run.py
 	$(PY) benchmarks/deployment_bench.py
+	$(PY) benchmarks/window_frontier.py
 
 # The 2,000-image fault soak under dag.test(), then every kill -9 scenario on both executors.
 soak: $(STAMP) deploy-deps

@@ -63,6 +63,16 @@ def receiver() -> Iterator[Receiver]:
     server.close()
 
 
+def _attempts(api, count: int, timeout: float = 10.0) -> list[dict]:
+    """The emulator's record of its deliveries, once it holds ``count`` of them (it records an attempt
+    after the receiver has answered, so the receiver can count one before the emulator does)."""
+    deadline = time.monotonic() + timeout
+    while len(attempts := api.emulator.stats()["callbacks"]) < count:
+        assert time.monotonic() < deadline, f"the emulator recorded {len(attempts)} of {count} deliveries"
+        time.sleep(0.02)
+    return attempts
+
+
 def _signature(secret: str, raw: bytes) -> str:
     return hmac.new(secret.encode(), raw, hashlib.sha256).hexdigest()
 
@@ -99,9 +109,10 @@ def test_failed_delivery_is_retried_with_the_same_signed_body(api, receiver):
     bodies = {raw for _, raw, _ in deliveries}
     assert len(bodies) == 1
     assert len({headers["runflow-request-id"] for headers, _, _ in deliveries}) == 1
+    attempts = _attempts(api, 3)
     time.sleep(0.1)
     assert len(receiver.received) == 3  # delivered: no more attempts
-    attempts = api.emulator.stats()["callbacks"]
+    assert len(api.emulator.stats()["callbacks"]) == 3
     assert [(a["attempt"], a["status"], a["delivered"]) for a in attempts] == [
         (1, 500, False),
         (2, 500, False),
@@ -114,7 +125,7 @@ def test_retries_back_off_exponentially(api, receiver):
     receiver.failures = 3
     api.create_run("backoff", callback_url=receiver.url)
     receiver.wait_for(4)
-    attempts = api.emulator.stats()["callbacks"]
+    attempts = _attempts(api, 4)
     assert len(attempts) == 4
     # Waits of 0.1, 0.2 and 0.4 s between attempts: scheduled so, and at least that long in fact
     # (a loaded machine can only make them longer).
