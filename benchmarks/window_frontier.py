@@ -76,7 +76,15 @@ def simulate(
     expected = 4.0 + 1.5 * megapixels  # hooks.flux.expected_duration
     chunk = default_chunk_size(max_in_flight, batch_size, True)
     jobs = [
-        JobSpec(index=i, model="pro", key=f"k{i}", ref=f"r{i}", input={"prompt": "p"}, cost=Decimal("0.03"), expected=expected)
+        JobSpec(
+            index=i,
+            model="pro",
+            key=f"k{i}",
+            ref=f"r{i}",
+            input={"prompt": "p"},
+            cost=Decimal("0.03"),
+            expected=expected,
+        )
         for i in range(images)
     ]
     start = now = 1_000_000.0
@@ -111,7 +119,9 @@ def simulate(
                         for i, r in enumerate(batches[poll.id])
                     ]
                     done = all(item.status_code == RunStatus.SUCCEEDED for item in items)
-                    batch = Batch(id=poll.id, status_code=RunStatus.SUCCEEDED if done else RunStatus.RUNNING, items=items)
+                    batch = Batch(
+                        id=poll.id, status_code=RunStatus.SUCCEEDED if done else RunStatus.RUNNING, items=items
+                    )
                     window.observe_batch(batch, now)
                 elif poll.kind == "run":
                     state = status(poll.id, now)
@@ -126,7 +136,9 @@ def simulate(
                 phases = sample_phases(config, megapixels, rng)
                 ready = now + phases.queued + phases.dispatching + phases.cold_start
                 run_id = f"run-{index}"
-                timelines[run_id] = Timeline(now, ready - phases.dispatching - phases.cold_start, ready, ready + phases.running)
+                timelines[run_id] = Timeline(
+                    now, ready - phases.dispatching - phases.cold_start, ready, ready + phases.running
+                )
                 run_ids.append(run_id)
             batch_id = f"batch-{len(batches)}" if submit.is_batch else None
             if batch_id:

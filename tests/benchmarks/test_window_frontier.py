@@ -7,7 +7,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
 
-import window_frontier  # noqa: E402
+import window_frontier
 
 
 def test_every_image_finishes_and_every_request_is_counted():
