@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -197,20 +198,48 @@ class Plan:
 # --------------------------------------------------------------------------------------------------
 
 
+#: Hex digits of an object's SHA-256 kept in the progress: enough to tell a changed object (64 bits).
+PROGRESS_HASH_CHARS = 16
+
+
 class Progress(BaseModel):
     """What ``task_state_store`` keeps between tries: ids and what is stored, never record copies.
 
+    Compact, so a 1,000-image task stays under Airflow's ``[state_store] max_value_storage_bytes``
+    (64 KB by default; about 50 bytes per image): each stored object is its name under ``root`` and
+    the first :data:`PROGRESS_HASH_CHARS` hex digits of its SHA-256.
+
     :param plan: the plan's digest; progress of another plan (inputs changed) is not used.
     :param batch_ids: batches the API made for this task (a person can look them up).
-    :param stored: image index → ``[uri, sha256]`` of the object stored for it.
+    :param root: the common prefix of the stored objects' URIs.
+    :param stored: image index → ``"<name under root> <sha256 prefix>"``.
     """
 
     model_config = ConfigDict(extra="forbid")
 
-    version: Literal[2] = 2
+    version: Literal[3] = 3
     plan: str
     batch_ids: list[str] = []
-    stored: dict[str, tuple[str, str]] = {}
+    root: str = ""
+    stored: dict[str, str] = {}
+
+    @classmethod
+    def of(cls, plan: str, batch_ids: Iterable[str], stored: Mapping[str, tuple[str, str]]) -> Progress:
+        """Progress from image index → ``(uri, sha256)`` of each stored object."""
+        prefix = os.path.commonprefix([uri for uri, _ in stored.values()])  # noqa: RUF071 - URIs, not paths
+        root = prefix[: prefix.rfind("/") + 1]  # up to its last "/" ("" when there is none)
+        entries = {
+            index: f"{uri[len(root) :]} {digest[:PROGRESS_HASH_CHARS]}" for index, (uri, digest) in stored.items()
+        }
+        return cls(plan=plan, batch_ids=sorted(set(batch_ids)), root=root, stored=entries)
+
+    def objects(self) -> dict[str, tuple[str, str]]:
+        """Image index → ``(uri, sha256 prefix)`` of each object an earlier try stored."""
+        out = {}
+        for index, entry in self.stored.items():
+            name, _, digest = entry.rpartition(" ")
+            out[index] = (self.root + name, digest)
+        return out
 
     @classmethod
     def load(cls, raw: Any, plan: Plan, logger: Any = log) -> Progress | None:
@@ -334,9 +363,10 @@ def _kept(publisher: Publisher, stored: tuple[str, str] | None, record: ImageRec
         return False
     except Exception:  # a store's own "not found" (botocore) means the same: store it again
         return False
-    if content_hash(data) != digest:
+    digest_now = content_hash(data)
+    if not digest or not digest_now.startswith(digest):
         return False
-    record.uri, record.content_hash, record.size_bytes = uri, digest, len(data)
+    record.uri, record.content_hash, record.size_bytes = uri, digest_now, len(data)
     record.content_type = f"image/{record.output_format}"
     record.timings.stored_at = utc_now_iso()
     return True
@@ -390,7 +420,7 @@ def collect(
         for items in pool.map(lambda b: _retrying(lambda: hook.get_batch_items(b), sleep), readable):
             runs.update({run.id: run for run in items})
         out = Collected()
-        stored = progress.stored if progress is not None else {}
+        stored = progress.objects() if progress is not None else {}
 
         def one(state: JobState) -> tuple[int, ImageRecord, str]:
             job = plan.jobs[state.index]

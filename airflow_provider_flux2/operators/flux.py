@@ -438,12 +438,10 @@ class FluxGenerateImageOperator(BaseOperator):
         earlier: Progress | None = None,
     ) -> Progress:
         """Ids and what is stored (never record copies), kept with what an earlier try stored."""
-        batches = sorted(
-            {s.batch_id for s in states.values() if s.batch_id} | set(earlier.batch_ids if earlier else [])
-        )
-        stored = dict(earlier.stored) if earlier else {}
+        batches = {s.batch_id for s in states.values() if s.batch_id} | set(earlier.batch_ids if earlier else [])
+        stored = earlier.objects() if earlier else {}
         stored.update({str(i): (r.uri, r.content_hash) for i, r in records.items() if r.uri and r.content_hash})
-        return Progress(plan=plan.digest, batch_ids=sorted(batches), stored=stored)
+        return Progress.of(plan.digest, batches, stored)
 
     def _records(
         self, plan: Plan, states: dict[int, JobState], collected: dict[int, ImageRecord]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import time
@@ -57,10 +58,25 @@ def test_chunks_and_keys_are_fixed_by_index():
     assert len(set(plan.batch_keys())) == 3
 
 
+def test_progress_of_a_thousand_images_stays_under_airflows_state_store_limit():
+    digest = "0123456789abcdef" * 4
+    stored = {
+        str(i): (f"s3://team-bucket/flux2/nightly_refresh/2026-12-01T02-00-00/{i:05d}-sku-{i:06d}.jpg", digest)
+        for i in range(1000)
+    }
+    progress = Progress.of("d" * 64, [f"batch_{k:024d}" for k in range(125)], stored)
+    size = len(json.dumps(progress.model_dump(mode="json")))
+    assert size < 65535, size  # [state_store] max_value_storage_bytes' default
+    assert progress.root == "s3://team-bucket/flux2/nightly_refresh/2026-12-01T02-00-00/"
+    assert progress.objects()["7"] == (stored["7"][0], digest[:16])
+    assert Progress.of("p", [], {"0": ("a b.jpg", digest)}).objects() == {"0": ("a b.jpg", digest[:16])}
+
+
 def test_progress_is_checked_on_load(caplog):
     plan = plan_of(3)
-    saved = Progress(plan=plan.digest, batch_ids=["b1"], stored={"0": ("file:///x/00000-ab.jpg", "ab")})
+    saved = Progress.of(plan.digest, ["b1"], {"0": ("file:///x/00000-ab.jpg", "ab")})
     assert Progress.load(saved.model_dump(mode="json"), plan) == saved
+    assert saved.objects() == {"0": ("file:///x/00000-ab.jpg", "ab")}
     with caplog.at_level(logging.WARNING):
         assert Progress.load({"version": 1, "plan": plan.digest, "inflight": {}}, plan) is None
         assert Progress.load(saved.model_dump(mode="json"), plan_of(4)) is None
@@ -140,8 +156,8 @@ def test_collect_keeps_intact_objects_and_stores_missing_or_changed_ones_again(e
     states = finished_states(hook, plan)
     publisher = CountingPublisher(tmp_path.as_uri())
     first = collect(hook, plan, states, publisher, LOCATION, on_moderation="fail", progress=None)
-    progress = Progress(
-        plan=plan.digest, stored={str(i): (r.uri or "", r.content_hash or "") for i, r in first.records.items()}
+    progress = Progress.of(
+        plan.digest, [], {str(i): (r.uri or "", r.content_hash or "") for i, r in first.records.items()}
     )
     original = {i: Path(r.uri[7:]).read_bytes() for i, r in first.records.items() if r.uri}
     Path(first.records[1].uri[7:]).unlink()
