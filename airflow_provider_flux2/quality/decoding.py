@@ -46,7 +46,7 @@ def decode_image(data: bytes | None) -> DecodedImage:
     try:
         with Image.open(io.BytesIO(data)) as probe:
             fmt = probe.format
-            _refuse_bombs(probe)
+            refuse_bombs(probe)
             probe.verify()
         image = Image.open(io.BytesIO(data))
         image.load()
@@ -59,7 +59,7 @@ def decode_image(data: bytes | None) -> DecodedImage:
     return DecodedImage(image, format=fmt)
 
 
-def _refuse_bombs(image: Image.Image) -> None:
+def refuse_bombs(image: Image.Image) -> None:
     limit = Image.MAX_IMAGE_PIXELS
     pixels = image.width * image.height
     if limit is not None and pixels > limit:

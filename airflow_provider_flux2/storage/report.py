@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from typing import Any
 
@@ -74,24 +75,39 @@ def write_batch_report(
     }
 
 
+#: Thumbnails made at once (each reads one image back, decodes it and writes a small JPEG).
+THUMBNAIL_WORKERS = 8
+#: What the thumbnail workers may hold at once, as the largest image's bytes plus 4 bytes a pixel decoded.
+THUMBNAIL_MEMORY = 512 * 1024 * 1024
+
+
+def thumbnail_workers(rows: Iterable[Mapping[str, Any]]) -> int:
+    """Thumbnails made at once: :data:`THUMBNAIL_WORKERS`, fewer for large images (see :data:`THUMBNAIL_MEMORY`)."""
+    largest = max((int(row.get("width") or 0) * int(row.get("height") or 0) for row in rows), default=0)
+    if largest <= 0:
+        return 1
+    return max(1, min(THUMBNAIL_WORKERS, THUMBNAIL_MEMORY // (largest * 8)))
+
+
 def _write_thumbnails(
     publisher: Publisher, location: BatchLocation, manifest: Manifest, reader: Callable[[str], bytes]
 ) -> tuple[list[Card], list[bytes | None]]:
+    """One thumbnail per row, made concurrently (reading back, decoding and writing overlap), in row order."""
     folder = publisher.folder_uri(location)
-    cards: list[Card] = []
-    thumbs: list[bytes | None] = []
-    for row in manifest.rows:
+
+    def one(row: Mapping[str, Any]) -> tuple[Card, bytes | None]:
         made = thumbnail_jpeg(_read(reader, row.get("uri")))
         if made is None:
-            cards.append(Card(row))
-            thumbs.append(None)
-            continue
+            return Card(row), None
         data, size = made
         name = thumb_name(row)
         publisher.put_named(location, name, data, "image/jpeg")
-        cards.append(Card(row, thumb=name, thumb_size=size, link=relative_link(folder, row.get("uri"))))
-        thumbs.append(data)
-    return cards, thumbs
+        return Card(row, thumb=name, thumb_size=size, link=relative_link(folder, row.get("uri"))), data
+
+    workers = thumbnail_workers(manifest.rows)
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="flux-thumbs") as pool:
+        made = list(pool.map(one, manifest.rows))
+    return [card for card, _ in made], [data for _, data in made]
 
 
 def _reader_for(publisher: Publisher) -> Callable[[str], bytes]:
