@@ -203,8 +203,30 @@ class _ByteCache:
                 _, dropped = self._items.popitem(last=False)
                 self._size -= len(dropped)
 
+    @property
+    def size(self) -> int:
+        return self._size
+
+    def resize(self, max_bytes: int) -> None:
+        """Hold up to ``max_bytes`` from now on (the oldest images go first when it shrinks)."""
+        with self._lock:
+            self.max_bytes = max_bytes
+            while self._size > self.max_bytes and self._items:
+                _, dropped = self._items.popitem(last=False)
+                self._size -= len(dropped)
+
 
 _cache = _ByteCache(_CACHE_BYTES)
+
+
+def cache_status() -> dict[str, int]:
+    """How much the rendered-image cache holds and may hold (bytes)."""
+    return {"cache_bytes": _cache.size, "cache_max_bytes": _cache.max_bytes}
+
+
+def resize_cache(max_bytes: int) -> None:
+    """Let the rendered-image cache hold up to ``max_bytes`` (a benchmark pre-rendering its images)."""
+    _cache.resize(max_bytes)
 
 
 def render(spec: ImageSpec) -> bytes:

@@ -284,10 +284,10 @@ class Emulator:
 
     # -- control surface (over HTTP, so it works against a subprocess too) ---------------------------
 
-    def _control(self, method: str, path: str, body: Any = None) -> dict[str, Any]:
+    def _control(self, method: str, path: str, body: Any = None, *, timeout: float = 30.0) -> dict[str, Any]:
         if self._client is None:
             raise RuntimeError("the emulator is not running; use it as a context manager or call start()")
-        response = self._client.request(method, f"/_emulator/{path}", json=body)
+        response = self._client.request(method, f"/_emulator/{path}", json=body, timeout=timeout)
         if response.status_code >= 400:
             raise ValueError(f"emulator refused {method} /_emulator/{path}: {response.status_code} {response.text}")
         return dict(response.json())
@@ -308,6 +308,14 @@ class Emulator:
 
     def ledger(self) -> dict[str, Any]:
         return self._control("GET", "ledger")
+
+    def prerender(self, images: list[dict[str, Any]], *, cache_mb: int | None = None) -> dict[str, Any]:
+        """Render ``images`` (``prompt``, ``seed``, ``width``, ``height``, ``output_format``) into the
+        emulator's cache, so a benchmark's downloads are transfers (the real API renders while a run runs)."""
+        body: dict[str, Any] = {"images": images}
+        if cache_mb is not None:
+            body["cache_mb"] = cache_mb
+        return self._control("POST", "prerender", body, timeout=600.0)
 
     def stats(self) -> dict[str, Any]:
         return self._control("GET", "stats")

@@ -15,6 +15,7 @@ import hashlib
 import hmac
 import json
 import logging
+import os
 import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -34,7 +35,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from airflow_provider_flux2.emulator.config import ConfigError
 from airflow_provider_flux2.emulator.faults import Fault, FaultPlan, PlanError
-from airflow_provider_flux2.emulator.images import render
+from airflow_provider_flux2.emulator.images import ImageSpec, cache_status, render, resize_cache
 from airflow_provider_flux2.emulator.state import (
     BatchRecord,
     EmulatorState,
@@ -245,6 +246,7 @@ class EmulatorApp:
             Route("/_emulator/reset", self.reset, methods=["POST"]),
             Route("/_emulator/config", self.config, methods=["GET", "POST"]),
             Route("/_emulator/faults", self.faults, methods=["GET", "POST", "DELETE"]),
+            Route("/_emulator/prerender", self.prerender, methods=["POST"]),
         ]
         self.app = Starlette(
             routes=routes,
@@ -661,6 +663,36 @@ class EmulatorApp:
                 return error(422, "VALIDATION_ERROR", f"Invalid configuration: {exc}", exc.errors)
         return JSONResponse(self.state.config.as_json())
 
+    async def prerender(self, request: Request) -> Response:
+        """Render images into the cache before a benchmark times anything.
+
+        The real API renders an image while its run is ``running``; the emulator renders it when its
+        URL is fetched, which would put image synthesis into every download a benchmark times. Body:
+        ``{"images": [{"prompt", "seed", "width", "height", "output_format"}], "cache_mb": 1024}``
+        (``cache_mb`` optional: how much the cache may hold from now on).
+        """
+        body = await _json_object(request)
+        if isinstance(body, Response):
+            return body
+        try:
+            specs = [_prerender_spec(entry) for entry in body.get("images") or []]
+            cache_mb = body.get("cache_mb")
+            if cache_mb is not None and (not isinstance(cache_mb, int) or isinstance(cache_mb, bool) or cache_mb < 1):
+                raise ValueError("cache_mb: a whole number of MiB, at least 1")
+        except (ValueError, TypeError, KeyError) as exc:
+            return error(422, "VALIDATION_ERROR", f"Invalid prerender request: {exc}")
+        if cache_mb is not None:
+            resize_cache(cache_mb * 1024 * 1024)
+        limiter = anyio.CapacityLimiter(os.cpu_count() or 1)  # Pillow lets go of the GIL while it draws
+
+        async def one(spec: ImageSpec) -> None:
+            await anyio.to_thread.run_sync(render, spec, limiter=limiter)
+
+        async with anyio.create_task_group() as group:
+            for spec in specs:
+                group.start_soon(one, spec)
+        return JSONResponse({"rendered": len(specs), **cache_status()})
+
     async def faults(self, request: Request) -> Response:
         if request.method == "DELETE":
             self.state.plan = FaultPlan()
@@ -794,6 +826,16 @@ def _callback_url(value: Any) -> str | None:
     if value is not None and not (isinstance(value, str) and value.startswith(("http://", "https://"))):
         raise _invalid(["callback_url"], "an http(s) URL", value)
     return value
+
+
+def _prerender_spec(entry: Any) -> ImageSpec:
+    if not isinstance(entry, dict):
+        raise ValueError(f"images: objects with prompt, seed, width, height, output_format; got {entry!r}")
+    fmt = entry.get("output_format", "jpeg")
+    width, height, seed = int(entry["width"]), int(entry["height"]), int(entry["seed"])
+    if fmt not in ("jpeg", "png") or not (64 <= width <= 4096 and 64 <= height <= 4096):
+        raise ValueError(f"images: jpeg or png, 64..4096 pixels a side; got {entry!r}")
+    return ImageSpec(prompt=str(entry["prompt"]), seed=seed, width=width, height=height, fmt=fmt)
 
 
 async def _json_object(request: Request) -> dict[str, Any] | Response:

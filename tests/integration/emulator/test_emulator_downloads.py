@@ -143,3 +143,36 @@ def test_output_of_an_unfinished_run_is_not_served(api):
     assert api.get_run(run_id)["output"] is None
     forged = httpx.get(f"{api.emulator.base_url}/_files/{run_id}/output-0.jpg?expires=1&sig=00", trust_env=False)
     assert forged.status_code == 403
+
+
+def test_prerender_puts_the_images_runs_will_ask_for_in_the_cache(api):
+    from airflow_provider_flux2.emulator import images
+
+    spec = {"prompt": "a prerendered desk lamp", "seed": 7, "width": 640, "height": 480, "output_format": "png"}
+    key = images.ImageSpec("a prerendered desk lamp", 7, 640, 480, "png")
+    assert images._cache.get(key) is None
+    before = images.cache_status()["cache_max_bytes"]
+    try:
+        answer = api.emulator.prerender([spec], cache_mb=300)
+        assert answer["rendered"] == 1 and answer["cache_max_bytes"] == 300 * 1024 * 1024
+        cached = images._cache.get(key)
+        assert cached is not None and answer["cache_bytes"] >= len(cached)
+        run = api.run("a prerendered desk lamp", image_size={"width": 640, "height": 480}, output_format="png", seed=7)
+        assert api.download(run).content == cached  # the download is the pre-rendered image
+    finally:
+        images.resize_cache(before)
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"images": [{"prompt": "p", "seed": 1, "width": 10, "height": 480}]},
+        {"images": [{"prompt": "p", "seed": 1, "width": 640, "height": 480, "output_format": "gif"}]},
+        {"images": ["p"]},
+        {"images": [], "cache_mb": 0},
+    ],
+)
+def test_prerender_refuses_what_it_cannot_render(api, body):
+    response = api.client.post("/_emulator/prerender", json=body)
+    assert response.status_code == 422
+    assert response.json()["code"] == "VALIDATION_ERROR"
