@@ -716,7 +716,9 @@ def main(argv: list[str]) -> int:
             f"_Measured by `make bench` (`benchmarks/deployment_bench.py`) on {machine[0][1]} UTC: "
             f"{args.images} images per task, max_in_flight {args.max_in_flight}, emulator `realistic` at time scale "
             f"{args.time_scale:g} (the API's time compressed, Airflow's not), the same DAG file and emulator for "
-            f"every row.{peers_note} Wall time is the DAG run's, from start to end as Airflow records them; "
+            f"every row, its images pre-rendered in the emulator before anything is timed (the real API renders "
+            f"while a run runs, on its own machines).{peers_note} Wall time is the DAG run's, from start to end as "
+            "Airflow records them; "
             "`dag.test()` from the first worker entry to the last return. "
             "Ideal = images × mean latency / max_in_flight._",
             "",
