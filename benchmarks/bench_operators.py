@@ -27,7 +27,7 @@ import json
 import os
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
 from pathlib import Path
@@ -37,6 +37,7 @@ import httpx
 from airflow.providers.http.operators.http import HttpOperator
 from airflow.providers.http.sensors.http import HttpSensor
 from airflow.sdk import BaseHook, BaseOperator
+from entries import EntryLogged, log_entry
 
 from airflow_provider_flux2.models import build_input
 from airflow_provider_flux2.operators.flux import FluxGenerateImageOperator
@@ -63,67 +64,8 @@ def _now_iso() -> str:
     return datetime.now(timezone.utc).isoformat()
 
 
-def _entries_file() -> str:
-    return os.environ.get("FLUX2_DEPLOY_ENTRIES", "")
-
-
 def _output_root() -> Path:
     return Path(os.environ.get("FLUX2_DEPLOY_OUTPUT", "/tmp/flux2-deploy-output"))
-
-
-def _process_started() -> float:
-    import psutil
-
-    return float(psutil.Process().create_time())
-
-
-def log_entry(context: Any, method: str, call: Callable[[], Any]) -> Any:
-    """Run one worker entry; append ``{task, try, method, outcome, process_start, enter, exit}``."""
-    entered = time.time()
-    outcome = "deferred"
-    try:
-        result = call()
-        outcome = "returned"
-        return result
-    except BaseException as exc:
-        outcome = "deferred" if type(exc).__name__ == "TaskDeferred" else f"raised {type(exc).__name__}"
-        raise
-    finally:
-        path = _entries_file()
-        if path:
-            ti = context["ti"]
-            line = {
-                "dag_id": ti.dag_id,
-                "run_id": ti.run_id,
-                "task_id": ti.task_id,
-                "map_index": ti.map_index,
-                "try_number": ti.try_number,
-                "method": method,
-                "outcome": outcome,
-                "process_start": _process_started(),
-                "enter": entered,
-                "exit": time.time(),
-                "pid": os.getpid(),
-                "host": os.environ.get("FLUX2_DEPLOY_HOSTNAME", ""),
-            }
-            with open(path, "a", encoding="utf-8") as handle:
-                handle.write(json.dumps(line) + "\n")
-
-
-class EntryLogged:
-    """Mixin: ``execute`` and ``execute_complete`` each logged as one worker entry."""
-
-    def execute(self, context: Any) -> Any:
-        parent = super()
-        return log_entry(context, "execute", lambda: parent.execute(context))  # type: ignore[attr-defined]
-
-    def execute_complete(self, context: Any, event: Any = None) -> Any:
-        parent = super()
-        return log_entry(
-            context,
-            "execute_complete",
-            lambda: parent.execute_complete(context, event),  # type: ignore[attr-defined]
-        )
 
 
 class ClockScaled:

@@ -22,11 +22,11 @@ from __future__ import annotations
 
 import json
 import os
-import time
 from datetime import datetime, timedelta
 from typing import Any
 
 from airflow.sdk import DAG
+from entries import EntryLogged
 
 from airflow_provider_flux2.operators.flux import FluxGenerateImageOperator
 
@@ -38,54 +38,10 @@ MAX_IN_FLIGHT = int(os.environ.get("FLUX2_DEPLOY_MAX_IN_FLIGHT", "16"))
 #: The emulator's time scale: the poll interval is compressed with the API's clock, as in ``make bench``.
 TIME_SCALE = float(os.environ.get("FLUX2_DEPLOY_TIME_SCALE", "1"))
 OUTPUT = os.environ.get("FLUX2_DEPLOY_OUTPUT", "/tmp/flux2-deploy-output")
-ENTRIES = os.environ.get("FLUX2_DEPLOY_ENTRIES", "")
 
 
-def _process_started() -> float:
-    import psutil
-
-    return float(psutil.Process().create_time())
-
-
-class InstrumentedOperator(FluxGenerateImageOperator):
-    """The shipped operator; each worker entry appends ``{task, try, method, process_start, enter, exit}``."""
-
-    def _entry(self, context: Any, method: str, call: Any) -> Any:
-        entered = time.time()
-        outcome = "deferred"
-        try:
-            result = call()
-            outcome = "returned"
-            return result
-        except BaseException as exc:
-            outcome = "deferred" if type(exc).__name__ == "TaskDeferred" else f"raised {type(exc).__name__}"
-            raise
-        finally:
-            if ENTRIES:
-                ti = context["ti"]
-                line = {
-                    "dag_id": ti.dag_id,
-                    "run_id": ti.run_id,
-                    "task_id": ti.task_id,
-                    "try_number": ti.try_number,
-                    "method": method,
-                    "outcome": outcome,
-                    "process_start": _process_started(),
-                    "enter": entered,
-                    "exit": time.time(),
-                    "pid": os.getpid(),
-                    "host": os.environ.get("FLUX2_DEPLOY_HOSTNAME", ""),
-                }
-                with open(ENTRIES, "a", encoding="utf-8") as handle:
-                    handle.write(json.dumps(line) + "\n")
-
-    def execute(self, context: Any) -> Any:
-        return self._entry(context, "execute", lambda: super(InstrumentedOperator, self).execute(context))
-
-    def execute_complete(self, context: Any, event: dict[str, Any] | None = None) -> Any:
-        return self._entry(
-            context, "execute_complete", lambda: super(InstrumentedOperator, self).execute_complete(context, event)
-        )
+class InstrumentedOperator(EntryLogged, FluxGenerateImageOperator):
+    """The shipped operator; each worker entry appends one line to ``FLUX2_DEPLOY_ENTRIES`` (``entries.py``)."""
 
 
 def prompts(task: str, count: int) -> list[dict[str, Any]]:
