@@ -31,8 +31,6 @@ import sandbox
 from figures import TaskFigures, ratio
 from report import number, percent, times
 
-from airflow_provider_flux2.jobs import default_chunk_size
-
 DOCS_PAGE = sandbox.REPO / "docs" / "performance.md"
 API_KEY = "rf_bench_emulator_key_7c1e04"
 RANDOM_SEED = 20260101
@@ -40,8 +38,6 @@ MAX_IN_FLIGHT = 8
 #: Shipped defaults of the operator, in real seconds; multiplied by the time scale like the API's clock.
 SHIPPED_POLL_INTERVAL = 2.0
 SHIPPED_PROGRESS_INTERVAL = 5.0
-#: The batch size the operator picks for MAX_IN_FLIGHT when none is given.
-SHIPPED_BATCH = default_chunk_size(MAX_IN_FLIGHT, None, True)
 #: The "fixed short interval" baseline of the detection-lag comparison, in real seconds.
 FIXED_SHORT_INTERVAL = 1.0
 #: A catalogue-like mix: generation time grows with megapixels (1, 1, 2, 1, 4 MP billed).
@@ -68,10 +64,14 @@ class Scenario:
 
 
 def scenarios(settings: Settings) -> list[Scenario]:
+    # Imported here: airflow (which the provider imports) must not load before sandbox.prepare().
+    from airflow_provider_flux2.jobs import default_chunk_size
+
     n, s, slot = settings.images, settings.time_scale, settings.slot_images
+    shipped_batch = default_chunk_size(MAX_IN_FLIGHT, None, True)  # what the operator picks by default
     shipped = {"deferrable": True, "poll_interval": SHIPPED_POLL_INTERVAL * s}
     return [
-        Scenario("shipped", f"as shipped: batches of {SHIPPED_BATCH}, adaptive interval", n, options=shipped),
+        Scenario("shipped", f"as shipped: batches of {shipped_batch}, adaptive interval", n, options=shipped),
         Scenario("waves", "baseline: whole waves", n, "WaveOperator", shipped),
         Scenario(
             "per_run",
