@@ -296,6 +296,9 @@ class Deployment:
     :param env: extra environment for every Airflow process (read by the DAG files too).
     :param s3: also start moto's S3 server and give every process an ``aws_default`` connection to it.
     :param parallelism: Airflow's ``[core] parallelism`` (and LocalExecutor's worker count).
+    :param prerender: images (``prompt``, ``seed``, ``width``, ``height``, ``output_format``) the emulator
+        renders into its cache before any Airflow process starts (a benchmark's downloads are then
+        transfers; rendering after would starve the scheduler's heartbeat on a small machine).
     """
 
     executor: str = "local"
@@ -306,6 +309,7 @@ class Deployment:
     s3: bool = False
     parallelism: int = 16
     keep: bool = False
+    prerender: list[dict[str, Any]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         if self.executor not in ("local", "celery"):
@@ -351,6 +355,8 @@ class Deployment:
         if self.executor == "celery":
             self.redis = Redis(self.root).start()
         self._start_emulator()
+        if self.prerender:
+            self.emu.prerender(self.prerender, cache_mb=2048)
         if self.s3:
             self._start_moto()
         self._airflow_env = self._environment()

@@ -296,14 +296,14 @@ def add_http_connection(dep: Deployment) -> None:
     dep.api("POST", "/connections", json=body)
 
 
-def prerender(dep: Deployment, count: int) -> None:
-    """Render every row's images into the emulator's cache before anything is timed.
+def prerender_images(count: int) -> list[dict[str, Any]]:
+    """Every row's images, for the emulator to render before anything starts or is timed.
 
     Every row asks for the same images (``flux2_deploy.prompts("generate", n)``). The real API renders
     an image while its run is ``running``, on its own machines; the emulator renders it when its URL
     is fetched, on this one, which would put image synthesis (~30 ms an image, on the same two cores
     as the worker) into every download the rows time. Warm, a download is a transfer, as in
-    ``benchmarks/run.py``.
+    ``benchmarks/run.py``. The deployment renders them before its Airflow processes start.
     """
     sys.path.insert(0, str(Path(__file__).resolve().parent / "deployment_dags"))
     from flux2_deploy import prompts
@@ -322,7 +322,7 @@ def prerender(dep: Deployment, count: int) -> None:
                 "output_format": request.output_format,
             }
         )
-    dep.emu.prerender(images, cache_mb=2048)
+    return images
 
 
 def run_dag_test(dep: Deployment, row: Row, planned: int) -> Measured:
@@ -670,12 +670,12 @@ def main(argv: list[str]) -> int:
             parallelism=max(32, args.max_in_flight),
             s3="png" in keys,
             keep=args.keep,
+            prerender=prerender_images(max(args.images, peer_images, args.http_images, args.triggerer_images)),
         ) as dep:
-            progress(f"deployment up in {dep.startup_seconds:.0f} s" + (f" in {dep.root}" if args.keep else ""))
-            counts = [args.images, peer_images, args.http_images, args.triggerer_images]
-            rendered = time.monotonic()
-            prerender(dep, max(counts))
-            progress(f"images pre-rendered in the emulator in {time.monotonic() - rendered:.0f} s")
+            progress(
+                f"deployment up in {dep.startup_seconds:.0f} s, its images pre-rendered in the emulator"
+                + (f" in {dep.root}" if args.keep else "")
+            )
             timed_from = log_sizes(dep)
             if any(r.key == "http" for r in selected):
                 add_http_connection(dep)
