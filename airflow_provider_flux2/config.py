@@ -32,6 +32,9 @@ OPTIONS: dict[str, dict[str, Any]] = {
         "type": "string",
         "example": "{id}/{index}-{seed}",
         "default": DEFAULT_NAME_TEMPLATE,
+        # Our placeholders, not Airflow's: without this, Airflow 3.1 expands "{index}" in the default
+        # with its own variables at start-up and fails (KeyError: 'index') in every command.
+        "is_template": True,
     },
     "public_base_urls": {
         "description": "JSON object mapping a storage prefix to the public URL that serves it, used by the "
@@ -59,6 +62,7 @@ OPTIONS: dict[str, dict[str, Any]] = {
         "type": "string",
         "example": "https://files.example.com{path}",
         "default": "{path}",
+        "is_template": True,
     },
     "ui_aws_conn_id": {
         "description": "The AWS connection the FLUX view in the Airflow UI reads ``s3://`` galleries and "

@@ -61,3 +61,13 @@ def test_options_read_their_declared_default_and_their_override(monkeypatch):
 
     assert get_int("link_expiry_seconds") == 3600
     assert get_bool("metrics") is False
+
+
+def test_options_whose_defaults_hold_placeholders_are_not_expanded_by_airflow():
+    # Airflow expands "{…}" in a default with its own variables unless the option is a template:
+    # on 3.1 an unmarked "{index}-{id}-{hash}" stopped every airflow command (KeyError: 'index').
+    from airflow_provider_flux2.config import OPTIONS
+
+    braced = {name for name, option in OPTIONS.items() if "{" in str(option["default"])}
+    assert braced == {"output_name_template", "local_link_template"}
+    assert all(OPTIONS[name].get("is_template") is True for name in braced)
