@@ -50,6 +50,8 @@ class StatsdListener:
 @pytest.fixture
 def statsd(monkeypatch):
     """Airflow configured as a deployment with StatsD (InfluxDB-style tags) would be, sending to our listener."""
+    # The fixture re-points Airflow's Stats through the task SDK's observability modules (Airflow >= 3.2).
+    pytest.importorskip("airflow.sdk._shared.observability", reason="Stats is re-pointed through Airflow >= 3.2's SDK")
     from airflow.sdk._shared.observability.metrics.base_stats_logger import NoStatsLogger
     from airflow.sdk.observability import stats
     from airflow.sdk.observability.metrics import stats_utils
