@@ -44,6 +44,7 @@ from airflow_provider_flux2.models import (
 )
 from airflow_provider_flux2.pricing import Budget, CostEstimate, ItemCost, cents, image_cost, usd
 from airflow_provider_flux2.storage import BatchLocation, content_hash, publisher_for
+from airflow_provider_flux2.storage.base import image_workers
 from airflow_provider_flux2.storage.naming import name_fields
 from airflow_provider_flux2.storage.publish import object_metadata
 from airflow_provider_flux2.window import POLL_ROUNDS, JobSpec, JobState, Poll, Submit, Window, resubmission_key
@@ -489,9 +490,7 @@ def collect_workers(jobs: Iterable[Job]) -> int:
     """Images collected at once: :data:`COLLECT_WORKERS`, fewer when the largest image would make them
     hold more than :data:`COLLECT_MEMORY` (its encoded bytes plus 4 bytes a pixel once decoded)."""
     largest = max((job.request.width * job.request.height for job in jobs), default=0)
-    if largest == 0:
-        return 1
-    return max(1, min(COLLECT_WORKERS, COLLECT_MEMORY // (largest * 8)))
+    return image_workers(largest, COLLECT_WORKERS, COLLECT_MEMORY)
 
 
 def _retrying(

@@ -35,6 +35,14 @@ def content_hash(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+def image_workers(largest_pixels: int, most: int, memory: int) -> int:
+    """Images handled at once: ``most``, fewer when the largest would make them hold more than ``memory``
+    bytes (its encoded bytes plus 4 bytes a pixel once decoded: 8 bytes a pixel in all)."""
+    if largest_pixels <= 0:
+        return 1
+    return max(1, min(most, memory // (largest_pixels * 8)))
+
+
 def file_hash(path: Path | str) -> str:
     """SHA-256 hex digest of a file, read in chunks so a large image is never held in memory twice."""
     digest = hashlib.sha256()

@@ -10,7 +10,7 @@ from typing import Any
 from airflow_provider_flux2.models import ImageRecord
 from airflow_provider_flux2.pricing import PriceTable
 from airflow_provider_flux2.storage import uri_reader
-from airflow_provider_flux2.storage.base import BatchLocation, Publisher
+from airflow_provider_flux2.storage.base import BatchLocation, Publisher, image_workers
 from airflow_provider_flux2.storage.gallery import (
     CONTACT_SHEET_PNG,
     GALLERY_HTML,
@@ -84,9 +84,7 @@ THUMBNAIL_MEMORY = 512 * 1024 * 1024
 def thumbnail_workers(rows: Iterable[Mapping[str, Any]]) -> int:
     """Thumbnails made at once: :data:`THUMBNAIL_WORKERS`, fewer for large images (see :data:`THUMBNAIL_MEMORY`)."""
     largest = max((int(row.get("width") or 0) * int(row.get("height") or 0) for row in rows), default=0)
-    if largest <= 0:
-        return 1
-    return max(1, min(THUMBNAIL_WORKERS, THUMBNAIL_MEMORY // (largest * 8)))
+    return image_workers(largest, THUMBNAIL_WORKERS, THUMBNAIL_MEMORY)
 
 
 def _write_thumbnails(
