@@ -109,6 +109,12 @@ def get_provider_info() -> dict[str, Any]:
                         "schema": {"type": ["object", "null"]},
                         "description": 'e.g. {"pro": {"first_mp": "0.03", "extra_mp": "0.015"}}',
                     },
+                    "edit_models": {
+                        "label": "Edit models (JSON)",
+                        "schema": {"type": ["object", "null"]},
+                        "description": "Where reference images go, by variant, as flux2 doctor recorded it, "
+                        'e.g. {"pro": "black-forest-labs/flux-2-pro"}',
+                    },
                 },
                 "ui-field-behaviour": {
                     "hidden-fields": ["schema", "port", "login"],

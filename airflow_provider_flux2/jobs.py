@@ -39,10 +39,9 @@ from airflow_provider_flux2.models import (
     RunStatus,
     Timings,
     Variant,
-    resolve_variant,
     utc_now_iso,
 )
-from airflow_provider_flux2.pricing import Budget, CostEstimate, ItemCost, cents, image_cost, usd
+from airflow_provider_flux2.pricing import Budget, CostEstimate, ItemCost, cents, image_cost, routed, usd
 from airflow_provider_flux2.storage import BatchLocation, content_hash, publisher_for
 from airflow_provider_flux2.storage.base import image_workers
 from airflow_provider_flux2.storage.naming import name_fields
@@ -92,6 +91,12 @@ class Job:
     client_ref: str
     request_hash: str
     meta: dict[str, Any] = field(default_factory=dict)  # per-item id / source_hash / extra, kept on the record
+    #: The model the request goes to: the variant's, or an edit model for reference images (routing table).
+    model: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.model:
+            object.__setattr__(self, "model", self.variant.model_id)
 
     def entry(self, attempt: int) -> BatchEntry:
         return BatchEntry(self.request, self.client_ref, resubmission_key(self.idempotency_key, attempt))
@@ -100,7 +105,7 @@ class Job:
         """What the window needs of this job."""
         return JobSpec(
             index=self.index,
-            model=self.variant.model_id,
+            model=self.model,
             key=self.idempotency_key,
             ref=self.client_ref,
             input=self.request.to_wire(),
@@ -116,17 +121,21 @@ def new_job(
     request: FluxInput,
     item: str | int | None = None,
     meta: Mapping[str, Any] | None = None,
+    routes: Mapping[str, str] | None = None,
 ) -> Job:
-    """A job with the keys that make its submission idempotent.
+    """A job with the keys that make its submission idempotent, sent to the model its references need.
 
     :param identity: the task's Airflow identity (dag, task, run, map index).
     :param item: what tells this image apart inside the task (default: its index).
+    :param routes: the connection's ``edit_models`` record (see :func:`~airflow_provider_flux2.pricing.routed`).
     """
-    req_hash = protocol.request_hash(variant, request)
+    target, request, _ = routed(variant, request, routes)
+    req_hash = protocol.request_hash(target, request)
     item_identity = {**identity, "item": index if item is None else item}
     return Job(
         index=index,
         variant=variant,
+        model=target,
         request=request,
         prompt=request.prompt,
         params={k: v for k, v in request.to_wire().items() if k != "prompt"},
@@ -298,7 +307,7 @@ def record_for_run(
     output = run.output
     return ImageRecord(
         index=job.index,
-        model=job.variant.model_id,
+        model=job.model,
         prompt=job.prompt,
         upsampled_prompt=output.prompt if output else None,
         params=job.params,
@@ -552,13 +561,13 @@ def run_window(
                 if submit.is_batch:
                     done = hook.create_batch(
                         window.entries(submit),
-                        model=resolve_variant(submit.model),
+                        model=submit.model,
                         batch_key=submit.batch_key or "",
                         metadata=metadata,
                     )
                 else:
                     (entry,) = window.entries(submit)
-                    done = hook.submit_one(entry, model=resolve_variant(submit.model), metadata=metadata)
+                    done = hook.submit_one(entry, model=submit.model, metadata=metadata)
                 window.submitted(submit, done.run_ids, done.batch_id, time.time(), replayed=done.replayed)
             except FluxError as error:
                 window.submit_failed(submit, error, time.time())

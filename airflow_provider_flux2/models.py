@@ -10,9 +10,10 @@ naming the field, the bad value and what is allowed, before any request is sent.
 from __future__ import annotations
 
 import json
+import logging
 import re
 from datetime import datetime, timezone
-from decimal import Decimal
+from decimal import Decimal, InvalidOperation
 from enum import Enum
 from typing import Any, ClassVar, Literal
 
@@ -58,9 +59,66 @@ class Variant(str, Enum):
 DEFAULT_VARIANT = Variant.PRO
 MODEL_IDS: dict[str, Variant] = {v.model_id: v for v in Variant}
 
+# --------------------------------------------------------------------------------------------------
+# Where reference images go (the routing table)
+# --------------------------------------------------------------------------------------------------
+
+#: The model that receives a variant's requests with reference images (``image_urls``), the one place
+#: that says so. Runflow serves image editing as separate models where it documents one
+#: (docs.runflow.io/models/black-forest-labs/flux-2-klein-4b/edit, .../flux-2-klein-9b/edit); for
+#: pro, flex, max and turbo no edit model is documented, so references go to the text-to-image model,
+#: unverified until ``flux2 doctor`` has sent one (its record, the connection's ``edit_models`` extra,
+#: wins over this table). A correction is one line here.
+EDIT_MODELS: dict[Variant, str | None] = {
+    Variant.PRO: None,
+    Variant.FLEX: None,
+    Variant.MAX: None,
+    Variant.TURBO: None,
+    Variant.KLEIN_4B: f"{MODEL_OWNER}/flux-2-klein-4b/edit",
+    Variant.KLEIN_9B: f"{MODEL_OWNER}/flux-2-klein-9b/edit",
+}
+#: Every edit model id Runflow documents, and the variant it edits with.
+EDIT_MODEL_IDS: dict[str, Variant] = {model: variant for variant, model in EDIT_MODELS.items() if model}
+#: An edit model that bills one flat price per image (klein 4B edit: "$0.005 per image, 1024x1024"),
+#: always answering a 1024×1024 JPEG and taking ``steps`` where the others take ``num_inference_steps``.
+FLAT_EDIT_MODELS = frozenset({f"{MODEL_OWNER}/flux-2-klein-4b/edit"})
+FLAT_EDIT_SIZE = (1024, 1024)
+#: The documented input fields of the flat edit model (its page: prompt, image_urls 1..4, seed, steps).
+FLAT_EDIT_FIELDS = ("prompt", "image_urls", "seed", "steps")
+
+
+def is_edit_model(model: str | Variant | None) -> bool:
+    return isinstance(model, str) and model.strip().lower() in EDIT_MODEL_IDS
+
+
+def target_model(
+    variant: Variant, has_references: bool, routes: dict[str, str] | None = None
+) -> tuple[str, bool]:
+    """``(model id, verified)``: where a request of ``variant`` goes, and whether a page or a doctor's
+    record says references go there.
+
+    :param routes: the doctor's record (variant short name or model id → the model that accepted a
+        reference), read from the connection's ``edit_models`` extra; it wins over :data:`EDIT_MODELS`.
+    """
+    if not has_references:
+        return variant.model_id, True
+    recorded = _recorded_route(variant, routes or {})
+    if recorded is not None:
+        return recorded, True
+    documented = EDIT_MODELS.get(variant)
+    return (documented, True) if documented else (variant.model_id, False)
+
+
+def _recorded_route(variant: Variant, routes: dict[str, str]) -> str | None:
+    for name in (variant.value, variant.model_id):
+        if routes.get(name):
+            return str(routes[name]).strip().lower()
+    return None
+
 
 def resolve_variant(model: str | Variant | None) -> Variant:
-    """Accept ``"pro"``, ``"flux-2-pro"`` or ``"black-forest-labs/flux-2-pro"`` (and the others)."""
+    """Accept ``"pro"``, ``"flux-2-pro"`` or ``"black-forest-labs/flux-2-pro"`` (and the others); an
+    edit model id (``black-forest-labs/flux-2-klein-4b/edit``) stands for the variant it edits with."""
     if model is None or model == "":
         return DEFAULT_VARIANT
     if isinstance(model, Variant):
@@ -68,6 +126,10 @@ def resolve_variant(model: str | Variant | None) -> Variant:
     name = str(model).strip().lower()
     if name in MODEL_IDS:
         return MODEL_IDS[name]
+    if name in EDIT_MODEL_IDS:
+        return EDIT_MODEL_IDS[name]
+    if name.endswith("/edit") and name.removesuffix("/edit") in MODEL_IDS:  # a route the doctor recorded
+        return MODEL_IDS[name.removesuffix("/edit")]
     short = name.removeprefix(f"{MODEL_OWNER}/").removeprefix("flux-2-").removeprefix("flux.2-")
     try:
         return Variant(short)
@@ -538,12 +600,63 @@ def build_input(variant: Variant | str | None = None, **params: Any) -> FluxInpu
     return INPUT_MODELS[variant].model_validate(params)  # the prompt validator checks JSON colours
 
 
+def for_route(target: str, request: FluxInput) -> FluxInput:
+    """``request`` as the model ``target`` takes it, refused (naming the field) where it cannot.
+
+    The flat-priced klein 4B edit model answers a 1024×1024 JPEG and documents no size, format or
+    guidance input: a request that asks for another size or format, or sets ``guidance_scale``, is
+    refused before anything is sent; one that left them at their defaults is priced and verified as
+    1024×1024 JPEG.
+    """
+    if target not in FLAT_EDIT_MODELS:
+        return request
+    given = request.model_fields_set
+    width, height = FLAT_EDIT_SIZE
+    if "image_size" in given and (request.width, request.height) != FLAT_EDIT_SIZE:
+        raise FluxValidationError(
+            field="image_size",
+            value=f"{request.width}x{request.height}",
+            allowed=f"{width}x{height} (square_hd) with reference images on {target} (it answers {width}x{height})",
+        )
+    if "output_format" in given and request.output_format != "jpeg":
+        raise FluxValidationError(
+            field="output_format", value=request.output_format, allowed=f"'jpeg' with reference images on {target}"
+        )
+    if request.guidance_scale is not None:
+        raise FluxValidationError(
+            field="guidance_scale", value=request.guidance_scale, allowed=f"nothing with reference images on {target}"
+        )
+    if (request.width, request.height) == FLAT_EDIT_SIZE and request.output_format == "jpeg":
+        return request
+    routed = request.model_copy(update={"image_size": "square_hd", "output_format": "jpeg"})
+    routed._reference_sizes = request.reference_sizes
+    return routed
+
+
+def wire_for(target: str, wire: dict[str, Any]) -> dict[str, Any]:
+    """The ``input`` object for ``target``: the flat klein 4B edit model takes only its documented
+    fields, with ``steps`` for ``num_inference_steps``; every other model takes the input as built."""
+    if target not in FLAT_EDIT_MODELS:
+        return wire
+    out = {k: wire[k] for k in FLAT_EDIT_FIELDS if k in wire}
+    if wire.get("num_inference_steps") is not None:
+        out["steps"] = wire["num_inference_steps"]
+    return out
+
+
 # --------------------------------------------------------------------------------------------------
 # Responses
 # --------------------------------------------------------------------------------------------------
 
 
 class RunStatus(str, Enum):
+    """A run's ``status_code``, read tolerantly (see :meth:`parse`).
+
+    The documented lifecycle is ``queued → dispatching → running → succeeded | failed | canceled``
+    (plus ``partial_succeeded``); callback events and batch counters spell ``cancelled``. Anything
+    else the API may add later is :attr:`UNKNOWN`: not finished, so the run is polled again.
+    """
+
     QUEUED = "queued"
     DISPATCHING = "dispatching"
     RUNNING = "running"
@@ -551,13 +664,68 @@ class RunStatus(str, Enum):
     FAILED = "failed"
     CANCELED = "canceled"
     PARTIAL_SUCCEEDED = "partial_succeeded"
+    #: A status outside the documented set (or none at all): not finished.
+    UNKNOWN = "unknown"
 
     @property
     def terminal(self) -> bool:
         return self in TERMINAL_STATUSES
 
+    @classmethod
+    def _missing_(cls, value: object) -> RunStatus:
+        # ``RunStatus("cancelled")``, ``RunStatus("SUCCEEDED")`` and ``RunStatus("paused")`` all work: one
+        # reader for the wire, the event rows and the emulator.
+        return cls.parse(value)
+
+    @classmethod
+    def parse(cls, value: object) -> RunStatus:
+        """The status a wire value stands for: case and the British ``cancelled`` are forgiven; an
+        undocumented value is :attr:`UNKNOWN` (logged once per value and process)."""
+        text = str(value).strip().lower() if isinstance(value, str) else ""
+        text = _STATUS_SPELLINGS.get(text, text)
+        for member in cls:
+            if member.value == text:
+                return member
+        if value is not None and text not in _UNKNOWN_SEEN:
+            _UNKNOWN_SEEN.add(text)
+            _log.warning(
+                "The API reported status %r, which is not a documented run status; treated as not finished",
+                str(value)[:40],
+            )
+        return cls.UNKNOWN
+
 
 TERMINAL_STATUSES = frozenset({RunStatus.SUCCEEDED, RunStatus.FAILED, RunStatus.CANCELED, RunStatus.PARTIAL_SUCCEEDED})
+_STATUS_SPELLINGS = {"cancelled": "canceled"}
+_UNKNOWN_SEEN: set[str] = set()
+_log = logging.getLogger(__name__)
+
+
+def _status(value: Any) -> RunStatus:
+    return value if isinstance(value, RunStatus) else RunStatus.parse(value)
+
+
+def parse_money(value: Any) -> Decimal | None:
+    """A reported amount (``cost``, ``balance``) as an exact Decimal: a decimal string or a JSON number.
+
+    ``None`` or ``""`` is "not reported". A value that is not a finite, non-negative number is refused
+    (``ValueError``), so a cost of ``"-1"`` or ``"NaN"`` never reaches a record, a manifest or a budget.
+    A JSON number is read from its shortest text (``0.045``, never the float's binary expansion).
+    """
+    if value is None or value == "":
+        return None
+    if isinstance(value, Decimal):
+        amount: Decimal | None = value
+    elif isinstance(value, bool) or not isinstance(value, (str, int, float)):
+        amount = None
+    else:
+        try:
+            amount = Decimal(repr(value) if isinstance(value, float) else str(value).strip())
+        except InvalidOperation:
+            amount = None
+    if amount is None or not amount.is_finite() or amount < 0:
+        raise ValueError(f"{str(value)[:40]!r} is not a non-negative decimal amount")
+    return amount
 
 
 class OutputImage(BaseModel):
@@ -586,17 +754,29 @@ class RunOutput(BaseModel):
         return any(self.has_nsfw_concepts)
 
 
+def _opaque_id(value: Any) -> Any:
+    """Ids are opaque strings (UUIDs on the real API); a number is read as its text."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
+    return value
+
+
 class Run(BaseModel):
-    """A run object from ``POST .../runs`` or ``GET /v1/runs/{id}`` (output normalised)."""
+    """A run object from ``POST .../runs`` or ``GET /v1/runs/{id}`` (output normalised).
+
+    Read tolerantly: unknown fields are ignored, optional ones may be missing, ``status_code`` is an
+    open string (:meth:`RunStatus.parse`), ``cost`` a decimal string or a number (:func:`parse_money`),
+    and the failure stage is read from ``failure_stage_code`` (API reference) or ``failure_stage``
+    (errors page).
+    """
 
     model_config = ConfigDict(extra="ignore")
 
     id: str
-    status_code: RunStatus
-    model: str | None = None
+    status_code: RunStatus = RunStatus.UNKNOWN
     input: dict[str, Any] | None = None
     output: RunOutput | None = None
-    cost: str | None = None
+    cost: Decimal | None = None
     cost_breakdown: Any = None
     duration_ms: int | None = None
     created_at: str | None = None
@@ -604,6 +784,7 @@ class Run(BaseModel):
     completed_at: str | None = None
     metadata: dict[str, Any] | None = None
     client_ref: str | None = None
+    batch_id: str | None = None
     failure_code: str | None = None
     failure_message: str | None = None
     failure_stage_code: str | None = None
@@ -611,14 +792,52 @@ class Run(BaseModel):
     #: The API's request id (``X-Request-Id``) of the response this run object came from.
     request_id: str | None = None
 
+    @model_validator(mode="before")
+    @classmethod
+    def _aliases(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("failure_stage_code") is None and data.get("failure_stage"):
+            data = {**data, "failure_stage_code": data["failure_stage"]}
+        return data
+
+    _id = field_validator("id", "batch_id", mode="before")(_opaque_id)
+
+    @field_validator("status_code", mode="before")
+    @classmethod
+    def _status_code(cls, value: Any) -> RunStatus:
+        return _status(value)
+
+    @field_validator("cost", mode="before")
+    @classmethod
+    def _cost(cls, value: Any) -> Decimal | None:
+        return parse_money(value)
+
+    # A field of an unexpected type is dropped, not fatal: the run's id, status and cost are what matter.
+    @field_validator("input", "metadata", "current_evaluation_summary", mode="before")
+    @classmethod
+    def _object(cls, value: Any) -> Any:
+        return value if isinstance(value, dict) else None
+
+    @field_validator(
+        "created_at", "started_at", "completed_at", "client_ref", "failure_code", "failure_message",
+        "failure_stage_code", "request_id", mode="before",
+    )
+    @classmethod
+    def _text(cls, value: Any) -> Any:
+        return value if isinstance(value, str) else None
+
+    @field_validator("duration_ms", mode="before")
+    @classmethod
+    def _number(cls, value: Any) -> Any:
+        return int(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
     @property
     def terminal(self) -> bool:
         return self.status_code.terminal
 
     @property
     def api_cost(self) -> Decimal | None:
-        """The cost the API reports for this run (a decimal string on the wire), if it reports one."""
-        return Decimal(self.cost) if self.cost not in (None, "") else None
+        """The cost the API reports for this run (checked when the run was read), if it reports one."""
+        return self.cost
 
     @property
     def quality_score(self) -> float | None:
@@ -628,28 +847,59 @@ class Run(BaseModel):
 
 
 class BatchItem(BaseModel):
+    """One entry of a batch's lean ``items[]``: the item's own id is not the run's."""
+
     model_config = ConfigDict(extra="ignore")
 
     id: str | None = None
-    sequence_index: int
+    sequence_index: int | None = None
     run_id: str | None = None
-    status_code: RunStatus
+    status_code: RunStatus = RunStatus.UNKNOWN
     client_ref: str | None = None
+
+    _ids = field_validator("id", "run_id", mode="before")(_opaque_id)
+
+    @field_validator("status_code", mode="before")
+    @classmethod
+    def _status_code(cls, value: Any) -> RunStatus:
+        return _status(value)
 
 
 class Batch(BaseModel):
+    """A batch object. Its own ``status_code`` is an open string and only informative: whether the
+    batch is done is decided from its items (:attr:`terminal`)."""
+
     model_config = ConfigDict(extra="ignore")
 
     id: str
-    status_code: RunStatus
-    items_total: int = 0
-    items_succeeded: int = 0
-    items_failed: int = 0
+    status_code: str | None = None
+    items_total: int | None = None
+    items_succeeded: int | None = None
+    items_failed: int | None = None
+    created_at: str | None = None
     items: list[BatchItem] = Field(default_factory=list)
+
+    _id = field_validator("id", mode="before")(_opaque_id)
+
+    @field_validator("status_code", "created_at", mode="before")
+    @classmethod
+    def _text(cls, value: Any) -> Any:
+        return value if isinstance(value, str) else None
+
+    @field_validator("items_total", "items_succeeded", "items_failed", mode="before")
+    @classmethod
+    def _count(cls, value: Any) -> Any:
+        return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+    @field_validator("items", mode="before")
+    @classmethod
+    def _items(cls, value: Any) -> Any:
+        return [item for item in value if isinstance(item, (dict, BatchItem))] if isinstance(value, list) else []
 
     @property
     def terminal(self) -> bool:
-        return self.status_code.terminal
+        """Every item is finished (an empty item list is not a finished batch)."""
+        return bool(self.items) and all(item.status_code.terminal for item in self.items)
 
 
 # --------------------------------------------------------------------------------------------------

@@ -17,8 +17,8 @@ from dataclasses import dataclass, field, replace
 from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
 from typing import TYPE_CHECKING, Any, Union
 
-from airflow_provider_flux2.exceptions import BudgetExceededError, FluxAPIError, FluxValidationError, format_usd
-from airflow_provider_flux2.models import Variant, resolve_variant
+from airflow_provider_flux2.exceptions import BudgetExceededError, FluxValidationError, format_usd
+from airflow_provider_flux2.models import MODEL_IDS, Variant, for_route, is_edit_model, resolve_variant, target_model
 
 if TYPE_CHECKING:
     from airflow_provider_flux2.models import FluxInput, ImageRecord, Run
@@ -39,79 +39,137 @@ def billed_megapixels(width: int, height: int) -> int:
 
 @dataclass(frozen=True)
 class Price:
-    """Price of one variant: the first megapixel, each further one (input references: ``extra_mp``)."""
+    """Price of one model: the first megapixel, each further one (input references: ``extra_mp``).
+
+    :param estimate: no Runflow page (or doctor's measurement) confirms it.
+    :param ceiling: the highest ``(first_mp, extra_mp)`` any source names, where sources disagree;
+        budgets and the balance check use it until the price is measured.
+    :param per_image: billed one flat price per image, whatever its size and references.
+    """
 
     first_mp: Decimal
     extra_mp: Decimal
     estimate: bool = False
     source: str = ""
+    ceiling: tuple[Decimal, Decimal] | None = None
+    per_image: bool = False
 
     def cost(self, megapixels: int, reference_mp: int = 0) -> Decimal:
         """Cost of one output of ``megapixels`` plus ``reference_mp`` of input reference images."""
+        if self.per_image:
+            return self.first_mp
         return self.first_mp + self.extra_mp * (megapixels - 1) + self.extra_mp * reference_mp
 
+    def worst_cost(self, megapixels: int, reference_mp: int = 0) -> Decimal:
+        """The cost at the highest price any source names (the cost itself once measured, or when no
+        source names a higher one): what budgets and the balance check count."""
+        cost = self.cost(megapixels, reference_mp)
+        if not self.estimate or self.ceiling is None:
+            return cost
+        high = replace(self, first_mp=self.ceiling[0], extra_mp=self.ceiling[1], ceiling=None)
+        return max(cost, high.cost(megapixels, reference_mp))
+
     def as_dict(self) -> dict[str, Any]:
-        return {
+        out: dict[str, Any] = {
             "first_mp": str(self.first_mp),
             "extra_mp": str(self.extra_mp),
             "estimate": self.estimate,
             "source": self.source,
         }
+        if self.per_image:
+            out["per_image"] = True
+        if self.ceiling is not None:
+            out["ceiling"] = [str(v) for v in self.ceiling]
+        return out
 
 
-#: The price table. Pro and flex are Runflow's published figures (the seed page); max and turbo have
-#: no Runflow figure, so they carry the best public numbers and are flagged as estimates; klein 4B
-#: and 9B are Runflow's per-megapixel figures at the time of writing, also flagged as estimates.
+#: The price table. Pro and flex are Runflow's published figures (the seed page, its flex page); max and
+#: turbo have no Runflow figure, so they carry the best public numbers and are flagged as estimates;
+#: klein 4B and 9B are Runflow's per-megapixel figures at the time of writing, also flagged as estimates.
 DEFAULT_PRICES: dict[Variant, Price] = {
     Variant.PRO: Price(Decimal("0.030"), Decimal("0.015"), source="runflow.io flux-2-pro page"),
-    Variant.FLEX: Price(Decimal("0.05"), Decimal("0.05"), source="runflow.io flux-2-pro page (family)"),
+    Variant.FLEX: Price(Decimal("0.05"), Decimal("0.05"), source="runflow.io flux-2-flex page"),
     Variant.MAX: Price(Decimal("0.07"), Decimal("0.03"), estimate=True, source="Black Forest Labs list price (bfl.ai)"),
     Variant.TURBO: Price(Decimal("0.008"), Decimal("0.008"), estimate=True, source="fal.ai FLUX.2 turbo list price"),
-    # Runflow's docs list klein per megapixel, flat; one of its own pages says $0.014 for 4B, so these
-    # stay estimates until a real run's ``cost`` confirms them (``flux2 doctor`` compares the two).
+    # Runflow's model page says $0.005/MP for 4B; its llms.txt says $0.014: budgets use the higher
+    # figure (the ceiling) until a real run's ``cost`` measures it (``flux2 doctor --write-prices``).
     Variant.KLEIN_4B: Price(
-        Decimal("0.005"), Decimal("0.005"), estimate=True, source="docs.runflow.io flux-2-klein-4b page"
+        Decimal("0.005"),
+        Decimal("0.005"),
+        estimate=True,
+        source="docs.runflow.io flux-2-klein-4b page ($0.014 in Runflow's llms.txt)",
+        ceiling=(Decimal("0.014"), Decimal("0.014")),
     ),
     Variant.KLEIN_9B: Price(
         Decimal("0.006"), Decimal("0.006"), estimate=True, source="docs.runflow.io flux-2-klein-9b page"
+    ),
+}
+#: The edit models' own rows (``models.EDIT_MODELS`` routes references to them), per their pages.
+DEFAULT_EDIT_PRICES: dict[str, Price] = {
+    # "$0.005/image ... per image, 1024x1024": flat, whatever the references.
+    "black-forest-labs/flux-2-klein-4b/edit": Price(
+        Decimal("0.005"),
+        Decimal("0"),
+        estimate=True,
+        source="docs.runflow.io flux-2-klein-4b/edit page",
+        per_image=True,
+    ),
+    # "$0.011/megapixel ... Per megapixel (input + output)".
+    "black-forest-labs/flux-2-klein-9b/edit": Price(
+        Decimal("0.011"), Decimal("0.011"), estimate=True, source="docs.runflow.io flux-2-klein-9b/edit page"
     ),
 }
 
 
 @dataclass(frozen=True)
 class PriceTable:
-    """Prices by variant; build one from a connection's ``prices`` extra with :meth:`with_overrides`."""
+    """Prices by variant (and by edit model); build one from a connection's ``prices`` extra with
+    :meth:`with_overrides`."""
 
     prices: Mapping[Variant, Price] = field(default_factory=lambda: dict(DEFAULT_PRICES))
+    edit_prices: Mapping[str, Price] = field(default_factory=lambda: dict(DEFAULT_EDIT_PRICES))
 
     def price(self, model: Variant | str | None) -> Price:
+        """The price of a variant, or of the model a request was routed to (an edit model's own row;
+        a recorded ``…/edit`` route without a row of its own is priced as its variant)."""
+        if isinstance(model, str) and model.strip().lower() in self.edit_prices:
+            return self.edit_prices[model.strip().lower()]
         return self.prices[resolve_variant(model)]
 
     def with_overrides(self, overrides: Mapping[str, Any] | None) -> PriceTable:
-        """Override prices, e.g. ``{"pro": {"first_mp": "0.03", "extra_mp": "0.015"}, "max": "0.08"}``.
+        """Override prices, e.g. ``{"pro": {"first_mp": "0.03", "extra_mp": "0.015"}, "max": "0.08",
+        "black-forest-labs/flux-2-klein-4b/edit": "0.005"}``.
 
-        A single number sets both the first and the extra megapixel price.
+        A single number sets both the first and the extra megapixel price (an edit model billed per
+        image keeps its per-image rule). An overridden price is no longer an estimate.
         """
         if not overrides:
             return self
-        prices = dict(self.prices)
+        prices, edits = dict(self.prices), dict(self.edit_prices)
         for name, value in overrides.items():
-            variant = resolve_variant(name)
+            key = str(name).strip().lower()
+            base = edits[key] if key in edits else prices[resolve_variant(name)]
             if isinstance(value, Mapping):
                 unknown = set(value) - {"first_mp", "extra_mp"}
                 if unknown:
                     raise FluxValidationError(field=f"prices.{name}", value=value, allowed="keys first_mp and extra_mp")
-                first = _decimal(value.get("first_mp", prices[variant].first_mp), f"prices.{name}.first_mp")
-                extra = _decimal(value.get("extra_mp", prices[variant].extra_mp), f"prices.{name}.extra_mp")
+                first = _decimal(value.get("first_mp", base.first_mp), f"prices.{name}.first_mp")
+                extra = _decimal(value.get("extra_mp", base.extra_mp), f"prices.{name}.extra_mp")
             else:
                 first = extra = _decimal(value, f"prices.{name}")
-            prices[variant] = replace(
-                prices[variant], first_mp=first, extra_mp=extra, estimate=False, source="connection override"
-            )
-        return PriceTable(prices)
+            if base.per_image:
+                extra = Decimal("0")
+            new = replace(base, first_mp=first, extra_mp=extra, estimate=False, source="connection override")
+            if key in edits:
+                edits[key] = new
+            else:
+                prices[resolve_variant(name)] = new
+        return PriceTable(prices, edits)
 
     def as_dict(self) -> dict[str, Any]:
-        return {variant.model_id: price.as_dict() for variant, price in self.prices.items()}
+        out = {variant.model_id: price.as_dict() for variant, price in self.prices.items()}
+        out.update({model: price.as_dict() for model, price in self.edit_prices.items()})
+        return out
 
 
 def _decimal(value: Any, name: str) -> Decimal:
@@ -168,6 +226,9 @@ def _data_uri_size(url: str) -> tuple[int, int] | None:
 
 @dataclass(frozen=True)
 class ItemCost:
+    """What one image should cost: at the table's price (``cost``) and at the highest price any source
+    names (``worst``, what budgets count), on the model it is sent to (``model``)."""
+
     index: int
     model: str
     width: int
@@ -175,6 +236,15 @@ class ItemCost:
     billed_mp: int
     reference_mp: int
     cost: Decimal
+    worst: Decimal | None = None
+    #: The price is an estimate (no Runflow page or measurement confirms it).
+    estimated: bool = False
+    #: References go to a model no page or doctor's record confirms takes them.
+    unverified_route: bool = False
+
+    @property
+    def budgeted(self) -> Decimal:
+        return self.cost if self.worst is None else self.worst
 
 
 @dataclass(frozen=True)
@@ -189,12 +259,38 @@ class CostEstimate:
         return sum((item.cost for item in self.items), Decimal("0"))
 
     @property
+    def worst_total(self) -> Decimal:
+        """The total at the highest price any source names: what a budget and the balance are checked against."""
+        return sum((item.budgeted for item in self.items), Decimal("0"))
+
+    @property
     def total_mp(self) -> int:
         return sum(item.billed_mp + item.reference_mp for item in self.items)
 
     @property
     def count(self) -> int:
         return len(self.items)
+
+    @property
+    def estimated_models(self) -> list[str]:
+        """Models whose price is only the table's estimate (sorted)."""
+        return sorted({item.model for item in self.items if item.estimated})
+
+    @property
+    def unverified_routes(self) -> list[str]:
+        """Models sent references without a page or a doctor's record saying they take them."""
+        return sorted({item.model for item in self.items if item.unverified_route})
+
+    def caveats(self) -> str:
+        """`` · estimated price: … (budgeted at $X) · references unverified on …`` for a plan line."""
+        text = ""
+        if self.estimated_models:
+            text += f" · estimated price: {', '.join(self.estimated_models)}"
+            if self.worst_total != self.total:
+                text += f" (budgeted at ${cents(self.worst_total)}, the highest published figure)"
+        if self.unverified_routes:
+            text += f" · references unverified on {', '.join(self.unverified_routes)} (run flux2 doctor)"
+        return text
 
     def by_size(self) -> list[dict[str, Any]]:
         """Rows grouped by (model, size) for tables: count, MP per image, unit cost, subtotal."""
@@ -213,27 +309,54 @@ class CostEstimate:
                     "reference_mp": ref_mp,
                     "unit_cost": items[0].cost,
                     "subtotal": sum((i.cost for i in items), Decimal("0")),
+                    "estimated": items[0].estimated,
                 }
             )
         return rows
 
 
+def routed(
+    model: Variant | str | None, request: FluxInput, routes: Mapping[str, str] | None = None
+) -> tuple[str, FluxInput, bool]:
+    """``(model id, request, verified)``: where ``request`` goes, and the request as that model takes it.
+
+    A variant (or its short name) is routed by :func:`~airflow_provider_flux2.models.target_model`
+    (references to the variant's edit model where one is documented or recorded); a full model id
+    (``black-forest-labs/flux-2-klein-4b/edit``) is taken as the target it names.
+    """
+    name = model.strip().lower() if isinstance(model, str) else None
+    if name is not None and (name in MODEL_IDS or is_edit_model(name) or name.endswith("/edit")):
+        target, verified = name, True
+    else:
+        target, verified = target_model(resolve_variant(model), bool(request.image_urls), dict(routes or {}))
+    return target, for_route(target, request), verified
+
+
 def item_cost(
-    model: Variant | str | None, request: FluxInput, table: PriceTable | None = None, index: int = 0
+    model: Variant | str | None,
+    request: FluxInput,
+    table: PriceTable | None = None,
+    index: int = 0,
+    *,
+    routes: Mapping[str, str] | None = None,
 ) -> ItemCost:
-    """Price one request (its output size and any reference images)."""
+    """Price one request (its output size and any reference images) on the model it is sent to."""
     table = table or PriceTable()
-    variant = resolve_variant(model)
+    target, request, verified = routed(model, request, routes)
     mp = billed_megapixels(request.width, request.height)
     ref_mp = reference_megapixels(request.image_urls, request.reference_sizes)
+    price = table.price(target)
     return ItemCost(
         index=index,
-        model=variant.model_id,
+        model=target,
         width=request.width,
         height=request.height,
         billed_mp=mp,
         reference_mp=ref_mp,
-        cost=table.price(variant).cost(mp, ref_mp),
+        cost=price.cost(mp, ref_mp),
+        worst=price.worst_cost(mp, ref_mp),
+        estimated=price.estimate,
+        unverified_route=not verified,
     )
 
 
@@ -248,13 +371,15 @@ def estimate(
     *,
     model: Variant | str | None = None,
     references: ReferenceResolver | None = None,
+    routes: Mapping[str, str] | None = None,
 ) -> CostEstimate:
     """Price a plan before anything is sent.
 
     Each item is a :class:`~airflow_provider_flux2.models.FluxInput` (priced for its variant, or
     ``model``), a mapping of generation parameters (``{"prompt": ..., "image_size": "1920x1080"}``,
     optionally with ``"model"``), or a ``(model, input)`` pair. Invalid parameters raise
-    :class:`FluxValidationError` naming the item.
+    :class:`FluxValidationError` naming the item. Requests with reference images are priced on the
+    model they are routed to (``routes``: the connection's ``edit_models`` record).
 
     Reference images are priced at their real size: a ``data:`` URI is decoded, and an ``s3://``
     object or a local file not measured yet is measured from its header through ``references``
@@ -269,7 +394,7 @@ def estimate(
     for index, entry in enumerate(requests):
         variant, request = _plan_item(entry, model, index)
         request = measuring.measured(request, index)
-        items.append(item_cost(variant, request, table, index))
+        items.append(item_cost(variant, request, table, index, routes=routes))
     return CostEstimate(items=tuple(items), prices=table)
 
 
@@ -298,18 +423,22 @@ class _Measuring:
             ) from None
 
 
-def _plan_item(entry: Any, model: Variant | str | None, index: int) -> tuple[Variant, FluxInput]:
+def _plan_item(entry: Any, model: Variant | str | None, index: int) -> tuple[Variant | str, FluxInput]:
+    """``(model, input)`` of one plan item: a variant, or the full model id it names (kept for routing)."""
     from airflow_provider_flux2.models import FluxInput, build_input
 
     if isinstance(entry, tuple) and len(entry) == 2:
         model, entry = entry
     if isinstance(entry, FluxInput):
-        return resolve_variant(model or entry.variant), entry
+        variant = resolve_variant(model or entry.variant)
+        return (model if isinstance(model, str) and "/" in model else variant), entry
     if isinstance(entry, Mapping):
         fields = dict(entry)
-        variant = resolve_variant(model or fields.pop("model", None))
+        named = model or fields.pop("model", None)
+        fields.pop("model", None)
+        variant = resolve_variant(named)
         try:
-            return variant, build_input(variant, **fields)
+            return (named if isinstance(named, str) and "/" in named else variant), build_input(variant, **fields)
         except FluxValidationError as error:
             field = f"requests[{index}].{error.field}"
             raise FluxValidationError(
@@ -356,29 +485,6 @@ class Budget:
 # --------------------------------------------------------------------------------------------------
 
 
-def reported_cost(run: Run) -> Decimal | None:
-    """The cost the API reports for a run, checked: ``None`` when it reports none.
-
-    A figure that is not a finite, non-negative decimal is the API's error, raised as
-    :class:`FluxAPIError` naming the run and the request before anything is stored or counted.
-    """
-    if run.cost in (None, ""):
-        return None
-    try:
-        cost = Decimal(str(run.cost))
-    except InvalidOperation:
-        cost = Decimal("NaN")
-    if not cost.is_finite() or cost < 0:
-        raise FluxAPIError(
-            status_code=200,
-            code="BAD_COST",
-            message=f"the API reported a cost of {run.cost!r} for run {run.id}; expected a non-negative decimal",
-            request_id=run.request_id,
-            run_id=run.id,
-        )
-    return cost
-
-
 def image_cost(estimate: ItemCost, run: Run) -> tuple[Decimal, Decimal | None]:
     """``(cost, api_cost)`` of one finished run: what the API billed when it says, the estimate otherwise.
 
@@ -386,7 +492,7 @@ def image_cost(estimate: ItemCost, run: Run) -> tuple[Decimal, Decimal | None]:
     """
     from airflow_provider_flux2.models import RunStatus
 
-    api_cost = reported_cost(run)
+    api_cost = run.cost  # checked once, when the run was read (models.parse_money)
     if run.status_code != RunStatus.SUCCEEDED:
         return Decimal("0"), api_cost
     return (api_cost if api_cost is not None else estimate.cost), api_cost

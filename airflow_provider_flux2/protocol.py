@@ -20,9 +20,9 @@ import time
 import zlib
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from decimal import Decimal, InvalidOperation
+from datetime import datetime, timezone
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import parse_qs, urlencode, urlsplit
 
 import httpx
 from pydantic import ValidationError
@@ -49,13 +49,20 @@ from airflow_provider_flux2.models import (
     RunStatus,
     Variant,
     resolve_variant,
+    wire_for,
 )
 
 DEFAULT_BASE_URL = "https://api.runflow.io"
 REQUEST_ID_HEADERS = ("x-request-id", "runflow-request-id", "request-id")
-#: [choice] A response replayed for a repeated ``Idempotency-Key`` may say so in this header (the
-#: emulator does; Stripe-style APIs do). It only makes the window poll a replayed run at once.
-REPLAYED_HEADER = "idempotent-replayed"
+#: A submission's answer whose ``created_at`` is this many seconds older than the moment it was sent
+#: is a replay of an earlier submission under the same key: no header says so (protocol.md), so the
+#: documented ``created_at`` does. Generous enough for ordinary clock skew; a misjudged replay only
+#: moves one poll.
+REPLAY_AGE = 30.0
+#: ``GET /v1/batches/{id}/items`` is cursor-paginated (``limit`` up to 500): the page size asked for.
+ITEMS_PAGE_LIMIT = 500
+#: Pages of one batch's items followed at most (a batch has at most 100 items: one page, normally).
+MAX_ITEM_PAGES = 50
 MAX_CLIENT_REF = 255
 MAX_BATCH_ITEMS = 100
 MODERATION_CODES = frozenset({"CONTENT_MODERATED", "NSFW_CONTENT_DETECTED"})
@@ -99,7 +106,7 @@ AnyInput = FluxInput | WireInput
 
 def request_hash(model: Variant | str | None, request: FluxInput) -> str:
     """Stable hash of what is asked for (model and canonical input)."""
-    body = {"model": resolve_variant(model).model_id, "input": request.to_wire()}
+    body = {"model": model_path(model), "input": request.to_wire()}
     return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
@@ -138,6 +145,14 @@ def health() -> ApiRequest:
     return ApiRequest("GET", "/v1/health")
 
 
+def model_path(model: Variant | str | None) -> str:
+    """The model id a request goes to: a variant's text-to-image model, or the full id given (an edit
+    model, or a route the doctor recorded)."""
+    if isinstance(model, str) and "/" in model:
+        return model.strip().lower()
+    return resolve_variant(model).model_id
+
+
 def create_run(
     model: Variant | str | None,
     request: AnyInput,
@@ -147,7 +162,8 @@ def create_run(
     metadata: Mapping[str, Any] | None = None,
     callback_url: str | None = None,
 ) -> ApiRequest:
-    body: dict[str, Any] = {"input": request.to_wire()}
+    target = model_path(model)
+    body: dict[str, Any] = {"input": wire_for(target, request.to_wire())}
     if metadata:
         body["metadata"] = dict(metadata)
     if callback_url:
@@ -156,7 +172,7 @@ def create_run(
         body["client_ref"] = client_ref[:MAX_CLIENT_REF]
     return ApiRequest(
         "POST",
-        f"/v1/models/{resolve_variant(model).model_id}/runs",
+        f"/v1/models/{target}/runs",
         json=body,
         headers={"Idempotency-Key": idempotency_key},
     )
@@ -175,8 +191,9 @@ def create_batch(
         raise FluxValidationError(
             field="batch", value=len(items), allowed=f"1..{MAX_BATCH_ITEMS} items per batch request"
         )
+    target = model_path(model)
     body: dict[str, Any] = {
-        "input": [{**request.to_wire(), "client_ref": ref[:MAX_CLIENT_REF]} for request, ref in items]
+        "input": [{**wire_for(target, request.to_wire()), "client_ref": ref[:MAX_CLIENT_REF]} for request, ref in items]
     }
     if metadata:
         body["metadata"] = dict(metadata)
@@ -184,7 +201,7 @@ def create_batch(
         body["callback_url"] = callback_url
     return ApiRequest(
         "POST",
-        f"/v1/models/{resolve_variant(model).model_id}/batches",
+        f"/v1/models/{target}/batches",
         json=body,
         headers={"Idempotency-Key": idempotency_key},
     )
@@ -198,8 +215,15 @@ def get_batch(batch_id: str) -> ApiRequest:
     return ApiRequest("GET", f"/v1/batches/{batch_id}")
 
 
-def get_batch_items(batch_id: str) -> ApiRequest:
-    return ApiRequest("GET", f"/v1/batches/{batch_id}/items", list_ok=True)
+def get_batch_items(batch_id: str, *, cursor: str | None = None, limit: int = ITEMS_PAGE_LIMIT) -> ApiRequest:
+    """One page of a batch's items: ``limit`` per page, the next page by the cursor ``pq``."""
+    query = {"limit": str(limit), **({"pq": cursor} if cursor else {})}
+    return ApiRequest("GET", f"/v1/batches/{batch_id}/items?{urlencode(query)}", list_ok=True)
+
+
+def get_balance() -> ApiRequest:
+    """The organisation's credit balance (``GET /v1/billing/balance``)."""
+    return ApiRequest("GET", "/v1/billing/balance")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -349,10 +373,7 @@ def check_response(
             request_id=request_id,
             run_id=run_id,
         )
-    data = _with_request_id(data, request_id)
-    if isinstance(data, dict) and (_header(headers, REPLAYED_HEADER) or "").lower() == "true":
-        data["replayed"] = True
-    return data
+    return _with_request_id(data, request_id)
 
 
 def _short_repr(value: Any, limit: int = 120) -> str:
@@ -364,8 +385,10 @@ def _with_request_id(data: Any, request_id: str | None) -> Any:
     if request_id is None:
         return data
     entries = data if isinstance(data, list) else [data]
-    if isinstance(data, dict) and isinstance(data.get("items"), list):
-        entries = [data, *data["items"]]
+    for key in _LIST_KEYS:
+        if isinstance(data, dict) and isinstance(data.get(key), list):
+            entries = [data, *data[key]]
+            break
     for entry in entries:
         if isinstance(entry, dict):
             entry.setdefault("request_id", request_id)
@@ -408,11 +431,19 @@ def parse_run(data: Any) -> Run:
     run_id = payload.get("id") if isinstance(payload.get("id"), str) else None
     try:
         payload["output"] = normalize_output(payload.get("output"))
-        reported_cost(payload.get("cost"), run_id=run_id, request_id=request_id)
         return Run.model_validate(payload)
     except ValidationError as exc:
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first.get("loc") or ()) or "run"
+        if where == "cost":  # the one check of a reported cost (models.parse_money)
+            raise FluxAPIError(
+                status_code=200,
+                code="BAD_COST",
+                message=f"the API reported a cost of {str(payload.get('cost'))[:40]!r} for run {run_id}; "
+                "expected a non-negative decimal",
+                request_id=request_id,
+                run_id=run_id,
+            ) from None
         raise FluxAPIError(
             status_code=200,
             code="BAD_RESPONSE",
@@ -443,29 +474,101 @@ def parse_batch(data: Any) -> Batch:
         ) from None
 
 
-def parse_batch_items(data: Any) -> list[Run]:
-    """``GET /v1/batches/{id}/items``: a list (or ``{"items": [...]}``) of run-like objects."""
-    items = data.get("items") if isinstance(data, dict) else data
+#: Where a list endpoint's entries stand in its answer (a bare list is read too).
+_LIST_KEYS = ("data", "items", "results")
+#: Where its next cursor stands: a token, or a link whose query carries ``pq``.
+_NEXT_KEYS = ("next_pq", "next_cursor", "next")
+
+
+@dataclass(frozen=True)
+class ItemsPage:
+    """One page of ``GET /v1/batches/{id}/items``: the items' runs and the cursor of the next page."""
+
+    runs: list[Run]
+    next: str | None = None
+
+
+def parse_batch_items(data: Any) -> ItemsPage:
+    """A page of batch items, in the documented shape or a tolerant reading of it.
+
+    Each item has its own ``id`` (not the run's), a ``run_id``, an ``error`` object and the whole run
+    nested under ``run``; the nested run is preferred, the item's own fields fill what it lacks. The
+    list stands under ``data`` (or ``items``, or is the body itself); the next page's cursor under
+    ``next_pq`` or ``next`` (a token or a link carrying ``pq``). An item without a run yet is skipped.
+    """
+    items: Any = data
+    if isinstance(data, dict):
+        items = next((data[k] for k in _LIST_KEYS if k in data), None)
+    request_id = data.get("request_id") if isinstance(data, dict) else None
     if items is not None and not isinstance(items, list):
-        request_id = data.get("request_id") if isinstance(data, dict) else None
         raise FluxAPIError(
             status_code=200,
             code="BAD_RESPONSE",
             message=f"expected a list of batch items, got {type(items).__name__}",
             request_id=request_id if isinstance(request_id, str) else None,
         )
-    runs = []
-    for item in items or []:
-        if isinstance(item, dict):
-            run = dict(item)
-            run["id"] = run.get("run_id") or run.get("id")
-            runs.append(parse_run(run))
-    return runs
+    runs = [parse_run(run) for run in (_item_run(item) for item in items or []) if run is not None]
+    return ItemsPage(runs=runs, next=_next_cursor(data))
 
 
-def was_replayed(data: Any) -> bool:
-    """Whether a submission's response was a replay of an earlier one (see :data:`REPLAYED_HEADER`)."""
-    return isinstance(data, dict) and data.get("replayed") is True
+def _item_run(item: Any) -> dict[str, Any] | None:
+    if not isinstance(item, dict):
+        return None
+    raw = item.get("run")
+    nested: dict[str, Any] = raw if isinstance(raw, dict) else {}
+    run = {k: v for k, v in item.items() if k not in ("id", "run", "error")}
+    run.update({k: v for k, v in nested.items() if v is not None})
+    run_id = nested.get("id") or item.get("run_id")
+    if not run_id:
+        return None
+    run["id"] = run_id
+    error = item.get("error")
+    if isinstance(error, dict):  # {"code", "message", "stage"}: fills what the run itself does not say
+        for ours, theirs in (("failure_code", "code"), ("failure_message", "message"), ("failure_stage_code", "stage")):
+            if run.get(ours) is None and isinstance(error.get(theirs), str):
+                run[ours] = error[theirs]
+    return run
+
+
+def _next_cursor(data: Any) -> str | None:
+    if not isinstance(data, dict) or data.get("has_more") is False:
+        return None
+    for key in _NEXT_KEYS:
+        value = data.get(key)
+        if isinstance(value, str) and value:
+            if "?" in value or value.startswith(("/", "http")):  # a link: its pq is the cursor
+                found = parse_qs(urlsplit(value).query).get("pq")
+                return found[0] if found else None
+            return value
+    return None
+
+
+def next_items_request(batch_id: str, page: ItemsPage, seen: set[str]) -> ApiRequest | None:
+    """The request for the page after ``page``, or ``None`` when it was the last (or a cursor repeats)."""
+    if page.next is None or page.next in seen or len(seen) >= MAX_ITEM_PAGES:
+        return None
+    seen.add(page.next)
+    return get_batch_items(batch_id, cursor=page.next)
+
+
+def was_replayed(data: Any, sent_at: float) -> bool:
+    """Whether a submission's answer replays an earlier submission under the same key: its documented
+    ``created_at`` is older than the moment it was sent (by :data:`REPLAY_AGE`). No header is relied on."""
+    created = parse_instant(data.get("created_at")) if isinstance(data, dict) else None
+    return created is not None and created < sent_at - REPLAY_AGE
+
+
+def parse_instant(value: Any) -> float | None:
+    """An ISO-8601 instant (``2026-01-02T03:04:05.678Z``) as epoch seconds; ``None`` when unreadable."""
+    if not isinstance(value, str) or not value:
+        return None
+    try:
+        when = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=timezone.utc)
+    return when.timestamp()
 
 
 def failure_of(run: Run) -> FluxRunFailedError | None:
@@ -779,29 +882,3 @@ def parse_json_body(body: bytes, *, request_id: str | None, status: int, run_id:
             request_id=request_id,
             run_id=run_id,
         ) from None
-
-
-def reported_cost(value: Any, *, run_id: str | None = None, request_id: str | None = None) -> Decimal | None:
-    """The run's ``cost`` as an exact, finite, non-negative Decimal; anything else is a typed error.
-
-    Checked when the run is parsed, so a cost of ``"-1"`` or ``"NaN"`` stops the task before the
-    image is stored or the figure reaches a record, a manifest or a budget.
-    """
-    if value is None or value == "":
-        return None
-    if isinstance(value, bool) or not isinstance(value, (str, int, float)):
-        amount = None
-    else:
-        try:
-            amount = Decimal(repr(value) if isinstance(value, float) else str(value).strip())
-        except InvalidOperation:
-            amount = None
-    if amount is None or not amount.is_finite() or amount < 0:
-        raise FluxAPIError(
-            status_code=200,
-            code="BAD_RESPONSE",
-            message=f"the run reports a cost of {str(value)[:40]!r}; expected a non-negative decimal string",
-            request_id=request_id,
-            run_id=run_id,
-        )
-    return amount

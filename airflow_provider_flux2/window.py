@@ -27,7 +27,7 @@ from typing import Any, Literal
 from airflow_provider_flux2 import protocol
 from airflow_provider_flux2.hooks.flux import BatchEntry, adaptive_poll_interval
 from airflow_provider_flux2.models import Batch, Run, RunStatus
-from airflow_provider_flux2.pricing import cents, reported_cost, usd
+from airflow_provider_flux2.pricing import cents, usd
 
 #: Poll rounds a loop does in one turn: a batch seen finished makes its items read due at once.
 POLL_ROUNDS = 3
@@ -341,6 +341,9 @@ class Window:
         """
         self.failures = 0
         target = ("batch", batch_id) if batch_id else None
+        # The same run ids back (a transient failure whose first attempt did reach the API) is a replay too.
+        known = {r for s in self.states.values() for r in (s.run_id, *s.previous) if r}
+        replayed = replayed or bool(known.intersection(run_ids))
         for index, run_id in zip(submit.jobs, run_ids, strict=True):
             state = self.states[index]
             state.phase, state.run_id, state.batch_id, state.submitted_at = "in_flight", run_id, batch_id, now
@@ -384,7 +387,7 @@ class Window:
         self.failures = 0
         for state in self.states.values():
             if state.run_id == run.id and state.phase in ("in_flight", "read"):
-                state.cost = reported_cost(run) if run.status_code == RunStatus.SUCCEEDED else None
+                state.cost = run.cost if run.status_code == RunStatus.SUCCEEDED else None
                 state.failure_code = run.failure_code
                 self._observe(state, run.status_code, run.completed_at, now, known=True)
         self._reschedule(("run", run.id), now)
@@ -397,7 +400,7 @@ class Window:
             state = self.states[index]
             run = by_run.get(state.run_id or "")
             if run is not None and state.phase == "done" and state.succeeded and state.cost is None:
-                state.cost = reported_cost(run)
+                state.cost = run.cost
                 state.completed_at = run.completed_at or state.completed_at
         self._due.pop(("items", batch_id), None)
 

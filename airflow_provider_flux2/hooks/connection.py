@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -40,6 +41,7 @@ CONNECTION_EXTRAS = (
     "max_redirects",
     "allow_plain_http",
     "prices",
+    "edit_models",
     "max_task_spend_usd",
 )
 #: Other names people write for them.
@@ -82,6 +84,8 @@ class FluxConnectionConfig:
     allow_plain_http: bool = False
     #: The most one task may spend when it sets no ``budget_usd`` of its own (``max_task_spend_usd``).
     max_task_spend: Decimal | None = None
+    #: Where reference images go, by variant (``edit_models``: what ``flux2 doctor`` recorded).
+    edit_models: Mapping[str, str] = field(default_factory=dict)
 
     @property
     def secrets(self) -> tuple[str, ...]:
@@ -152,6 +156,7 @@ class FluxConnectionConfig:
             max_task_spend=(
                 to_usd(extra["max_task_spend_usd"], "max_task_spend_usd") if "max_task_spend_usd" in extra else None
             ),
+            edit_models=_edit_models(extra.get("edit_models")),
         )
 
 
@@ -294,3 +299,29 @@ def _prices(value: Any) -> PriceTable:
         raise
     except (TypeError, ValueError, KeyError, AttributeError) as error:
         raise FluxValidationError(field="prices", value=value, allowed=f"{allowed} ({error})") from None
+
+
+_MODEL_ID = re.compile(r"^[a-z0-9][a-z0-9._-]*(/[a-z0-9][a-z0-9._-]*)+$")
+
+
+def _edit_models(value: Any) -> dict[str, str]:
+    """The ``edit_models`` extra: variant → the model that takes its reference images (the doctor's record)."""
+    allowed = 'a JSON object of model ids by variant, like {"pro": "black-forest-labs/flux-2-pro"}'
+    if value is None:
+        return {}
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except ValueError:
+            raise FluxValidationError(field="edit_models", value=value, allowed=allowed) from None
+    if not isinstance(value, Mapping):
+        raise FluxValidationError(field="edit_models", value=value, allowed=allowed)
+    routes = {}
+    for name, model in value.items():
+        variant = resolve_variant(name)
+        if not isinstance(model, str) or not _MODEL_ID.match(model.strip().lower()):
+            raise FluxValidationError(
+                field=f"edit_models.{name}", value=model, allowed="a model id like owner/slug/edit"
+            )
+        routes[variant.value] = model.strip().lower()
+    return routes

@@ -590,25 +590,27 @@ class FluxHook(BaseHook):
         return Submission(run_ids=[r.id for r in runs])
 
     def create_batch(
-        self, entries: Sequence[BatchEntry], *, model: Variant, batch_key: str, metadata: Mapping[str, Any] | None
+        self, entries: Sequence[BatchEntry], *, model: Variant | str, batch_key: str, metadata: Mapping[str, Any] | None
     ) -> Submission:
         """One batch request, no fallback (a 422 is raised: see ``protocol.batch_unsupported``)."""
         request = protocol.create_batch(
             model, [(e.request, e.client_ref) for e in entries], idempotency_key=batch_key, metadata=metadata
         )
-        return self._submission(self._call(request), len(entries), model)
+        sent_at = time.time()
+        return self._submission(self._call(request), len(entries), model, sent_at)
 
     async def acreate_batch(
-        self, entries: Sequence[BatchEntry], *, model: Variant, batch_key: str, metadata: Mapping[str, Any] | None
+        self, entries: Sequence[BatchEntry], *, model: Variant | str, batch_key: str, metadata: Mapping[str, Any] | None
     ) -> Submission:
         request = protocol.create_batch(
             model, [(e.request, e.client_ref) for e in entries], idempotency_key=batch_key, metadata=metadata
         )
-        return self._submission(await self._acall(request), len(entries), model)
+        sent_at = time.time()
+        return self._submission(await self._acall(request), len(entries), model, sent_at)
 
-    def _submission(self, data: Any, expected: int, model: Variant) -> Submission:
+    def _submission(self, data: Any, expected: int, model: Variant | str, sent_at: float) -> Submission:
         batch = protocol.parse_batch(data)
-        items = sorted(batch.items, key=lambda i: i.sequence_index)
+        items = sorted(batch.items, key=lambda i: (i.sequence_index is None, i.sequence_index or 0))
         run_ids = [item.run_id or "" for item in items]
         if len(run_ids) != expected or not all(run_ids):
             raise FluxAPIError(
@@ -616,53 +618,55 @@ class FluxHook(BaseHook):
                 code="BAD_RESPONSE",
                 message=f"batch {batch.id} lists {len(run_ids)} runs for {expected} inputs",
             )
-        replayed = protocol.was_replayed(data)
+        replayed = protocol.was_replayed(data, sent_at)
         self.log.info(
             "%s batch %s with %d runs (%s)",
             "Replayed" if replayed else "Submitted",
             batch.id,
             len(run_ids),
-            model.value,
+            protocol.model_path(model),
         )
         return Submission(run_ids=run_ids, batch_id=batch.id, replayed=replayed)
 
-    def submit_entry(self, entry: BatchEntry, *, model: Variant, metadata: Mapping[str, Any] | None = None) -> Run:
+    def submit_entry(self, entry: BatchEntry, *, model: Variant | str, metadata: Mapping[str, Any] | None = None) -> Run:
         """Create one run under the entry's own Idempotency-Key (the input is sent as it is)."""
         request = protocol.create_run(
             model, entry.request, idempotency_key=entry.idempotency_key, client_ref=entry.client_ref, metadata=metadata
         )
         run = protocol.parse_run(self._call(request))
-        self.log.info("Submitted run %s (%s, client_ref %s)", run.id, model.value, entry.client_ref)
+        self.log.info("Submitted run %s (%s, client_ref %s)", run.id, protocol.model_path(model), entry.client_ref)
         return run
 
     async def asubmit(
-        self, entry: BatchEntry, *, model: Variant, metadata: Mapping[str, Any] | None = None
+        self, entry: BatchEntry, *, model: Variant | str, metadata: Mapping[str, Any] | None = None
     ) -> Submission:
         """Create one run from the event loop (the trigger), under the entry's own Idempotency-Key."""
         request = protocol.create_run(
             model, entry.request, idempotency_key=entry.idempotency_key, client_ref=entry.client_ref, metadata=metadata
         )
+        sent_at = time.time()
         data = await self._acall(request)
         run = protocol.parse_run(data)
-        replayed = protocol.was_replayed(data)
+        replayed = protocol.was_replayed(data, sent_at)
         self.log.info(
             "%s run %s (%s, client_ref %s)",
             "Replayed" if replayed else "Submitted",
             run.id,
-            model.value,
+            protocol.model_path(model),
             entry.client_ref,
         )
         return Submission(run_ids=[run.id], replayed=replayed)
 
-    def submit_one(self, entry: BatchEntry, *, model: Variant, metadata: Mapping[str, Any] | None = None) -> Submission:
+    def submit_one(self, entry: BatchEntry, *, model: Variant | str, metadata: Mapping[str, Any] | None = None) -> Submission:
         """:meth:`asubmit` for the worker: one run under the entry's own key, and whether it was a replay."""
         request = protocol.create_run(
             model, entry.request, idempotency_key=entry.idempotency_key, client_ref=entry.client_ref, metadata=metadata
         )
+        sent_at = time.time()
         data = self._call(request)
         run = protocol.parse_run(data)
-        self.log.info("Submitted run %s (%s, client_ref %s)", run.id, model.value, entry.client_ref)
-        return Submission(run_ids=[run.id], replayed=protocol.was_replayed(data))
+        self.log.info("Submitted run %s (%s, client_ref %s)", run.id, protocol.model_path(model), entry.client_ref)
+        return Submission(run_ids=[run.id], replayed=protocol.was_replayed(data, sent_at))
 
     def get_run(self, run_id: str, *, deadline: float | None = None) -> Run:
         """Read a run; ``deadline`` (epoch seconds) bounds the read and its retries."""
@@ -681,11 +685,27 @@ class FluxHook(BaseHook):
         return protocol.parse_batch(await self._acall(protocol.get_batch(batch_id), deadline=deadline))
 
     def get_batch_items(self, batch_id: str, *, deadline: float | None = None) -> list[Run]:
-        """Read a batch's items with their outputs; ``deadline`` (epoch seconds) bounds the read and its retries."""
-        return protocol.parse_batch_items(self._call(protocol.get_batch_items(batch_id), deadline=deadline))
+        """Read a batch's items with their outputs, following every page; ``deadline`` (epoch seconds)
+        bounds the reads and their retries."""
+        request: protocol.ApiRequest | None = protocol.get_batch_items(batch_id)
+        runs: list[Run] = []
+        seen: set[str] = set()
+        while request is not None:
+            page = protocol.parse_batch_items(self._call(request, deadline=deadline))
+            runs.extend(page.runs)
+            request = protocol.next_items_request(batch_id, page, seen)
+        return runs
 
     async def aget_batch_items(self, batch_id: str, *, deadline: float | None = None) -> list[Run]:
-        return protocol.parse_batch_items(await self._acall(protocol.get_batch_items(batch_id), deadline=deadline))
+        """The async twin of :meth:`get_batch_items`."""
+        request: protocol.ApiRequest | None = protocol.get_batch_items(batch_id)
+        runs: list[Run] = []
+        seen: set[str] = set()
+        while request is not None:
+            page = protocol.parse_batch_items(await self._acall(request, deadline=deadline))
+            runs.extend(page.runs)
+            request = protocol.next_items_request(batch_id, page, seen)
+        return runs
 
     def wait(self, run_id: str | Run, *, timeout: float = 600.0, poll_interval: float = 2.0) -> Run:
         """Poll one run (its id, or a :class:`Run`) until it is terminal and return it.

@@ -283,13 +283,15 @@ class FluxGenerateImageOperator(BaseOperator):
             try:
                 request = build_input(variant, **item)
                 # Identity from the references as written; the request sent carries fetchable ones.
-                job = references.attach(new_job(identity, index, variant, request, meta=meta))
+                job = references.attach(
+                    new_job(identity, index, variant, request, meta=meta, routes=self.hook.config.edit_models)
+                )
             except FluxValidationError as error:
                 if len(items) > 1 and not self._operator_level(error.field, index):
                     error.args = (f"prompts[{index}]: {error.args[0]}",)
                 raise
             jobs.append(job)
-        cost = estimate([(j.variant, j.request) for j in jobs], self.hook.prices)
+        cost = estimate([(j.model, j.request) for j in jobs], self.hook.prices)
         budget = self._budget()
         if budget is not None and check_budget:
             budget.check(cost)
@@ -454,7 +456,7 @@ class FluxGenerateImageOperator(BaseOperator):
                 item = plan.estimate.items[job.index]
                 record = ImageRecord(
                     index=job.index,
-                    model=job.variant.model_id,
+                    model=job.model,
                     prompt=job.prompt,
                     params=job.params,
                     seed=job.request.seed,

@@ -27,7 +27,6 @@ from airflow.triggers.base import BaseTrigger, TriggerEvent
 
 from airflow_provider_flux2.exceptions import FluxError, FluxValidationError
 from airflow_provider_flux2.hooks.flux import FluxHook
-from airflow_provider_flux2.models import resolve_variant
 from airflow_provider_flux2.window import POLL_ROUNDS, JobSpec, Poll, Submit, Window, rows_of
 
 #: The deadline of a trigger built with neither ``end_time`` nor ``timeout``.
@@ -242,13 +241,13 @@ class FluxGenerationTrigger(BaseTrigger):
             if submit.is_batch:
                 done = await hook.acreate_batch(
                     window.entries(submit),
-                    model=resolve_variant(submit.model),
+                    model=submit.model,
                     batch_key=submit.batch_key or "",
                     metadata=self.metadata,
                 )
             else:
                 (entry,) = window.entries(submit)
-                done = await hook.asubmit(entry, model=resolve_variant(submit.model), metadata=self.metadata)
+                done = await hook.asubmit(entry, model=submit.model, metadata=self.metadata)
             window.submitted(submit, done.run_ids, done.batch_id, time.time(), replayed=done.replayed)
         except FluxError as error:
             window.submit_failed(submit, error, time.time())

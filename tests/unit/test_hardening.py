@@ -113,13 +113,15 @@ def test_capped_body_refuses_encodings_it_did_not_ask_for(encoding):
     [("0.045", Decimal("0.045")), ("0", Decimal("0")), (None, None), ("", None), (0.03, Decimal("0.03"))],
 )
 def test_reported_cost_reads_decimals(value, expected):
-    assert protocol.reported_cost(value) == expected
+    run = protocol.parse_run({"id": "r1", "status_code": "succeeded", "cost": value})
+    assert run.cost == expected and run.api_cost == expected
 
 
 @pytest.mark.parametrize("value", ["-1", "NaN", "sNaN", "Infinity", "-0.01", "lots", [1], {"usd": 1}, True])
 def test_reported_cost_refuses_what_is_not_a_non_negative_number(value):
-    with pytest.raises(FluxAPIError, match="BAD_RESPONSE"):
-        protocol.reported_cost(value, run_id="r1", request_id="req-1")
+    with pytest.raises(FluxAPIError, match="BAD_COST.*r1") as caught:
+        protocol.parse_run({"id": "r1", "status_code": "succeeded", "cost": value, "request_id": "req-1"})
+    assert caught.value.request_id == "req-1" and caught.value.run_id == "r1"
 
 
 def test_a_2xx_body_that_is_not_an_object_names_the_request_id():

@@ -102,6 +102,7 @@ def test_estimate_total_is_exact_over_many_items():
             "reference_mp": 0,
             "unit_cost": Decimal("0.045"),
             "subtotal": Decimal("45.000"),
+            "estimated": False,
         }
     ]
 

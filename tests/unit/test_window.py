@@ -7,6 +7,7 @@ from decimal import Decimal
 
 import pytest
 
+from airflow_provider_flux2 import protocol
 from airflow_provider_flux2.exceptions import FluxAPIError, FluxServerError, FluxValidationError
 from airflow_provider_flux2.models import Batch, BatchItem, Run, RunStatus
 from airflow_provider_flux2.window import JobSpec, JobState, Submit, Window, rows_of
@@ -173,11 +174,12 @@ def test_the_running_budget_stops_submitting_on_the_spend_the_api_reports():
 
 @pytest.mark.parametrize("cost", ["-0.030", "NaN", "abc"])
 def test_a_reported_cost_that_is_negative_or_not_a_number_is_a_typed_error(cost):
+    """The cost is checked once, where the run is read: a bad one never reaches the window's budget."""
     win, api = window(1, max_in_flight=1, chunk=1), FakeAPI()
     (submit,) = win.submissions(T0)
     (run_id,) = api.accept(win, submit, T0)
     with pytest.raises(FluxAPIError, match=rf"BAD_COST.*{run_id}") as caught:
-        win.observe_run(run(run_id, RunStatus.SUCCEEDED, cost=cost), T0 + 1)
+        protocol.parse_run({"id": run_id, "status_code": "succeeded", "cost": cost, "request_id": "req-1"})
     assert caught.value.request_id == "req-1"
     win.poll_failed(win.polls(T0 + 1000)[0], caught.value, T0 + 1)  # not transient: the window stops
     assert win.status(T0 + 1) == "error" and "BAD_COST" in win.event(T0 + 1)["message"]

@@ -34,7 +34,9 @@ def test_a_batch_sent_twice_under_its_key_is_replayed_sync_and_async(emulator):
 
     second = asyncio.run(again())
     assert (second.batch_id, second.run_ids) == (first.batch_id, first.run_ids) and len(first.run_ids) == 3
-    assert second.replayed and not first.replayed  # the API said so (Idempotent-Replayed)
+    # No header says "replayed" on the real API: the same ids back is the replay (created_at, seconds
+    # old here, is too recent to call it one; a rebuilt trigger's replay is minutes old).
+    assert not first.replayed
     assert emulator.stats()["runs_created"] == 3
 
 
@@ -52,7 +54,7 @@ def test_a_run_sent_from_its_wire_form_is_the_same_run(emulator):
             await ahook.aclose()
 
     replay = asyncio.run(again())
-    assert replay.run_ids == [run.id] and replay.replayed  # same body, same key: a replay, not a 409
+    assert replay.run_ids == [run.id]  # same body, same key: a replay, not a 409
     assert emulator.stats()["runs_created"] == 1
 
 
