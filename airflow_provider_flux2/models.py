@@ -91,9 +91,7 @@ def is_edit_model(model: str | Variant | None) -> bool:
     return isinstance(model, str) and model.strip().lower() in EDIT_MODEL_IDS
 
 
-def target_model(
-    variant: Variant, has_references: bool, routes: dict[str, str] | None = None
-) -> tuple[str, bool]:
+def target_model(variant: Variant, has_references: bool, routes: dict[str, str] | None = None) -> tuple[str, bool]:
     """``(model id, verified)``: where a request of ``variant`` goes, and whether a page or a doctor's
     record says references go there.
 
@@ -818,8 +816,15 @@ class Run(BaseModel):
         return value if isinstance(value, dict) else None
 
     @field_validator(
-        "created_at", "started_at", "completed_at", "client_ref", "failure_code", "failure_message",
-        "failure_stage_code", "request_id", mode="before",
+        "created_at",
+        "started_at",
+        "completed_at",
+        "client_ref",
+        "failure_code",
+        "failure_message",
+        "failure_stage_code",
+        "request_id",
+        mode="before",
     )
     @classmethod
     def _text(cls, value: Any) -> Any:

@@ -17,6 +17,7 @@ import json
 import random
 import re
 import time
+import uuid
 import zlib
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -143,6 +144,22 @@ def auth_headers(api_key: str, organization_id: str | None = None) -> dict[str, 
 
 def health() -> ApiRequest:
     return ApiRequest("GET", "/v1/health")
+
+
+def health_ok(data: Any) -> bool:
+    """Whether a 2xx ``/v1/health`` body says the API is up. Its body is undocumented (Runflow's own
+    tools read ``{"status": "ok"}`` and ``{"ok": true}``): a 2xx is healthy unless the body says otherwise."""
+    if not isinstance(data, dict):
+        return True
+    if data.get("ok") is False:
+        return False
+    status = data.get("status")
+    return not isinstance(status, str) or status.strip().lower() in ("ok", "healthy", "pass", "up")
+
+
+def probe_run_id() -> str:
+    """A well-formed run id no run has (ids are UUIDs: a malformed one may be a 422, not a 404)."""
+    return str(uuid.uuid4())
 
 
 def model_path(model: Variant | str | None) -> str:
@@ -384,6 +401,8 @@ def _short_repr(value: Any, limit: int = 120) -> str:
 def _with_request_id(data: Any, request_id: str | None) -> Any:
     if request_id is None:
         return data
+    # The header's id wins: a run object's own ``request_id`` (documented, its creating request) is not
+    # the response that reported this state, which is the one an error report must name.
     entries = data if isinstance(data, list) else [data]
     for key in _LIST_KEYS:
         if isinstance(data, dict) and isinstance(data.get(key), list):
@@ -391,13 +410,13 @@ def _with_request_id(data: Any, request_id: str | None) -> Any:
             break
     for entry in entries:
         if isinstance(entry, dict):
-            entry.setdefault("request_id", request_id)
+            entry["request_id"] = request_id
     return data
 
 
 def normalize_output(raw: Any) -> RunOutput | None:
     """Accept the three documented output shapes: ``outputs``, ``images`` and ``image_urls``."""
-    if not isinstance(raw, dict):
+    if not isinstance(raw, dict) or not raw:  # a run not (yet) succeeded shows ``output: {}``
         return None
     images: list[OutputImage] = []
     for entry in raw.get("outputs") or []:

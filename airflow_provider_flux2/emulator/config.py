@@ -46,6 +46,11 @@ class EmulatorConfig(BaseModel):
     callback_retry_base: float = Field(0.2, ge=0)
     callback_timeout: float = Field(5.0, gt=0)
     random_seed: int | None = None
+    #: Items per page of ``GET /v1/batches/{id}/items`` when the caller gives no ``limit`` (small, so
+    #: tests cross a page; the provider asks for 500).
+    items_page_size: int = Field(10, ge=1, le=500)
+    #: Seconds a create spends before answering, holding its Idempotency-Key (a racing create is a 409).
+    create_delay: float = Field(0.0, ge=0)
 
     @field_validator("latency")
     @classmethod

@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import hashlib
 import hmac
 import json
 import logging
 import os
 import secrets
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -37,12 +38,14 @@ from airflow_provider_flux2.emulator.config import ConfigError
 from airflow_provider_flux2.emulator.faults import Fault, FaultPlan, PlanError
 from airflow_provider_flux2.emulator.images import ImageSpec, cache_status, render, resize_cache
 from airflow_provider_flux2.emulator.state import (
+    ORG_ID,
     BatchRecord,
     EmulatorState,
     InsufficientCreditError,
     RunRecord,
     RunSpec,
     StoredResponse,
+    is_uuid,
     iso,
 )
 from airflow_provider_flux2.emulator.wire import (
@@ -57,7 +60,19 @@ from airflow_provider_flux2.emulator.wire import (
     sign_callback,
 )
 from airflow_provider_flux2.exceptions import FluxValidationError
-from airflow_provider_flux2.models import MODEL_IDS, RunStatus, Variant, build_input, canonical_prompt
+from airflow_provider_flux2.models import (
+    EDIT_MODEL_IDS,
+    EDIT_MODELS,
+    FLAT_EDIT_FIELDS,
+    FLAT_EDIT_MODELS,
+    KLEIN_MAX_REFERENCES,
+    MODEL_IDS,
+    RunStatus,
+    Variant,
+    build_input,
+    canonical_prompt,
+)
+from airflow_provider_flux2.pricing import usd
 from airflow_provider_flux2.protocol import MAX_BATCH_ITEMS, MAX_CLIENT_REF
 from airflow_provider_flux2.references import HEADER_BYTES, MAX_HEADER_BYTES, header_size, is_storage_reference
 
@@ -211,6 +226,7 @@ class Context:
 
     prompts: list[str] = field(default_factory=list)
     variant: Variant | None = None
+    model_id: str | None = None  # the model in a create's path (an edit model, or the variant's)
     raw: bytes = b""
     body: Any = None
     body_ok: bool = True
@@ -235,11 +251,13 @@ class EmulatorApp:
         self.loop: asyncio.AbstractEventLoop | None = None
         routes = [
             Route("/v1/health", self.health, methods=["GET"]),
-            Route("/v1/models/{owner}/{slug}/runs", self.create_run, methods=["POST"]),
-            Route("/v1/models/{owner}/{slug}/batches", self.create_batch, methods=["POST"]),
+            # Model ids are slash paths, possibly deeper than owner/slug (…/flux-2-klein-4b/edit).
+            Route("/v1/models/{model:path}/runs", self.create_run, methods=["POST"]),
+            Route("/v1/models/{model:path}/batches", self.create_batch, methods=["POST"]),
             Route("/v1/runs/{run_id}", self.get_run, methods=["GET"]),
             Route("/v1/batches/{batch_id}", self.get_batch, methods=["GET"]),
             Route("/v1/batches/{batch_id}/items", self.get_batch_items, methods=["GET"]),
+            Route("/v1/billing/balance", self.get_balance, methods=["GET"]),
             Route("/_files/{run_id}/{name}", self.download, methods=["GET"]),
             Route("/_emulator/ledger", self.ledger, methods=["GET"]),
             Route("/_emulator/stats", self.stats, methods=["GET"]),
@@ -358,8 +376,9 @@ class EmulatorApp:
     # -- what a request is about -------------------------------------------------------------------------
 
     async def _about_create(self, request: Request) -> Context:
-        model_id = f"{request.path_params['owner']}/{request.path_params['slug']}"
-        context = Context(variant=MODEL_IDS.get(model_id), raw=await request.body())
+        model_id = str(request.path_params["model"]).lower()
+        variant = MODEL_IDS.get(model_id) or EDIT_MODEL_IDS.get(model_id)
+        context = Context(variant=variant, model_id=model_id, raw=await request.body())
         try:
             context.body = json.loads(context.raw) if context.raw else None
         except (ValueError, UnicodeDecodeError):
@@ -403,54 +422,80 @@ class EmulatorApp:
     async def get_batch_items(self, request: Request) -> Response:
         return await self._serve(request, "get_batch_items", self._get_batch_items, self._about_batch)
 
+    async def get_balance(self, request: Request) -> Response:
+        return await self._serve(request, "get_balance", self._get_balance)
+
     async def download(self, request: Request) -> Response:
         return await self._serve(request, "download", self._download, self._about_run, auth=False)
 
     async def _create_run(self, request: Request, context: Context) -> Response:
+        key = request.headers.get("idempotency-key") or None
         try:
             variant = self._model_for(context, batch=False)
-            key = request.headers.get("idempotency-key") or None
             replay = self._replay(key, request, context)
             if replay is not None:
                 return replay
-            spec = self._run_spec(variant, context.body, request, key)
-            await _measure_references(spec, ["input"])
-            self.state.check_credit(self.state.price_of(spec))
+            with self._creating(key):
+                spec = self._run_spec(variant, context, request, key)
+                await _measure_references(spec, ["input"])
+                if self.state.config.create_delay:
+                    await self._sleep(self.state.config.create_delay)
+                self.state.check_credit(self.state.price_of(spec))
+                run = self.state.create_run(spec)
+                body = run_object(run, run.timeline.created - _ACCEPTED)
+                self._remember(key, request, context, body)
         except RequestError as exc:
             return exc.response()
         except InsufficientCreditError as exc:
             return error(402, "INSUFFICIENT_CREDIT", f"Insufficient credit: {exc}")
-        run = self.state.create_run(spec)
-        body = run_object(run, run.timeline.created - _ACCEPTED)
-        self._remember(key, request, context, body)
         self._callback_later(run)
         return JSONResponse(body, status_code=201)
 
     async def _create_batch(self, request: Request, context: Context) -> Response:
+        key = request.headers.get("idempotency-key") or None
         try:
             variant = self._model_for(context, batch=True)
-            key = request.headers.get("idempotency-key") or None
             replay = self._replay(key, request, context)
             if replay is not None:
                 return replay
-            specs, metadata, callback_url = self._batch_specs(variant, context.body, request, key)
-            for index, spec in enumerate(specs):
-                await _measure_references(spec, ["input", index])
-            self.state.check_credit(sum((self.state.price_of(spec) for spec in specs), Decimal("0")))
+            with self._creating(key):
+                specs, metadata, callback_url = self._batch_specs(variant, context, request, key)
+                for index, spec in enumerate(specs):
+                    await _measure_references(spec, ["input", index])
+                if self.state.config.create_delay:
+                    await self._sleep(self.state.config.create_delay)
+                self.state.check_credit(sum((self.state.price_of(spec) for spec in specs), Decimal("0")))
+                batch = self.state.create_batch(
+                    variant, specs, metadata=metadata, callback_url=callback_url, idempotency_key=key
+                )
+                body = batch_object(self.state, batch, batch.created - _ACCEPTED)
+                self._remember(key, request, context, body)
         except RequestError as exc:
             return exc.response()
         except InsufficientCreditError as exc:
             return error(402, "INSUFFICIENT_CREDIT", f"Insufficient credit: {exc}")
-        batch = self.state.create_batch(
-            variant, specs, metadata=metadata, callback_url=callback_url, idempotency_key=key
-        )
-        body = batch_object(self.state, batch, batch.created - _ACCEPTED)
-        self._remember(key, request, context, body)
         for run_id in batch.run_ids:
             self._callback_later(self.state.runs[run_id])
         return JSONResponse(body, status_code=201)
 
+    @contextlib.contextmanager
+    def _creating(self, key: str | None) -> Iterator[None]:
+        """Hold ``key`` while its create is processed: a second create under it meanwhile is the 409 the
+        errors page describes ("usually a duplicate create or a race: refetch and retry")."""
+        if key is None:
+            yield
+            return
+        if key in self.state.creating:
+            raise RequestError(409, "CONFLICT", "A request with this Idempotency-Key is still being processed")
+        self.state.creating.add(key)
+        try:
+            yield
+        finally:
+            self.state.creating.discard(key)
+
     async def _get_run(self, request: Request, context: Context) -> Response:
+        if not is_uuid(request.path_params["run_id"]):
+            return _not_a_uuid("run_id", request.path_params["run_id"])
         if context.run is None:
             return error(404, "RUN_NOT_FOUND", f"No run {request.path_params['run_id']!r}")
         now = self.state.clock()
@@ -458,19 +503,57 @@ class EmulatorApp:
         return JSONResponse(run_object(context.run, now, url))
 
     async def _get_batch(self, request: Request, context: Context) -> Response:
+        if not is_uuid(request.path_params["batch_id"]):
+            return _not_a_uuid("batch_id", request.path_params["batch_id"])
         if context.batch is None:
             return error(404, "BATCH_NOT_FOUND", f"No batch {request.path_params['batch_id']!r}")
         return JSONResponse(batch_object(self.state, context.batch, self.state.clock()))
 
     async def _get_batch_items(self, request: Request, context: Context) -> Response:
+        """The documented, cursor-paginated list: ``limit`` (1..500) and ``pq`` in, ``items``, ``next_pq``
+        and ``prev_pq`` out; each item with its own id and the whole run nested under ``run``."""
+        if not is_uuid(request.path_params["batch_id"]):
+            return _not_a_uuid("batch_id", request.path_params["batch_id"])
         if context.batch is None:
             return error(404, "BATCH_NOT_FOUND", f"No batch {request.path_params['batch_id']!r}")
+        try:
+            limit = _page_limit(request.query_params.get("limit"), self.state.config.items_page_size)
+            offset = _cursor_offset(request.query_params.get("pq"))
+        except RequestError as exc:
+            return exc.response()
         now = self.state.clock()
+        run_ids = context.batch.run_ids
         items = []
-        for run_id in context.batch.run_ids:
+        for run_id in run_ids[offset : offset + limit]:
             run = self.state.runs[run_id]
             items.append(batch_items_entry(run, now, await self._output_url(run, now, str(request.base_url))))
-        return JSONResponse({"items": items})
+        after = offset + limit
+        return JSONResponse(
+            {
+                "items": items,
+                "next_pq": _cursor(after) if after < len(run_ids) else None,
+                "prev_pq": _cursor(max(0, offset - limit)) if offset > 0 else None,
+            }
+        )
+
+    async def _get_balance(self, request: Request, context: Context) -> Response:
+        """``GET /v1/billing/balance``: ``credit_usd`` less what is spent or spoken for, as a decimal string.
+        With no ``credit_usd`` the emulator has no balance to show: 404, as an API without the endpoint."""
+        balance = self.state.balance()
+        if balance is None:
+            return error(404, "NOT_FOUND", "No credit balance: start the emulator with credit_usd to serve one")
+        stamp = iso(self.state.clock())
+        return JSONResponse(
+            {
+                "id": BALANCE_ID,
+                "org_id": ORG_ID,
+                "balance": usd(balance),
+                "low_balance_threshold": "5.000",
+                "low_balance_notified_at": None,
+                "created_at": stamp,
+                "updated_at": stamp,
+            }
+        )
 
     async def _download(self, request: Request, context: Context) -> Response:
         now = self.state.clock()
@@ -527,18 +610,21 @@ class EmulatorApp:
             return None
         if stored.fingerprint != self._fingerprint(request, context):
             raise RequestError(409, "CONFLICT", "This Idempotency-Key was already used with a different request body")
-        return JSONResponse(stored.body, status_code=stored.status, headers={"Idempotent-Replayed": "true"})
+        # The real API marks no replay (protocol.md): the same body, the same ids, nothing more.
+        return JSONResponse(stored.body, status_code=stored.status)
 
     def _remember(self, key: str | None, request: Request, context: Context, body: dict[str, Any]) -> None:
         if key:
             self.state.idempotency[key] = StoredResponse(self._fingerprint(request, context), 201, body)
 
-    def _run_spec(self, variant: Variant, body: Any, request: Request, key: str | None) -> RunSpec:
+    def _run_spec(self, variant: Variant, context: Context, request: Request, key: str | None) -> RunSpec:
+        body = context.body
         if not isinstance(body, dict):
             raise _invalid(["body"], "a JSON object with an 'input' object", body)
         return RunSpec(
             variant=variant,
-            request=_validated_input(variant, body.get("input"), ["input"]),
+            model_id=context.model_id or variant.model_id,
+            request=_validated_input(variant, body.get("input"), ["input"], context.model_id),
             base_url=str(request.base_url),
             metadata=_metadata(body.get("metadata")),
             callback_url=_callback_url(body.get("callback_url")),
@@ -547,8 +633,9 @@ class EmulatorApp:
         )
 
     def _batch_specs(
-        self, variant: Variant, body: Any, request: Request, key: str | None
+        self, variant: Variant, context: Context, request: Request, key: str | None
     ) -> tuple[list[RunSpec], dict[str, Any] | None, str | None]:
+        body = context.body
         if not isinstance(body, dict):
             raise _invalid(["body"], "a JSON object with an 'input' list", body)
         items = body.get("input")
@@ -570,7 +657,8 @@ class EmulatorApp:
                 specs.append(
                     RunSpec(
                         variant=variant,
-                        request=_validated_input(variant, fields, loc),
+                        model_id=context.model_id or variant.model_id,
+                        request=_validated_input(variant, fields, loc, context.model_id),
                         base_url=str(request.base_url),
                         metadata=metadata,
                         callback_url=callback_url,
@@ -712,6 +800,49 @@ class EmulatorApp:
 # --------------------------------------------------------------------------------------------------
 
 
+#: The balance record's id (one organisation).
+BALANCE_ID = "0b7d3c2a-9e41-4f6b-8d25-6a1c0e9f3b74"
+
+
+def _not_a_uuid(name: str, value: str) -> Response:
+    """A path id that is not a UUID: the API types them ``string<uuid>`` and answers 422."""
+    return error(
+        422,
+        "VALIDATION_ERROR",
+        f"{name} must be a UUID",
+        [_err(["path", name], "a valid UUID", value)],
+    )
+
+
+def _page_limit(value: str | None, default: int) -> int:
+    if value is None:
+        return default
+    if not value.isdigit() or not 1 <= int(value) <= MAX_PAGE_LIMIT:
+        raise _invalid(["query", "limit"], f"an integer 1..{MAX_PAGE_LIMIT}", value)
+    return int(value)
+
+
+def _cursor(offset: int) -> str:
+    """An opaque cursor (``pq``): the offset, encoded so nobody mistakes it for a page number."""
+    return base64.urlsafe_b64encode(json.dumps({"o": offset}).encode()).decode().rstrip("=")
+
+
+def _cursor_offset(value: str | None) -> int:
+    if not value:
+        return 0
+    try:
+        offset = json.loads(base64.urlsafe_b64decode(value + "=" * (-len(value) % 4)))["o"]
+    except (ValueError, KeyError, TypeError):
+        raise _invalid(["query", "pq"], "a cursor from next_pq or prev_pq", value) from None
+    if not isinstance(offset, int) or offset < 0:
+        raise _invalid(["query", "pq"], "a cursor from next_pq or prev_pq", value)
+    return offset
+
+
+#: The largest page a list endpoint serves (concepts/requests: ``limit`` up to 500).
+MAX_PAGE_LIMIT = 500
+
+
 def _prompt_text(entry: dict[str, Any]) -> str:
     prompt = entry.get("prompt")
     return canonical_prompt(prompt) if isinstance(prompt, (str, dict)) else ""
@@ -747,10 +878,29 @@ def _has_wire_type(value: Any, expected: str) -> bool:
     return isinstance(value, int) or (expected == "number" and isinstance(value, float))
 
 
-def _validated_input(variant: Variant, fields: Any, loc: list[Any]) -> Any:
-    """The input through the provider's own validation; its errors become the 422 ``errors[]``."""
+def _validated_input(variant: Variant, fields: Any, loc: list[Any], model_id: str | None = None) -> Any:
+    """The input through the provider's own validation; its errors become the 422 ``errors[]``.
+
+    Edit models (``…/edit``) require ``image_urls``; the flat klein 4B edit model takes only its
+    documented fields (``prompt``, ``image_urls``, ``seed``, ``steps``) and answers 1024×1024 JPEG.
+    The klein text-to-image models take no ``image_urls``: their references go to the edit models.
+    """
     if not isinstance(fields, dict):
         raise _invalid(loc, "an object with the generation parameters (prompt, image_size, ...)", fields)
+    model_id = model_id or variant.model_id
+    if model_id in EDIT_MODEL_IDS and not fields.get("image_urls"):
+        raise _invalid([*loc, "image_urls"], f"1..{KLEIN_MAX_REFERENCES} reference image URLs ({model_id})", None)
+    if variant.klein and model_id == variant.model_id and fields.get("image_urls"):
+        raise _invalid([*loc, "image_urls"], f"nothing: reference images go to {EDIT_MODELS[variant]}", None)
+    if model_id in FLAT_EDIT_MODELS:
+        for name in fields:
+            if name not in FLAT_EDIT_FIELDS:
+                raise _invalid([*loc, name], f"one of {', '.join(FLAT_EDIT_FIELDS)} ({model_id})", fields[name])
+        steps = fields.get("steps")
+        fields = {k: v for k, v in fields.items() if k != "steps"}
+        fields.update({"image_size": "square_hd", "output_format": "jpeg"})
+        if steps is not None:
+            fields["num_inference_steps"] = steps
     if "variant" in fields:
         raise _invalid([*loc, "variant"], "not a generation parameter (the model is in the URL)", fields["variant"])
     for name, expected in _WIRE_TYPES.items():

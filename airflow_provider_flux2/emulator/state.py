@@ -13,6 +13,7 @@ import hashlib
 import random
 import secrets
 import time
+import uuid
 from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -30,8 +31,26 @@ from airflow_provider_flux2.pricing import Price, billed_megapixels, reference_m
 MODERATED = "CONTENT_MODERATED"
 
 
-def new_id(prefix: str) -> str:
-    return f"{prefix}_{secrets.token_hex(12)}"
+def new_id() -> str:
+    """Resource ids are UUIDs, as the API's (``string<uuid>`` path parameters)."""
+    return str(uuid.uuid4())
+
+
+def is_uuid(value: str) -> bool:
+    try:
+        uuid.UUID(value)
+    except ValueError:
+        return False
+    return True
+
+
+#: The emulated organisation (``org_id`` on runs, batches and the balance).
+ORG_ID = "5f0c6a1e-7a31-4c1b-9a0e-0f1a2b3c4d5e"
+
+
+def model_uuid(model_id: str) -> str:
+    """A model's ``model_id`` as the API shows it on a run: a UUID, stable per model."""
+    return str(uuid.uuid5(uuid.NAMESPACE_URL, f"https://api.runflow.io/v1/models/{model_id}"))
 
 
 def iso(instant: float) -> str:
@@ -160,6 +179,11 @@ class RunRecord:
     item_id: str | None = None
     sequence_index: int | None = None
     fault: Fault | None = None
+    #: The model the run was sent to (an edit model for reference images); the variant's by default.
+    model_id: str = ""
+
+    def __post_init__(self) -> None:
+        self.model_id = self.model_id or self.variant.model_id
 
     @property
     def cost(self) -> Decimal:
@@ -203,6 +227,10 @@ class BatchRecord:
     metadata: dict[str, Any] | None = None
     callback_url: str | None = None
     idempotency_key: str | None = None
+    model_id: str = ""
+
+    def __post_init__(self) -> None:
+        self.model_id = self.model_id or self.variant.model_id
 
 
 @dataclass(frozen=True)
@@ -237,6 +265,11 @@ class RunSpec:
     callback_url: str | None = None
     client_ref: str | None = None
     idempotency_key: str | None = None
+    #: The model in the request's path (an edit model for reference images); the variant's by default.
+    model_id: str = ""
+
+    def __post_init__(self) -> None:
+        self.model_id = self.model_id or self.variant.model_id
 
 
 @dataclass
@@ -262,6 +295,8 @@ class EmulatorState:
         self.runs: dict[str, RunRecord] = {}
         self.batches: dict[str, BatchRecord] = {}
         self.idempotency: dict[str, StoredResponse] = {}
+        #: Keys of creates still being processed: a second create under one of them is a 409 (a race).
+        self.creating: set[str] = set()
         self.plan = FaultPlan()
         self.requests: Counter[str] = Counter()
         self.faults_fired: list[dict[str, Any]] = []
@@ -302,8 +337,14 @@ class EmulatorState:
         if cost > remaining:
             raise InsufficientCreditError(cost, remaining)
 
+    def balance(self) -> Decimal | None:
+        """The organisation's credit balance: ``credit_usd`` less what succeeded or will (``None``: unset)."""
+        if self.config.credit_usd is None:
+            return None
+        return max(Decimal("0"), self.config.credit_usd - self.committed())
+
     def price_of(self, spec: RunSpec) -> Decimal:
-        price = self.config.price_table().price(spec.variant)
+        price = self.config.price_table().price(spec.model_id)
         return price.cost(
             billed_megapixels(spec.request.width, spec.request.height),
             reference_megapixels(spec.request.image_urls, spec.request.reference_sizes),
@@ -333,12 +374,13 @@ class EmulatorState:
         seed = request.seed if request.seed is not None else self.rng.randrange(2**32)
         fault = self.plan.select(endpoint, "run", [request.prompt], spec.variant)
         outcome = decide_outcome(self.config, request, seed, fault, self._duplicate_source(fault, seed, previous))
-        price = self.config.price_table().price(spec.variant)
+        price = self.config.price_table().price(spec.model_id)
         billed_mp = billed_megapixels(request.width, request.height)
         phases = sample_phases(self.config, billed_mp, self.rng)
         run = RunRecord(
-            id=new_id("run"),
+            id=new_id(),
             variant=spec.variant,
+            model_id=spec.model_id,
             request=request,
             seed=seed,
             upsampled_prompt=upsample(spec.variant, request.prompt),
@@ -353,7 +395,7 @@ class EmulatorState:
             client_ref=spec.client_ref,
             idempotency_key=spec.idempotency_key,
             batch_id=batch_id,
-            item_id=new_id("item") if batch_id else None,
+            item_id=new_id() if batch_id else None,
             sequence_index=sequence_index,
             fault=fault,
         )
@@ -373,8 +415,9 @@ class EmulatorState:
     ) -> BatchRecord:
         """Create a batch: one run per item, in order, each a full run."""
         batch = BatchRecord(
-            id=new_id("batch"),
+            id=new_id(),
             variant=variant,
+            model_id=specs[0].model_id if specs else "",
             run_ids=[],
             created=self.clock(),
             metadata=metadata,
@@ -431,7 +474,7 @@ class EmulatorState:
                 "idempotency_key": run.idempotency_key,
                 "client_ref": run.client_ref,
                 "batch_id": run.batch_id,
-                "model": run.variant.model_id,
+                "model": run.model_id,
                 "width": run.width,
                 "height": run.height,
                 "billed_mp": run.billed_mp,

@@ -10,11 +10,12 @@ import hashlib
 import hmac
 import secrets
 from collections.abc import Mapping
+from decimal import Decimal
 from typing import Any
 from urllib.parse import urlencode
 
 from airflow_provider_flux2.emulator.images import EXTENSIONS
-from airflow_provider_flux2.emulator.state import BatchRecord, EmulatorState, RunRecord, iso
+from airflow_provider_flux2.emulator.state import ORG_ID, BatchRecord, EmulatorState, RunRecord, iso, model_uuid
 from airflow_provider_flux2.models import RunStatus
 from airflow_provider_flux2.pricing import usd
 
@@ -72,7 +73,8 @@ def check_presigned(secret: bytes, path: str, query: Mapping[str, str], now: flo
 
 
 def run_object(run: RunRecord, now: float, output_url: str | None = None) -> dict[str, Any]:
-    """A run as ``GET /v1/runs/{id}`` shows it at ``now``.
+    """A run as ``GET /v1/runs/{id}`` shows it at ``now``, in the API reference's shape (fields the
+    provider does not read included, none of the emulator's own).
 
     :param run: the run.
     :param now: the instant its status is derived for.
@@ -83,32 +85,48 @@ def run_object(run: RunRecord, now: float, output_url: str | None = None) -> dic
     started = now >= timeline.start
     ended = status.terminal
     succeeded = status is RunStatus.SUCCEEDED
-    body: dict[str, Any] = {
+    return {
         "id": run.id,
-        "object": "run",
-        "model": run.variant.model_id,
+        "flow_id": None,
+        "model_id": model_uuid(run.model_id),
+        "comfyui_workflow_id": None,
+        "target_type": "model",
+        "target_version": None,
+        "org_id": ORG_ID,
         "status_code": status.value,
+        "source_code": "api",
         "input": run.request.to_wire(),
         "output": _output(run, output_url) if succeeded else None,
+        "context": {},
+        "duration_ms": round((timeline.end - timeline.start) * 1000) if ended else None,
         "cost": usd(run.cost) if succeeded else ("0" if ended else None),
         "cost_breakdown": _cost_breakdown(run) if succeeded else None,
-        "duration_ms": round((timeline.end - timeline.start) * 1000) if ended else None,
+        "nodes_total": 1,
+        "nodes_completed": 1 if ended else 0,
+        "resolved_template_id": None,
+        "batch_id": run.batch_id,
+        "client_ref": run.client_ref,
+        "jurisdiction_code": None,
+        "flow_version_id": None,
+        "request_id": None,
+        "created_by": None,
         "created_at": iso(timeline.created),
         "started_at": iso(timeline.start) if started else None,
         "completed_at": iso(timeline.end) if ended else None,
         "callback_url": run.callback_url,
         "metadata": run.metadata,
-        "client_ref": run.client_ref,
+        "has_logs": False,
+        "has_node_runs": False,
+        "links": {},
         "failure_code": run.outcome.failure_code if ended else None,
         "failure_message": run.outcome.failure_message if ended else None,
         "failure_stage_code": run.outcome.failure_stage if ended else None,
         "current_evaluation_summary": (
-            {"score": run.outcome.score, "evaluator": "sentinel-emulated"} if succeeded else None
+            {"passed": run.outcome.score >= 0.5, "status_code": "completed", "score": run.outcome.score}
+            if succeeded
+            else None
         ),
     }
-    if run.batch_id is not None:
-        body["batch_id"] = run.batch_id
-    return body
 
 
 def _output(run: RunRecord, url: str | None) -> dict[str, Any]:
@@ -137,6 +155,7 @@ def _cost_breakdown(run: RunRecord) -> dict[str, Any]:
 
 
 def batch_item(run: RunRecord, now: float) -> dict[str, Any]:
+    """One entry of a batch's lean ``items[]``: the item's own id, not the run's."""
     return {
         "id": run.item_id,
         "sequence_index": run.sequence_index,
@@ -147,30 +166,62 @@ def batch_item(run: RunRecord, now: float) -> dict[str, Any]:
 
 
 def batch_object(state: EmulatorState, batch: BatchRecord, now: float) -> dict[str, Any]:
+    """A batch as ``GET /v1/batches/{id}`` shows it: its own status is an open string, its counters and
+    the lean ``items[]`` for polling."""
     status, succeeded, failed = state.batch_status(batch, now)
     runs = [state.runs[run_id] for run_id in batch.run_ids]
+    ended = status.terminal
+    billed = sum((run.cost for run in runs if run.billed(now)), Decimal("0"))
     return {
         "id": batch.id,
-        "object": "batch",
-        "model": batch.variant.model_id,
+        "org_id": ORG_ID,
+        "target_type_code": "model",
+        "target_type": "model",
+        "target_id": model_uuid(batch.model_id),
         "status_code": status.value,
+        "source_code": "api",
         "items_total": len(runs),
         "items_succeeded": succeeded,
         "items_failed": failed,
-        "items": [batch_item(run, now) for run in runs],
-        "created_at": iso(batch.created),
+        "items_cancelled": 0,
+        "resolved_template_id": None,
+        "cost": usd(billed),
+        "output": {},
         "metadata": batch.metadata,
         "callback_url": batch.callback_url,
+        "duration_ms": None,
+        "failure_code": None,
+        "failure_message": None,
+        "failure_stage_code": None,
+        "created_by": None,
+        "created_at": iso(batch.created),
+        "started_at": iso(min(run.timeline.start for run in runs)) if runs and now >= runs[0].timeline.start else None,
+        "completed_at": iso(max(run.timeline.end for run in runs)) if ended and runs else None,
+        "links": {},
+        "items": [batch_item(run, now) for run in runs],
     }
 
 
 def batch_items_entry(run: RunRecord, now: float, output_url: str | None) -> dict[str, Any]:
-    """One entry of ``GET /v1/batches/{id}/items``: the full run plus its place in the batch."""
+    """One entry of ``GET /v1/batches/{id}/items``: the item (its own id), its live state, an ``error``
+    object for a failed run, and the whole run nested under ``run``."""
+    full = run_object(run, now, output_url)
+    failed = run.status(now) is RunStatus.FAILED
     return {
-        **run_object(run, now, output_url),
-        "run_id": run.id,
-        "item_id": run.item_id,
+        "id": run.item_id,
+        "batch_id": run.batch_id,
         "sequence_index": run.sequence_index,
+        "run_id": run.id,
+        "created_at": full["created_at"],
+        "client_ref": run.client_ref,
+        "status_code": full["status_code"],
+        "input": full["input"],
+        "cost": full["cost"],
+        "output": full["output"],
+        "error": ({"code": run.outcome.failure_code, "message": run.outcome.failure_message} if failed else None),
+        "started_at": full["started_at"],
+        "completed_at": full["completed_at"],
+        "run": full,
     }
 
 

@@ -435,7 +435,8 @@ class FluxHook(BaseHook):
     # -- API ----------------------------------------------------------------------------------------
 
     def health(self) -> bool:
-        return (self._call(protocol.health()) or {}).get("status") == "ok"
+        """Whether ``/v1/health`` answers 2xx with a body that does not say otherwise (see ``protocol.health_ok``)."""
+        return protocol.health_ok(self._call(protocol.health()))
 
     def test_connection(self) -> tuple[bool, str]:
         """Health, then an authenticated read (a 404 for an unknown run proves the key works)."""
@@ -443,7 +444,7 @@ class FluxHook(BaseHook):
             if not self.health():
                 return False, f"{self.config.base_url} answered, but /v1/health is not ok"
             with contextlib.suppress(FluxNotFoundError):
-                self._call(protocol.get_run("flux2-connection-test"))
+                self._call(protocol.get_run(protocol.probe_run_id()))
             return True, f"Connected to {self.config.base_url}; the API key is accepted"
         except FluxError as error:
             # `airflow connections test` prints through rich, which takes "[request id …]" for markup
@@ -628,7 +629,9 @@ class FluxHook(BaseHook):
         )
         return Submission(run_ids=run_ids, batch_id=batch.id, replayed=replayed)
 
-    def submit_entry(self, entry: BatchEntry, *, model: Variant | str, metadata: Mapping[str, Any] | None = None) -> Run:
+    def submit_entry(
+        self, entry: BatchEntry, *, model: Variant | str, metadata: Mapping[str, Any] | None = None
+    ) -> Run:
         """Create one run under the entry's own Idempotency-Key (the input is sent as it is)."""
         request = protocol.create_run(
             model, entry.request, idempotency_key=entry.idempotency_key, client_ref=entry.client_ref, metadata=metadata
@@ -657,7 +660,9 @@ class FluxHook(BaseHook):
         )
         return Submission(run_ids=[run.id], replayed=replayed)
 
-    def submit_one(self, entry: BatchEntry, *, model: Variant | str, metadata: Mapping[str, Any] | None = None) -> Submission:
+    def submit_one(
+        self, entry: BatchEntry, *, model: Variant | str, metadata: Mapping[str, Any] | None = None
+    ) -> Submission:
         """:meth:`asubmit` for the worker: one run under the entry's own key, and whether it was a replay."""
         request = protocol.create_run(
             model, entry.request, idempotency_key=entry.idempotency_key, client_ref=entry.client_ref, metadata=metadata

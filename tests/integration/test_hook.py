@@ -6,6 +6,7 @@ import asyncio
 import json
 import logging
 import time
+import uuid
 
 import pytest
 
@@ -155,8 +156,9 @@ def test_no_retry_on_client_errors(emulator, status, config, kind):
 
 def test_no_retry_on_404(emulator):
     hook = make_hook(emulator)
-    with pytest.raises(FluxNotFoundError, match="run_does_not_exist"):
-        hook.get_run("run_does_not_exist")
+    missing = str(uuid.uuid4())
+    with pytest.raises(FluxNotFoundError, match=missing):
+        hook.get_run(missing)
     assert emulator.stats()["requests"]["get_run"] == 1
 
 
@@ -307,7 +309,7 @@ def test_submit_takes_parameters_and_download_reads_the_size_from_the_run(emulat
     hook = make_hook(emulator)
     first = hook.submit("a green kettle", image_size="1920x1080", output_format="png", seed=5)
     second = hook.submit({"prompt": "a green kettle", "image_size": "square", "model": "flex"})
-    assert second.model == "black-forest-labs/flux-2-flex"
+    assert _model_of(emulator, hook, second.id) == "black-forest-labs/flux-2-flex"
     run = hook.wait(first, poll_interval=0.02)  # a Run or its id
     image = hook.download(run)
     assert (image.width, image.height, image.format) == (1920, 1080, "png")
@@ -356,7 +358,15 @@ def test_an_input_built_for_one_variant_is_not_sent_to_another(emulator):
     flex = build_input("flex", prompt="a lamp", num_inference_steps=8)
     with pytest.raises(FluxValidationError, match="flux-2-flex, the variant this input was built for"):
         hook.submit(flex, model="pro")
-    assert hook.submit(flex).model == "black-forest-labs/flux-2-flex"  # its own variant when none is named
+    own = hook.submit(flex)  # its own variant when none is named
+    assert _model_of(emulator, hook, own.id) == "black-forest-labs/flux-2-flex"
     # A mapping's own "model" key is not a generation parameter; the model argument wins over it.
-    assert hook.submit({"prompt": "a lamp", "model": "pro"}, model="max").model == "black-forest-labs/flux-2-max"
+    named = hook.submit({"prompt": "a lamp", "model": "pro"}, model="max")
+    assert _model_of(emulator, hook, named.id) == "black-forest-labs/flux-2-max"
+
+
+def _model_of(emulator, hook, run_id: str) -> str:
+    """The model a run was sent to, from the emulator's ledger (the API's run shows a model UUID)."""
+    hook.wait(run_id, poll_interval=0.02)
+    return next(e["model"] for e in emulator.ledger()["entries"] if e["run_id"] == run_id)
     assert create_run_requests(emulator) == 2

@@ -119,7 +119,7 @@ def test_reported_cost_reads_decimals(value, expected):
 
 @pytest.mark.parametrize("value", ["-1", "NaN", "sNaN", "Infinity", "-0.01", "lots", [1], {"usd": 1}, True])
 def test_reported_cost_refuses_what_is_not_a_non_negative_number(value):
-    with pytest.raises(FluxAPIError, match="BAD_COST.*r1") as caught:
+    with pytest.raises(FluxAPIError, match=r"BAD_COST.*r1") as caught:
         protocol.parse_run({"id": "r1", "status_code": "succeeded", "cost": value, "request_id": "req-1"})
     assert caught.value.request_id == "req-1" and caught.value.run_id == "r1"
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import uuid
 
 import imagehash
 import pytest
@@ -17,12 +18,12 @@ def test_batch_is_created_with_one_queued_item_per_input(api):
     response = api.create_batch(_items("one", "two", "three"), metadata={"dag_id": "d"})
     assert response.status_code == 201
     batch = response.json()
-    assert batch["id"].startswith("batch_")
+    assert uuid.UUID(batch["id"])
     assert batch["status_code"] == "queued"
     assert (batch["items_total"], batch["items_succeeded"], batch["items_failed"]) == (3, 0, 0)
     assert [item["sequence_index"] for item in batch["items"]] == [0, 1, 2]
     assert [item["client_ref"] for item in batch["items"]] == ["ref-0", "ref-1", "ref-2"]
-    assert all(item["status_code"] == "queued" and item["run_id"].startswith("run_") for item in batch["items"])
+    assert all(item["status_code"] == "queued" and uuid.UUID(item["run_id"]) for item in batch["items"])
     assert len({item["id"] for item in batch["items"]}) == 3
     assert response.headers["x-request-id"].startswith("req_")
 
@@ -48,14 +49,33 @@ def test_batch_items_are_real_runs_billed_and_pollable(api):
 def test_batch_items_endpoint_lists_full_runs_in_order(api):
     batch = api.create_batch(_items("alpha", "beta")).json()
     api.wait_batch(batch["id"])
-    items = api.client.get(f"/v1/batches/{batch['id']}/items").json()["items"]
+    page = api.client.get(f"/v1/batches/{batch['id']}/items").json()
+    items = page["items"]
+    assert page["next_pq"] is None and page["prev_pq"] is None  # one page
     assert [item["sequence_index"] for item in items] == [0, 1]
     assert [item["run_id"] for item in items] == [i["run_id"] for i in batch["items"]]
-    for item in items:
-        assert item["id"] == item["run_id"]
+    for item, lean in zip(items, batch["items"], strict=True):
+        assert item["id"] == lean["id"] != item["run_id"]  # the item's own id, not the run's
+        assert item["batch_id"] == batch["id"] and item["error"] is None
         assert item["status_code"] == "succeeded"
         assert item["output"]["outputs"][0]["url"]
         assert item["cost"] == "0.030"
+        assert item["run"]["id"] == item["run_id"] and item["run"]["cost"] == "0.030"
+
+
+def test_batch_items_are_cursor_paginated_as_documented(api):
+    """``limit`` and ``pq`` in, ``items``/``next_pq``/``prev_pq`` out; the default page is small."""
+    batch = api.create_batch(_items(*(f"p{i}" for i in range(12)))).json()
+    first = api.client.get(f"/v1/batches/{batch['id']}/items").json()
+    assert len(first["items"]) == 10 and first["next_pq"] and first["prev_pq"] is None
+    second = api.client.get(f"/v1/batches/{batch['id']}/items", params={"pq": first["next_pq"]}).json()
+    assert [i["sequence_index"] for i in second["items"]] == [10, 11] and second["next_pq"] is None
+    assert second["prev_pq"]
+    small = api.client.get(f"/v1/batches/{batch['id']}/items", params={"limit": 5}).json()
+    assert len(small["items"]) == 5
+    bad = api.client.get(f"/v1/batches/{batch['id']}/items", params={"limit": 501})
+    assert bad.status_code == 422 and bad.json()["errors"][0]["loc"] == ["query", "limit"]
+    assert api.client.get(f"/v1/batches/{batch['id']}/items", params={"pq": "nonsense"}).status_code == 422
 
 
 def test_partial_success_when_some_items_fail(api):

@@ -8,6 +8,7 @@ import shutil
 import subprocess
 import sys
 import time
+import uuid
 from pathlib import Path
 
 import httpx
@@ -54,8 +55,9 @@ def test_thread_mode_binds_loopback_on_a_free_port_and_stops():
 def test_without_a_key_any_bearer_token_is_accepted(monkeypatch):
     monkeypatch.delenv("FLUX2_EMULATOR_API_KEY", raising=False)
     with Emulator() as emu, httpx.Client(base_url=emu.base_url, trust_env=False) as client:
-        assert client.get("/v1/runs/x", headers={"Authorization": "Bearer anything"}).status_code == 404
-        assert client.get("/v1/runs/x", headers={"Authorization": f"Bearer {emu.api_key}"}).status_code == 404
+        assert client.get(f"/v1/runs/{uuid.uuid4()}", headers={"Authorization": "Bearer anything"}).status_code == 404
+        own_key = {"Authorization": f"Bearer {emu.api_key}"}
+        assert client.get(f"/v1/runs/{uuid.uuid4()}", headers=own_key).status_code == 404
         assert client.get("/v1/runs/x").status_code == 401
 
 
@@ -64,7 +66,7 @@ def test_the_key_can_come_from_the_environment(monkeypatch):
     with Emulator() as emu, httpx.Client(base_url=emu.base_url, trust_env=False) as client:
         assert emu.api_key == "rf_env_key"
         assert client.get("/v1/runs/x", headers={"Authorization": "Bearer other"}).status_code == 401
-        assert client.get("/v1/runs/x", headers={"Authorization": "Bearer rf_env_key"}).status_code == 404
+        assert client.get(f"/v1/runs/{uuid.uuid4()}", headers={"Authorization": "Bearer rf_env_key"}).status_code == 404
 
 
 def test_unknown_config_key_is_refused_at_construction():
