@@ -122,7 +122,9 @@ class FluxNotFoundError(FluxAPIError):
 
 
 class FluxConflictError(FluxAPIError):
-    """409: the Idempotency-Key was used before with a different body."""
+    """409: "usually a duplicate create or a race" (Runflow's errors page). A create racing an earlier
+    one under the same Idempotency-Key is sent again by the hook (the same key: replayed, never billed
+    twice); a 409 that outlasts those tries means the key was used before with a different body."""
 
 
 class FluxRateLimitError(FluxAPIError):
@@ -223,6 +225,24 @@ class BudgetExceededError(FluxError):
             f"Estimated cost ${format_usd(estimate)}{count} exceeds the {scope} budget of ${format_usd(limit)}; "
             "nothing was submitted"
         )
+
+
+class InsufficientBalanceError(BudgetExceededError):
+    """A plan costs more than the organisation's credit balance (``GET /v1/billing/balance``); raised
+    before the first submit, so a night never dies half-way on 402 ``INSUFFICIENT_CREDIT``."""
+
+    def __init__(self, *, estimate: Decimal, balance: Decimal, images: int = 0) -> None:
+        self.balance = balance
+        FluxError.__init__(
+            self,
+            f"The plan costs up to ${format_usd(estimate)} for {images} image(s), more than the organisation's "
+            f"credit balance of ${format_usd(balance)}; nothing was submitted. Top up the balance, plan fewer "
+            "images, or set insufficient_balance_action='warn'",
+        )
+        self.estimate = estimate
+        self.limit = balance
+        self.scope = "balance"
+        self.images = images
 
 
 class RunningBudgetError(FluxError):

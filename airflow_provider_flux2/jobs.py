@@ -24,13 +24,20 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from decimal import Decimal
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from airflow_provider_flux2 import protocol
-from airflow_provider_flux2.exceptions import FluxError, FluxImageError, FluxModerationError, FluxRunFailedError
+from airflow_provider_flux2.exceptions import (
+    FluxError,
+    FluxImageError,
+    FluxModerationError,
+    FluxRunFailedError,
+    InsufficientBalanceError,
+)
 from airflow_provider_flux2.hooks.flux import BatchEntry, FluxHook, expected_duration
 from airflow_provider_flux2.models import (
     FluxInput,
@@ -192,15 +199,32 @@ class Plan:
     def specs(self) -> list[JobSpec]:
         return [job.spec(self.estimate.items[job.index]) for job in self.jobs]
 
-    def line(self, max_in_flight: int) -> str:
-        """``Plan: 1,000 images · 1,250 MP · $31.50 of $40.00 budget · max 32 in flight``."""
+    def line(self, max_in_flight: int, *, balance: Decimal | None = None) -> str:
+        """``Plan: 1,000 images · 1,250 MP · $31.50 of $40.00 budget · balance $120.00 · max 32 in flight``,
+        with what is only estimated (prices, unverified routes) said at the end."""
         count = len(self.jobs)
         money = f"${cents(self.estimate.total)}"
         money += f" of ${cents(self.budget.limit)} budget" if self.budget is not None else ", no budget"
+        if balance is not None:
+            money += f" · balance ${cents(balance)}"
         return (
             f"Plan: {count:,} image{'s' if count != 1 else ''} · {self.estimate.total_mp:,} MP · {money} · "
-            f"max {max_in_flight} in flight"
+            f"max {max_in_flight} in flight{self.estimate.caveats()}"
         )
+
+
+def check_balance(plan: Plan, balance: Decimal | None, *, action: str, log: Any) -> None:
+    """Refuse (``fail``) or warn about (``warn``) a plan that costs more than the credit balance.
+
+    The plan counts at the highest price any source names (``CostEstimate.worst_total``); an unknown
+    balance (the endpoint missing or refused) checks nothing.
+    """
+    if balance is None or plan.estimate.worst_total <= balance:
+        return
+    error = InsufficientBalanceError(estimate=plan.estimate.worst_total, balance=balance, images=len(plan.jobs))
+    if action == "fail":
+        raise error
+    log.warning("%s (going on: insufficient_balance_action=%r, or a retry)", error, action)
 
 
 # --------------------------------------------------------------------------------------------------

@@ -472,7 +472,8 @@ class Budget:
     def check(self, amount: Decimal | CostEstimate, *, spent: Decimal = Decimal("0")) -> None:
         """Raise :class:`BudgetExceededError` if ``spent`` plus ``amount`` is over the limit."""
         images = amount.count if isinstance(amount, CostEstimate) else 0
-        planned = amount.total if isinstance(amount, CostEstimate) else amount
+        # A plan counts at the highest price any source names until the price is measured.
+        planned = amount.worst_total if isinstance(amount, CostEstimate) else amount
         if spent + planned > self.limit:
             raise BudgetExceededError(estimate=spent + planned, limit=self.limit, scope=self.scope, images=images)
 

@@ -22,6 +22,7 @@ import zlib
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from decimal import Decimal
 from typing import Any
 from urllib.parse import parse_qs, urlencode, urlsplit
 
@@ -49,6 +50,7 @@ from airflow_provider_flux2.models import (
     RunOutput,
     RunStatus,
     Variant,
+    parse_money,
     resolve_variant,
     wire_for,
 )
@@ -144,6 +146,14 @@ def auth_headers(api_key: str, organization_id: str | None = None) -> dict[str, 
 
 def health() -> ApiRequest:
     return ApiRequest("GET", "/v1/health")
+
+
+def parse_balance(data: Any) -> Decimal | None:
+    """The ``balance`` (a decimal string) of ``GET /v1/billing/balance``; ``None`` when unreadable."""
+    try:
+        return parse_money(data.get("balance")) if isinstance(data, dict) else None
+    except ValueError:
+        return None
 
 
 def health_ok(data: Any) -> bool:
@@ -633,6 +643,17 @@ def batch_unsupported(error: BaseException) -> bool:
     if not isinstance(error, FluxValidationError):
         return False
     return not any(str(d.get("field", "")).split(".")[0].isdigit() for d in error.details)
+
+
+#: Tries of a create that answers 409 (a race with an earlier create under the same key, which the
+#: next try replays); a 409 past them is a key reused with a different body, raised.
+CONFLICT_ATTEMPTS = 4
+
+
+def is_conflict_race(error: BaseException, request: ApiRequest, attempt: int) -> bool:
+    """Whether a 409 to ``request`` is worth sending again under the same key: it is a create carrying
+    an ``Idempotency-Key`` and has tried fewer than :data:`CONFLICT_ATTEMPTS` times."""
+    return isinstance(error, FluxConflictError) and "Idempotency-Key" in request.headers and attempt < CONFLICT_ATTEMPTS
 
 
 #: Each backoff delay is lengthened by up to this fraction, at random, so clients do not retry in step.

@@ -26,7 +26,8 @@ for an ``s3://`` photo and output (else boto3's default chain).
 **Cost on defaults**: the shipped photo is 1200×900 (1,080,000 px → 2 MP, billed at the extra-MP
 rate as a reference); each version is 1 MP. Per version on FLUX 2 [pro]: $0.030 + 2 × $0.015 =
 $0.060; four styles = **$0.240**. (Priced as an unmeasured URL, the photo would have been assumed
-1 MP: $0.180 — short by a quarter.)
+1 MP: $0.180 — short by a quarter.) With ``model=klein-4b`` the versions go to Runflow's edit model
+``black-forest-labs/flux-2-klein-4b/edit`` at $0.005 each (1024×1024 JPEG), whatever the photo weighs.
 """
 
 from __future__ import annotations

@@ -31,6 +31,7 @@ from airflow_provider_flux2.exceptions import (
     BudgetOverrunError,
     FluxAPIError,
     FluxAuthError,
+    FluxConflictError,
     FluxConnectionError,
     FluxConnectionNotFoundError,
     FluxError,
@@ -294,7 +295,8 @@ class FluxHook(BaseHook):
         reach the API and only its answer was lost, the retry is replayed (same run, billed once).
         """
         policy = self.config.retry
-        if not protocol.is_transient(error) or attempt >= policy.max_attempts:
+        race = protocol.is_conflict_race(error, request, attempt)
+        if not race and (not protocol.is_transient(error) or attempt >= policy.max_attempts):
             return None
         delay = policy.delay(attempt, error)
         self.log.warning(
@@ -310,6 +312,15 @@ class FluxHook(BaseHook):
         return delay
 
     def _final_error(self, request: protocol.ApiRequest, attempt: int, error: BaseException) -> BaseException:
+        if isinstance(error, FluxConflictError) and "Idempotency-Key" in request.headers:
+            body = request.json or {}
+            refs = [str(i.get("client_ref")) for i in body.get("input") or [] if isinstance(i, dict)]
+            job = body.get("client_ref") or ", ".join(refs[:5]) or "?"
+            return error.with_hint(
+                f"Idempotency-Key {request.headers['Idempotency-Key']} (job {job}) was already used with a "
+                f"different request body; still 409 after {attempt} tries. A changed request gets a new key: "
+                "was the same task identity sent with other inputs?"
+            )
         if isinstance(error, FluxAuthError):
             return error.with_hint(
                 f"Check the API key in Airflow connection {self.config.conn_id!r} (the key itself is never shown)"
@@ -451,6 +462,30 @@ class FluxHook(BaseHook):
             # and drops it: parentheses keep the request id in the CLI and the UI alike.
             return False, str(error).replace("[", "(").replace("]", ")")
 
+    def get_balance(self) -> Decimal | None:
+        """The organisation's credit balance (``GET /v1/billing/balance``), or ``None`` where the API has
+        no such endpoint, refuses this key for it, or answers something unreadable (said once per
+        connection and process; a planning step goes on without it)."""
+        try:
+            balance = protocol.parse_balance(self._call(protocol.get_balance()))
+        except (FluxAuthError, FluxNotFoundError, FluxValidationError) as error:
+            _say_once(
+                self.log,
+                self.config.conn_id,
+                "The credit balance cannot be read on connection %r (%s); plans are not checked against it",
+                self.config.conn_id,
+                error,
+            )
+            return None
+        if balance is None:
+            _say_once(
+                self.log,
+                self.config.conn_id,
+                "Connection %r: /v1/billing/balance answered no readable balance; plans are not checked against it",
+                self.config.conn_id,
+            )
+        return balance
+
     def build_request(self, model: Variant | str | None = None, **params: Any) -> tuple[Variant, FluxInput]:
         """Validate parameters (raising :class:`FluxValidationError` before any money is spent)."""
         variant = resolve_variant(model) if model else self.default_model
@@ -459,7 +494,7 @@ class FluxHook(BaseHook):
     def estimate(self, requests: Iterable[PlanItem], *, model: Variant | str | None = None) -> CostEstimate:
         """Price a plan with this connection's prices (see :func:`~airflow_provider_flux2.pricing.estimate`);
         storage references are measured through :attr:`aws_conn_id`."""
-        return estimate(requests, self.prices, model=model, references=self.references)
+        return estimate(requests, self.prices, model=model, references=self.references, routes=self.config.edit_models)
 
     @property
     def references(self) -> ReferenceResolver:
@@ -894,6 +929,17 @@ def check_reported_spend(run: Run, budget: Budget | None, *, spent: Decimal = De
     cost = run.api_cost
     if budget is not None and cost is not None and spent + cost > budget.limit:
         raise BudgetOverrunError(reported=spent + cost, limit=budget.limit, scope=budget.scope, run_id=run.id)
+
+
+_SAID: set[str] = set()
+
+
+def _say_once(log: Any, key: str, message: str, *args: Any) -> None:
+    """Log a warning once per ``key`` and process (a missing endpoint is news once, not every task)."""
+    if key in _SAID:
+        return
+    _SAID.add(key)
+    log.warning(message, *args)
 
 
 def _connection_type_info() -> dict[str, Any]:

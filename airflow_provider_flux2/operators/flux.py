@@ -50,6 +50,7 @@ from airflow_provider_flux2.jobs import (
     ModerationPolicy,
     Plan,
     Progress,
+    check_balance,
     collect,
     default_chunk_size,
     new_job,
@@ -118,6 +119,9 @@ class FluxGenerateImageOperator(BaseOperator):
     :param prompt_source: where the prompts came from (``s3://…/catalogue.csv``, ``file:///…``), for lineage.
     :param output_name_template: how stored images are named, e.g. ``{id}-{seed}`` (fields ``{index}``,
         ``{id}``, ``{seed}``, ``{hash}``; default ``[flux2] output_name_template``, ``{index}-{id}-{hash}``).
+    :param insufficient_balance_action: ``fail`` (default: a plan that costs more than the organisation's
+        credit balance is refused before the first submit, both figures in the error) or ``warn``. A retry
+        only warns: what an earlier try paid for is replayed, not billed again.
     """
 
     template_fields: Sequence[str] = (
@@ -179,9 +183,11 @@ class FluxGenerateImageOperator(BaseOperator):
         write_manifest: bool = True,
         prompt_source: str | None = None,
         output_name_template: str | None = None,
+        insufficient_balance_action: str = "fail",
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
+        self.insufficient_balance_action = insufficient_balance_action
         self.prompt_source = prompt_source
         self.output_name_template = output_name_template
         self.prompt = prompt
@@ -218,6 +224,7 @@ class FluxGenerateImageOperator(BaseOperator):
         _check_choice("on_moderation", on_moderation, ("fail", "skip", "record"))
         _check_choice("on_run_failure", on_run_failure, ("fail", "record"))
         _check_choice("on_budget_stop", on_budget_stop, ("fail", "record"))
+        _check_choice("insufficient_balance_action", insufficient_balance_action, ("fail", "warn"))
         if max_in_flight < 1:
             raise FluxValidationError(field="max_in_flight", value=max_in_flight, allowed="an integer >= 1")
         if batch_size is not None and not 1 <= batch_size <= protocol.MAX_BATCH_ITEMS:
@@ -234,7 +241,14 @@ class FluxGenerateImageOperator(BaseOperator):
     def execute(self, context: Context) -> list[dict[str, Any]]:
         """Plan, log the plan line, and hand the window to the trigger (or run it here)."""
         plan = self.plan(context)
-        self.log.info("%s", plan.line(self.max_in_flight))
+        balance = self.hook.get_balance()
+        self.log.info("%s", plan.line(self.max_in_flight, balance=balance))
+        check_balance(
+            plan,
+            balance,
+            action=self.insufficient_balance_action if _first_try(context) else "warn",
+            log=self.log,
+        )
         if plan.budget is None:
             self.log.warning(
                 "No budget: this task may spend $%s (its estimate; more if the API bills more). Set budget_usd, "
@@ -575,6 +589,12 @@ class FluxGenerateImageOperator(BaseOperator):
 
 
 # -- small pure pieces ---------------------------------------------------------------------------------
+
+
+def _first_try(context: Context) -> bool:
+    """Whether nothing of this task can have been paid for yet (its first try)."""
+    ti = context.get("ti")
+    return int(getattr(ti, "try_number", 1) or 1) <= 1
 
 
 def _check_choice(name: str, value: str, allowed: tuple[str, ...]) -> None:

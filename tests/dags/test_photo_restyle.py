@@ -67,8 +67,11 @@ def test_shipped_photo_on_disk_is_sent_inline(emulator, run_dag, xcom, restyle_d
     assert dr.state == "success"
     entry = emulator.ledger()["entries"][0]
     assert entry["reference_mp"] == 2  # the data: URI was measured by the emulator too
-    assert Decimal(entry["cost"]) == Decimal("0.015")  # klein-4b: (1 + 2) MP × $0.005
-    assert xcom(dr, "restyle")[0]["estimated_cost_usd"] == "0.015"
+    # klein-4b's references go to its edit model, billed $0.005 per image whatever they weigh.
+    assert entry["model"] == "black-forest-labs/flux-2-klein-4b/edit"
+    assert Decimal(entry["cost"]) == Decimal("0.005")
+    record = xcom(dr, "restyle")[0]
+    assert record["estimated_cost_usd"] == "0.005" and record["model"] == entry["model"]
 
 
 def test_missing_photo_fails_the_plan_and_sends_nothing(

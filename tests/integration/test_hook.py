@@ -10,6 +10,7 @@ import uuid
 
 import pytest
 
+from airflow_provider_flux2 import protocol
 from airflow_provider_flux2.exceptions import (
     FluxAPIError,
     FluxAuthError,
@@ -162,12 +163,16 @@ def test_no_retry_on_404(emulator):
     assert emulator.stats()["requests"]["get_run"] == 1
 
 
-def test_no_retry_on_409_idempotency_conflict(emulator):
+def test_a_409_that_persists_is_a_key_reused_with_another_body_named_in_the_error(emulator):
+    """A 409 may be a race (sent again under the same key, a few times); one that persists is a key
+    reused with a different body: a typed error naming the key and the job, never a second run."""
     hook = make_hook(emulator)
-    hook.submit(build_input("pro", prompt="first"), idempotency_key="same-key")
-    with pytest.raises(FluxConflictError):
-        hook.submit(build_input("pro", prompt="second"), idempotency_key="same-key")
-    assert create_run_requests(emulator) == 2
+    hook.submit(build_input("pro", prompt="first"), idempotency_key="same-key", client_ref="job-7")
+    with pytest.raises(FluxConflictError, match=r"same-key \(job job-7\).*different request body") as caught:
+        hook.submit(build_input("pro", prompt="second"), idempotency_key="same-key", client_ref="job-7")
+    assert caught.value.request_id
+    assert create_run_requests(emulator) == 1 + protocol.CONFLICT_ATTEMPTS
+    assert emulator.stats()["runs_created"] == 1
 
 
 def test_no_retry_on_api_422(emulator):

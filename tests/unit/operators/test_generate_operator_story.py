@@ -51,7 +51,8 @@ def test_execute_plans_and_defers_exactly_once_sending_nothing(emulator, tmp_pat
     assert isinstance(trigger, FluxGenerationTrigger) and deferred.value.method_name == "execute_complete"
     assert len(trigger.jobs) == 1000 and trigger.chunk_size == 8 and len(trigger.batch_keys) == 125
     assert trigger.budget_usd == "50" and trigger.end_time > time.time()
-    assert emulator.stats()["requests"] == {}  # planning sends nothing: the trigger submits
+    # Planning submits nothing (the trigger does); it reads the organisation's balance once.
+    assert emulator.stats()["requests"] == {"get_balance": 1}
     assert ctx["ti"].pushed["flux_gallery_url"].startswith(tmp_path.as_uri())
 
     kwargs = len(json.dumps(trigger.serialize()[1]))
