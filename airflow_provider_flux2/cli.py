@@ -346,6 +346,7 @@ def _doctor(args: argparse.Namespace) -> int:
     from airflow_provider_flux2.doctor import run_cli
 
     args.run_timeout = _seconds_flag("--run-timeout", args.run_timeout)
+    args.replay_after = _seconds_flag("--replay-after", args.replay_after, allow_zero=True)
     return run_cli(args, _hook(args))
 
 
@@ -373,7 +374,7 @@ def _int_flag(flag: str, text: str | None, low: int, high: int) -> int | None:
     return int(text)
 
 
-def _seconds_flag(flag: str, text: str | float, high: float = 7 * 86400.0) -> float:
+def _seconds_flag(flag: str, text: str | float, high: float = 7 * 86400.0, *, allow_zero: bool = False) -> float:
     from airflow_provider_flux2.arguments import check_seconds
 
     try:
@@ -381,7 +382,7 @@ def _seconds_flag(flag: str, text: str | float, high: float = 7 * 86400.0) -> fl
     except ValueError:
         value = text  # type: ignore[assignment]  # refused below, naming the flag
     try:
-        return check_seconds(flag, value, high=high)
+        return check_seconds(flag, value, high=high, allow_zero=allow_zero)
     except FluxValidationError as error:
         raise FluxValidationError(field=flag, value=text, allowed=error.allowed) from None
 
@@ -452,12 +453,26 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--budget", default=None, help="fail if the estimate, or the cost the API reports, is over this")
     gen.set_defaults(func=_generate)
 
-    doc = sub.add_parser("doctor", help="check the connection's API against the protocol (one paid run, a few cents)")
+    doc = sub.add_parser(
+        "doctor", help="prove every path the provider uses against the connection's API, under a spend cap"
+    )
     doc.add_argument("--conn-id", default="flux2_default", help="Airflow connection (when FLUX2_API_KEY is unset)")
-    doc.add_argument("--model", default=None, help="model of the one paid run (default: the connection's)")
-    doc.add_argument("--max-spend", default="0.10", help="dollars the doctor may spend at worst (default 0.10)")
+    doc.add_argument(
+        "--model",
+        action="append",
+        default=None,
+        help="a variant to check (repeatable); the first is the main run's (default: the connection's model)",
+    )
+    doc.add_argument("--all-models", action="store_true", help="price and edit-check every variant (1 MP each)")
+    doc.add_argument(
+        "--max-spend", default=None, help="dollars the doctor may spend at worst (default 0.50; 1.00 with --all-models)"
+    )
     doc.add_argument("--json", default=None, help="write the report as JSON to this file")
-    doc.add_argument("--run-timeout", default="180", help="seconds the paid run may take")
+    doc.add_argument(
+        "--write-prices", default=None, help="write the measured prices to this file (the prices extra's format)"
+    )
+    doc.add_argument("--run-timeout", default="180", help="seconds a paid run may take")
+    doc.add_argument("--replay-after", default="60", help="seconds before the first run's create is re-sent")
     doc.set_defaults(func=_doctor)
     return parser
 

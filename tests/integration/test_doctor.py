@@ -23,6 +23,7 @@ from starlette.routing import Route
 
 from airflow_provider_flux2.doctor import Doctor, url_ttl
 from airflow_provider_flux2.emulator.launcher import _bind, _Server
+from airflow_provider_flux2.pricing import PriceTable
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -32,7 +33,13 @@ def _ledger(emulator) -> list[dict[str, Any]]:
 
 
 def _doctor(base_url: str, key: str, **kwargs: Any) -> Doctor:
-    settings: dict[str, Any] = {"timeout": 5, "run_timeout": 20, "sleep": lambda _s: None, **kwargs}
+    settings: dict[str, Any] = {
+        "timeout": 5,
+        "run_timeout": 20,
+        "sleep": lambda _s: None,
+        "replay_after": 0,
+        **kwargs,
+    }
     return Doctor(base_url=base_url, api_key=key, **settings)
 
 
@@ -120,24 +127,49 @@ def test_doctor_passes_against_the_emulator_and_is_billed_once(emulator):
     failed = [check.line() for check in report.checks if check.status == "FAIL"]
     assert report.passed, failed
     checks = _by_name(report)
-    for name in ("health", "auth: bad key", "auth: your key", "validation", "idempotency", "idempotency 409"):
+    passing = (
+        "health",
+        "auth: bad key",
+        "auth: your key",
+        "validation",
+        "idempotency",
+        "idempotency 409",
+        "cost 1920x1080",
+        "batch read-back",
+        "edit pro",
+        "idempotency later",
+    )
+    for name in passing:
         assert checks[name].status == "PASS", checks[name].line()
     assert {f"model {v}" for v in ("pro", "flex", "max", "turbo", "klein-4b", "klein-9b")} <= set(checks)
     assert checks["cost"].cost_usd == "0.030"
+    assert checks["cost 1920x1080"].cost_usd == "0.045"  # the seed's second row: the extra-MP rate, rounded up
+    assert "2 page(s)" in checks["batch read-back"].seen and checks["batch read-back"].cost_usd == "0.060"
+    assert checks["balance"].status == "WARN"  # this emulator has no credit_usd: no balance endpoint
     assert "expires in 600 s" in checks["output url"].seen
     assert "batches supported" in checks["batches"].seen
     assert checks["retry-after"].status == "SKIP"
+    # No pro edit model exists: the reference went to the text-to-image model, and that is recorded.
+    assert report.edit_models == {"pro": "black-forest-labs/flux-2-pro"}
+    assert report.measured_prices["pro"] == {"first_mp": "0.030", "extra_mp": "0.015"}
     ledger = _ledger(emulator)
-    assert len(ledger) == 1  # one real run: the replay and the 409 cost nothing
-    assert Decimal(ledger[0]["cost"]) == Decimal(report.spent_usd) == Decimal("0.030")
-    assert (ledger[0]["width"], ledger[0]["height"]) == (512, 512)
+    # Five real runs: 1 MP, 1920x1080, a 2-item batch, one edit; the replays and the 409 cost nothing.
+    assert len(ledger) == 5
+    assert sum(Decimal(e["cost"]) for e in ledger) == Decimal(report.spent_usd) == Decimal("0.180")
+    assert sorted((e["width"], e["height"]) for e in ledger).count((512, 512)) == 3
 
 
 def test_doctor_run_uses_the_chosen_model_and_its_price(emulator):
     report = _doctor(emulator.base_url, emulator.api_key, model="klein-4b").run()
-    assert report.passed
-    assert _by_name(report)["cost"].cost_usd == "0.005"
-    assert _ledger(emulator)[0]["model"] == "black-forest-labs/flux-2-klein-4b"
+    assert report.passed, [c.line() for c in report.deviations]
+    checks = _by_name(report)
+    assert checks["cost"].cost_usd == "0.005"
+    models = {(e["model"], e["cost"]) for e in _ledger(emulator)}
+    assert ("black-forest-labs/flux-2-klein-4b", "0.005") in models
+    # klein's references go to its documented edit model, billed per image.
+    assert ("black-forest-labs/flux-2-klein-4b/edit", "0.005") in models
+    assert report.edit_models == {"klein-4b": "black-forest-labs/flux-2-klein-4b/edit"}
+    assert report.measured_prices["black-forest-labs/flux-2-klein-4b/edit"] == "0.005"
 
 
 def test_doctor_honours_retry_after_and_reports_it(emulator):
@@ -161,6 +193,7 @@ def test_doctor_never_passes_max_spend(emulator):
     checks = _by_name(report)
     assert checks["run"].status == "SKIP"
     assert "$0.030" in checks["run"].seen and "--max-spend $0.020" in checks["run"].seen
+    assert {"run", "cost 1920x1080", "batch read-back", "edit pro"} <= set(report.skipped)
     assert _ledger(emulator) == []
     assert report.spent_usd == "0.000"
 
@@ -215,8 +248,11 @@ def test_missing_idempotency_is_caught_and_its_cost_counted(proxy, emulator):
     assert "billed twice" in checks["idempotency"].seen
     assert checks["idempotency 409"].status == "FAIL"
     assert "accepted" in checks["idempotency 409"].seen
-    assert report.committed_usd == "0.090"  # three runs at worst, all counted before they were sent
-    assert len(_ledger(emulator)) == 3
+    assert checks["idempotency later"].status == "FAIL" and "billed twice" in checks["idempotency later"].seen
+    # Every run was counted before it was sent: the three of the first run, then 2 MP, the batch, the
+    # edit and the late replay.
+    assert report.committed_usd == "0.270"
+    assert emulator.stats()["runs_created"] == 8  # the late replay's run may not have ended (billed) yet
     assert sum(Decimal(e["cost"]) for e in _ledger(emulator)) <= Decimal(report.max_spend_usd)
 
 
@@ -237,7 +273,8 @@ def test_flux2_doctor_command_prints_steps_and_writes_json(emulator, tmp_path):
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     env.pop("FLUX2_API_KEY", None)
     result = subprocess.run(
-        [sys.executable, "-m", "airflow_provider_flux2.cli", "doctor", "--json", str(out)],
+        [sys.executable, "-m", "airflow_provider_flux2.cli", "doctor", "--json", str(out), "--replay-after", "0"]
+        + ["--write-prices", str(tmp_path / "prices.json")],
         env=env,
         capture_output=True,
         text=True,
@@ -250,7 +287,11 @@ def test_flux2_doctor_command_prints_steps_and_writes_json(emulator, tmp_path):
     report = json.loads(out.read_text())
     assert report["passed"] is True
     assert report["deviations"] == []
-    assert report["spent_usd"] == "0.030"
+    assert report["spent_usd"] == "0.180"
+    assert "(cost $0.045)" in result.stdout  # each step says what it cost
+    prices = json.loads((tmp_path / "prices.json").read_text())
+    assert prices == {"pro": {"first_mp": "0.030", "extra_mp": "0.015"}}
+    assert PriceTable().with_overrides(prices).price("pro").estimate is False  # usable as the prices extra
     assert emulator.api_key not in result.stdout + result.stderr + out.read_text()
 
 
@@ -295,9 +336,11 @@ def test_an_api_that_stops_answering_midway_is_reported_not_a_crash(proxy, emula
     deviating, url = proxy
     deviating.deviation = "stall_batches"
     report = _doctor(url, deviating.key, timeout=0.5).run()
-    stopped = _by_name(report)["stopped"]
-    assert stopped.status == "FAIL" and "ReadTimeout" in stopped.seen
-    assert _by_name(report)["cost"].status == "PASS"  # what was seen before is kept
+    checks = _by_name(report)
+    assert checks["batches"].status == "FAIL" and "ReadTimeout" in checks["batches"].seen
+    assert checks["cost"].status == "PASS"  # what was seen before is kept
+    assert checks["idempotency later"].status == "PASS"  # and the steps after it still ran
+    assert "stopped" not in checks
 
 
 def test_max_spend_zero_runs_only_the_free_checks(emulator):
