@@ -161,7 +161,8 @@ def _file_plan(path: Path, size: str, model: str) -> tuple[list[tuple[Variant, F
     from airflow_provider_flux2.models import build_input, resolve_variant
 
     # The defaults are checked first, so a bad --size or --model is not blamed on a row.
-    default_size, default_variant = _size(size, "--size"), resolve_variant(model)
+    default_size = _size(size, "--size") if size else None  # None: the model's own default size
+    default_variant = resolve_variant(model)
     plan: list[tuple[Variant, FluxInput]] = []
     unsized: list[str] = []
     unused: set[str] = set()
@@ -184,7 +185,8 @@ def _file_plan(path: Path, size: str, model: str) -> tuple[list[tuple[Variant, F
         notes.append(f"columns not used for pricing: {', '.join(sorted(unused))} (read: {', '.join(PROMPT_COLUMNS)})")
     if unsized:
         shown = ", ".join(unsized[:5]) + (f" and {len(unsized) - 5} more" if len(unsized) > 5 else "")
-        notes.append(f"{len(unsized)} row(s) give no size and are priced at --size {size}: row {shown}")
+        at = f"--size {size}" if size else "the default size (landscape_4_3)"
+        notes.append(f"{len(unsized)} row(s) give no size and are priced at {at}: row {shown}")
     return plan, notes
 
 
@@ -259,20 +261,30 @@ def _estimate(args: argparse.Namespace) -> int:
     for line in notes:
         print(f"note: {line}", file=sys.stderr)
     result = estimate(plan, table)
-    header = f"{'model':<30} {'size':>11} {'MP':>4} {'count':>6} {'unit':>9} {'subtotal':>10}"
+    header = f"{'model':<40} {'size':>11} {'MP':>4} {'count':>6} {'unit':>9} {'subtotal':>10}"
     print(header)
     print("-" * len(header))
     for row in result.by_size():
         flag = " *" if table.price(row["model"]).estimate else ""
         size = f"{row['width']}x{row['height']}"
         print(
-            f"{row['model']:<30} {size:>11} {row['billed_mp'] + row['reference_mp']:>4} {row['count']:>6} "
+            f"{row['model']:<40} {size:>11} {row['billed_mp'] + row['reference_mp']:>4} {row['count']:>6} "
             f"{'$' + usd(row['unit_cost']):>9} {'$' + usd(row['subtotal']):>10}{flag}"
         )
     print("-" * len(header))
     print(f"total: {result.count} image(s), {result.total_mp} MP, ${usd(result.total)}")
-    if any(table.price(r["model"]).estimate for r in result.by_size()):
-        print("* no published Runflow price for this model: the figure is an estimate (override with --prices)")
+    if result.estimated_models:
+        print(
+            "* an estimate: no Runflow page or measurement confirms this price "
+            "(measure it with flux2 doctor --write-prices, or override with --prices)"
+        )
+    if result.worst_total != result.total:
+        print(f"budgets and the balance check count ${usd(result.worst_total)}: the highest price any source names")
+    if result.unverified_routes:
+        print(
+            f"references on {', '.join(result.unverified_routes)} go to the text-to-image model, unverified "
+            "(flux2 doctor's edit step checks it)"
+        )
     budget = Budget.of(args.budget)
     if budget is not None:
         budget.check(result)
@@ -413,7 +425,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     est = sub.add_parser("estimate", help="price a plan before spending anything")
     est.add_argument(
-        "--size", default="landscape_4_3", help="preset or WxH (e.g. 1920x1080); with --prompts, for rows without one"
+        "--size",
+        default=None,
+        help="preset or WxH (e.g. 1920x1080; default: the model's, landscape_4_3); with --prompts, for rows "
+        "without one",
     )
     est.add_argument(
         "--model", default=None, help="pro, flex, max, turbo, klein-4b, klein-9b or a full model id (default: pro)"

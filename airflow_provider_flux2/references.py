@@ -351,7 +351,8 @@ class ReferenceResolver:
         (nothing is presigned or inlined)."""
         from airflow_provider_flux2.models import build_input
 
-        with_sources = build_input(request.variant, **{**request.to_wire(), "image_urls": list(sources)})
+        given = request.model_dump(mode="json", exclude_unset=True, exclude_none=True)  # defaults stay defaults
+        with_sources = build_input(request.variant, **{**given, "image_urls": list(sources)})
         references = [self.measure(s, f"image_urls[{i}]") for i, s in enumerate(sources)]
         sizes = [(r.width, r.height) if r.width and r.height else None for r in references]
         return with_sources.with_references(list(sources), sizes)

@@ -46,9 +46,9 @@ class EmulatorConfig(BaseModel):
     callback_retry_base: float = Field(0.2, ge=0)
     callback_timeout: float = Field(5.0, gt=0)
     random_seed: int | None = None
-    #: Items per page of ``GET /v1/batches/{id}/items`` when the caller gives no ``limit`` (small, so
-    #: tests cross a page; the provider asks for 500).
-    items_page_size: int = Field(10, ge=1, le=500)
+    #: The most items a page of ``GET /v1/batches/{id}/items`` holds, whatever ``limit`` asks (small,
+    #: so every batch of more than 5 crosses a page and the provider must follow ``next_pq``).
+    items_page_size: int = Field(5, ge=1, le=500)
     #: Seconds a create spends before answering, holding its Idempotency-Key (a racing create is a 409).
     create_delay: float = Field(0.0, ge=0)
 

@@ -517,7 +517,11 @@ class EmulatorApp:
         if context.batch is None:
             return error(404, "BATCH_NOT_FOUND", f"No batch {request.path_params['batch_id']!r}")
         try:
-            limit = _page_limit(request.query_params.get("limit"), self.state.config.items_page_size)
+            # A server may answer fewer items than asked: the page size caps every page, so a client that
+            # does not follow ``next_pq`` loses items here as it would on the real API.
+            limit = min(
+                _page_limit(request.query_params.get("limit"), MAX_PAGE_LIMIT), self.state.config.items_page_size
+            )
             offset = _cursor_offset(request.query_params.get("pq"))
         except RequestError as exc:
             return exc.response()

@@ -273,8 +273,10 @@ def test_flux2_doctor_command_prints_steps_and_writes_json(emulator, tmp_path):
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     env.pop("FLUX2_API_KEY", None)
     result = subprocess.run(
-        [sys.executable, "-m", "airflow_provider_flux2.cli", "doctor", "--json", str(out), "--replay-after", "0"]
-        + ["--write-prices", str(tmp_path / "prices.json")],
+        [
+            *(sys.executable, "-m", "airflow_provider_flux2.cli", "doctor", "--json", str(out)),
+            *("--replay-after", "0", "--write-prices", str(tmp_path / "prices.json")),
+        ],
         env=env,
         capture_output=True,
         text=True,

@@ -64,15 +64,16 @@ def test_batch_items_endpoint_lists_full_runs_in_order(api):
 
 
 def test_batch_items_are_cursor_paginated_as_documented(api):
-    """``limit`` and ``pq`` in, ``items``/``next_pq``/``prev_pq`` out; the default page is small."""
+    """``limit`` and ``pq`` in, ``items``/``next_pq``/``prev_pq`` out; pages hold at most 5 items here."""
     batch = api.create_batch(_items(*(f"p{i}" for i in range(12)))).json()
-    first = api.client.get(f"/v1/batches/{batch['id']}/items").json()
-    assert len(first["items"]) == 10 and first["next_pq"] and first["prev_pq"] is None
+    first = api.client.get(f"/v1/batches/{batch['id']}/items", params={"limit": 500}).json()
+    assert len(first["items"]) == 5 and first["next_pq"] and first["prev_pq"] is None  # fewer than asked
     second = api.client.get(f"/v1/batches/{batch['id']}/items", params={"pq": first["next_pq"]}).json()
-    assert [i["sequence_index"] for i in second["items"]] == [10, 11] and second["next_pq"] is None
-    assert second["prev_pq"]
-    small = api.client.get(f"/v1/batches/{batch['id']}/items", params={"limit": 5}).json()
-    assert len(small["items"]) == 5
+    assert [i["sequence_index"] for i in second["items"]] == [5, 6, 7, 8, 9] and second["prev_pq"]
+    third = api.client.get(f"/v1/batches/{batch['id']}/items", params={"pq": second["next_pq"]}).json()
+    assert [i["sequence_index"] for i in third["items"]] == [10, 11] and third["next_pq"] is None
+    small = api.client.get(f"/v1/batches/{batch['id']}/items", params={"limit": 2}).json()
+    assert len(small["items"]) == 2
     bad = api.client.get(f"/v1/batches/{batch['id']}/items", params={"limit": 501})
     assert bad.status_code == 422 and bad.json()["errors"][0]["loc"] == ["query", "limit"]
     assert api.client.get(f"/v1/batches/{batch['id']}/items", params={"pq": "nonsense"}).status_code == 422
