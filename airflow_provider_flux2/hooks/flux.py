@@ -57,7 +57,7 @@ from airflow_provider_flux2.models import (
     build_input,
     resolve_variant,
 )
-from airflow_provider_flux2.pricing import Budget, PriceTable, billed_megapixels, estimate
+from airflow_provider_flux2.pricing import Budget, PriceTable, billed_megapixels, estimate, routed
 from airflow_provider_flux2.quality.decoding import decode_image
 
 if TYPE_CHECKING:
@@ -505,6 +505,13 @@ class FluxHook(BaseHook):
             self._resolver = ReferenceResolver(aws_conn_id=self.aws_conn_id)
         return self._resolver
 
+    def route(self, model: Variant | str, request: FluxInput) -> tuple[str, FluxInput]:
+        """The model ``request`` goes to (an edit model for reference images, by the routing table and the
+        connection's ``edit_models`` record; a full model id is taken as named) and the request as that
+        model takes it."""
+        target, routed_request, _ = routed(model, request, self.config.edit_models)
+        return target, routed_request
+
     def _sendable(self, request: FluxInput) -> FluxInput:
         """``request`` with its ``s3://`` and local references made fetchable (presigned, inlined)."""
         from airflow_provider_flux2.references import is_storage_reference
@@ -555,12 +562,13 @@ class FluxHook(BaseHook):
         Anything invalid raises :class:`FluxValidationError` before a request is sent.
         """
         variant, request = self._as_input(request, model, params)
-        request = self._sendable(request)
+        named = model if isinstance(model, str) and "/" in model else variant
+        target, request = self.route(named, self._sendable(request))
         key = idempotency_key or f"flux2-{uuid.uuid4().hex}"
         run = protocol.parse_run(
             self._call(
                 protocol.create_run(
-                    variant,
+                    target,
                     request,
                     idempotency_key=key,
                     client_ref=client_ref,
@@ -572,7 +580,7 @@ class FluxHook(BaseHook):
         self.log.info(
             "Submitted run %s (%s, %sx%s, client_ref %s)",
             run.id,
-            variant.value,
+            target,
             request.width,
             request.height,
             client_ref,
@@ -597,19 +605,24 @@ class FluxHook(BaseHook):
         single runs, each with its own Idempotency-Key.
         """
         variant = resolve_variant(model) if model else self.default_model
+        named: Variant | str = model if isinstance(model, str) and "/" in model else variant
         batch_key = batch_key or f"flux2-batch-{uuid.uuid4().hex}"
-        prepared: list[BatchEntry] = [
-            entry
-            if isinstance(entry, BatchEntry)
-            else BatchEntry(
-                request=self._sendable(self._as_input(entry, variant, {})[1]),
-                client_ref=f"{batch_key}-{index}",
-                idempotency_key=f"{batch_key}-{index}",
-            )
-            for index, entry in enumerate(entries)
-        ]
+        prepared: list[BatchEntry] = []
+        targets: list[str] = []  # where each entry goes: a BatchEntry is sent as given, an input is routed
+        for index, entry in enumerate(entries):
+            if isinstance(entry, BatchEntry):
+                prepared.append(entry)
+                targets.append(protocol.model_path(named))
+                continue
+            target, request = self.route(named, self._sendable(self._as_input(entry, variant, {})[1]))
+            prepared.append(BatchEntry(request, f"{batch_key}-{index}", f"{batch_key}-{index}"))
+            targets.append(target)
         if not prepared:
             raise FluxValidationError(field="entries", value=[], allowed="at least one image to submit")
+        if len(set(targets)) > 1:  # a batch carries one model: entries routed apart go one run each
+            runs = [self.submit_entry(e, model=t, metadata=metadata) for e, t in zip(prepared, targets, strict=True)]
+            return Submission(run_ids=[r.id for r in runs])
+        target = targets[0]
         if use_batch_endpoint and len(prepared) > 1:
             # Refused outside the ``try``: a batch we will not build (over 100 items) is not "unsupported".
             if len(prepared) > protocol.MAX_BATCH_ITEMS:
@@ -617,12 +630,12 @@ class FluxHook(BaseHook):
                     field="entries", value=len(prepared), allowed=f"at most {protocol.MAX_BATCH_ITEMS} items per batch"
                 )
             try:
-                return self.create_batch(prepared, model=variant, batch_key=batch_key, metadata=metadata)
+                return self.create_batch(prepared, model=target, batch_key=batch_key, metadata=metadata)
             except FluxValidationError as error:
                 if not protocol.batch_unsupported(error):
                     raise
-                self.log.info("Model %s answered 422 to a batch (%s); submitting single runs", variant.value, error)
-        runs = [self.submit_entry(e, model=variant, metadata=metadata) for e in prepared]
+                self.log.info("Model %s answered 422 to a batch (%s); submitting single runs", target, error)
+        runs = [self.submit_entry(e, model=target, metadata=metadata) for e in prepared]
         return Submission(run_ids=[r.id for r in runs])
 
     def create_batch(
@@ -903,11 +916,11 @@ class FluxHook(BaseHook):
         before downloading (:class:`BudgetOverrunError` when the API billed more than the budget).
         """
         variant, request = self.build_request(model, prompt=prompt, **params)
-        request = self._sendable(request)  # measured (for the budget) and fetchable
+        target, request = self.route(variant, self._sendable(request))  # measured, fetchable, routed
         budget = Budget.of(budget_usd)
         if budget is not None:
-            budget.check(self.estimate([(variant, request)]))
-        run = self.submit(request, model=variant, idempotency_key=idempotency_key, client_ref=client_ref)
+            budget.check(self.estimate([(target, request)]))
+        run = self.submit(request, model=target, idempotency_key=idempotency_key, client_ref=client_ref)
         run = self.wait(run.id, timeout=timeout, poll_interval=poll_interval)
         check_reported_spend(run, budget)
         failure = protocol.failure_of(run)
