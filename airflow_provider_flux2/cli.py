@@ -38,6 +38,7 @@ def _emulator(args: argparse.Namespace) -> int:
         time_scale=time_scale,
         url_ttl=url_ttl,
         port_file=args.port_file,
+        config={"credit_usd": args.credit_usd} if args.credit_usd is not None else None,
     )
     return 0
 
@@ -421,6 +422,9 @@ def build_parser() -> argparse.ArgumentParser:
     emu.add_argument("--time-scale", type=str, default="1.0", help="multiply every latency (0.1 = ten times faster)")
     emu.add_argument("--url-ttl", type=str, default="600", help="seconds before an output URL expires")
     emu.add_argument("--port-file", default=None, help="write the bound port to this file once listening")
+    emu.add_argument(
+        "--credit-usd", default=None, help="the organisation's credit: served at /v1/billing/balance, 402 past it"
+    )
     emu.set_defaults(func=_emulator)
 
     est = sub.add_parser("estimate", help="price a plan before spending anything")

@@ -525,7 +525,16 @@ class Doctor:
         return checks
 
     def _cost(
-        self, name: str, answer: _Answer, run: Run, estimate: Decimal, where: str, key: str, *, record: bool = True
+        self,
+        name: str,
+        answer: _Answer,
+        run: Run,
+        estimate: Decimal,
+        where: str,
+        key: str,
+        *,
+        record: bool = True,
+        reference_mp: int = 0,
     ) -> Check:
         """Compare the cost the API billed with the table's, and record it as measured (``record``: a run
         whose bill says what the model's price is, not one mixing in reference megapixels)."""
@@ -535,7 +544,7 @@ class Doctor:
             raw = answer.body.get("cost") if isinstance(answer.body, dict) else None
             return Check(name, "FAIL", expected, f"cost {raw!r} (no decimal cost on the run)", answer.request_id)
         if record:
-            self._measured(key, cost, run)
+            self._measured(key, cost, run, reference_mp)
         status: Status = "PASS" if cost == estimate else "FAIL"
         raw = answer.body.get("cost") if isinstance(answer.body, dict) else None
         seen = f"cost ${usd(cost)} ({raw!r} on the wire)"
@@ -543,9 +552,10 @@ class Doctor:
             seen += f": set the connection's prices extra for {key} (flux2 doctor --write-prices), or report it"
         return Check(name, status, expected, seen, answer.request_id, cost_usd=usd(cost))
 
-    def _measured(self, key: str, cost: Decimal, run: Run) -> None:
+    def _measured(self, key: str, cost: Decimal, run: Run, reference_mp: int = 0) -> None:
         """Record a measured price in the ``prices`` extra format: a 1 MP run measures the first
-        megapixel (and, where the table bills every megapixel alike, the others); a 2 MP run the extra one."""
+        megapixel (and, where the table bills every megapixel alike, the others); a 2 MP run the extra one;
+        an edit billed per megapixel of input and output, its rate (the bill over all its megapixels)."""
         if self._report is None:
             return
         prices = self._report.measured_prices
@@ -554,6 +564,11 @@ class Doctor:
         mp = billed_megapixels(width, height)
         if price.per_image:
             prices[key] = str(cost)
+            return
+        if reference_mp:
+            if price.first_mp == price.extra_mp:  # every megapixel alike: the rate is the bill over them all
+                rate = str(cost / (mp + reference_mp))
+                prices[key] = {"first_mp": rate, "extra_mp": rate}
             return
         entry = dict(prices.get(key) or {})
         if mp == 1:
@@ -763,7 +778,9 @@ class Doctor:
             where = f"{target}, {mp} MP out + {ref_mp} MP reference"
             edit_model = target != variant.model_id
             key = target if edit_model else variant.value
-            check = self._cost(name, answer, run, price.cost(mp, ref_mp), where, key, record=edit_model)
+            check = self._cost(
+                name, answer, run, price.cost(mp, ref_mp), where, key, record=edit_model, reference_mp=ref_mp
+            )
             check.seen = f"{target} took the reference; {check.seen}" + (
                 f" (refused: {'; '.join(tried)})" if tried else ""
             )

@@ -114,8 +114,9 @@ def main() -> int:
 
     from airflow_provider_flux2.emulator import Emulator
 
-    step("Starting the FLUX 2 emulator (realistic latency, 10x faster)")
-    with Emulator(profile="realistic", time_scale=0.1, subprocess=True) as emulator:
+    step("Starting the FLUX 2 emulator (realistic latency, 10x faster, a $25.00 credit balance)")
+    # The balance is served at /v1/billing/balance, as Runflow's: the plan line shows it next to the cost.
+    with Emulator(profile="realistic", time_scale=0.1, subprocess=True, credit_usd="25") as emulator:
         print(f"   emulator at {emulator.base_url}")
         env = airflow_env(emulator.connection_json())
         subprocess.run([sys.executable, "-m", "airflow", "db", "migrate"], env=env, check=True, capture_output=True)
