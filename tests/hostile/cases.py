@@ -50,7 +50,11 @@ def _hook(base_url: str, key: str, extra: dict[str, Any] | None) -> FluxHook:
 
 def _summary(value: Any) -> Any:
     if isinstance(value, Run):
-        return {"run": value.id, "status": value.status_code.value, "cost": value.cost}
+        return {
+            "run": value.id,
+            "status": value.status_code.value,
+            "cost": None if value.cost is None else str(value.cost),
+        }
     if hasattr(value, "width") and hasattr(value, "data"):
         return {"image": [value.width, value.height, value.format, len(value.data)]}
     if isinstance(value, tuple):

@@ -198,9 +198,7 @@ MALFORMED_RUNS = [
     "deep-json",
     "bad-utf8",
     "empty-200",
-    "run-bad-status",
     "run-no-id",
-    "run-id-number",
     "cost-negative",
     "cost-nan",
     "cost-inf",
@@ -217,9 +215,24 @@ def test_an_unreadable_run_is_a_typed_error_naming_the_request_id(probe, hostile
     outcome = probe.run(
         "hook_call", group=MALFORMED, base_url=hostile.url(scenario), key=SECRET_KEY, method="get_run", args=["r1"]
     )
-    outcome.raised("FluxAPIError", "BAD_RESPONSE", f"req-{scenario}").bounded(3.0).no_secret()
+    code = "BAD_COST" if scenario.startswith("cost-") else "BAD_RESPONSE"  # a cost is checked once, by name
+    outcome.raised("FluxAPIError", code, f"req-{scenario}").bounded(3.0).no_secret()
     if scenario.startswith("cost-"):
         assert "cost" in outcome.message
+
+
+@pytest.mark.parametrize("scenario", ["run-bad-status", "run-id-number"])
+def test_an_undocumented_status_or_a_numeric_id_is_read_tolerantly(probe, hostile, scenario):
+    """Read tolerantly: a status outside the documented set is "not finished" (the run is polled again,
+    never a parse error after it was paid for), an id is opaque text."""
+    outcome = probe.run(
+        "hook_call", group=MALFORMED, base_url=hostile.url(scenario), key=SECRET_KEY, method="get_run", args=["r1"]
+    )
+    outcome.succeeded().bounded(3.0).no_secret()
+    if scenario == "run-bad-status":
+        assert outcome.value["status"] == "unknown"
+    else:
+        assert outcome.value["run"] == "12345"
 
 
 @pytest.mark.parametrize(
@@ -273,7 +286,7 @@ ECHOES = [
     ("echo-header", "FluxNotFoundError"),
     ("echo-escaped", "FluxServerError"),
     ("echo-gzip", "FluxServerError"),
-    ("echo-in-badrun", "FluxAPIError"),
+    ("echo-in-badrun", None),  # the echo stands where the status goes: read as an unknown status, redacted
 ]
 
 
@@ -290,9 +303,8 @@ def test_an_echoed_key_is_redacted_from_errors_and_logs(probe, hostile, scenario
         args=["r1"],
         extra={"max_attempts": 2},  # a retry puts the server's text in a warning too
     )
-    outcome.raised(kind).bounded(3.0).no_secret()
-    if scenario not in ("echo-in-badrun",):
-        assert "***" in outcome.everything()
+    (outcome.raised(kind) if kind else outcome.succeeded()).bounded(3.0).no_secret()
+    assert "***" in outcome.everything()
 
 
 def test_an_echo_inside_a_failed_run_is_redacted_from_the_run_and_its_error(probe, hostile):
