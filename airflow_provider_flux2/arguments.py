@@ -15,6 +15,8 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from airflow_provider_flux2.exceptions import FluxValidationError
+from airflow_provider_flux2.urls import image_url_problem as image_url_problem
+from airflow_provider_flux2.urls import reference_url_problem as reference_url_problem
 
 #: Output URI forms the storage layer understands.
 OUTPUT_URI_ALLOWED = "file:///absolute/path, an absolute path, or s3://bucket[/prefix]"
@@ -103,41 +105,6 @@ def _object_store(scheme: str) -> bool:
         return has_filesystem(scheme)
     except ImportError:
         return False
-
-
-def reference_url_problem(url: Any) -> str | None:
-    """Why an ``image_urls`` entry cannot be sent: ``http(s)://`` with a valid host, or ``data:image/``."""
-    from airflow_provider_flux2.protocol import is_valid_host
-
-    if not isinstance(url, str):
-        return f"{type(url).__name__} is not a URL"
-    if url.startswith("data:image/"):
-        return None if "," in url else "a data: URI needs a comma before its payload"
-    if not re.match(r"^https?://", url, re.IGNORECASE):
-        return "each entry must be an http(s) URL or a data:image/ URI"
-    try:
-        parts = urlsplit(url)
-        host = parts.hostname
-        _ = parts.port
-    except ValueError as error:
-        return f"not a URL ({error})"
-    if not is_valid_host(host):
-        return f"an http(s) URL needs a valid host (got {host or 'none'!r})"
-    return None
-
-
-def image_url_problem(url: Any) -> str | None:
-    """Why an ``image_urls`` entry as a user writes it is refused: a URL the API can fetch, or a
-    reference in storage (``s3://bucket/key``, ``file:///…``, an absolute path) that
-    :mod:`~airflow_provider_flux2.references` presigns or inlines while planning."""
-    from airflow_provider_flux2.references import is_storage_reference, storage_reference_problem
-
-    if isinstance(url, str) and is_storage_reference(url):
-        return storage_reference_problem(url)
-    problem = reference_url_problem(url)
-    if problem is None or not isinstance(url, str):
-        return problem
-    return f"{problem}, or s3://bucket/key, file:///absolute/path or an absolute path"
 
 
 def check_image_urls(value: Any, name: str = "image_urls") -> list[str] | None:

@@ -39,6 +39,7 @@ import httpx
 
 from airflow_provider_flux2 import protocol
 from airflow_provider_flux2.exceptions import FluxError
+from airflow_provider_flux2.image_header import header_size
 from airflow_provider_flux2.models import (
     EDIT_MODELS,
     FLAT_EDIT_SIZE,
@@ -615,7 +616,7 @@ class Doctor:
             return Check("output url", "FAIL", expected, f"{shown}: {type(error).__name__}")
         if response.status_code != 200:
             return Check("output url", "FAIL", expected, f"{shown}: HTTP {response.status_code}")
-        size = _image_size(data)
+        size = header_size(data)
         ttl, source = url_ttl(url, response.headers)
         shown_size = f"{size[0]}x{size[1]}" if size else "not an image"
         seen = f"{response.status_code} {response.headers.get('content-type')} {shown_size}"
@@ -892,16 +893,6 @@ def url_ttl(url: str, headers: httpx.Headers | dict[str, str]) -> tuple[float | 
 
 def _fresh_key(purpose: str) -> dict[str, str]:
     return {"Idempotency-Key": f"flux2-doctor-{purpose}-{uuid.uuid4().hex}"}
-
-
-def _image_size(data: bytes) -> tuple[int, int] | None:
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        with Image.open(io.BytesIO(data)) as image:
-            return image.size
-    except (UnidentifiedImageError, OSError):
-        return None
 
 
 def _json_or_text(response: httpx.Response) -> Any:

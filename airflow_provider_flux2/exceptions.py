@@ -9,6 +9,8 @@ from __future__ import annotations
 from decimal import Decimal
 from typing import Any
 
+from airflow_provider_flux2.money import format_usd as format_usd
+
 
 class FluxError(Exception):
     """Base class of every error this provider raises."""
@@ -274,17 +276,6 @@ class BudgetOverrunError(BudgetExceededError):
             + f", over the {scope} budget of ${format_usd(limit)}; nothing more is submitted or stored",
         )
         self.estimate, self.limit, self.scope, self.images = reported, limit, scope, 1
-
-
-def format_usd(amount: Decimal) -> str:
-    """Dollars as text with at least three decimals (``0.045``, ``0.030``, ``1.110``).
-
-    Lives here because error messages need it and :mod:`pricing` imports this module;
-    ``pricing.usd`` is the same function.
-    """
-    if amount == amount.quantize(Decimal("0.001")):
-        return f"{amount:.3f}"
-    return format(amount.normalize(), "f")
 
 
 def _short(value: Any, limit: int = 120) -> str:

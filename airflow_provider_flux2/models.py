@@ -28,6 +28,7 @@ from pydantic import (
 )
 
 from airflow_provider_flux2.exceptions import FluxValidationError
+from airflow_provider_flux2.urls import image_url_problem
 
 # --------------------------------------------------------------------------------------------------
 # Models (variants)
@@ -383,8 +384,6 @@ class FluxInput(BaseModel):
                 value=f"{len(value)} images",
                 allowed=f"at most {cls.max_references} reference images{_on(cls.variant)}",
             )
-        from airflow_provider_flux2.arguments import image_url_problem
-
         for url in value:
             problem = image_url_problem(url)
             if problem is not None:

@@ -9,32 +9,24 @@ variant, which a connection can override because vendors change prices.
 
 from __future__ import annotations
 
-import base64
-import binascii
-import io
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
+from decimal import Decimal, InvalidOperation
 from typing import TYPE_CHECKING, Any, Union
 
-from airflow_provider_flux2.exceptions import BudgetExceededError, FluxValidationError, format_usd
+from airflow_provider_flux2.exceptions import BudgetExceededError, FluxValidationError
+from airflow_provider_flux2.image_header import data_uri_size
+from airflow_provider_flux2.megapixels import ASSUMED_REFERENCE_MP as ASSUMED_REFERENCE_MP
+from airflow_provider_flux2.megapixels import MEGAPIXEL as MEGAPIXEL
+from airflow_provider_flux2.megapixels import billed_megapixels as billed_megapixels
 from airflow_provider_flux2.models import MODEL_IDS, Variant, for_route, is_edit_model, resolve_variant, target_model
+from airflow_provider_flux2.money import cents as cents
+from airflow_provider_flux2.money import format_usd
+from airflow_provider_flux2.urls import is_storage_reference
 
 if TYPE_CHECKING:
     from airflow_provider_flux2.models import FluxInput, ImageRecord, Run
     from airflow_provider_flux2.references import ReferenceResolver
-
-MEGAPIXEL = 1_048_576
-#: A reference image whose size cannot be known before the run (an http URL) is priced as one
-#: megapixel, the minimum each reference image is billed. Data URIs are measured.
-ASSUMED_REFERENCE_MP = 1
-
-
-def billed_megapixels(width: int, height: int) -> int:
-    """Billed megapixels of one image: ``ceil(width × height / 2^20)``, at least 1."""
-    if width <= 0 or height <= 0:
-        raise FluxValidationError(field="image_size", value=(width, height), allowed="positive sides")
-    return max(1, -(-(width * height) // MEGAPIXEL))
 
 
 @dataclass(frozen=True)
@@ -193,11 +185,6 @@ def to_usd(value: Any, name: str = "budget_usd") -> Decimal:
 usd = format_usd
 
 
-def cents(amount: Decimal) -> str:
-    """``1,234.50`` for a plan or progress line; exact amounts stay in records, manifests and summaries."""
-    return f"{amount.quantize(Decimal('0.01'), rounding=ROUND_HALF_UP):,.2f}"
-
-
 def reference_megapixels(
     image_urls: Iterable[str] | None, sizes: Sequence[tuple[int, int] | None] | None = None
 ) -> int:
@@ -206,22 +193,9 @@ def reference_megapixels(
     total = 0
     for index, url in enumerate(image_urls or ()):
         size = sizes[index] if sizes is not None and index < len(sizes) else None
-        size = size or _data_uri_size(url)
+        size = size or data_uri_size(url)
         total += billed_megapixels(*size) if size else ASSUMED_REFERENCE_MP
     return total
-
-
-def _data_uri_size(url: str) -> tuple[int, int] | None:
-    if not url.startswith("data:image/") or ";base64," not in url:
-        return None
-    from PIL import Image  # only opened for its header
-
-    try:
-        raw = base64.b64decode(url.split(";base64,", 1)[1], validate=False)
-        with Image.open(io.BytesIO(raw)) as image:
-            return image.size
-    except (binascii.Error, OSError, ValueError):
-        return None
 
 
 @dataclass(frozen=True)
@@ -405,7 +379,7 @@ class _Measuring:
         self.resolver = resolver
 
     def measured(self, request: FluxInput, index: int) -> FluxInput:
-        from airflow_provider_flux2.references import ReferenceResolver, is_storage_reference
+        from airflow_provider_flux2.references import ReferenceResolver
 
         sources = list(request.image_urls or [])
         if request.reference_sizes is not None or not any(is_storage_reference(s) for s in sources):

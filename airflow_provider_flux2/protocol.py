@@ -12,10 +12,8 @@ from __future__ import annotations
 
 import email.utils
 import hashlib
-import ipaddress
 import json
 import random
-import re
 import time
 import uuid
 import zlib
@@ -26,7 +24,6 @@ from decimal import Decimal
 from typing import Any
 from urllib.parse import parse_qs, urlencode, urlsplit
 
-import httpx
 from pydantic import ValidationError
 
 from airflow_provider_flux2.exceptions import (
@@ -53,6 +50,21 @@ from airflow_provider_flux2.models import (
     parse_money,
     resolve_variant,
     wire_for,
+)
+from airflow_provider_flux2.urls import (  # the URL and host policy, re-exported where it was first written
+    base_url_problem as base_url_problem,
+)
+from airflow_provider_flux2.urls import (
+    download_url_problem as download_url_problem,
+)
+from airflow_provider_flux2.urls import (
+    is_loopback_host as is_loopback_host,
+)
+from airflow_provider_flux2.urls import (
+    is_valid_host as is_valid_host,
+)
+from airflow_provider_flux2.urls import (
+    url_for_humans as url_for_humans,
 )
 
 DEFAULT_BASE_URL = "https://api.runflow.io"
@@ -632,7 +644,13 @@ def is_transient(error: BaseException) -> bool:
         return True
     if isinstance(error, FluxAPIError):
         return error.status_code == 408
-    return isinstance(error, httpx.TransportError)
+    return _is_transport_error(error)
+
+
+def _is_transport_error(error: BaseException) -> bool:
+    """An ``httpx.TransportError`` (a network failure), told by its class without importing httpx:
+    this module stays free of I/O libraries, so the window that uses it is too."""
+    return any(cls.__name__ == "TransportError" and cls.__module__.startswith("httpx") for cls in type(error).__mro__)
 
 
 def batch_unsupported(error: BaseException) -> bool:
@@ -722,89 +740,6 @@ def redact(value: Any, secrets: Sequence[str]) -> Any:
 def redact_headers(headers: Mapping[str, str], secrets: Sequence[str]) -> dict[str, str]:
     """Response headers with secrets redacted from their values (a request id may echo anything)."""
     return {k: redact(v, secrets) for k, v in headers.items()}
-
-
-def is_loopback_host(host: str | None) -> bool:
-    """``localhost``, 127.0.0.0/8 or ``::1``: the only hosts plain ``http`` may go to."""
-    if not host:
-        return False
-    host = host.strip("[]").lower()
-    if host == "localhost" or host.endswith(".localhost"):
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
-_HOST_LABEL = re.compile(r"^(?!-)[a-z0-9_-]{1,63}(?<!-)$", re.IGNORECASE)
-
-
-def is_valid_host(host: str | None) -> bool:
-    """A DNS host name (labels of letters, digits, ``-``; ≤ 253 chars) or an IP literal."""
-    if not host:
-        return False
-    try:
-        ipaddress.ip_address(host.strip("[]"))
-        return True
-    except ValueError:
-        pass
-    name = host.rstrip(".")
-    return 0 < len(name) <= 253 and all(_HOST_LABEL.match(label) for label in name.split("."))
-
-
-def url_for_humans(url: str) -> str:
-    """A URL fit for a message: scheme, host and path, without query, fragment or credentials."""
-    if url.startswith("data:"):
-        return url[:40] + ("..." if len(url) > 40 else "")
-    try:
-        parts = urlsplit(url)
-        netloc = parts.hostname or ""
-        if ":" in netloc:
-            netloc = f"[{netloc}]"
-        if parts.port:
-            netloc += f":{parts.port}"
-    except ValueError:
-        return url.split("?", 1)[0].split("#", 1)[0][:200]
-    return f"{parts.scheme}://{netloc}{parts.path}"[:300]
-
-
-def download_url_problem(url: str, plain_http_hosts: Sequence[str] = ()) -> str | None:
-    """Why a result URL (or a redirect target) must not be fetched, or ``None`` when it may be.
-
-    ``https`` to any valid host; plain ``http`` only to loopback (the emulator), because anything
-    else would carry the image — and, through a misconfigured proxy, worse — in clear text.
-    ``plain_http_hosts`` are further hosts plain ``http`` may go to (an emulator in a container
-    network, allowed explicitly by the connection's ``allow_plain_http``).
-    """
-    try:
-        parts = urlsplit(url)
-        host = parts.hostname
-        _ = parts.port  # an out-of-range or non-numeric port raises here
-    except ValueError as error:
-        return f"not a URL ({error})"
-    if parts.scheme not in ("https", "http"):
-        return f"scheme {parts.scheme or '(none)'!r} is not allowed (https, or http to loopback)"
-    if not is_valid_host(host):
-        return f"host {host or '(none)'!r} is not a valid host name"
-    if parts.username or parts.password:
-        return "credentials in a URL are not allowed"
-    allowed = {h.lower() for h in plain_http_hosts}
-    if parts.scheme == "http" and not is_loopback_host(host) and (host or "").lower() not in allowed:
-        return "plain http is allowed only to loopback; use https"
-    return None
-
-
-def base_url_problem(url: str, *, allow_plain_http: bool = False) -> str | None:
-    """Why an API base URL is refused: ``https`` unless loopback (or explicitly allowed), a valid host, no query."""
-    host = urlsplit(url).hostname if "://" in url else None
-    problem = download_url_problem(url, (host,) if allow_plain_http and host else ())
-    if problem is not None:
-        return problem
-    parts = urlsplit(url)
-    if parts.query or parts.fragment:
-        return "a base URL takes no query or fragment"
-    return None
 
 
 class BodyTooLargeError(Exception):

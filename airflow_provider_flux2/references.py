@@ -30,22 +30,26 @@ from __future__ import annotations
 import base64
 import contextlib
 import dataclasses
-import io
 import mimetypes
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 from urllib.parse import unquote, urlparse
 
 from airflow_provider_flux2.exceptions import FluxValidationError
-from airflow_provider_flux2.pricing import ASSUMED_REFERENCE_MP, billed_megapixels
+from airflow_provider_flux2.image_header import data_uri_size, header_format, header_size
+from airflow_provider_flux2.megapixels import ASSUMED_REFERENCE_MP, billed_megapixels
+from airflow_provider_flux2.urls import REFERENCE_ALLOWED as REFERENCE_ALLOWED
+from airflow_provider_flux2.urls import Kind as Kind
+from airflow_provider_flux2.urls import is_storage_reference as is_storage_reference
+from airflow_provider_flux2.urls import reference_kind as reference_kind
+from airflow_provider_flux2.urls import storage_reference_problem as storage_reference_problem
 
 if TYPE_CHECKING:
     from airflow_provider_flux2.models import FluxInput
 
-Kind = Literal["s3", "file", "url", "data"]
 
 #: The largest local file sent inline as a ``data:`` URI (4 MiB; about 5.6 MB once base64-encoded).
 MAX_INLINE_BYTES = 4 * 1024 * 1024
@@ -61,38 +65,6 @@ MAX_PRESIGN_SECONDS = 7 * 24 * 3600
 REUSE_MIN_SECONDS = 3600
 #: Where the signed URLs are remembered in ``task_state_store``.
 MEMORY_KEY = "flux/references"
-#: What a reference may be, for messages.
-REFERENCE_ALLOWED = "an http(s) URL, a data:image/ URI, s3://bucket/key, file:///absolute/path or an absolute path"
-
-
-def reference_kind(value: Any) -> Kind | None:
-    """What a reference string is, or ``None`` when it is none of the accepted forms."""
-    if not isinstance(value, str) or not value:
-        return None
-    if value.startswith("s3://"):
-        return "s3"
-    if value.startswith("file://") or value.startswith("/"):
-        return "file"
-    if value.startswith(("http://", "https://")):
-        return "url"
-    if value.startswith("data:image/"):
-        return "data"
-    return None
-
-
-def is_storage_reference(value: Any) -> bool:
-    """``s3://`` and local files: what must be resolved before the API can read it."""
-    return reference_kind(value) in ("s3", "file")
-
-
-def storage_reference_problem(value: str) -> str | None:
-    """For an ``s3://`` or local reference: ``None`` when it is well formed, else what is wrong."""
-    if value.startswith("s3://"):
-        bucket, _, key = value[len("s3://") :].partition("/")
-        return None if bucket and key and not key.endswith("/") else "s3://bucket/key naming one object"
-    if value.startswith("file://") and not value.startswith("file:///"):
-        return "file:///absolute/path (a file on the worker, no host)"
-    return None
 
 
 @dataclass(frozen=True)
@@ -115,17 +87,6 @@ class Reference:
         """For the record (and so the manifest): never a signature, never the bytes."""
         shown = self.source if self.kind != "data" else self.source[:40] + "…"
         return {"source": shown, "width": self.width, "height": self.height, "billed_mp": self.billed_mp}
-
-
-def header_size(data: bytes) -> tuple[int, int] | None:
-    """Width and height from the first bytes of an image (Pillow reads only the header)."""
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        with Image.open(io.BytesIO(data)) as image:
-            return image.size
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError):
-        return None
 
 
 def local_path(source: str) -> Path:
@@ -247,9 +208,7 @@ class ReferenceResolver:
             data, total = self._file(source, field)
             reference = self._sized(source, kind, data, total, field)
         elif kind == "data":
-            from airflow_provider_flux2.pricing import _data_uri_size
-
-            size = _data_uri_size(source)
+            size = data_uri_size(source)
             reference = Reference(source, kind, *(size or (None, None)))
         else:  # an http(s) URL: not ours to fetch at plan time; priced at the 1 MP minimum
             reference = Reference(source, kind)
@@ -381,11 +340,7 @@ def _total_from_content_range(value: Any) -> int | None:
 def _mime(path: Path, data: bytes) -> str:
     from PIL import Image
 
-    try:
-        with Image.open(io.BytesIO(data)) as image:
-            found = Image.MIME.get(image.format or "")
-    except OSError:
-        found = None
+    found = Image.MIME.get(header_format(data) or "")
     return found or mimetypes.guess_type(path.name)[0] or "application/octet-stream"
 
 

@@ -25,9 +25,66 @@ from decimal import Decimal
 from typing import Any, Literal
 
 from airflow_provider_flux2 import protocol
-from airflow_provider_flux2.hooks.flux import BatchEntry, adaptive_poll_interval
-from airflow_provider_flux2.models import Batch, Run, RunStatus
-from airflow_provider_flux2.pricing import cents, usd
+from airflow_provider_flux2.megapixels import billed_megapixels
+from airflow_provider_flux2.models import Batch, FluxInput, Run, RunStatus
+from airflow_provider_flux2.money import cents
+from airflow_provider_flux2.money import format_usd as usd
+
+# --------------------------------------------------------------------------------------------------
+# What a submission carries and returns, and the poll schedule (shared by both loops and the hook)
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Submission:
+    """What one submit produced: a batch id (when the batch endpoint was used) and run ids in order."""
+
+    run_ids: list[str]
+    batch_id: str | None = None
+    #: The API said this answer replays an earlier submission (same key): the runs may be done already.
+    replayed: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"batch_id": self.batch_id, "run_ids": list(self.run_ids)}
+
+
+@dataclass(frozen=True)
+class BatchEntry:
+    """One image of a batch submit: its input, its client_ref and its own Idempotency-Key."""
+
+    request: FluxInput | protocol.WireInput
+    client_ref: str
+    idempotency_key: str
+
+
+def adaptive_poll_interval(
+    statuses: Iterable[RunStatus | str], *, base: float, elapsed: float, expected: float
+) -> float:
+    """Seconds until the next poll: slow while runs queue or have long to go, ``base`` near their end.
+
+    :param base: the shortest pause (the operator's ``poll_interval``); never polled faster.
+    :param elapsed: seconds since the oldest awaited run was submitted.
+    :param expected: the expected generation time of the largest image awaited (``expected_duration``).
+
+    A queue is polled every ``2 × base`` (or ``expected / 2``, at most ``4 × base``): a cold start takes
+    5–10 s. A running batch far from its expected end is polled every half of the time left (at most
+    ``4 × base``); within ``2 × base`` of it, every ``base``.
+    """
+    states = {RunStatus(s) for s in statuses}
+    if not states:
+        return base
+    if states <= {RunStatus.QUEUED}:
+        return min(4 * base, max(2 * base, expected / 2))
+    remaining = expected - elapsed
+    if remaining > 2 * base:
+        return min(4 * base, remaining / 2)
+    return base
+
+
+def expected_duration(width: int, height: int) -> float:
+    """A rough guess of generation time (s) for polling: a few seconds plus ~1.5 s per megapixel."""
+    return 4.0 + 1.5 * billed_megapixels(width, height)
+
 
 #: Poll rounds a loop does in one turn: a batch seen finished makes its items read due at once.
 POLL_ROUNDS = 3

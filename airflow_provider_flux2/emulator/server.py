@@ -60,6 +60,7 @@ from airflow_provider_flux2.emulator.wire import (
     sign_callback,
 )
 from airflow_provider_flux2.exceptions import FluxValidationError
+from airflow_provider_flux2.image_header import header_size
 from airflow_provider_flux2.models import (
     EDIT_MODEL_IDS,
     EDIT_MODELS,
@@ -74,7 +75,8 @@ from airflow_provider_flux2.models import (
 )
 from airflow_provider_flux2.pricing import usd
 from airflow_provider_flux2.protocol import MAX_BATCH_ITEMS, MAX_CLIENT_REF
-from airflow_provider_flux2.references import HEADER_BYTES, MAX_HEADER_BYTES, header_size, is_storage_reference
+from airflow_provider_flux2.references import HEADER_BYTES, MAX_HEADER_BYTES
+from airflow_provider_flux2.urls import is_storage_reference
 
 log = logging.getLogger(__name__)
 

@@ -10,10 +10,8 @@ import asyncio
 import base64
 import binascii
 import contextlib
-import io
 import time
 import uuid
-import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -48,17 +46,21 @@ from airflow_provider_flux2.hooks.connection import (
     EXTRA_ALIASES,
     FluxConnectionConfig,
 )
+from airflow_provider_flux2.image_header import HeaderError, read_header
 from airflow_provider_flux2.models import (
     Batch,
     FluxInput,
     Run,
-    RunStatus,
     Variant,
     build_input,
     resolve_variant,
 )
-from airflow_provider_flux2.pricing import Budget, PriceTable, billed_megapixels, estimate, routed
+from airflow_provider_flux2.pricing import Budget, PriceTable, estimate, routed
 from airflow_provider_flux2.quality.decoding import decode_image
+from airflow_provider_flux2.window import BatchEntry as BatchEntry
+from airflow_provider_flux2.window import Submission as Submission
+from airflow_provider_flux2.window import adaptive_poll_interval as adaptive_poll_interval
+from airflow_provider_flux2.window import expected_duration as expected_duration
 
 if TYPE_CHECKING:
     from collections.abc import Iterable
@@ -87,57 +89,6 @@ class DownloadedImage:
     @property
     def size_bytes(self) -> int:
         return len(self.data)
-
-
-@dataclass(frozen=True)
-class Submission:
-    """What one submit produced: a batch id (when the batch endpoint was used) and run ids in order."""
-
-    run_ids: list[str]
-    batch_id: str | None = None
-    #: The API said this answer replays an earlier submission (same key): the runs may be done already.
-    replayed: bool = False
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"batch_id": self.batch_id, "run_ids": list(self.run_ids)}
-
-
-@dataclass(frozen=True)
-class BatchEntry:
-    """One image of a batch submit: its input, its client_ref and its own Idempotency-Key."""
-
-    request: FluxInput | protocol.WireInput
-    client_ref: str
-    idempotency_key: str
-
-
-def adaptive_poll_interval(
-    statuses: Iterable[RunStatus | str], *, base: float, elapsed: float, expected: float
-) -> float:
-    """Seconds until the next poll: slow while runs queue or have long to go, ``base`` near their end.
-
-    :param base: the shortest pause (the operator's ``poll_interval``); never polled faster.
-    :param elapsed: seconds since the oldest awaited run was submitted.
-    :param expected: the expected generation time of the largest image awaited (``expected_duration``).
-
-    A queue is polled every ``2 × base`` (or ``expected / 2``, at most ``4 × base``): a cold start takes
-    5–10 s. A running batch far from its expected end is polled every half of the time left (at most
-    ``4 × base``); within ``2 × base`` of it, every ``base``.
-    """
-    states = {RunStatus(s) for s in statuses}
-    if not states:
-        return base
-    if states <= {RunStatus.QUEUED}:
-        return min(4 * base, max(2 * base, expected / 2))
-    remaining = expected - elapsed
-    if remaining > 2 * base:
-        return min(4 * base, remaining / 2)
-    return base
-
-
-def expected_duration(width: int, height: int) -> float:
-    """A rough guess of generation time (s) for polling: a few seconds plus ~1.5 s per megapixel."""
-    return 4.0 + 1.5 * billed_megapixels(width, height)
 
 
 class FluxHook(BaseHook):
@@ -1029,25 +980,15 @@ def verify_image(
 
 
 def _header_of(data: bytes, run_id: str | None) -> tuple[str | None, tuple[int, int]]:
-    """Format and size from the image header alone (nothing decoded).
-
-    Pillow refuses a header of more than twice its pixel limit here; a size between the limit and
-    twice it is returned, to be compared with the size asked for (which is always far below it).
-    """
+    """Format and size from the image header alone (nothing decoded): the one header reader."""
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # the size check below decides
-            with Image.open(io.BytesIO(data)) as image:
-                return image.format, image.size
-    except Image.DecompressionBombError as error:
-        raise FluxImageError(
-            f"Image header declares more pixels than Pillow's limit ({Image.MAX_IMAGE_PIXELS}): {error}",
-            run_id=run_id,
-        ) from None
-    except Exception as error:  # UnidentifiedImageError, a truncated header's struct.error/EOFError...
-        raise FluxImageError(
-            f"Downloaded bytes are not a readable image ({type(error).__name__}: {str(error)[:200]})", run_id=run_id
-        ) from None
+        return read_header(data)
+    except HeaderError as error:
+        if error.bomb:
+            message = f"Image header declares more pixels than Pillow's limit ({Image.MAX_IMAGE_PIXELS}): {error}"
+        else:
+            message = f"Downloaded bytes are not a readable image ({error})"
+        raise FluxImageError(message, run_id=run_id) from None
 
 
 @contextlib.contextmanager
