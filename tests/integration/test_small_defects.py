@@ -61,7 +61,9 @@ def test_airflow_connections_test_shows_the_request_id(emulator, airflow_db):
     )
 
     assert "Connection failed" in result.stdout
-    assert re.search(r"HTTP 401 \w+: .*\(request id req_[0-9a-f]+, run flux2-connection-test\)", result.stdout)
+    # The probe reads a random, well-formed run id (ids are UUIDs): the message names it and the request id.
+    uuid_re = r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"
+    assert re.search(rf"HTTP 401 \w+: .*\(request id req_[0-9a-f]+, run {uuid_re}\)", result.stdout), result.stdout
     assert "rf_wrong_key_for_the_test" not in result.stdout + result.stderr
 
 
