@@ -43,12 +43,15 @@ deploy-deps:
 
 # The whole suite, the real-deployment scenarios (tests/deployment, marker `cluster`) included; the
 # benchmark's own end-to-end check (marker `bench`, minutes) runs with `make bench`.
-# The FLUX view's tests run first, in a session of their own: in the full run an earlier test leaves the
-# session's shared SQLite metadata database unreadable to a second process ("disk I/O error"; the cause
-# is not found yet), and the view's api-server reads that database.
+# Two pytest-xdist workers (one a core): each has its own Airflow home, SQLite database, emulator and
+# moto server (tests/conftest.py makes them per process), so no test shares state with the other worker.
+# The FLUX view's tests run first, in a session of their own: in a full session an earlier test leaves
+# the session's shared SQLite metadata database unreadable to a second process ("disk I/O error"; the
+# cause is not found yet), and the view's api-server reads that database.
+XDIST ?= -n 2 --dist worksteal
 test: $(STAMP) browser deploy-deps
 	$(PY) -m pytest -q tests/integration/test_ui_view.py
-	$(PY) -m pytest -q -m "not bench" --ignore=tests/integration/test_ui_view.py
+	$(PY) -m pytest -q $(XDIST) -m "not bench" --ignore=tests/integration/test_ui_view.py
 	@echo "mkdocs build --strict"; out=$$($(PY) -m mkdocs build --strict --site-dir .site-check 2>&1); rc=$$?; \
 		echo "$$out" | grep -v '^INFO' || true; rm -rf .site-check; exit $$rc
 

@@ -185,13 +185,21 @@ class FluxQualityCheckOperator(BaseOperator):
         for item in plan.items:
             variant, request = self.hook.build_request(item.model, prompt=item.prompt, **item.params)
             item_meta = {k: v for k, v in meta.get(item.index, {}).items() if v is not None}
-            job = new_job(identity, item.index, variant, request, item=f"{item.index}/{item.attempt}", meta=item_meta)
+            job = new_job(
+                identity,
+                item.index,
+                variant,
+                request,
+                item=f"{item.index}/{item.attempt}",
+                meta=item_meta,
+                routes=self.hook.config.edit_models,
+            )
             images.append(references.attach(job))  # s3:// and local references made fetchable
         submitted_at = utc_now_iso()
         run_ids = [
             self.hook.submit(
                 image.request,
-                model=image.variant,
+                model=image.model,
                 idempotency_key=image.idempotency_key,
                 client_ref=image.client_ref,
                 metadata=run_metadata(context),

@@ -16,7 +16,7 @@ from decimal import Decimal
 from typing import Any
 
 from airflow_provider_flux2.exceptions import FluxValidationError
-from airflow_provider_flux2.models import ImageRecord, resolve_variant
+from airflow_provider_flux2.models import ImageRecord
 from airflow_provider_flux2.pricing import (
     Budget,
     CostEstimate,
@@ -173,7 +173,7 @@ def _regeneration(record: ImageRecord, table: PriceTable) -> Regeneration:
 def _item_cost(record: ImageRecord, cost: Decimal) -> ItemCost:
     return ItemCost(
         index=record.index,
-        model=resolve_variant(record.model).model_id,
+        model=record.model,
         width=record.width,
         height=record.height,
         billed_mp=record.billed_mp,

@@ -37,8 +37,16 @@ def keyed_emulator():
 
 
 def _files_with_the_key(root: Path) -> list[str]:
+    """Files under ``root`` holding the key. The session's SQLite database is read through SQL
+    (:func:`_rows_with_the_key`), never opened as a plain file: a process that opens and closes a
+    database file it also holds SQLite connections to drops SQLite's POSIX locks on it (sqlite.org,
+    "How To Corrupt An SQLite Database File", 2.2), and the next writer corrupts it. That was the
+    "damaged shared database" the FLUX view's tests used to meet later in the session."""
+    database = Path(os.environ["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"].removeprefix("sqlite:///")).resolve()
     found = []
     for path in root.rglob("*"):
+        if path.resolve().parent == database.parent and path.name.startswith(database.name):
+            continue  # airflow.db and its -journal/-wal/-shm
         if path.is_file():
             data = path.read_bytes()
             if any(needle in data for needle in NEEDLES):
