@@ -629,22 +629,8 @@ class Doctor:
 
     def _seed_price(self, client: httpx.Client) -> Check:
         """1920×1080 on FLUX 2 [pro]: 2 MP, the seed's $0.045 (the extra-MP rate and the rounding up)."""
-        name = "cost 1920x1080"
-        request = build_input(Variant.PRO, prompt=_PROMPT, image_size=f"{SEED_SIZE[0]}x{SEED_SIZE[1]}", seed=7)
-        price = self.prices.price(Variant.PRO)
-        mp = billed_megapixels(*SEED_SIZE)
-        estimate, worst = price.cost(mp), price.worst_cost(mp)
-        if not self._affordable(worst):
-            return self._skip(name, "one 2 MP run", worst)
-        built = protocol.create_run(Variant.PRO, request, idempotency_key=f"flux2-doctor-{uuid.uuid4().hex}")
-        created = self._create(client, built, worst)
-        if not created.ok or not isinstance(created.body, dict) or not created.body.get("id"):
-            return Check(name, "FAIL", "2xx with a run id", created.brief(), created.request_id)
-        answer, run = self._wait(client, str(created.body["id"]))
-        if run is None or _status(answer.body) != "succeeded":
-            return Check(name, "FAIL", "a succeeded 2 MP run", f"{answer.status} status_code={_status(answer.body)}")
-        where = f"{Variant.PRO.model_id}, {SEED_SIZE[0]}x{SEED_SIZE[1]} = {mp} MP"
-        return self._cost(name, answer, run, estimate, where, Variant.PRO.value)
+        size = f"{SEED_SIZE[0]}x{SEED_SIZE[1]}"
+        return self._paid_run(client, "cost 1920x1080", Variant.PRO, size, SEED_SIZE, "one 2 MP run")
 
     def _batches(self, client: httpx.Client) -> Check:
         body = {"input": [{"image_size": _INVALID_SIZE, "client_ref": "flux2-doctor"}]}
@@ -728,20 +714,28 @@ class Doctor:
 
     def _price(self, client: httpx.Client, variant: Variant) -> Check:
         """One 1 MP run of a variant: what it really costs."""
-        name = f"price {variant.value}"
+        what = f"one 1 MP run of {variant.model_id}"
+        return self._paid_run(client, f"price {variant.value}", variant, CHEAPEST_SIZE, CHEAPEST_SIDES, what)
+
+    def _paid_run(
+        self, client: httpx.Client, name: str, variant: Variant, size: str, sides: tuple[int, int], what: str
+    ) -> Check:
+        """One run of ``variant`` at ``size``, counted at its worst before it is sent, read to its end,
+        its bill compared with the table's and recorded as measured."""
         price = self.prices.price(variant)
-        estimate, worst = price.cost(1), price.worst_cost(1)
+        mp = billed_megapixels(*sides)
+        estimate, worst = price.cost(mp), price.worst_cost(mp)
         if not self._affordable(worst):
-            return self._skip(name, f"one 1 MP run of {variant.model_id}", worst)
-        request = build_input(variant, prompt=_PROMPT, image_size=CHEAPEST_SIZE, seed=7)
+            return self._skip(name, what, worst)
+        request = build_input(variant, prompt=_PROMPT, image_size=size, seed=7)
         built = protocol.create_run(variant, request, idempotency_key=f"flux2-doctor-{uuid.uuid4().hex}")
         created = self._create(client, built, worst)
         if not created.ok or not isinstance(created.body, dict) or not created.body.get("id"):
             return Check(name, "FAIL", "2xx with a run id", created.brief(), created.request_id)
         answer, run = self._wait(client, str(created.body["id"]))
         if run is None or _status(answer.body) != "succeeded":
-            return Check(name, "FAIL", "a succeeded run", f"{answer.status} status_code={_status(answer.body)}")
-        where = f"{variant.model_id}, 1 MP" + (" (an estimate)" if price.estimate else "")
+            return Check(name, "FAIL", f"{what} succeeded", f"{answer.status} status_code={_status(answer.body)}")
+        where = f"{variant.model_id}, {sides[0]}x{sides[1]} = {mp} MP" + (" (an estimate)" if price.estimate else "")
         return self._cost(name, answer, run, estimate, where, variant.value)
 
     def _edit(self, client: httpx.Client, variant: Variant) -> Check:

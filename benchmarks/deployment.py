@@ -400,7 +400,15 @@ class Deployment:
     def _start_emulator(self) -> None:
         from airflow_provider_flux2.emulator import Emulator
 
-        settings = {"profile": "realistic", "time_scale": 0.3, "random_seed": 20260101, **self.emulator}
+        # Pages of /items as large as the real API serves them (limit up to 500; a batch has at most 100):
+        # the emulator's small default page is for tests that must cross a page.
+        settings = {
+            "profile": "realistic",
+            "time_scale": 0.3,
+            "random_seed": 20260101,
+            "items_page_size": 100,
+            **self.emulator,
+        }
         self.emu = Emulator(api_key=API_KEY, subprocess=True, **settings).start()
 
     def _start_moto(self) -> None:

@@ -359,7 +359,11 @@ def emulator_for(settings: Settings) -> Iterator[Any]:
     from airflow_provider_flux2.emulator import Emulator
 
     with Emulator(
-        profile="realistic", time_scale=settings.time_scale, api_key=API_KEY, random_seed=RANDOM_SEED
+        profile="realistic",
+        time_scale=settings.time_scale,
+        api_key=API_KEY,
+        random_seed=RANDOM_SEED,
+        items_page_size=100,  # one page per batch, as the real API (limit up to 500) answers
     ) as emulator:
         os.environ["AIRFLOW_CONN_FLUX2_DEFAULT"] = emulator.connection_json()
         yield emulator

@@ -281,13 +281,7 @@ def _prices(value: Any) -> PriceTable:
     if value is None:
         return PriceTable()
     allowed = 'a JSON object of prices by model, like {"pro": "0.03"} or {"pro": {"first_mp": "0.03"}}'
-    if isinstance(value, str):  # a connection URI carries it as JSON text
-        try:
-            value = json.loads(value)
-        except ValueError:
-            raise FluxValidationError(field="prices", value=value, allowed=allowed) from None
-    if not isinstance(value, Mapping):
-        raise FluxValidationError(field="prices", value=value, allowed=allowed)
+    value = _json_object(value, "prices", allowed)
     for name in value:
         try:
             resolve_variant(name)
@@ -309,14 +303,8 @@ def _edit_models(value: Any) -> dict[str, str]:
     allowed = 'a JSON object of model ids by variant, like {"pro": "black-forest-labs/flux-2-pro"}'
     if value is None:
         return {}
-    if isinstance(value, str):
-        try:
-            value = json.loads(value)
-        except ValueError:
-            raise FluxValidationError(field="edit_models", value=value, allowed=allowed) from None
-    if not isinstance(value, Mapping):
-        raise FluxValidationError(field="edit_models", value=value, allowed=allowed)
     routes = {}
+    value = _json_object(value, "edit_models", allowed)
     for name, model in value.items():
         variant = resolve_variant(name)
         if not isinstance(model, str) or not _MODEL_ID.match(model.strip().lower()):
@@ -325,3 +313,15 @@ def _edit_models(value: Any) -> dict[str, str]:
             )
         routes[variant.value] = model.strip().lower()
     return routes
+
+
+def _json_object(value: Any, field: str, allowed: str) -> Mapping[str, Any]:
+    """A JSON-object extra, given as an object or (in a connection URI) as JSON text."""
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except ValueError:
+            raise FluxValidationError(field=field, value=value, allowed=allowed) from None
+    if not isinstance(value, Mapping):
+        raise FluxValidationError(field=field, value=value, allowed=allowed)
+    return value
