@@ -20,7 +20,7 @@ import hashlib
 import logging
 import os
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -53,7 +53,16 @@ from airflow_provider_flux2.storage import BatchLocation, content_hash, publishe
 from airflow_provider_flux2.storage.base import image_workers
 from airflow_provider_flux2.storage.naming import name_fields
 from airflow_provider_flux2.storage.publish import object_metadata
-from airflow_provider_flux2.window import POLL_ROUNDS, JobSpec, JobState, Poll, Submit, Window, resubmission_key
+from airflow_provider_flux2.window import (
+    POLL_ROUNDS,
+    JobSpec,
+    JobState,
+    Poll,
+    Submit,
+    Window,
+    batch_key,
+    resubmission_key,
+)
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
@@ -153,12 +162,6 @@ def new_job(
     )
 
 
-def batch_key(jobs: Sequence[Job]) -> str:
-    """A batch's Idempotency-Key: fixed by its jobs' keys (chunks are fixed by index, not by timing)."""
-    digest = hashlib.sha256("\x1f".join(j.idempotency_key for j in jobs).encode()).hexdigest()
-    return f"flux2-batch-{digest[:43]}"
-
-
 def default_chunk_size(max_in_flight: int, batch_size: int | None, use_batches: bool) -> int:
     """Jobs per batch request: a quarter of the window by default, so a quarter of it freeing tops it up.
 
@@ -194,7 +197,8 @@ class Plan:
         return self.jobs[number * self.chunk_size : (number + 1) * self.chunk_size]
 
     def batch_keys(self) -> list[str]:
-        return [batch_key(self.chunk(number)) for number in range(self.chunks)]
+        """The batch keys the window derives for this plan's chunks (for a caller sending chunks itself)."""
+        return [batch_key([job.idempotency_key for job in self.chunk(number)]) for number in range(self.chunks)]
 
     def specs(self) -> list[JobSpec]:
         return [job.spec(self.estimate.items[job.index]) for job in self.jobs]

@@ -18,8 +18,9 @@ socket (``tests/unit/test_window.py``).
 
 from __future__ import annotations
 
+import hashlib
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any, Literal
@@ -113,6 +114,13 @@ class JobSpec:
 
     def attempt_key(self, attempt: int) -> str:
         return resubmission_key(self.key, attempt)
+
+
+def batch_key(keys: Sequence[str]) -> str:
+    """A batch's Idempotency-Key: fixed by its jobs' keys (chunks are fixed by index, not by timing), so
+    a rebuilt window or a task retry sends the same chunk under the same key and is replayed."""
+    digest = hashlib.sha256("\x1f".join(keys).encode()).hexdigest()
+    return f"flux2-batch-{digest[:43]}"
 
 
 def resubmission_key(key: str, attempt: int) -> str:
@@ -225,7 +233,8 @@ class Window:
         plus the next submission would pass this; ``None``: no running limit.
     :param end_time: wall-clock deadline (epoch seconds).
     :param poll_interval: the shortest pause between two polls of one batch or run.
-    :param batch_keys: chunk number → batch Idempotency-Key (fixed by the plan).
+    :param batch_keys: chunk number → batch Idempotency-Key; derived from the chunks' job keys
+        (:func:`batch_key`) when not given, so a window needs nothing but its specs and options.
     """
 
     jobs: list[JobSpec]
@@ -252,6 +261,8 @@ class Window:
         self._specs = {spec.index: spec for spec in self.jobs}
         self.states = {spec.index: JobState(spec.index) for spec in self.jobs}
         self.chunk_size = max(1, min(self.chunk_size, self.max_in_flight, protocol.MAX_BATCH_ITEMS))
+        if not self.batch_keys:
+            self.batch_keys = [batch_key([spec.key for spec in self.chunk(n)]) for n in range(self.chunks)]
 
     # -- attaching runs already sent (the quality operator's regenerations) -------------------------
 
@@ -618,4 +629,4 @@ def rows_of(event: Mapping[str, Any]) -> dict[int, JobState]:
     return {state.index: state for state in states}
 
 
-__all__ = ["JobSpec", "JobState", "Poll", "Submit", "Window", "resubmission_key", "rows_of"]
+__all__ = ["JobSpec", "JobState", "Poll", "Submit", "Window", "batch_key", "resubmission_key", "rows_of"]

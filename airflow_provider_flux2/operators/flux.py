@@ -372,7 +372,6 @@ class FluxGenerateImageOperator(BaseOperator):
         return FluxGenerationTrigger.for_specs(
             plan.specs(),
             flux_conn_id=self.flux_conn_id,
-            batch_keys=plan.batch_keys(),
             max_in_flight=self.max_in_flight,
             chunk_size=plan.chunk_size,
             use_batches=self.use_batches,

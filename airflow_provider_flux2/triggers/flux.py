@@ -45,7 +45,8 @@ class FluxGenerationTrigger(BaseTrigger):
     :param flux_conn_id: the ``flux2`` connection (default ``flux2_default``).
     :param jobs: the jobs, compact: ``[index, model id, key, client_ref, input (beside common), cost, expected s]``.
     :param common: input fields every job shares (kept once, so 1,000 jobs fit in well under 1 MB).
-    :param batch_keys: chunk number → batch Idempotency-Key.
+    :param batch_keys: chunk number → batch Idempotency-Key; by default the window derives them from
+        the jobs' keys (kept only so triggers serialized by an earlier version still load).
     :param max_in_flight: most runs at the API at once.
     :param chunk_size: jobs per batch request.
     :param use_batches: use the batch endpoint.
@@ -116,7 +117,7 @@ class FluxGenerationTrigger(BaseTrigger):
                 "flux_conn_id": self.flux_conn_id,
                 "jobs": self.jobs,
                 "common": self.common,
-                "batch_keys": self.batch_keys,
+                **({"batch_keys": self.batch_keys} if self.batch_keys else {}),
                 "max_in_flight": self.max_in_flight,
                 "chunk_size": self.chunk_size,
                 "use_batches": self.use_batches,

@@ -10,7 +10,7 @@ import pytest
 from airflow_provider_flux2 import protocol
 from airflow_provider_flux2.exceptions import FluxAPIError, FluxServerError, FluxValidationError
 from airflow_provider_flux2.models import Batch, BatchItem, Run, RunStatus
-from airflow_provider_flux2.window import JobSpec, JobState, Submit, Window, rows_of
+from airflow_provider_flux2.window import JobSpec, JobState, Submit, Window, batch_key, rows_of
 
 T0 = 1_000_000.0
 MODEL = "black-forest-labs/flux-2-pro"
@@ -74,6 +74,16 @@ def test_first_turn_fills_the_window_with_whole_chunks_under_their_fixed_keys():
     assert [s.batch_key for s in first] == ["batch-key-0", "batch-key-1"]
     assert win.in_flight() == 4
     assert win.submissions(T0) == []  # full
+
+
+def test_the_window_derives_its_batch_keys_from_the_chunks_job_keys():
+    """Nothing but specs and options: the same chunks give the same keys in any window, the plan's included."""
+    derived = Window(jobs=specs(5), max_in_flight=4, chunk_size=2, end_time=T0 + 60)
+    again = Window(jobs=specs(5), max_in_flight=4, chunk_size=2, end_time=T0 + 99)
+    assert derived.batch_keys == again.batch_keys and len(set(derived.batch_keys)) == 3
+    assert derived.batch_keys[0] == batch_key(["flux2-key0", "flux2-key1"])
+    first = derived.submissions(T0)
+    assert [s.batch_key for s in first] == derived.batch_keys[:2]
 
 
 def test_a_rebuilt_window_makes_exactly_the_same_submissions():

@@ -32,7 +32,7 @@ def trigger_for(plan: Plan, **kwargs) -> FluxGenerationTrigger:
     options = {"max_in_flight": 8, "poll_interval": 0.02, "timeout": 30, "progress_interval": 0}
     options.update(kwargs)
     return FluxGenerationTrigger.for_specs(
-        plan.specs(), batch_keys=plan.batch_keys(), chunk_size=plan.chunk_size, **options
+        plan.specs(), chunk_size=plan.chunk_size, **options
     )
 
 
