@@ -31,9 +31,7 @@ def plan_of(count: int, *, chunk: int = 4, prompt: str = "studio shot of product
 def trigger_for(plan: Plan, **kwargs) -> FluxGenerationTrigger:
     options = {"max_in_flight": 8, "poll_interval": 0.02, "timeout": 30, "progress_interval": 0}
     options.update(kwargs)
-    return FluxGenerationTrigger.for_specs(
-        plan.specs(), chunk_size=plan.chunk_size, **options
-    )
+    return FluxGenerationTrigger.for_specs(plan.specs(), chunk_size=plan.chunk_size, **options)
 
 
 def rebuilt(trigger: FluxGenerationTrigger) -> FluxGenerationTrigger:
