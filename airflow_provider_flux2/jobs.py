@@ -603,6 +603,8 @@ def run_window(
         if 0 <= progress_interval <= now - last_at and (line := window.progress_line(started, now)) != last:
             last, last_at = line, now
             logger.info("%s", line)
+        if (outage := window.outage_line(now)) is not None:
+            logger.warning("%s", outage)
         if not acted:
             sleep(max(0.0, min(window.wakeup(now), window.end_time) - now))
     return window.event(time.time())

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import random
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -89,8 +90,15 @@ def expected_duration(width: int, height: int) -> float:
 
 #: Poll rounds a loop does in one turn: a batch seen finished makes its items read due at once.
 POLL_ROUNDS = 3
-#: Polls (or submissions) that may fail in a row, after the hook's own retries, before the window gives up.
+#: Submissions that may fail in a row, after the hook's own retries, before the window gives up (a
+#: refused submission is not a silent API: it does not heal by waiting).
 MAX_CONSECUTIVE_FAILURES = 5
+#: The longest pause between two polls of an API that does not answer. A poll that fails for a reason
+#: that may go away by itself (a network error, a time-out, 5xx, 429) never ends the wait: the window
+#: backs off, doubling to this cap with jitter, and the task's own deadline decides when to stop.
+OUTAGE_MAX_BACKOFF = 60.0
+#: An outage is reported at most once per this many seconds, not once per poll.
+OUTAGE_REPORT_EVERY = 60.0
 #: Job phases: not sent yet · at the API · failed, its failure code unknown (read the run) · failed, to be
 #: sent again · terminal for good · never sent (budget or deadline).
 Phase = Literal["waiting", "in_flight", "read", "resubmit", "done", "stopped"]
@@ -250,7 +258,11 @@ class Window:
     next_chunk: int = field(init=False, default=0)
     error: str | None = field(init=False, default=None)
     budget_stop: dict[str, str] | None = field(init=False, default=None)
-    failures: int = field(init=False, default=0)
+    failures: int = field(init=False, default=0)  # submissions refused in a row
+    poll_failures: int = field(init=False, default=0)  # polls failed in a row (the API silent)
+    outage_since: float | None = field(init=False, default=None)
+    outage_error: str | None = field(init=False, default=None)
+    _outage_said: float = field(init=False, default=0.0)
     _specs: dict[int, JobSpec] = field(init=False)
     _due: dict[tuple[str, str], float] = field(init=False, default_factory=dict)
     _targets: dict[tuple[str, str], list[int]] = field(init=False, default_factory=dict)
@@ -439,7 +451,7 @@ class Window:
 
     def observe_batch(self, batch: Batch, now: float) -> None:
         """Statuses of one batch's items; a finished item frees its slot at once."""
-        self.failures = 0
+        self._answered()
         by_run = {item.run_id: item for item in batch.items if item.run_id}
         target = ("batch", batch.id)
         for index in self._targets.get(target, []):
@@ -452,7 +464,7 @@ class Window:
 
     def observe_run(self, run: Run, now: float) -> None:
         """One run read (a single run, or a failed batch item whose failure code is needed)."""
-        self.failures = 0
+        self._answered()
         for state in self.states.values():
             if state.run_id == run.id and state.phase in ("in_flight", "read"):
                 state.cost = run.cost if run.status_code == RunStatus.SUCCEEDED else None
@@ -462,7 +474,7 @@ class Window:
 
     def observe_items(self, batch_id: str, runs: Iterable[Run], now: float) -> None:
         """A batch's items: the cost the API reports for each succeeded run (the running budget)."""
-        self.failures = 0
+        self._answered()
         by_run = {run.id: run for run in runs}
         for index in self._targets.get(("items", batch_id), []):
             state = self.states[index]
@@ -473,14 +485,36 @@ class Window:
         self._due.pop(("items", batch_id), None)
 
     def poll_failed(self, poll: Poll, error: BaseException, now: float) -> None:
+        """A poll failed after the hook's own retries: a lasting error stops the window; anything that may
+        go away by itself (the API down, hanging, rate limiting) is ridden out until the deadline, the
+        poll sent again after a backoff that doubles to :data:`OUTAGE_MAX_BACKOFF`, with jitter."""
         if not protocol.is_transient(error):
             self.error = f"Reading {poll.kind} {poll.id} failed: {_typed(error)}"
             return
-        self.failures += 1
-        if self.failures >= MAX_CONSECUTIVE_FAILURES:
-            self.error = f"Polling failed {self.failures} times in a row ({_typed(error)})"
-            return
-        self._due[(poll.kind, poll.id)] = now + self.poll_interval
+        self.poll_failures += 1
+        if self.outage_since is None:
+            self.outage_since = now
+        self.outage_error = _typed(error)
+        delay = min(OUTAGE_MAX_BACKOFF, self.poll_interval * 2 ** min(self.poll_failures - 1, 16))
+        self._due[(poll.kind, poll.id)] = now + delay * (1 + protocol.JITTER * random.random())
+
+    def _answered(self) -> None:
+        """The API answered a poll: an outage, if there was one, is over."""
+        self.poll_failures, self.outage_since, self.outage_error, self._outage_said = 0, None, None, 0.0
+
+    def outage_line(self, now: float) -> str | None:
+        """Once the API has been silent a minute, and once a minute after: for how long, and what the wait
+        does (the hook's own retry warnings say each failed request)."""
+        if self.outage_since is None or now - self.outage_since < OUTAGE_REPORT_EVERY:
+            return None
+        if now - self._outage_said < OUTAGE_REPORT_EVERY:
+            return None
+        self._outage_said = now
+        return (
+            f"The FLUX API has not answered for {duration(now - self.outage_since)} ({self.poll_failures} failed "
+            f"poll(s), last: {self.outage_error}); waiting on until the deadline, "
+            f"{duration(self.end_time - now)} from now"
+        )
 
     def _observe(
         self, state: JobState, status: RunStatus, completed_at: str | None, now: float, *, known: bool = False

@@ -223,6 +223,8 @@ class FluxGenerationTrigger(BaseTrigger):
                 if now - last_at >= self.progress_interval and (line := window.progress_line(started, now)) != last:
                     last, last_at = line, now
                     self.log.info("%s", line)
+                if (outage := window.outage_line(now)) is not None:
+                    self.log.warning("%s", outage)
                 if not acted:
                     await asyncio.sleep(max(0.0, min(window.wakeup(now), self.end_time) - now))
         finally:

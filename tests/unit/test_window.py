@@ -249,3 +249,39 @@ def test_every_job_terminal_makes_exactly_one_success_event_whose_rows_round_tri
     assert sorted(states) == [0, 1, 2, 3]
     assert states[2].batch_id == "batch-1" and states[2].detected_at == T0 + 7 and states[2].succeeded
     assert JobState.from_row(states[3].to_row()) == states[3]
+
+
+def test_a_ten_minute_outage_is_ridden_out_polls_backing_off_to_a_minute():
+    """Polls failing for a reason that may go away (the API down) never end the wait before its deadline."""
+    from airflow_provider_flux2.exceptions import FluxConnectionError
+
+    win, api = window(4, max_in_flight=4, chunk=2, end_time=T0 + 3 * 3600), FakeAPI()
+    for submit in win.submissions(T0):
+        api.accept(win, submit, T0)
+    down = FluxConnectionError("Could not reach the FLUX API: ConnectError", attempts=5, url="https://x/v1/batches/b")
+    now, gaps, said = T0 + 5, [], []
+    while now < T0 + 600:  # ten minutes without an answer
+        polls = win.polls(now)
+        for poll in polls:
+            win.poll_failed(poll, down, now)
+        if (line := win.outage_line(now)) is not None:
+            said.append((now, line))
+        nxt = win.wakeup(now)
+        gaps.append(nxt - now)
+        now = nxt
+    assert not win.finished(now) and win.error is None and win.status(now) == "running"
+    assert max(gaps) <= 60.0 * 1.25 + 1e-6  # capped, with jitter
+    assert win.poll_failures > 5  # far more than the submissions' limit: no try is spent
+    assert 5 <= len(said) <= 10 and "has not answered for" in said[0][1] and "ConnectError" in said[0][1]
+    assert all(b - a >= 60 for (a, _), (b, _) in zip(said, said[1:]))  # once a minute, not once a poll
+    for batch_id in ("batch-0", "batch-1"):  # the API is back
+        win.observe_batch(batch(win, batch_id, dict.fromkeys(range(4), RunStatus.SUCCEEDED)), now)
+    assert win.finished(now) and win.status(now) == "success" and win.outage_since is None
+
+
+def test_a_lasting_poll_error_still_stops_the_window_and_a_refused_submission_still_gives_up():
+    win, api = window(2, max_in_flight=2, chunk=2), FakeAPI()
+    (submit,) = win.submissions(T0)
+    api.accept(win, submit, T0)
+    win.poll_failed(win.polls(T0 + 100)[0], FluxValidationError(field="x", value=1, allowed="y"), T0 + 100)
+    assert win.status(T0 + 100) == "error"

@@ -1,0 +1,56 @@
+"""An API that stops answering mid-batch: the wait rides it out until the task's deadline, on the
+triggerer and in the worker, spends no try, and pays for nothing twice."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from pathlib import Path
+
+import pytest
+from airflow.sdk import DAG
+
+from airflow_provider_flux2.operators.flux import FluxGenerateImageOperator
+
+#: The wait's poll endpoints answer 503 this many times in a row (the API down while the batch runs):
+#: with the test connection's five attempts per poll that is eight failed polls, well over the five
+#: that used to end a wait. Collection, after the outage, meets an API that answers again.
+OUTAGE = 40
+
+
+def generate_dag(output: Path, deferrable: bool) -> DAG:
+    with DAG(f"t_outage_{uuid.uuid4().hex[:8]}", schedule=None, start_date=datetime(2026, 1, 1)) as dag:
+        FluxGenerateImageOperator(
+            task_id="generate",
+            prompts=[f"a teapot, view {i}" for i in range(6)],
+            image_size="square",
+            output_uri=output.as_uri(),
+            max_in_flight=6,
+            batch_size=3,
+            poll_interval=0.02,
+            progress_interval=0,
+            deferrable=deferrable,
+            retries=0,  # a spent try would fail the run: the outage must cost none
+        )
+    return dag
+
+
+@pytest.mark.parametrize("deferrable", [True, False])
+def test_an_api_that_stops_answering_mid_batch_is_ridden_out(
+    emulator, run_dag, xcom, task_states, tmp_path, capsys, deferrable
+):
+    rules = [
+        {"endpoint": endpoint, "fault": "server_error", "status": 503, "count": OUTAGE}
+        for endpoint in ("get_batch", "get_run")
+    ]
+    emulator.faults({"rules": rules})
+    dr = run_dag(generate_dag(tmp_path, deferrable))
+    assert task_states(dr) == {"generate": "success"}
+    records = xcom(dr, "generate")
+    assert [r["status"] for r in records] == ["succeeded"] * 6
+    fired = [f for f in emulator.stats().get("faults_fired", []) if f.get("fault") == "server_error"]
+    assert len(fired) >= OUTAGE  # the outage did happen
+    ledger = emulator.ledger()["entries"]
+    assert len(ledger) == 6 and len({e["run_id"] for e in ledger}) == 6  # nothing paid twice
+    out = capsys.readouterr()
+    assert "times in a row" not in out.out + out.err
