@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 from decimal import Decimal
 
@@ -273,7 +274,7 @@ def test_a_ten_minute_outage_is_ridden_out_polls_backing_off_to_a_minute():
     assert max(gaps) <= 60.0 * 1.25 + 1e-6  # capped, with jitter
     assert win.poll_failures > 5  # far more than the submissions' limit: no try is spent
     assert 5 <= len(said) <= 10 and "has not answered for" in said[0][1] and "ConnectError" in said[0][1]
-    assert all(b - a >= 60 for (a, _), (b, _) in zip(said, said[1:]))  # once a minute, not once a poll
+    assert all(b - a >= 60 for (a, _), (b, _) in itertools.pairwise(said))  # once a minute, not once a poll
     for batch_id in ("batch-0", "batch-1"):  # the API is back
         win.observe_batch(batch(win, batch_id, dict.fromkeys(range(4), RunStatus.SUCCEEDED)), now)
     assert win.finished(now) and win.status(now) == "success" and win.outage_since is None
