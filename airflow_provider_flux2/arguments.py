@@ -149,7 +149,39 @@ def check_operator_arguments(operator: Any, *, rendered: bool = False) -> None:
         check_template(operator.output_name_template)
     if given("image_urls"):
         check_image_urls(operator.image_urls)
+    check_generation_arguments(operator, given)
     if given("budget_usd"):
         from airflow_provider_flux2.pricing import Budget
 
         Budget.of(operator.budget_usd)
+
+
+#: Operator arguments that are generation parameters, checked with the model when the DAG is parsed.
+GENERATION_ARGUMENTS = (
+    "image_size",
+    "output_format",
+    "seed",
+    "safety_tolerance",
+    "enable_safety_checker",
+    "sync_mode",
+    "colors",
+    "num_inference_steps",
+    "guidance_scale",
+)
+#: Parameters only some variants take: checked at parse time only when the model is known then.
+_VARIANT_ONLY = ("num_inference_steps", "guidance_scale", "safety_tolerance")
+
+
+def check_generation_arguments(operator: Any, given: Any) -> None:
+    """``model`` and the generation parameters an operator was given, checked as the API would take
+    them (``model="klein"`` or ``image_size="1080p"`` fail when the DAG is parsed, naming the field and
+    what is allowed). Templated values wait for the plan, when they are rendered; so does a check that
+    needs the model when only the connection (or a template) names it."""
+    from airflow_provider_flux2.models import build_input, resolve_variant
+
+    model = resolve_variant(operator.model) if given("model") else None
+    params = {name: getattr(operator, name) for name in GENERATION_ARGUMENTS if given(name)}
+    if model is None:  # no model yet (the connection's, or templated): leave what depends on it
+        params = {k: v for k, v in params.items() if k not in _VARIANT_ONLY}
+    if model is not None or params:
+        build_input(model, prompt="(checked when the DAG is parsed)", **params)

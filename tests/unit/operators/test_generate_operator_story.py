@@ -72,3 +72,32 @@ def test_execute_plans_and_defers_exactly_once_sending_nothing(emulator, tmp_pat
 def test_a_bad_policy_is_refused_naming_the_field_and_the_choices():
     with pytest.raises(FluxValidationError, match=r"on_budget_stop.*fail \| record"):
         FluxGenerateImageOperator(task_id="t", prompt="x", on_budget_stop="ignore")
+
+
+@pytest.mark.parametrize(
+    ("arguments", "field"),
+    [
+        ({"model": "klein"}, "model"),
+        ({"image_size": "1080p"}, "image_size"),
+        ({"output_format": "gif"}, "output_format"),
+        ({"seed": -1}, "seed"),
+        ({"model": "pro", "guidance_scale": 3.0}, "guidance_scale"),
+        ({"model": "klein-4b", "image_size": "4096x4096"}, "image_size"),
+        ({"model": "{{ params.model }}", "image_size": "1080p"}, "image_size"),
+    ],
+)
+def test_a_typo_fails_when_the_dag_is_parsed_naming_the_field(arguments, field):
+    with pytest.raises(FluxValidationError, match=f"Invalid {field}"):
+        FluxGenerateImageOperator(task_id="generate", prompt="a mug", **arguments)
+
+
+@pytest.mark.parametrize(
+    "arguments",
+    [
+        {"model": "{{ params.model }}", "guidance_scale": 3.0},  # known once rendered
+        {"guidance_scale": 3.0},  # the connection's model may be flex
+        {"model": "flex", "guidance_scale": 3.0, "image_size": "{{ params.size }}"},
+    ],
+)
+def test_what_depends_on_a_template_or_the_connection_waits_for_the_plan(arguments):
+    FluxGenerateImageOperator(task_id="generate", prompt="a mug", **arguments)
