@@ -72,10 +72,15 @@ docs: $(STAMP)
 compose-env: $(STAMP)
 	$(PY) scripts/compose_env.py
 
-# The wheel and the sdist in dist/ (the package is not on PyPI: install it from the wheel).
-dist: $(STAMP)
+# The wheel and the sdist in dist/ (the package is not on PyPI: install it from the wheel). Only what
+# a build needs: `build` in a small venv of its own (hatchling comes in build's isolated environment),
+# not the development environment.
+BUILD_VENV ?= .venv-build
+dist:
+	@test -x $(BUILD_VENV)/bin/python || $(PYTHON) -m venv $(BUILD_VENV)
+	$(BUILD_VENV)/bin/python -m pip install --quiet --upgrade pip build
 	rm -rf dist
-	$(PY) -m build --outdir dist
+	$(BUILD_VENV)/bin/python -m build --outdir dist
 	@ls -1 dist
 
 # One short kill -9 scenario per executor on a real deployment (also part of `make test`).
@@ -106,4 +111,4 @@ emulator: $(STAMP)
 	$(VENV)/bin/flux2 emulator --profile realistic
 
 clean:
-	rm -rf $(VENV) .venv-airflow-* .airflow demo-output demo-output-staging site .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(BUILD_VENV) .venv-airflow-* .airflow demo-output demo-output-staging site .pytest_cache .mypy_cache .ruff_cache

@@ -71,3 +71,26 @@ def test_the_installed_wheel_imports_and_answers_its_provider_info(wheel, tmp_pa
     module_file, options = result.stdout.splitlines()[:2]
     assert module_file.startswith(str(target))  # the wheel's copy, not the checkout
     assert "output_name_template" in options
+
+
+def test_one_version_everywhere_and_airflow_bounded_by_its_next_major():
+    """The package, the changelog's latest release and the newest ``version_added`` name one version."""
+    import re
+
+    import airflow_provider_flux2
+    from airflow_provider_flux2.get_provider_info import get_provider_info
+
+    pyproject = (REPO / "pyproject.toml").read_text()  # read as text: tomllib needs Python 3.11
+    version = re.search(r'^version = "([^"]+)"', pyproject, re.MULTILINE).group(1)
+    assert airflow_provider_flux2.__version__ == version
+    assert get_provider_info()["versions"][0] == version
+    latest = re.search(r"^## \[([^\]]+)\]", (REPO / "CHANGELOG.md").read_text(), re.MULTILINE)
+    assert latest is not None and latest.group(1) == version
+    added = {
+        option["version_added"]
+        for section in get_provider_info()["config"].values()
+        for option in section["options"].values()
+    }
+    assert max(added, key=lambda v: tuple(map(int, v.split(".")))) == version
+    airflow = re.search(r'"apache-airflow([^"]*)"', pyproject).group(1)
+    assert ">=3.1" in airflow and "<4" in airflow
