@@ -345,7 +345,8 @@ def test_a_trigger_event_carries_no_echoed_key(probe, hostile, scenario):
     )
     outcome.succeeded().bounded(4.0).no_secret()
     (event,) = outcome.value["events"]
-    assert event["status"] in ("error", "success")
+    # An API that only ever answers 500 is waited for until the deadline (a time-out), never past it.
+    assert event["status"] in ("error", "success", "timeout")
 
 
 @pytest.mark.parametrize("scenario", ["echo-401", "echo-in-run"])

@@ -25,10 +25,9 @@ def _plan(operator: FluxGenerateImageOperator):
 
 
 def test_an_operator_level_size_is_reported_as_the_operators_parameter_not_prompts_0(emulator):
-    operator = FluxGenerateImageOperator(task_id="g", prompts=["a", "b"], image_size="1080p")
-
+    # Not templated: refused when the DAG is parsed, as the operator's own parameter.
     with pytest.raises(FluxValidationError) as err:
-        _plan(operator)
+        FluxGenerateImageOperator(task_id="g", prompts=["a", "b"], image_size="1080p")
 
     assert str(err.value).startswith("Invalid image_size: '1080p' is not allowed")
     assert "prompts[0]" not in str(err.value)
