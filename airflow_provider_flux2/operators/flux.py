@@ -412,6 +412,7 @@ class FluxGenerateImageOperator(BaseOperator):
         if status != "success":
             pending = [s.run_id for s in states.values() if s.phase in ("in_flight", "read") and s.run_id]
             self.log.warning("Stored %d finished image(s) before failing", len(collected.records))
+            self._account_failed_night(context, plan, states, collected.records, publisher, location)
             if status == "timeout":
                 raise FluxTimeoutError(
                     f"{event.get('message')} (timeout {self.timeout:.0f}s); a retry replays these runs "
@@ -458,15 +459,49 @@ class FluxGenerateImageOperator(BaseOperator):
         stored.update({str(i): (r.uri, r.content_hash) for i, r in records.items() if r.uri and r.content_hash})
         return Progress.of(plan.digest, batches, stored)
 
+    def _account_failed_night(
+        self,
+        context: Context,
+        plan: Plan,
+        states: dict[int, JobState],
+        collected: dict[int, ImageRecord],
+        publisher: Publisher,
+        location: BatchLocation,
+    ) -> None:
+        """Before a failed window fails the task: write the manifest (whatever ``write_manifest`` says)
+        and emit the metrics, so a failed night's spend is on record — what was stored and billed, and
+        what was still running at the API or never sent. Best effort: the window's error is the one raised."""
+        try:
+            records = self._records(plan, states, collected)
+            spent = sum(
+                (Decimal(r["cost_usd"]) for r in records if r["status"] not in ("failed", "pending")), Decimal(0)
+            )
+            uris = write_batch_report(publisher, location, records, self.hook.prices)
+            context["ti"].xcom_push(key=XCOM_MANIFEST, value=uris["manifest_uri"])
+            links.remember_gallery(context["ti"], self, XCOM_GALLERY, uris["gallery_uri"])
+            metrics.images_finished(records, context, resubmitted=True)
+            running = sum(1 for r in records if r.get("failure_code") == "STILL_RUNNING")
+            self.log.warning(
+                "The failed try's manifest: %s ($%s billed for %d stored image(s); %d run(s) still at the API)",
+                uris["manifest_uri"],
+                usd(spent),
+                sum(1 for r in records if r.get("uri")),
+                running,
+            )
+        except Exception as error:  # never hide the window's own error behind the report's
+            self.log.warning("Could not write the failed try's manifest: %s", error)
+
     def _records(
         self, plan: Plan, states: dict[int, JobState], collected: dict[int, ImageRecord]
     ) -> list[dict[str, Any]]:
-        """One record per job, in plan order: collected ones, and ``pending`` ones the budget stopped."""
+        """One record per job, in plan order: collected ones, and ``pending`` ones for the rest (the budget
+        stopped them, they were never sent, or they were still running at the API when the task ended)."""
         out = []
         for job in plan.jobs:
             record = collected.get(job.index)
             if record is None:
                 item = plan.estimate.items[job.index]
+                code, message = _unfinished(states.get(job.index))
                 record = ImageRecord(
                     index=job.index,
                     model=job.model,
@@ -482,8 +517,10 @@ class FluxGenerateImageOperator(BaseOperator):
                     client_ref=job.client_ref,
                     idempotency_key=job.idempotency_key,
                     status="pending",
-                    failure_code="BUDGET_STOPPED",
-                    failure_message="not submitted: the running budget stopped the submissions",
+                    failure_code=code,
+                    failure_message=message,
+                    run_id=states[job.index].run_id if job.index in states else None,
+                    batch_id=states[job.index].batch_id if job.index in states else None,
                     extra={k: v for k, v in job.meta.items() if k != "source_hash"},
                     source_hash=job.meta.get("source_hash"),
                 )
@@ -588,6 +625,19 @@ class FluxGenerateImageOperator(BaseOperator):
 
 
 # -- small pure pieces ---------------------------------------------------------------------------------
+
+
+def _unfinished(state: JobState | None) -> tuple[str, str]:
+    """Why a job has no collected record: its failure code and message on a ``pending`` record."""
+    if state is not None and state.phase in ("in_flight", "read"):
+        return (
+            "STILL_RUNNING",
+            f"still {state.status or 'queued'} at the API when the task ended; it bills when it finishes, "
+            "and a retry replays it under the same key",
+        )
+    if state is not None and state.phase == "stopped" and state.stopped == "budget":
+        return "BUDGET_STOPPED", "not submitted: the running budget stopped the submissions"
+    return "NOT_SENT", "not submitted: the task ended before it was sent"
 
 
 def _first_try(context: Context) -> bool:

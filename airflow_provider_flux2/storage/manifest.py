@@ -164,7 +164,7 @@ def _summary(
         "estimated_cost_usd": usd(sum((Decimal(r.estimated_cost_usd) for r in batch), Decimal("0"))),
         "model": _batch_model(models),
         "models": models,
-        "prices": {model: prices[model] for model in (_model_id(m) for m in models) if model in prices},
+        "prices": {key: prices[key] for key in (m if m in prices else _model_id(m) for m in models) if key in prices},
         "cost_rule": COST_RULE,
     }
 

@@ -54,3 +54,44 @@ def test_an_api_that_stops_answering_mid_batch_is_ridden_out(
     assert len(ledger) == 6 and len({e["run_id"] for e in ledger}) == 6  # nothing paid twice
     out = capsys.readouterr()
     assert "times in a row" not in out.out + out.err
+
+
+@pytest.mark.parametrize("deferrable", [True, False])
+def test_a_night_that_ends_on_its_deadline_still_writes_its_manifest_with_its_spend(
+    emulator, run_dag, xcom, task_states, tmp_path, deferrable
+):
+    """A failed night is accounted for: the stored images with what they cost and the runs still at the
+    API, in a manifest written before the task fails (the nightly template writes none of its own)."""
+    import json
+
+    from airflow_provider_flux2.operators.flux import XCOM_MANIFEST
+
+    # Two runs at a time, two seconds each: of four, two finish and two are still running at 3 s.
+    emulator.configure(fleet_size=2, latency={"queued": 0.05, "dispatching": 0.05, "running": 2.0})
+    with DAG(f"t_deadline_{uuid.uuid4().hex[:8]}", schedule=None, start_date=datetime(2026, 1, 1)) as dag:
+        FluxGenerateImageOperator(
+            task_id="generate",
+            prompts=[f"a teapot {i}" for i in range(4)],
+            image_size="square",
+            output_uri=tmp_path.as_uri(),
+            max_in_flight=4,
+            use_batches=False,
+            poll_interval=0.02,
+            progress_interval=0,
+            timeout=3,
+            write_manifest=False,
+            deferrable=deferrable,
+            retries=0,
+        )
+    dr = run_dag(dag)
+    assert task_states(dr) == {"generate": "failed"}
+    manifest_uri = xcom(dr, "generate", key=XCOM_MANIFEST)
+    assert manifest_uri and manifest_uri.startswith("file://")
+    manifest = json.loads(Path(manifest_uri[7:]).read_text())
+    rows = manifest["images"]
+    assert manifest["summary"]["total_cost_usd"] == "0.060"  # what was billed: the two stored images
+    assert sorted(r["status"] for r in rows) == ["pending", "pending", "succeeded", "succeeded"]
+    running = [r for r in rows if r["status"] == "pending"]
+    assert all(r["failure_code"] == "STILL_RUNNING" and r["run_id"] for r in running)
+    stored = [r for r in rows if r["status"] == "succeeded"]
+    assert all(r["uri"] and r["cost_usd"] == "0.030" for r in stored)
