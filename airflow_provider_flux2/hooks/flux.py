@@ -513,8 +513,7 @@ class FluxHook(BaseHook):
         Anything invalid raises :class:`FluxValidationError` before a request is sent.
         """
         variant, request = self._as_input(request, model, params)
-        named = model if isinstance(model, str) and "/" in model else variant
-        target, request = self.route(named, self._sendable(request))
+        target, request = self.route(model or variant, self._sendable(request))
         key = idempotency_key or f"flux2-{uuid.uuid4().hex}"
         run = protocol.parse_run(
             self._call(
@@ -556,7 +555,7 @@ class FluxHook(BaseHook):
         single runs, each with its own Idempotency-Key.
         """
         variant = resolve_variant(model) if model else self.default_model
-        named: Variant | str = model if isinstance(model, str) and "/" in model else variant
+        named: Variant | str = model or variant
         batch_key = batch_key or f"flux2-batch-{uuid.uuid4().hex}"
         prepared: list[BatchEntry] = []
         targets: list[str] = []  # where each entry goes: a BatchEntry is sent as given, an input is routed

@@ -62,7 +62,7 @@ from airflow_provider_flux2.jobs import (
 )
 from airflow_provider_flux2.models import GENERATION_PARAMS, ImageRecord, build_input, resolve_variant
 from airflow_provider_flux2.outputs import STATE_KEY, XCOM_GALLERY, XCOM_MANIFEST, FluxImagesLink
-from airflow_provider_flux2.pricing import Budget, cents, estimate, usd
+from airflow_provider_flux2.pricing import Budget, billed_cost, cents, estimate, usd
 from airflow_provider_flux2.references import ReferenceResolver
 from airflow_provider_flux2.storage import BatchLocation
 from airflow_provider_flux2.storage.report import write_batch_report
@@ -473,9 +473,7 @@ class FluxGenerateImageOperator(BaseOperator):
         what was still running at the API or never sent. Best effort: the window's error is the one raised."""
         try:
             records = self._records(plan, states, collected)
-            spent = sum(
-                (Decimal(r["cost_usd"]) for r in records if r["status"] not in ("failed", "pending")), Decimal(0)
-            )
+            spent = sum((billed_cost(ImageRecord.model_validate(r)) for r in records), Decimal(0))
             uris = write_batch_report(publisher, location, records, self.hook.prices)
             context["ti"].xcom_push(key=XCOM_MANIFEST, value=uris["manifest_uri"])
             links.remember_gallery(context["ti"], self, XCOM_GALLERY, uris["gallery_uri"])

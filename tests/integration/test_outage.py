@@ -18,19 +18,19 @@ from airflow_provider_flux2.operators.flux import FluxGenerateImageOperator
 OUTAGE = 40
 
 
-def generate_dag(output: Path, deferrable: bool) -> DAG:
+def generate_dag(output: Path, deferrable: bool, **kwargs) -> DAG:
+    """Six square images, polled fast, with no retry: a spent try would fail the run."""
+    settings = {"prompts": [f"a teapot, view {i}" for i in range(6)], "max_in_flight": 6, "batch_size": 3, **kwargs}
     with DAG(f"t_outage_{uuid.uuid4().hex[:8]}", schedule=None, start_date=datetime(2026, 1, 1)) as dag:
         FluxGenerateImageOperator(
             task_id="generate",
-            prompts=[f"a teapot, view {i}" for i in range(6)],
             image_size="square",
             output_uri=output.as_uri(),
-            max_in_flight=6,
-            batch_size=3,
             poll_interval=0.02,
             progress_interval=0,
             deferrable=deferrable,
-            retries=0,  # a spent try would fail the run: the outage must cost none
+            retries=0,
+            **settings,
         )
     return dag
 
@@ -68,21 +68,16 @@ def test_a_night_that_ends_on_its_deadline_still_writes_its_manifest_with_its_sp
 
     # Two runs at a time, two seconds each: of four, two finish and two are still running at 3 s.
     emulator.configure(fleet_size=2, latency={"queued": 0.05, "dispatching": 0.05, "running": 2.0})
-    with DAG(f"t_deadline_{uuid.uuid4().hex[:8]}", schedule=None, start_date=datetime(2026, 1, 1)) as dag:
-        FluxGenerateImageOperator(
-            task_id="generate",
-            prompts=[f"a teapot {i}" for i in range(4)],
-            image_size="square",
-            output_uri=tmp_path.as_uri(),
-            max_in_flight=4,
-            use_batches=False,
-            poll_interval=0.02,
-            progress_interval=0,
-            timeout=3,
-            write_manifest=False,
-            deferrable=deferrable,
-            retries=0,
-        )
+    dag = generate_dag(
+        tmp_path,
+        deferrable,
+        prompts=[f"a teapot {i}" for i in range(4)],
+        max_in_flight=4,
+        batch_size=None,
+        use_batches=False,
+        timeout=3,
+        write_manifest=False,
+    )
     dr = run_dag(dag)
     assert task_states(dr) == {"generate": "failed"}
     manifest_uri = xcom(dr, "generate", key=XCOM_MANIFEST)
