@@ -11,12 +11,22 @@ from __future__ import annotations
 import math
 import re
 from decimal import Decimal
-from typing import Any
+from typing import Any, Final
 from urllib.parse import urlsplit
 
 from airflow_provider_flux2.exceptions import FluxValidationError
 from airflow_provider_flux2.urls import image_url_problem as image_url_problem
 from airflow_provider_flux2.urls import reference_url_problem as reference_url_problem
+
+#: One vocabulary across the operators and the trigger: the same name and the same default for the
+#: same idea. ``on_failure``: what a task does when an image fails (a run failed at the API, or an
+#: image failed its checks); ``poll_interval``: the shortest pause between polls, in seconds;
+#: ``timeout``: the seconds a task may wait for its runs (the deadline).
+DEFAULT_ON_FAILURE: Final = "fail"
+DEFAULT_POLL_INTERVAL: Final = 2.0
+DEFAULT_TIMEOUT: Final = 6 * 60 * 60.0
+#: The quality step's ``min_pass_rate``: fail the task when fewer images than this share pass.
+DEFAULT_MIN_PASS_RATE = Decimal("0.9")
 
 #: Output URI forms the storage layer understands.
 OUTPUT_URI_ALLOWED = "file:///absolute/path, an absolute path, or s3://bucket[/prefix]"
@@ -54,6 +64,42 @@ def check_seconds(name: str, value: Any, *, allow_zero: bool = False, high: floa
     if not math.isfinite(number) or number < 0 or (number == 0 and not allow_zero) or number > high:
         raise FluxValidationError(field=name, value=value, allowed=allowed)
     return number
+
+
+def renamed_argument(operator: str, old: str, new: str, old_value: Any, new_value: Any, default: Any) -> Any:
+    """The value of ``new`` when a DAG still passes the argument's old name ``old`` (with a warning).
+
+    Both given with different values is an error naming both; the old name alone wins over the default.
+    """
+    if old_value is None:
+        return new_value
+    import warnings
+
+    from airflow.exceptions import AirflowProviderDeprecationWarning
+
+    warnings.warn(
+        f"{operator}: `{old}` is deprecated; use `{new}` (the same name in every FLUX 2 operator).",
+        AirflowProviderDeprecationWarning,
+        stacklevel=3,
+    )
+    if new_value != default and new_value != old_value:
+        raise FluxValidationError(field=new, value=new_value, allowed=f"unset, or the same as {old}={old_value!r}")
+    return old_value
+
+
+def check_pass_rate(name: str, value: Any) -> Decimal:
+    """A share of images, ``0..1`` (``0.9``) or a percentage as text (``"90%"``); exact, never a float."""
+    allowed = "a number 0..1 (e.g. 0.9) or a percentage such as '90%'"
+    try:
+        if isinstance(value, bool) or not isinstance(value, (int, float, Decimal, str)):
+            raise ValueError
+        text = str(value).strip()
+        rate = Decimal(text[:-1].strip()) / 100 if text.endswith("%") else Decimal(text)
+    except (ArithmeticError, ValueError):
+        raise FluxValidationError(field=name, value=value, allowed=allowed) from None
+    if not rate.is_finite() or not 0 <= rate <= 1:
+        raise FluxValidationError(field=name, value=value, allowed=allowed)
+    return rate
 
 
 def check_output_uri(value: Any, name: str = "output_uri", *, unless_templated: bool = False) -> Any:
@@ -138,6 +184,8 @@ def check_operator_arguments(operator: Any, *, rendered: bool = False) -> None:
     for name in ("timeout", "poll_interval"):
         if given(name):
             check_seconds(name, getattr(operator, name))
+    if given("min_pass_rate"):
+        check_pass_rate("min_pass_rate", operator.min_pass_rate)
     if given("progress_interval"):
         check_seconds("progress_interval", operator.progress_interval, allow_zero=True)
     for name in ("output_uri", "destination_uri", "latest_uri"):

@@ -197,6 +197,35 @@ class FluxImageError(FluxError):
         super().__init__(f"{message} (run {run_id})" if run_id else message)
 
 
+class FluxStorageError(FluxError):
+    """An object could not be stored: the store's own retries are spent (S3: the AWS SDK's retry mode),
+    or waiting would not help (access denied, a full disk). Never retried by the provider itself; what
+    was stored before stays stored and recorded, so a retry of the task stores only what is missing.
+
+    :param uri: the object that was not stored.
+    :param code: the store's reason in one word (``SlowDown``, ``AccessDenied``, ``ENOSPC``).
+    :param bucket: the S3 bucket; ``key`` the object's key in it.
+    :param free_bytes: free space on a local volume, when it is full.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        uri: str,
+        code: str,
+        bucket: str | None = None,
+        key: str | None = None,
+        free_bytes: int | None = None,
+    ) -> None:
+        self.uri = uri
+        self.code = code
+        self.bucket = bucket
+        self.key = key
+        self.free_bytes = free_bytes
+        super().__init__(message)
+
+
 class FluxQualityError(FluxError):
     """Images failed their quality checks under the ``fail`` policy (or ran out of regenerations).
 
@@ -212,6 +241,36 @@ class FluxQualityError(FluxError):
         )
         more = f"; and {len(failures) - 5} more" if len(failures) > 5 else ""
         super().__init__(f"{len(failures)} of {total} images failed quality checks: {shown}{more}")
+
+
+class FluxPassRateError(FluxQualityError):
+    """Fewer images passed the quality step than its ``min_pass_rate`` asks (raised after the records
+    and the summary were written, so what was kept and what it cost stay on record).
+
+    :param failures: one entry per image that did not pass, as for :class:`FluxQualityError`.
+    :param total: images the step was given (one per catalogue item, whatever its attempts).
+    :param passed: images that passed.
+    :param min_pass_rate: the share asked for, ``0..1``.
+    """
+
+    def __init__(self, failures: list[dict[str, Any]], *, total: int, passed: int, min_pass_rate: Decimal) -> None:
+        super().__init__(failures, total=total)
+        self.passed = passed
+        self.min_pass_rate = min_pass_rate
+        shown = "; ".join(
+            f"#{f['index']} " + ", ".join(f"{c['check']} ({c['reason']})" for c in f["checks"]) for f in failures[:5]
+        )
+        more = f"; and {len(failures) - 5} more" if len(failures) > 5 else ""
+        self.args = (
+            f"{passed} of {total} images passed the quality step ({percent(Decimal(passed) / total)}), below "
+            f"min_pass_rate {percent(min_pass_rate)}: {shown}{more}",
+        )
+
+
+def percent(share: Decimal) -> str:
+    """``0.9`` → ``"90%"``; ``0.875`` → ``"87.5%"``."""
+    value = (share * 100).quantize(Decimal("0.1"))
+    return f"{value.normalize():f}%"
 
 
 class BudgetExceededError(FluxError):

@@ -33,7 +33,13 @@ except ImportError:  # Airflow 3.1: the Task SDK exposes conf from 3.2 on
     from airflow.configuration import conf  # type: ignore[assignment]
 
 from airflow_provider_flux2 import links, metrics, protocol
-from airflow_provider_flux2.arguments import check_operator_arguments
+from airflow_provider_flux2.arguments import (
+    DEFAULT_ON_FAILURE,
+    DEFAULT_POLL_INTERVAL,
+    DEFAULT_TIMEOUT,
+    check_operator_arguments,
+    renamed_argument,
+)
 from airflow_provider_flux2.exceptions import (
     FluxError,
     FluxModerationError,
@@ -112,7 +118,9 @@ class FluxGenerateImageOperator(BaseOperator):
         default). ``False``: every try starts over under new keys, and pays again.
     :param on_moderation: ``fail`` (after storing the rest), ``skip`` (leave moderated images out;
         skip the task if nothing is left) or ``record`` (keep them, marked ``moderated``).
-    :param on_run_failure: ``fail`` or ``record`` for runs that still fail after ``resubmit_failed``.
+    :param on_failure: ``fail`` (after storing the rest) or ``record`` (keep them, marked ``failed``) for
+        runs that still fail after ``resubmit_failed``. The same name as the quality step's policy.
+    :param on_run_failure: deprecated name of ``on_failure``.
     :param resubmit_failed: times a failed (unbilled, non-moderation) run is submitted again.
     :param progress_interval: at most one progress line per this many seconds.
     :param write_manifest: write ``manifest.json``/``.csv`` and the gallery beside the images.
@@ -171,13 +179,14 @@ class FluxGenerateImageOperator(BaseOperator):
         max_in_flight: int = 8,
         batch_size: int | None = None,
         use_batches: bool = True,
-        poll_interval: float = 2.0,
-        timeout: float = 6 * 60 * 60,
+        poll_interval: float = DEFAULT_POLL_INTERVAL,
+        timeout: float = DEFAULT_TIMEOUT,
         budget_usd: str | float | Decimal | None = None,
         on_budget_stop: FailurePolicy = "fail",
         durable: bool = True,
         on_moderation: ModerationPolicy = "fail",
-        on_run_failure: FailurePolicy = "fail",
+        on_failure: FailurePolicy = DEFAULT_ON_FAILURE,
+        on_run_failure: FailurePolicy | None = None,
         resubmit_failed: int = 2,
         progress_interval: float = 5.0,
         write_manifest: bool = True,
@@ -216,13 +225,15 @@ class FluxGenerateImageOperator(BaseOperator):
         self.on_budget_stop = on_budget_stop
         self.durable = durable
         self.on_moderation = on_moderation
-        self.on_run_failure = on_run_failure
+        self.on_failure = renamed_argument(
+            type(self).__name__, "on_run_failure", "on_failure", on_run_failure, on_failure, DEFAULT_ON_FAILURE
+        )
         self.resubmit_failed = resubmit_failed
         self.progress_interval = progress_interval
         self.write_manifest = write_manifest
         check_operator_arguments(self)  # typed errors for bad arguments (templated ones: again in plan)
         _check_choice("on_moderation", on_moderation, ("fail", "skip", "record"))
-        _check_choice("on_run_failure", on_run_failure, ("fail", "record"))
+        _check_choice("on_failure" if on_run_failure is None else "on_run_failure", self.on_failure, ("fail", "record"))
         _check_choice("on_budget_stop", on_budget_stop, ("fail", "record"))
         _check_choice("insufficient_balance_action", insufficient_balance_action, ("fail", "warn"))
         if max_in_flight < 1:
@@ -601,7 +612,7 @@ class FluxGenerateImageOperator(BaseOperator):
                 + ", ".join(f"#{r['index']} (run {r['run_id']})" for r in moderated)
                 + "; the others are stored. Set on_moderation='skip' or 'record' to accept this.",
             )
-        if failed and self.on_run_failure == "fail":
+        if failed and self.on_failure == "fail":
             first = failed[0]
             raise FluxRunFailedError(
                 run_id=first["run_id"],

@@ -11,6 +11,7 @@ again from the records it was given; every request it makes again carries the sa
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Sequence
 from datetime import timedelta
@@ -26,8 +27,15 @@ except ImportError:  # Airflow 3.1: the Task SDK exposes conf from 3.2 on
     from airflow.configuration import conf  # type: ignore[assignment]
 
 from airflow_provider_flux2 import metrics, protocol
-from airflow_provider_flux2.arguments import check_operator_arguments
-from airflow_provider_flux2.exceptions import FluxError, FluxValidationError
+from airflow_provider_flux2.arguments import (
+    DEFAULT_MIN_PASS_RATE,
+    DEFAULT_ON_FAILURE,
+    DEFAULT_POLL_INTERVAL,
+    DEFAULT_TIMEOUT,
+    check_operator_arguments,
+    check_pass_rate,
+)
+from airflow_provider_flux2.exceptions import FluxError, FluxValidationError, percent
 from airflow_provider_flux2.hooks.flux import FluxHook, expected_duration
 from airflow_provider_flux2.jobs import (
     Job,
@@ -43,7 +51,7 @@ from airflow_provider_flux2.jobs import (
 )
 from airflow_provider_flux2.models import ImageRecord, RunStatus, records_from_xcom, utc_now_iso
 from airflow_provider_flux2.pricing import Budget, billed_cost, usd
-from airflow_provider_flux2.quality.policy import apply_failure_policy
+from airflow_provider_flux2.quality.policy import apply_failure_policy, pass_rate
 from airflow_provider_flux2.quality.regeneration import RegenerationPlan, supersede
 from airflow_provider_flux2.quality.suite import CheckSuite, failed_checks, read_each
 from airflow_provider_flux2.references import ReferenceResolver
@@ -63,7 +71,11 @@ class FluxQualityCheckOperator(BaseOperator):
     :param records: the batch's records (e.g. ``generate.output``); images are read from their ``uri``.
     :param checks: names or ``{"check": name, **options}`` dicts (``decodes``, ``format``, ``size``,
         ``not_blank``, ``nsfw``, ``near_duplicate``, ``quality_score``); ``None`` runs them all.
-    :param on_failure: ``fail`` the task, ``drop`` the failing images, or ``regenerate`` them with a new seed.
+    :param on_failure: ``fail`` the task (the default, as in the generate operator), ``drop`` the failing
+        images, or ``regenerate`` them with a new seed.
+    :param min_pass_rate: with ``drop`` or ``regenerate``: fail the task (after writing its records and
+        summary) when fewer than this share of the items end with an image that passed: ``0.9`` or
+        ``"90%"`` (the default); ``0`` never fails. Stated in the plan line.
     :param max_regenerations: with ``regenerate``: how many times one image may be made again.
     :param on_exhausted: with ``regenerate``: ``drop`` or ``fail`` for images still failing at the end.
     :param budget_usd: with ``regenerate``: total spend allowed, the batch's billed cost included;
@@ -71,12 +83,12 @@ class FluxQualityCheckOperator(BaseOperator):
     :param flux_conn_id: the ``flux2`` connection (regeneration).
     :param output_uri: where regenerated images are stored (``file://`` or ``s3://``).
     :param aws_conn_id: AWS connection for reading and writing ``s3://`` images.
-    :param poll_interval: shortest pause between polls while regenerating.
+    :param poll_interval: shortest pause between polls while regenerating (seconds).
     :param timeout: seconds to wait for one round of regenerations.
     :param deferrable: wait for regenerations on the triggerer, holding no worker slot.
     """
 
-    template_fields: Sequence[str] = ("records", "checks", "output_uri", "budget_usd", "aws_conn_id")
+    template_fields: Sequence[str] = ("records", "checks", "output_uri", "budget_usd", "aws_conn_id", "min_pass_rate")
     template_fields_renderers = {"records": "json", "checks": "json"}
     ui_color = "#e8f5e9"
 
@@ -85,15 +97,16 @@ class FluxQualityCheckOperator(BaseOperator):
         *,
         records: Any,
         checks: list[str | dict[str, Any]] | None = None,
-        on_failure: Literal["fail", "drop", "regenerate"] = "drop",
+        on_failure: Literal["fail", "drop", "regenerate"] = DEFAULT_ON_FAILURE,
+        min_pass_rate: float | str | Decimal = DEFAULT_MIN_PASS_RATE,
         max_regenerations: int = 1,
         on_exhausted: Literal["fail", "drop"] = "drop",
         budget_usd: str | float | Decimal | None = None,
         flux_conn_id: str = FluxHook.default_conn_name,
         output_uri: str | None = None,
         aws_conn_id: str | None = None,
-        poll_interval: float = 5.0,
-        timeout: float = 60 * 60,
+        poll_interval: float = DEFAULT_POLL_INTERVAL,
+        timeout: float = DEFAULT_TIMEOUT,
         deferrable: bool = conf.getboolean("operators", "default_deferrable", fallback=False),
         **kwargs: Any,
     ) -> None:
@@ -101,6 +114,7 @@ class FluxQualityCheckOperator(BaseOperator):
         self.records = records
         self.checks = checks
         self.on_failure = on_failure
+        self.min_pass_rate = min_pass_rate
         self.max_regenerations = max_regenerations
         self.on_exhausted = on_exhausted
         self.budget_usd = budget_usd
@@ -127,6 +141,8 @@ class FluxQualityCheckOperator(BaseOperator):
         suite = CheckSuite.from_config(self.checks)
         read = uri_reader(aws_conn_id=self.aws_conn_id)
         budget = Budget.of(self.budget_usd)
+        min_pass_rate = check_pass_rate("min_pass_rate", self.min_pass_rate)
+        self.log.info("%s", self._plan_line(records, suite, min_pass_rate, budget))
         regenerated = 0
         rounds = 0
         while True:
@@ -157,6 +173,8 @@ class FluxQualityCheckOperator(BaseOperator):
             regenerated += len(replacements)
             records = supersede(records, replacements)
         summary = _summary(records, suite, regenerated)
+        rate = pass_rate(records)
+        summary.update(pass_rate=str(rate.rate.quantize(Decimal("0.0001"))), min_pass_rate=str(min_pass_rate))
         self.log.info(
             "Quality: %d checked · %d passed · %d dropped · %d regenerated (%d replaced) · $%s billed in all",
             summary["checked"],
@@ -167,7 +185,28 @@ class FluxQualityCheckOperator(BaseOperator):
             summary["total_cost_usd"],
         )
         context["ti"].xcom_push(key=XCOM_QUALITY, value=summary)
+        if self.on_failure != "fail":
+            rate.check(min_pass_rate)
         return [r.to_xcom() for r in records]
+
+    def _plan_line(
+        self, records: list[ImageRecord], suite: CheckSuite, min_pass_rate: Decimal, budget: Budget | None
+    ) -> str:
+        """What the step will do, before it reads an image: checks, policy, and the pass rate it asks."""
+        items = len({r.index for r in records})
+        if self.on_failure == "fail":
+            gate = "any failing image fails the task"
+        else:
+            needed = math.ceil(min_pass_rate * items)
+            gate = f"min_pass_rate {percent(min_pass_rate)} (the task fails below {needed} of {items} passing)"
+        regenerate = (
+            f" · up to {self.max_regenerations} regeneration(s) per image"
+            + (f", budget ${usd(budget.limit)}" if budget else "")
+            if self.on_failure == "regenerate"
+            else ""
+        )
+        names = ", ".join(check.name for check in suite.checks)
+        return f"Quality plan: {items} item(s) · checks {names} · on_failure={self.on_failure}{regenerate} · {gate}"
 
     # -- regeneration ---------------------------------------------------------------------------------
 

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any, Literal
 
-from airflow_provider_flux2.exceptions import FluxQualityError, FluxValidationError
+from airflow_provider_flux2.exceptions import FluxPassRateError, FluxQualityError, FluxValidationError
 from airflow_provider_flux2.models import ImageRecord
 from airflow_provider_flux2.pricing import Budget, PriceTable
 from airflow_provider_flux2.quality.regeneration import QUALITY_FAILURE_CODE, RegenerationPlan, plan_regeneration
@@ -108,3 +108,44 @@ def _failure_entries(batch: list[ImageRecord], indices: list[int]) -> list[dict[
         for r in batch
         if r.status == "succeeded" and r.index in targets
     ]
+
+
+@dataclass(frozen=True)
+class PassRate:
+    """How many of the items the quality step was given ended with an image that passed.
+
+    Counted per item (index), on its latest attempt: a regenerated image that passed counts once;
+    an item whose generation failed, or whose image was dropped, did not pass.
+    """
+
+    passed: int
+    total: int
+    failures: list[dict[str, Any]]
+
+    @property
+    def rate(self) -> Decimal:
+        return Decimal(self.passed) / self.total if self.total else Decimal(1)
+
+    def check(self, min_pass_rate: Decimal) -> None:
+        """:raises FluxPassRateError: the rate is below ``min_pass_rate``."""
+        if self.total and self.rate < min_pass_rate:
+            raise FluxPassRateError(self.failures, total=self.total, passed=self.passed, min_pass_rate=min_pass_rate)
+
+
+def pass_rate(records: Iterable[ImageRecord]) -> PassRate:
+    """The step's pass rate over its items (see :class:`PassRate`)."""
+    latest: dict[int, ImageRecord] = {}
+    for record in records:
+        if record.index not in latest or record.attempt >= latest[record.index].attempt:
+            latest[record.index] = record
+    failures = []
+    for index in sorted(latest):
+        record = latest[index]
+        if record.status == "succeeded" and not failed_checks(record):
+            continue
+        checks = [{"check": v.check, "reason": v.reason} for v in failed_checks(record)]
+        reason = record.failure_code or record.failure_message or record.status
+        failures.append(
+            {"index": index, "run_id": record.run_id, "checks": checks or [{"check": record.status, "reason": reason}]}
+        )
+    return PassRate(passed=len(latest) - len(failures), total=len(latest), failures=failures)

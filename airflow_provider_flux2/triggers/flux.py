@@ -25,12 +25,11 @@ from typing import Any
 
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 
+from airflow_provider_flux2.arguments import DEFAULT_POLL_INTERVAL, DEFAULT_TIMEOUT
 from airflow_provider_flux2.exceptions import FluxError, FluxValidationError
 from airflow_provider_flux2.hooks.flux import FluxHook
 from airflow_provider_flux2.window import POLL_ROUNDS, JobSpec, Poll, Submit, Window, rows_of
 
-#: The deadline of a trigger built with neither ``end_time`` nor ``timeout``.
-DEFAULT_WAIT_TIMEOUT = 3600.0
 #: Requests one trigger has at the API at once (polls of a turn, or its submissions).
 CONCURRENCY = 8
 #: The least time a trigger lives before it fires. A trigger that fires a fraction of a second after
@@ -57,7 +56,7 @@ class FluxGenerationTrigger(BaseTrigger):
     :param batches: batch id → run ids to wait for, sent elsewhere.
     :param end_time: wall-clock deadline (epoch seconds). Wall-clock is used deliberately: the trigger
         is serialized and may resume in another triggerer process, where a monotonic clock means nothing.
-    :param timeout: instead of ``end_time``: seconds from now (default one hour); turned into an
+    :param timeout: instead of ``end_time``: seconds from now (default six hours, as the operators); turned into an
         ``end_time`` at construction, so a rebuilt trigger keeps the same deadline.
     :param poll_interval: the shortest pause between two polls of one batch or run.
     :param expected_seconds: for runs sent elsewhere: their expected generation time.
@@ -82,7 +81,7 @@ class FluxGenerationTrigger(BaseTrigger):
         batches: dict[str, list[str]] | None = None,
         end_time: float | None = None,
         timeout: float | None = None,
-        poll_interval: float = 5.0,
+        poll_interval: float = DEFAULT_POLL_INTERVAL,
         expected_seconds: float = 10.0,
         progress_interval: float = 30.0,
         started_at: float | None = None,
@@ -103,7 +102,7 @@ class FluxGenerationTrigger(BaseTrigger):
         if not self.jobs and not self.runs and not self.batches:
             raise FluxValidationError(field="jobs", value=jobs, allowed="at least one job, run id or batch")
         if end_time is None:
-            end_time = time.time() + (DEFAULT_WAIT_TIMEOUT if timeout is None else float(timeout))
+            end_time = time.time() + (DEFAULT_TIMEOUT if timeout is None else float(timeout))
         self.end_time = end_time
         self.poll_interval = poll_interval
         self.expected_seconds = expected_seconds

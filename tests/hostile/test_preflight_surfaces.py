@@ -66,6 +66,7 @@ GENERATE_ARGUMENTS = [
     ("budget_usd", "NaN"),
     ("on_moderation", "explode"),
     ("on_run_failure", "retry"),
+    ("on_failure", "retry"),
 ]
 
 

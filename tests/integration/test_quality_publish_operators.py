@@ -96,7 +96,7 @@ def test_drop_policy_publishes_the_sixteen_good_images(
     emulator, run_dag, xcom, tmp_path, moto_aws_conn, bucket, s3_admin, moto_endpoint
 ):
     inject_faults(emulator)
-    dag = pipeline(tmp_path, bucket, moto_aws_conn, on_failure="drop")
+    dag = pipeline(tmp_path, bucket, moto_aws_conn, on_failure="drop", min_pass_rate="80%")
     dr = run_dag(dag)
     assert dr.state == "success"
 
@@ -192,6 +192,27 @@ def test_fail_policy_names_every_failed_image(emulator, run_dag, task_states, tm
     dr = run_dag(dag)
     assert task_states(dr)["check"] == "failed"
     assert task_states(dr)["publish"] == "upstream_failed"
+
+
+def test_drop_below_the_default_pass_rate_fails_the_task_after_recording_it(
+    emulator, run_dag, task_states, xcom, tmp_path, moto_aws_conn, bucket, capfd
+):
+    inject_faults(emulator)  # 4 of 20 images fail their checks: 80 % pass, under the default 90 %
+    dag = pipeline(tmp_path, bucket, moto_aws_conn, on_failure="drop")
+    dr = run_dag(dag)
+    assert task_states(dr)["check"] == "failed"
+    assert task_states(dr)["publish"] == "upstream_failed"
+    summary = xcom(dr, "check", key="flux_quality_summary")  # written before the task failed
+    assert (summary["passed"], summary["dropped"], summary["pass_rate"], summary["min_pass_rate"]) == (
+        16,
+        4,
+        "0.8000",
+        "0.9",
+    )
+    out = capfd.readouterr()
+    log = out.out + out.err
+    assert "on_failure=drop · min_pass_rate 90% (the task fails below 18 of 20 passing)" in log
+    assert "16 of 20 images passed the quality step (80%), below min_pass_rate 90%" in log
 
 
 def test_unknown_check_is_refused_when_the_dag_is_parsed():

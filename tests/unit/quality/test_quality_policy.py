@@ -99,3 +99,30 @@ def test_unknown_policies_are_refused(kwargs, field):
         apply_failure_policy(checked_batch(), **kwargs)
 
     assert err.value.field == field
+
+
+def test_pass_rate_counts_each_item_once_on_its_latest_attempt():
+    from airflow_provider_flux2.quality.policy import pass_rate
+    from airflow_provider_flux2.quality.regeneration import supersede
+
+    batch = apply_failure_policy(checked_batch(), "drop").records  # 1 and 3 dropped
+    regenerated = supersede(
+        [r.model_copy(update={"status": "succeeded"}) if r.index == 1 else r for r in batch],
+        [image_record(1, attempt=2, checks=PASS)],
+    )
+    rate = pass_rate(regenerated)
+    assert (rate.passed, rate.total, rate.rate) == (3, 4, Decimal("0.75"))
+    assert [f["index"] for f in rate.failures] == [3]
+    rate.check(Decimal("0.75"))  # exactly at the gate passes
+    with pytest.raises(FluxQualityError) as err:
+        rate.check(Decimal("0.8"))
+    assert "3 of 4 images passed the quality step (75%), below min_pass_rate 80%: #3 near_duplicate" in str(err.value)
+
+
+def test_pass_rate_counts_an_item_whose_generation_failed_as_not_passed():
+    from airflow_provider_flux2.quality.policy import pass_rate
+
+    records = [image_record(0, checks=PASS), image_record(1, status="failed", failure_code="GENERATION_FAILED")]
+    rate = pass_rate(records)
+    assert (rate.passed, rate.total) == (1, 2)
+    assert rate.failures[0]["checks"] == [{"check": "failed", "reason": "GENERATION_FAILED"}]
