@@ -44,6 +44,7 @@ def get_provider_info() -> dict[str, Any]:
                 "python-modules": ["airflow_provider_flux2.triggers.flux"],
             }
         ],
+        "task-decorators": [{"name": "flux2", "class-name": "airflow_provider_flux2.decorators.flux2.flux2_task"}],
         "config": provider_config(),
         "extra-links": ["airflow_provider_flux2.operators.flux.FluxImagesLink"],
         "connection-types": [

@@ -8,6 +8,7 @@ hash travels on the image's record (``source_hash``) into the manifest, and the 
 from __future__ import annotations
 
 import csv
+import dataclasses
 import hashlib
 import io
 import json
@@ -156,3 +157,65 @@ def _carried(row: Mapping[str, Any], index: int, from_run: str | None) -> dict[s
     fields.update(index=index, cost_usd="0.000")
     fields["extra"] = {**(row.get("extra") or {}), "carried_from": from_run}
     return ImageRecord.model_validate(fields).to_xcom()
+
+
+def prompt_items(value: Any, *, template: str | None = None, id_column: str | None = None) -> list[Any]:
+    """What a ``@task.flux2`` function returned, as ``FluxGenerateImageOperator(prompts=...)`` items.
+
+    ``value`` is one prompt (a string, or a dict with ``prompt``) or an iterable of prompts and rows:
+    dicts, SQLAlchemy rows, named tuples, dataclasses, or a pandas DataFrame (one row per image). A row
+    without a ``prompt`` key is rendered through ``template`` (``{column}`` fields); ``id_column``
+    names the column that identifies it (the record's ``id``), and its hash becomes ``source_hash``.
+
+    :raises FluxValidationError: naming the entry and what is accepted.
+    """
+    if isinstance(value, (str, Mapping)) or _row_mapping(value) is not None:
+        value = [value]
+    elif hasattr(value, "to_dict") and hasattr(value, "columns"):  # a pandas DataFrame
+        value = value.to_dict(orient="records")
+    if value is None or not isinstance(value, Iterable):
+        raise FluxValidationError(
+            field="return value", value=value, allowed="a prompt, a dict, or a list of prompts, dicts or rows"
+        )
+    items: list[Any] = []
+    for index, entry in enumerate(value):
+        if isinstance(entry, str):
+            items.append(entry)
+            continue
+        row = entry if isinstance(entry, Mapping) else _row_mapping(entry)
+        if row is None:
+            raise FluxValidationError(
+                field=f"return value[{index}]",
+                value=entry,
+                allowed="a prompt string, a dict, or a row with named columns (a plain tuple has no column names)",
+            )
+        row = {str(k): v for k, v in row.items()}
+        if "prompt" in row:
+            items.append(row)
+            continue
+        if template is None:
+            raise FluxValidationError(
+                field=f"return value[{index}]",
+                value=entry,
+                allowed="a row with a 'prompt' column, or prompt_template= on the decorator to build one",
+            )
+        item: dict[str, Any] = {"prompt": render_prompt(template, row), "source_hash": row_hash(row)}
+        if id_column is not None:
+            if row.get(id_column) in (None, ""):
+                raise FluxValidationError(
+                    field=f"return value[{index}].{id_column}", value=row.get(id_column), allowed="a non-empty id"
+                )
+            item["id"] = str(row[id_column])
+        items.append(item)
+    return items
+
+
+def _row_mapping(entry: Any) -> Mapping[str, Any] | None:
+    """The columns of a row-like object (SQLAlchemy ``Row``, named tuple, dataclass), else ``None``."""
+    if hasattr(entry, "_mapping"):
+        return dict(entry._mapping)
+    if isinstance(entry, tuple) and hasattr(entry, "_asdict"):
+        return dict(entry._asdict())
+    if dataclasses.is_dataclass(entry) and not isinstance(entry, type):
+        return dataclasses.asdict(entry)
+    return None
