@@ -619,6 +619,27 @@ class Window:
         flight = counts["in_flight"]
         return f"{finished}/{total} done · {counts['failed']} failed · {spent}{eta} · {flight} in flight{extra}"
 
+    def kill_line(self, *, limit: int = 200) -> str:
+        """What a killed task leaves behind, for its log: the runs still at the API — they finish and
+        bill, since Runflow has no public cancel — by run and batch id, and the jobs never sent."""
+        at_api = [s for s in self.states.values() if s.phase in ("in_flight", "read") and s.run_id]
+        sending = sum(1 for s in self.states.values() if s.phase == "in_flight" and not s.run_id)
+        unsent = sum(1 for s in self.states.values() if s.phase in ("waiting", "resubmit"))
+        if not at_api and not sending:
+            return f"Killed with no run at the API; {unsent} job(s) never sent: nothing more is billed"
+        estimate = sum((self._specs[s.index].cost for s in at_api if s.index in self._specs), Decimal(0))
+        ids = [s.run_id or "" for s in at_api]
+        shown = ", ".join(ids[:limit]) + (f" and {len(ids) - limit} more" if len(ids) > limit else "")
+        batches = sorted({s.batch_id for s in at_api if s.batch_id})
+        line = (
+            f"Killed with {len(at_api)} run(s) still at the API: Runflow has no public cancel, so they finish "
+            f"and bill (about ${cents(estimate)}); run ids: {shown}"
+        )
+        line += f"; batches: {', '.join(batches)}" if batches else ""
+        line += f"; {sending} submission(s) in progress may also bill" if sending else ""
+        line += f"; {unsent} job(s) never sent" if unsent else ""
+        return line + ". A retry re-attaches to them under the same keys and pays nothing again."
+
     def event(self, now: float) -> dict[str, Any]:
         """The one event of a wait: its status, a message, and where every job stands (compact rows)."""
         status = self.status(now)

@@ -59,6 +59,7 @@ from airflow_provider_flux2.jobs import (
     check_balance,
     collect,
     default_chunk_size,
+    log_kill,
     new_job,
     output_publisher,
     run_metadata,
@@ -277,14 +278,23 @@ class FluxGenerateImageOperator(BaseOperator):
                 method_name="execute_complete",
                 timeout=timedelta(seconds=max(60.0, trigger.end_time - time.time() + DEFER_GRACE)),
             )
+        self._live = trigger.window()
         event = run_window(
             self.hook,
-            trigger.window(),
+            self._live,
             metadata=trigger.metadata,
             logger=self.log,
             progress_interval=self.progress_interval,
         )
         return self._complete(context, plan, event, publisher)
+
+    def on_kill(self) -> None:
+        """The task is killed while its window runs here (not deferred): say what is left at the API.
+
+        Runflow has no public cancel, so the runs already sent finish and bill; the log names them
+        (a deferred task's trigger does the same in its ``on_kill``). Best effort: never raises.
+        """
+        log_kill(getattr(self, "_live", None), self.log)
 
     def execute_complete(self, context: Context, event: dict[str, Any] | None = None) -> list[dict[str, Any]]:
         """Back from the triggerer: collect every finished job, store, report."""

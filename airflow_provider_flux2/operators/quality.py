@@ -40,6 +40,7 @@ from airflow_provider_flux2.hooks.flux import FluxHook, expected_duration
 from airflow_provider_flux2.jobs import (
     Job,
     is_moderated,
+    log_kill,
     new_job,
     output_publisher,
     record_for_run,
@@ -278,7 +279,8 @@ class FluxQualityCheckOperator(BaseOperator):
             expected_seconds=expected,
         )
         if not self.deferrable:
-            event = run_window(self.hook, trigger.window(), metadata=None, logger=self.log, progress_interval=-1)
+            self._live = trigger.window()
+            event = run_window(self.hook, self._live, metadata=None, logger=self.log, progress_interval=-1)
             _raise_unless_done(event)
             return finished_runs(event)
         # Runs already finished (a resumed task replays its earlier rounds) need no wait at all.
@@ -289,6 +291,10 @@ class FluxQualityCheckOperator(BaseOperator):
             trigger.runs = awaited
             self.defer(trigger=trigger, method_name="execute_complete", timeout=timedelta(seconds=self.timeout + 300))
         return {run.id: {"status": run.status_code.value, "completed_at": run.completed_at} for run in runs}
+
+    def on_kill(self) -> None:
+        """Killed while waiting here for regenerations: name the runs left at the API (they bill)."""
+        log_kill(getattr(self, "_live", None), self.log)
 
     def execute_complete(self, context: Context, event: dict[str, Any] | None = None) -> list[dict[str, Any]]:
         """Back from the triggerer: run again; the finished round is replayed, not paid again."""

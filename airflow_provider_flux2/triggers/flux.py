@@ -108,6 +108,7 @@ class FluxGenerationTrigger(BaseTrigger):
         self.expected_seconds = expected_seconds
         self.progress_interval = progress_interval
         self.started_at = started_at
+        self._live: Window | None = None  # the window run() drives, for on_kill
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
         return (
@@ -203,7 +204,7 @@ class FluxGenerationTrigger(BaseTrigger):
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
         """Run the window until every job is terminal or the deadline passes; yield exactly one event."""
-        window = self.window()
+        window = self._live = self.window()
         hook = FluxHook(self.flux_conn_id)
         started = last_at = time.time()
         last = ""
@@ -255,21 +256,17 @@ class FluxGenerationTrigger(BaseTrigger):
             window.submit_failed(submit, error, time.time())
 
     async def on_kill(self) -> None:
-        """Airflow >= 3.3 calls this when the deferred task is killed: say which runs are abandoned.
+        """Airflow >= 3.3 calls this when a user kills the deferred task (mark failed or success, clear).
 
-        Runflow has no cancel endpoint for a run, so the runs finish (and bill) on their own; the ids
-        are logged so a person can find their results. Best effort: never raises.
+        Runflow documents no public cancel for a run (only an admin override that neither stops the
+        inference nor refunds it), so nothing can be cancelled: the log names every run still at the
+        API — they finish and bill — and the jobs never sent. Best effort: never raises.
         """
         try:
-            abandoned = [*self.runs, *(r for ids in self.batches.values() for r in ids)]
-            self.log.warning(
-                "Task killed while its window ran; runs already sent finish (and bill) at the API. "
-                "%d job(s) in the plan%s",
-                len(self.jobs) or len(abandoned),
-                f": {', '.join(abandoned)}" if abandoned else "; a retry replays them under the same keys",
-            )
+            window = self._live or self.window()
+            self.log.warning("%s", window.kill_line())
         except Exception as error:
-            self.log.warning("on_kill could not list the abandoned runs: %s", error)
+            self.log.warning("on_kill could not list the runs left at the API: %s", error)
 
 
 async def _observe(window: Window, poll: Poll, hook: FluxHook) -> None:
