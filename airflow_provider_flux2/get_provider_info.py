@@ -105,6 +105,29 @@ def get_provider_info() -> dict[str, Any]:
                         "schema": {"type": ["integer", "null"], "default": 5},
                         "description": "Attempts per request on 429, 5xx and network errors (never on other 4xx).",
                     },
+                    "retry_base_delay": {
+                        "label": "Retry base delay (s)",
+                        "schema": {"type": ["number", "null"], "default": 1},
+                        "description": "First pause before a retried request; doubles per attempt, with jitter "
+                        "(a Retry-After from the API wins).",
+                    },
+                    "retry_max_delay": {
+                        "label": "Retry max delay (s)",
+                        "schema": {"type": ["number", "null"], "default": 32},
+                        "description": "Longest pause between two attempts of one request.",
+                    },
+                    "max_task_spend_usd": {
+                        "label": "Max spend per task (USD)",
+                        "schema": {"type": ["string", "null"]},
+                        "description": "Budget of a task that sets no budget_usd, e.g. 25.00 (exact, in dollars). "
+                        "Empty: no cap (the plan line warns).",
+                    },
+                    "allow_plain_http": {
+                        "label": "Allow plain HTTP",
+                        "schema": {"type": ["boolean", "null"], "default": False},
+                        "description": "Allow an http:// base URL that is not loopback (a proxy on a private "
+                        "network). Off: the API key only travels over HTTPS.",
+                    },
                     "prices": {
                         "label": "Price overrides (JSON)",
                         "schema": {"type": ["object", "null"]},

@@ -150,14 +150,16 @@ class FluxHook(BaseHook):
         """The extra fields of the form, for Airflow 3.1 with its FAB UI (3.2+ reads ``conn-fields``)."""
         from flask_appbuilder.fieldwidgets import BS3TextFieldWidget
         from flask_babel import lazy_gettext
-        from wtforms import IntegerField, StringField
+        from wtforms import BooleanField, IntegerField, StringField
 
-        widgets = {}
+        widgets: dict[str, Any] = {}
         for name, spec in _connection_type_info()["conn-fields"].items():
+            label, description = lazy_gettext(spec["label"]), spec.get("description", "")
+            if "boolean" in spec["schema"]["type"]:
+                widgets[name] = BooleanField(label, description=description)
+                continue
             kind = IntegerField if "integer" in spec["schema"]["type"] else StringField
-            widgets[name] = kind(
-                lazy_gettext(spec["label"]), widget=BS3TextFieldWidget(), description=spec.get("description", "")
-            )
+            widgets[name] = kind(label, widget=BS3TextFieldWidget(), description=description)
         return widgets
 
     @property

@@ -52,6 +52,12 @@ def test_providers_manager_registers_connection_type_form_fields_and_link():
     assert "login" in behaviour["hidden_fields"]
     widgets = {name for name in manager.connection_form_widgets if name.startswith("extra__flux2__")}
     assert {"extra__flux2__model", "extra__flux2__timeout", "extra__flux2__max_attempts"} <= widgets
+    assert {
+        "extra__flux2__max_task_spend_usd",
+        "extra__flux2__allow_plain_http",
+        "extra__flux2__retry_base_delay",
+        "extra__flux2__retry_max_delay",
+    } <= widgets
     assert "airflow_provider_flux2.operators.flux.FluxImagesLink" in manager.extra_links_class_names
     triggers = {t.trigger_class_name for t in manager.trigger if t.package_name == "airflow-provider-flux2"}
     assert triggers == {"airflow_provider_flux2.triggers.flux"}
@@ -61,3 +67,24 @@ def test_flux2_console_script_is_installed():
     script = os.path.join(os.path.dirname(sys.executable), "flux2")
     result = subprocess.run([script, "estimate", "--size", "1920x1080"], capture_output=True, text=True, check=True)
     assert "$0.045" in result.stdout
+
+
+def test_every_form_field_is_an_extra_the_connection_reads():
+    from decimal import Decimal
+
+    from airflow_provider_flux2.hooks.connection import CONNECTION_EXTRAS, FluxConnectionConfig
+
+    fields = get_provider_info()["connection-types"][0]["conn-fields"]
+    assert set(fields) <= set(CONNECTION_EXTRAS)
+    # What the form stores for the money, plain-HTTP and retry fields, read back as the hook reads them.
+    extra = {"max_task_spend_usd": "25.00", "allow_plain_http": True, "retry_base_delay": 0.5, "retry_max_delay": 8}
+    config = FluxConnectionConfig.build(
+        api_key="rf_test_key", base_url="http://flux-proxy.internal:8080", extra=extra, conn_id="flux2_form"
+    )
+    assert config.max_task_spend == Decimal("25.00") and config.allow_plain_http
+    assert (config.retry.base, config.retry.cap) == (0.5, 8.0)
+    # An empty form (every field null or "") means every default.
+    empty = FluxConnectionConfig.build(
+        api_key="rf_test_key", base_url=None, extra=dict.fromkeys(fields, ""), conn_id="flux2_form"
+    )
+    assert empty.max_task_spend is None and not empty.allow_plain_http and empty.retry.base == 1.0
