@@ -125,8 +125,8 @@ def get_provider_info() -> dict[str, Any]:
                     "allow_plain_http": {
                         "label": "Allow plain HTTP",
                         "schema": {"type": ["boolean", "null"], "default": False},
-                        "description": "Allow an http:// base URL that is not loopback (a proxy on a private "
-                        "network). Off: the API key only travels over HTTPS.",
+                        "description": "Allow plain http:// to the API's own host when it is not loopback (the "
+                        "emulator on a private container network). Never for the real API: the key travels in clear.",
                     },
                     "prices": {
                         "label": "Price overrides (JSON)",
