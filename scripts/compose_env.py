@@ -3,11 +3,14 @@
     python scripts/compose_env.py                      # the emulator and MinIO (no money)
     FLUX2_API_KEY=rf_live_... python scripts/compose_env.py --real-api
 
-``.env`` gets a generated Fernet key, JWT secret, UI password and MinIO password; the connections
-(the FLUX 2 API key included) go to a file mounted as a Docker secret and read by Airflow's
-``LocalFilesystemBackend``, so the key is in no environment variable, no compose file and no
-``docker inspect`` output. Both files are written ``0600`` and are ignored by git and by the image
-build. Existing files are kept unless ``--force``. Standard library only: any ``python3`` runs it.
+``.env`` gets a generated Fernet key, JWT secret, UI password and MinIO password. Compose reads it to
+fill in the compose file's ``${...}``, and no container takes it whole: each gets only the variables
+its service names. The connections (the FLUX 2 API key included) go to a file mounted as a Docker
+secret and read by Airflow's ``LocalFilesystemBackend``, so the key is in no environment variable, no
+compose file and no ``docker inspect`` output. The same ``FLUX2_AWS_CONN_ID`` names the tasks' and
+the FLUX view's AWS connection (``aws_minio`` with the emulator). Both files are written ``0600`` and
+are ignored by git and by the image build. Existing files are kept unless ``--force``. Standard
+library only: any ``python3`` runs it.
 """
 
 from __future__ import annotations
@@ -22,6 +25,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 UI_USER = "airflow"
+#: The stack's emulator accepts this key only (``FLUX2_EMULATOR_API_KEY`` in docker-compose.airflow.yml):
+#: a test key that bills nothing, not a secret.
 EMULATOR_KEY = "rf_test_compose_key"
 CONNECTIONS_FILE = "secrets/flux2_connections.json"
 

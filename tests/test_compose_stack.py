@@ -1,7 +1,9 @@
 """The compose stack works as written — what can be checked without Docker (no engine runs here).
 
 Bindings, pins, the profile that holds the emulator and MinIO, the generated env and secret files
-(read back by Airflow's own LocalFilesystemBackend), the login the docs give, and the build context.
+(read back by Airflow's own LocalFilesystemBackend), which container gets which secret, the FLUX
+view's MinIO connection and links the host's browser opens, the emulator's key, the Compose version
+the file needs, the login the docs give, and the build context.
 """
 
 from __future__ import annotations
@@ -11,6 +13,8 @@ import re
 import stat
 import subprocess
 import sys
+import time
+import uuid
 from pathlib import Path
 
 import pytest
@@ -19,6 +23,18 @@ import yaml
 REPO = Path(__file__).resolve().parent.parent
 COMPOSE = REPO / "docker-compose.airflow.yml"
 EMULATOR_PROFILE = {"flux2-emulator", "minio", "minio-init"}
+AIRFLOW_SERVICES = {
+    "airflow-init",
+    "airflow-apiserver",
+    "airflow-scheduler",
+    "airflow-dag-processor",
+    "airflow-triggerer",
+    "airflow-worker",
+}
+#: The first Docker Compose release that reads each feature the file may use (Compose's reference:
+#: ``depends_on.required`` "introduced in Docker Compose version 2.20.0", working as documented from
+#: 2.20.2; ``env_file`` with ``path``/``required`` from 2.24.0).
+FEATURE_VERSIONS = {"depends_on.required": (2, 20, 2), "env_file.required": (2, 24, 0)}
 
 
 @pytest.fixture(scope="module")
@@ -42,6 +58,11 @@ def generated(tmp_path_factory) -> Path:
 
 def _env_file(folder: Path) -> dict[str, str]:
     return dict(line.split("=", 1) for line in (folder / ".env").read_text().splitlines() if line)
+
+
+def _variables(service: dict) -> set[str]:
+    """The ``.env`` variables a service's environment takes (``${NAME...}``)."""
+    return set(re.findall(r"\$\{(\w+)", json.dumps(service.get("environment") or {})))
 
 
 def test_every_published_port_is_bound_to_loopback(compose):
@@ -179,3 +200,133 @@ def test_the_docs_say_what_was_not_run_here():
     docs = (REPO / "docs" / "deployment.md").read_text()
 
     assert "has not been started" in docs
+
+
+# -- each container gets only what it needs ------------------------------------------------------------
+
+
+def test_no_container_takes_the_whole_env_file(compose):
+    code = [line for line in COMPOSE.read_text().splitlines() if not line.lstrip().startswith("#")]
+
+    assert not [line for line in code if "env_file" in line]  # the x-airflow-common anchor included
+    for name, service in compose["services"].items():
+        assert "env_file" not in service, name
+
+
+def test_each_secret_reaches_only_the_containers_that_use_it(compose):
+    services = compose["services"]
+    takers = {
+        secret: {name for name, service in services.items() if secret in _variables(service)}
+        for secret in ("AIRFLOW_FERNET_KEY", "AIRFLOW_JWT_SECRET", "_AIRFLOW_WWW_USER_PASSWORD", "MINIO_ROOT_PASSWORD")
+    }
+
+    assert takers["AIRFLOW_FERNET_KEY"] == AIRFLOW_SERVICES
+    assert takers["AIRFLOW_JWT_SECRET"] == AIRFLOW_SERVICES
+    assert takers["_AIRFLOW_WWW_USER_PASSWORD"] == {"airflow-init"}
+    assert takers["MINIO_ROOT_PASSWORD"] == {"minio", "minio-init"}
+    # The connections file (the API key, MinIO's login) goes to Airflow's services only.
+    assert {name for name, service in services.items() if service.get("secrets")} == AIRFLOW_SERVICES
+
+
+def test_the_emulator_gets_its_key_and_nothing_of_airflows(compose, generated):
+    emulator = compose["services"]["flux2-emulator"]
+    connections = json.loads((generated / "secrets" / "flux2_connections.json").read_text())
+
+    assert set(emulator["environment"]) == {"FLUX2_EMULATOR_API_KEY"}
+    assert "secrets" not in emulator and "volumes" not in emulator and "user" not in emulator
+    # The key it accepts is the one the generated flux2_default connection sends.
+    assert emulator["environment"]["FLUX2_EMULATOR_API_KEY"] == connections["flux2_default"]["password"]
+    assert emulator["image"] == compose["services"]["airflow-worker"]["image"]  # the provider's image
+
+
+def test_the_stacks_emulator_refuses_any_other_key(compose, tmp_path):
+    """The emulator's compose command and environment, on loopback: a wrong key is a 401, as from the real API."""
+    import httpx
+
+    emulator = compose["services"]["flux2-emulator"]
+    command = list(emulator["command"])
+    command[command.index("--host") + 1] = "127.0.0.1"
+    command[command.index("--port") + 1] = "0"
+    port_file = tmp_path / "port"
+    key = emulator["environment"]["FLUX2_EMULATOR_API_KEY"]
+    env = {"PATH": f"{Path(sys.executable).parent}:/usr/bin:/bin", "FLUX2_EMULATOR_API_KEY": key}
+    process = subprocess.Popen([*command, "--port-file", str(port_file)], env=env, stdout=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 60
+        while not (port_file.exists() and port_file.read_text().strip()):
+            assert process.poll() is None and time.monotonic() < deadline, "the emulator did not start"
+            time.sleep(0.1)
+        url = f"http://127.0.0.1:{port_file.read_text().strip()}/v1/runs/{uuid.uuid4()}"
+        wrong = httpx.get(url, headers={"Authorization": "Bearer rf_test_some_other_key"}, trust_env=False)
+        right = httpx.get(url, headers={"Authorization": f"Bearer {key}"}, trust_env=False)
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+
+    assert wrong.status_code == 401
+    assert right.status_code == 404  # the key is accepted; the run does not exist
+
+
+# -- MinIO in the FLUX view and in the host's browser ---------------------------------------------------
+
+
+def test_the_flux_view_reads_minio_with_the_tasks_connection(compose, generated, tmp_path):
+    from airflow.secrets.local_filesystem import LocalFilesystemBackend
+
+    for name in AIRFLOW_SERVICES:
+        env = compose["services"][name]["environment"]
+        assert env["AIRFLOW__FLUX2__UI_AWS_CONN_ID"] == env["AIRFLOW_VAR_FLUX2_AWS_CONN_ID"] == "${FLUX2_AWS_CONN_ID:-}"
+    conn_id = _env_file(generated)["FLUX2_AWS_CONN_ID"]
+    backend = LocalFilesystemBackend(connections_file_path=str(generated / "secrets" / "flux2_connections.json"))
+    minio = backend.get_connection(conn_id)
+    assert (conn_id, minio.conn_type, minio.extra_dejson["endpoint_url"]) == ("aws_minio", "aws", "http://minio:9000")
+    subprocess.run(
+        [sys.executable, str(REPO / "scripts" / "compose_env.py"), "--dir", str(tmp_path), "--real-api"],
+        check=True,
+        capture_output=True,
+        env={"FLUX2_API_KEY": "rf_live_0123456789abcdef", "PATH": "/usr/bin:/bin"},
+    )
+    assert _env_file(tmp_path)["FLUX2_AWS_CONN_ID"] == ""  # the real API: boto3's default chain
+
+
+def test_a_gallery_link_opens_through_the_view_not_at_minios_network_name(compose, generated, monkeypatch):
+    from airflow_provider_flux2.links import gallery_link
+    from airflow_provider_flux2.ui.app import _view_path
+
+    env = compose["services"]["airflow-worker"]["environment"]  # links are made where the task runs
+    mapping = json.loads(env["AIRFLOW__FLUX2__PUBLIC_BASE_URLS"])
+    output = _env_file(generated)["FLUX2_OUTPUT_URI"]
+    bucket = output.split("/")[2]
+    assert f"local/{bucket}" in " ".join(compose["services"]["minio-init"]["command"])  # the bucket made at start
+    assert list(mapping) == [f"s3://{bucket}"]
+    monkeypatch.setenv("AIRFLOW__FLUX2__PUBLIC_BASE_URLS", env["AIRFLOW__FLUX2__PUBLIC_BASE_URLS"])
+
+    gallery = f"{output}/flux2_product_image_refresh/manual__2026-12-01T12-38-50.911527Z/publish/index.html"
+    link = gallery_link(gallery, aws_conn_id="aws_minio")
+
+    # The view's own route for that gallery, on the UI's origin (relative): it opens from the host.
+    assert link == _view_path(gallery) and link.startswith("/flux2/s3/")
+    assert "minio" not in link.replace(f"/{bucket}/", "/")
+
+
+# -- the Compose version ----------------------------------------------------------------------------------
+
+
+def _features(compose: dict) -> set[str]:
+    used = set()
+    for service in compose["services"].values():
+        if any(isinstance(d, dict) and "required" in d for d in (service.get("depends_on") or {}).values()):
+            used.add("depends_on.required")
+        if any(isinstance(e, dict) for e in service.get("env_file") or []):
+            used.add("env_file.required")
+    return used
+
+
+def test_the_compose_version_the_file_needs_is_stated(compose):
+    stated = re.search(r"^# Needs Docker Compose (\d+)\.(\d+)\.(\d+) or later", COMPOSE.read_text(), re.M)
+    assert stated, "the compose file's header states the Compose version it needs"
+    needed = max(FEATURE_VERSIONS[feature] for feature in _features(compose))
+
+    assert tuple(int(part) for part in stated.groups()) == needed
+    readme = (REPO / "README.md").read_text()
+    assert "Docker Compose {}.{}.{}".format(*needed) in readme
