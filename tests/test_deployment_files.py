@@ -84,3 +84,45 @@ def test_every_referenced_file_exists(compose):
     for copied in re.findall(r"^COPY\s+(?:--\S+\s+)*(.+?)\s+\S+$", dockerfile, flags=re.MULTILINE):
         for path in copied.split():
             assert (REPO / path).exists(), path
+
+
+# -- CI ----------------------------------------------------------------------------------------------------
+
+WORKFLOW = REPO / ".github" / "workflows" / "ci.yml"
+
+
+def _supported_pythons() -> tuple[list[str], str]:
+    """The ``3.x`` classifiers of pyproject.toml, oldest first, and requires-python's floor."""
+    pyproject = (REPO / "pyproject.toml").read_text()  # as text: tomllib needs Python 3.11
+    floor = re.search(r'^requires-python = ">=(3\.\d+)"', pyproject, re.M)
+    assert floor, "requires-python is a single floor (>=3.x)"
+    found = re.findall(r'"Programming Language :: Python :: (3\.\d+)"', pyproject)
+    return sorted(found, key=lambda v: int(v.split(".")[1])), floor.group(1)
+
+
+def _workflow() -> dict:
+    workflow = yaml.safe_load(WORKFLOW.read_text())
+    workflow["on"] = workflow.pop(True)  # YAML 1.1 reads the key `on` as a boolean
+    return workflow
+
+
+def test_ci_workflow_validates_and_runs_the_readmes_test_command():
+    workflow = _workflow()
+    schema_file = resources.files("check_jsonschema.builtin_schemas.vendor") / "github-workflows.json"
+    jsonschema.validate(workflow, json.loads(schema_file.read_text()))
+
+    (job,) = workflow["jobs"].values()
+    assert job["container"] == "python:${{ matrix.python }}-bookworm"
+    assert [step.get("run") for step in job["steps"] if "run" in step] == ["bash .ci/run"]
+    assert "make test" in (REPO / ".ci" / "run").read_text()
+
+
+def test_ci_runs_the_oldest_and_the_newest_supported_python():
+    matrix = _workflow()["jobs"]["test"]["strategy"]["matrix"]["python"]
+    classifiers, floor = _supported_pythons()
+
+    assert matrix[0] == floor  # requires-python's floor is the oldest
+    if not classifiers:
+        pytest.skip("pyproject.toml has no 'Programming Language :: Python :: 3.x' classifier to take the newest from")
+    assert classifiers[0] == floor
+    assert matrix == [classifiers[0], classifiers[-1]]

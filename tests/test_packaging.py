@@ -94,3 +94,20 @@ def test_one_version_everywhere_and_airflow_bounded_by_its_next_major():
     assert max(added, key=lambda v: tuple(map(int, v.split(".")))) == version
     airflow = re.search(r'"apache-airflow([^"]*)"', pyproject).group(1)
     assert ">=3.1" in airflow and "<4" in airflow
+
+
+def test_the_install_page_names_every_airflow_process_and_installs_with_constraints():
+    import re
+
+    page = (REPO / "docs" / "installation.md").read_text()
+    version = re.search(r'^version = "([^"]+)"', (REPO / "pyproject.toml").read_text(), re.MULTILINE).group(1)
+    processes = {row.split("|")[1].strip() for row in page.splitlines() if row.startswith("| ")}
+
+    for process in ("scheduler", "dag-processor", "triggerer", "api-server"):
+        assert process in processes, process
+    assert any(p.startswith("workers") for p in processes)
+    install = page[page.index("```bash") : page.index("```", page.index("```bash") + 3)]
+    assert f"dist/airflow_provider_flux2-{version}-py3-none-any.whl" in install
+    assert '"apache-airflow==${AIRFLOW_VERSION}"' in install
+    assert "constraints-${AIRFLOW_VERSION}/constraints-${PYTHON_VERSION}.txt" in install
+    assert f"airflow-provider-flux2=={version}" in page and "apache-airflow>=3.1,<4" in page
