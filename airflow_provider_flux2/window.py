@@ -259,6 +259,7 @@ class Window:
     error: str | None = field(init=False, default=None)
     budget_stop: dict[str, str] | None = field(init=False, default=None)
     failures: int = field(init=False, default=0)  # submissions refused in a row
+    drain_on_error: bool = field(init=False, default=False)  # the error leaves the runs at the API readable
     poll_failures: int = field(init=False, default=0)  # polls failed in a row (the API silent)
     outage_since: float | None = field(init=False, default=None)
     outage_error: str | None = field(init=False, default=None)
@@ -394,13 +395,20 @@ class Window:
     def wakeup(self, now: float) -> float:
         """When the loop should look again (epoch seconds): the next due poll, or the deadline."""
         pending = [at for target, at in self._due.items() if self._awaited(target)]
-        pending += [at for _, at in self._retry]
+        pending += [at for _, at in self._retry] if self.error is None else []
         return min([*pending, self.end_time])
 
     def finished(self, now: float) -> bool:
-        if self.error is not None or now >= self.end_time:
+        if now >= self.end_time:
             return True
+        if self.error is not None:
+            return not self._draining()
         return all(s.phase in ("done", "stopped") for s in self.states.values())
+
+    def _draining(self) -> bool:
+        """After a refused submission: runs already at the API are still awaited (they bill; their
+        images are collected), though nothing more is sent."""
+        return self.drain_on_error and any(s.phase in ("in_flight", "read") and s.run_id for s in self.states.values())
 
     def status(self, now: float) -> str:
         if self.error is not None:
@@ -448,6 +456,14 @@ class Window:
                 self._retry.append((submit, now + self.poll_interval))
                 return
         self.error = f"Submitting jobs {', '.join(map(str, submit.jobs[:10]))} failed: {_typed(error)}"
+        self.drain_on_error = True
+        status = getattr(error, "status_code", None)
+        if isinstance(status, int) and 400 <= status < 500 and status != 409:
+            # A refusal (402, 401, 422…) created nothing: these jobs were never sent, and bill nothing.
+            for index in submit.jobs:
+                state = self.states[index]
+                if state.phase == "in_flight" and not state.run_id:
+                    state.phase, state.stopped = "waiting", "refused"
 
     def observe_batch(self, batch: Batch, now: float) -> None:
         """Statuses of one batch's items; a finished item frees its slot at once."""
@@ -490,6 +506,7 @@ class Window:
         poll sent again after a backoff that doubles to :data:`OUTAGE_MAX_BACKOFF`, with jitter."""
         if not protocol.is_transient(error):
             self.error = f"Reading {poll.kind} {poll.id} failed: {_typed(error)}"
+            self.drain_on_error = False  # the runs cannot be read: nothing to wait for
             return
         self.poll_failures += 1
         if self.outage_since is None:

@@ -579,9 +579,11 @@ class FluxGenerateImageOperator(BaseOperator):
             usd(spent),
             usd(plan.estimate.total),
         )
-        self._write_report(context, publisher, location, records)
+        stopped = budget_stop is not None and self.on_budget_stop == "fail"
+        # A task about to fail keeps its manifest whatever write_manifest says: its spend is on record.
+        self._write_report(context, publisher, location, records, failing=stopped or self._fails(records))
         metrics.images_finished(records, context, resubmitted=True)
-        if budget_stop is not None and self.on_budget_stop == "fail":
+        if stopped and budget_stop is not None:
             raise RunningBudgetError(
                 committed=Decimal(budget_stop["committed"]),
                 next_cost=Decimal(budget_stop["next"]),
@@ -597,17 +599,30 @@ class FluxGenerateImageOperator(BaseOperator):
         return kept
 
     def _write_report(
-        self, context: Context, publisher: Publisher, location: BatchLocation, records: list[dict[str, Any]]
+        self,
+        context: Context,
+        publisher: Publisher,
+        location: BatchLocation,
+        records: list[dict[str, Any]],
+        *,
+        failing: bool = False,
     ) -> None:
         ti = context["ti"]
         folder = publisher.folder_uri(location)
         gallery = folder
-        if self.write_manifest:
+        if self.write_manifest or failing:
             uris = write_batch_report(publisher, location, records, self.hook.prices)
             gallery = uris["gallery_uri"]
             ti.xcom_push(key=XCOM_MANIFEST, value=uris["manifest_uri"])
             self.log.info("Manifest: %s · gallery: %s", uris["manifest_uri"], gallery)
         links.remember_gallery(ti, self, XCOM_GALLERY, gallery)
+
+    def _fails(self, records: list[dict[str, Any]]) -> bool:
+        """Whether :meth:`_raise_for_outcome` will fail the task on these records."""
+        statuses = {r["status"] for r in records}
+        return ("moderated" in statuses and self.on_moderation == "fail") or (
+            "failed" in statuses and self.on_failure == "fail"
+        )
 
     def _raise_for_outcome(self, records: list[dict[str, Any]]) -> None:
         moderated = [r for r in records if r["status"] == "moderated"]
@@ -654,6 +669,8 @@ def _unfinished(state: JobState | None) -> tuple[str, str]:
             f"still {state.status or 'queued'} at the API when the task ended; it bills when it finishes, "
             "and a retry replays it under the same key",
         )
+    if state is not None and state.stopped == "refused":
+        return "REFUSED", "refused by the API when submitted: nothing was created or billed"
     if state is not None and state.phase == "stopped" and state.stopped == "budget":
         return "BUDGET_STOPPED", "not submitted: the running budget stopped the submissions"
     return "NOT_SENT", "not submitted: the task ended before it was sent"

@@ -90,3 +90,103 @@ def test_a_night_that_ends_on_its_deadline_still_writes_its_manifest_with_its_sp
     assert all(r["failure_code"] == "STILL_RUNNING" and r["run_id"] for r in running)
     stored = [r for r in rows if r["status"] == "succeeded"]
     assert all(r["uri"] and r["cost_usd"] == "0.030" for r in stored)
+
+
+def failed_manifest(dr, xcom) -> dict:
+    import json
+
+    from airflow_provider_flux2.operators.flux import XCOM_MANIFEST
+
+    uri = xcom(dr, "generate", key=XCOM_MANIFEST)
+    assert uri and uri.startswith("file://"), "a failed night writes its manifest"
+    return json.loads(Path(uri[7:]).read_text())
+
+
+def billed(emulator):
+    from decimal import Decimal
+
+    return sum((Decimal(e["cost"]) for e in emulator.ledger()["entries"]), Decimal(0))
+
+
+def test_a_night_stopped_by_its_running_budget_writes_its_manifest_with_its_spend(
+    emulator, run_dag, xcom, task_states, tmp_path
+):
+    from decimal import Decimal
+
+    emulator.configure(prices={"pro": {"first_mp": "0.05", "extra_mp": "0.02"}})  # the API bills more than the table
+    dag = generate_dag(
+        tmp_path,
+        False,
+        max_in_flight=2,
+        batch_size=None,
+        use_batches=False,
+        budget_usd="0.18",
+        write_manifest=False,
+    )
+    dr = run_dag(dag)
+    assert task_states(dr) == {"generate": "failed"}
+    manifest = failed_manifest(dr, xcom)
+    rows = manifest["images"]
+    assert Decimal(manifest["summary"]["total_cost_usd"]) == billed(emulator) > 0
+    stopped = [r for r in rows if r["status"] == "pending"]
+    assert stopped and all(r["failure_code"] == "BUDGET_STOPPED" and not r["run_id"] for r in stopped)
+    assert len([r for r in rows if r["status"] == "succeeded"]) == len(emulator.ledger()["entries"])
+
+
+def test_a_night_the_api_refuses_midway_writes_its_manifest_with_its_spend(
+    emulator, run_dag, xcom, task_states, tmp_path
+):
+    from decimal import Decimal
+
+    # The first two single-run creates go through; every later one is refused for credit (402).
+    emulator.faults(
+        {
+            "rules": [
+                {
+                    "endpoint": "create_run",
+                    "fault": "http_error",
+                    "status": 402,
+                    "code": "INSUFFICIENT_CREDIT",
+                    "after": 2,
+                }
+            ]
+        }
+    )
+    dag = generate_dag(tmp_path, True, max_in_flight=2, batch_size=None, use_batches=False, write_manifest=False)
+    dr = run_dag(dag)
+    assert task_states(dr) == {"generate": "failed"}
+    manifest = failed_manifest(dr, xcom)
+    rows = manifest["images"]
+    assert Decimal(manifest["summary"]["total_cost_usd"]) == billed(emulator) == Decimal("0.060")
+    # The runs already at the API were waited for and collected, not left behind.
+    assert [r["status"] for r in rows].count("succeeded") == 2
+    # The refused creates made nothing (REFUSED); the ones behind them were never sent (NOT_SENT).
+    codes = [r["failure_code"] for r in rows if r["status"] == "pending"]
+    assert len(codes) == 4 and "REFUSED" in codes and set(codes) <= {"REFUSED", "NOT_SENT"}
+    assert all(not r["run_id"] for r in rows if r["status"] == "pending")
+
+
+def test_a_night_whose_runs_fail_writes_its_manifest_even_with_write_manifest_off(
+    emulator, run_dag, xcom, task_states, tmp_path
+):
+    from decimal import Decimal
+
+    emulator.faults(
+        {
+            "rules": [
+                {
+                    "endpoint": "create_batch",
+                    "fault": "run_failure",
+                    "code": "INTERNAL_ERROR",
+                    "match": {"prompt_contains": "view 4"},
+                }
+            ]
+        }
+    )
+    dag = generate_dag(tmp_path, True, resubmit_failed=0, write_manifest=False)
+    dr = run_dag(dag)
+    assert task_states(dr) == {"generate": "failed"}
+    manifest = failed_manifest(dr, xcom)
+    rows = manifest["images"]
+    assert [r["status"] for r in rows].count("failed") == 1
+    assert Decimal(manifest["summary"]["total_cost_usd"]) == billed(emulator) == Decimal("0.150")

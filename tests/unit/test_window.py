@@ -238,6 +238,22 @@ def test_a_permanent_submit_error_stops_the_window():
     assert win.finished(T0) and win.event(T0)["status"] == "error"
 
 
+def test_a_refused_submission_waits_for_the_runs_already_at_the_api_then_ends_in_error():
+    """Runs already sent bill whatever happens: after a refusal (402) nothing more is sent, but the window
+    reads the runs in flight to their end, so their images are collected rather than left behind."""
+    win, api = window(6, max_in_flight=4, chunk=2), FakeAPI()
+    first, second = win.submissions(T0)
+    api.accept(win, first, T0)
+    win.submit_failed(second, FluxAPIError(status_code=402, code="INSUFFICIENT_CREDIT", message="top up"), T0)
+    assert win.error and not win.finished(T0 + 1) and win.submissions(T0 + 1) == []
+    assert [win.states[i].stopped for i in (2, 3)] == ["refused", "refused"]
+    assert [win.states[i].phase for i in (2, 3)] == ["waiting", "waiting"]
+    assert win.wakeup(T0 + 1) > T0 + 1  # no busy loop on the refused submission
+    win.observe_batch(batch(win, "batch-0", dict.fromkeys(range(2), RunStatus.SUCCEEDED)), T0 + 7)
+    assert win.finished(T0 + 7) and win.event(T0 + 7)["status"] == "error"
+    assert [rows_of(win.event(T0 + 7))[i].succeeded for i in (0, 1)] == [True, True]
+
+
 def test_every_job_terminal_makes_exactly_one_success_event_whose_rows_round_trip():
     win, api = window(4, max_in_flight=4, chunk=2), FakeAPI()
     for submit in win.submissions(T0):
