@@ -72,6 +72,16 @@ OPTIONS: dict[str, dict[str, Any]] = {
         "example": "aws_default",
         "default": "",
     },
+    "ui_enabled": {
+        "description": "Load the FLUX view in the Airflow UI: the api-server mounts it at ``/flux2`` and lists "
+        '"FLUX 2" under Browse, and a local gallery\'s task link opens through it. ``False`` registers no app, '
+        "no menu entry and no link (the provider's plugin is still listed, empty); restart the api-server after "
+        "changing it.\n",
+        "version_added": "0.2.0",
+        "type": "boolean",
+        "example": "False",
+        "default": "True",
+    },
     "metrics": {
         "description": "Emit the provider's metrics through Airflow's StatsD/OpenTelemetry client "
         "(``[metrics]`` decides where they go).\n",

@@ -179,6 +179,7 @@ def _campaign(tmp_path: Path, dag_id: str = "t_flux2_view_campaign") -> DAG:
             checks=["decodes", "not_blank", "nsfw"],
             on_failure="regenerate",
             max_regenerations=1,
+            min_pass_rate="75%",  # the moderated image is recorded, not regenerated: 3 of 4 pass
             output_uri=(tmp_path / "staging").as_uri(),
             poll_interval=0.02,
         )
@@ -340,3 +341,93 @@ def test_api_server_lists_the_external_view(api_server):
     flux2 = next(p for p in plugins if p["name"] == "flux2")
     assert flux2["external_views"][0]["url_route"] == "flux2"
     assert flux2["fastapi_apps"][0]["url_prefix"] == "/flux2"
+
+
+def test_view_shows_a_night_that_failed_on_its_deadline_as_failed_with_its_spend(
+    api_server, emulator, run_dag, xcom, tmp_path
+):
+    """The issue's night: a task that ends on its deadline shows as failed, with what it billed, its runs
+    still at the API listed, and the spend in its DAG's day (not "in progress (no manifest yet) $0.000")."""
+    from airflow_provider_flux2.operators.flux import XCOM_MANIFEST
+
+    # Two runs at a time, two seconds each: of four, two finish and two are still running at 3 s.
+    emulator.configure(fleet_size=2, latency={"queued": 0.05, "dispatching": 0.05, "running": 2.0})
+    with DAG("t_flux2_view_failed_night", schedule=None, start_date=datetime(2026, 1, 1)) as dag:
+        FluxGenerateImageOperator(
+            task_id="generate",
+            prompts=[f"a teapot {i}" for i in range(4)],
+            image_size="square",
+            output_uri=tmp_path.as_uri(),
+            max_in_flight=4,
+            use_batches=False,
+            timeout=3,
+            write_manifest=False,
+            poll_interval=0.02,
+            retries=0,
+        )
+    dr = run_dag(dag)
+    assert dr.state == "failed"
+    manifest = json.loads(Path(xcom(dr, "generate", key=XCOM_MANIFEST)[7:]).read_text())
+    billed = Decimal(manifest["summary"]["total_cost_usd"])
+    assert billed == Decimal("0.060")
+
+    data = _get(api_server, "/flux2/api/batches?days=1", "viewer").json()
+    (batch,) = [b for b in data["batches"] if b["run_id"] == dr.run_id]
+    assert (batch["state"], batch["task_failed"], Decimal(batch["cost_usd"])) == ("failed", True, billed)
+    assert batch["unfinished"] == {"STILL_RUNNING": 2}
+    day = [row for row in data["spend"] if row["dag_id"] == "t_flux2_view_failed_night"]
+    assert sum(Decimal(row["cost_usd"]) for row in day) == billed
+    assert sum(row["failed_tasks"] for row in day) == 1 and sum(row["failed"] for row in day) == 2
+    failures = [f for f in data["failures"] if f["run_id"] == dr.run_id]
+    assert sorted(f["failure_code"] for f in failures) == ["STILL_RUNNING", "STILL_RUNNING"]
+    page = _get(api_server, "/flux2/?days=1", "viewer").text
+    assert "task failed" in page and "2 still running at the API" in page
+
+
+def test_view_pages_through_a_range_and_bounds_its_parameters(api_server):
+    data = _get(api_server, "/flux2/api/batches?days=366&limit=1", "viewer").json()
+    assert data["total_batches"] >= 2 and data["pages"] == data["total_batches"]
+    second = _get(api_server, "/flux2/api/batches?days=366&limit=1&page=2", "viewer").json()
+    assert (second["page"], len(second["batches"])) == (2, 1)
+    assert second["batches"][0]["manifest_uri"] != data["batches"][0]["manifest_uri"]
+    assert second["total_cost_usd"] == data["total_cost_usd"]  # the spend covers the range, not the page
+    page = _get(api_server, "/flux2/?days=366&limit=1&page=2", "viewer").text
+    assert "rel='prev'" in page and "?days=366&amp;limit=1" in page
+    for query in ("days=367", "limit=501", "page=0"):
+        assert _get(api_server, f"/flux2/api/batches?{query}", "viewer").status_code == 422, query
+
+
+def test_ui_enabled_false_registers_no_app_no_menu_entry_and_no_gallery_link(tmp_path):
+    """Airflow's own plugin loading (``airflow plugins``) with the view switched on, and off."""
+    env = {
+        **os.environ,
+        "AIRFLOW_HOME": str(tmp_path),
+        "AIRFLOW__CORE__PLUGINS_FOLDER": str(tmp_path / "plugins"),
+        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+        "PYTHONPATH": str(REPO),
+    }
+    (tmp_path / "plugins").mkdir()
+    if not any(ep.name == "flux2" for ep in entry_points(group="airflow.plugins")):
+        (tmp_path / "plugins" / "flux2_view.py").write_text(PLUGIN_SHIM)
+    link = (
+        "from airflow_provider_flux2 import links; import airflow_provider_flux2.ui.plugin; "
+        "print(links.local_link('file:///data/night/index.html'))"
+    )
+    seen = {}
+    for enabled in ("True", "False"):
+        run_env = {**env, "AIRFLOW__FLUX2__UI_ENABLED": enabled}
+        listed = subprocess.run(
+            [sys.executable, "-m", "airflow", "plugins", "-o", "json"],
+            env=run_env,
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=120,
+        )
+        (flux2,) = [p for p in json.loads(listed.stdout) if p["name"] == "flux2"]
+        linked = subprocess.run(
+            [sys.executable, "-c", link], env=run_env, capture_output=True, text=True, check=True, timeout=120
+        )
+        seen[enabled] = (len(flux2["fastapi_apps"]), len(flux2["external_views"]), linked.stdout.strip())
+    assert seen["True"] == (1, 1, "/flux2/gallery?uri=file%3A%2F%2F%2Fdata%2Fnight%2Findex.html")
+    assert seen["False"] == (0, 0, "/data/night/index.html")

@@ -11,9 +11,12 @@ from airflow_provider_flux2.ui.batches import (
     ManifestCache,
     failure_rows,
     load_manifests,
+    overview,
     serving_batch,
     spend_by_dag_day,
 )
+
+NOW = datetime(2026, 3, 3, 8, tzinfo=timezone.utc)
 
 
 def _row(index, run_id, cost="0.030", outcome="passed", attempt=1, **extra):
@@ -55,6 +58,7 @@ def test_an_image_in_two_manifests_of_a_run_counts_once():
         "images": 4,
         "failed": 2,
         "regenerated": 1,
+        "failed_tasks": 0,
         "runs": 1,
     }
 
@@ -129,7 +133,7 @@ def test_an_unreadable_manifest_is_reported_not_fatal():
 
 def test_the_page_escapes_what_users_wrote():
     batch = _batch("g", [_row(0, "r", outcome="failed", prompt="<script>alert(1)</script>", failure_code="X")])
-    page = render_page([batch], spend_by_dag_day([batch]), days=7)
+    page = render_page(overview([batch], days=7, now=NOW))
     assert "<script>" not in page
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page
 
@@ -143,7 +147,14 @@ def test_the_view_reads_the_xcom_keys_the_operators_write():
 
 def test_a_batch_without_a_manifest_yet_is_shown_in_progress():
     batch = _batch("generate", [])
-    batch.manifest_uri = None
-    page = render_page([batch], [], days=1)
+    batch.manifest_uri, batch.state = None, "deferred"
+    page = render_page(overview([batch], days=1, now=NOW))
     assert "in progress (no manifest yet)" in page
     assert "/flux2/files/out/d/r1/generate/index.html" in page  # its folder's gallery, once written
+
+
+def test_a_succeeded_batch_without_a_manifest_is_not_shown_in_progress():
+    batch = _batch("generate", [])
+    batch.manifest_uri, batch.state = None, "success"
+    page = render_page(overview([batch], days=1, now=NOW))
+    assert "succeeded · no manifest (write_manifest=False)" in page and "in progress" not in page
