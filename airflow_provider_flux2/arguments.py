@@ -217,7 +217,7 @@ GENERATION_ARGUMENTS = (
     "guidance_scale",
 )
 #: Parameters only some variants take: checked at parse time only when the model is known then.
-_VARIANT_ONLY = ("num_inference_steps", "guidance_scale", "safety_tolerance")
+VARIANT_ONLY = ("num_inference_steps", "guidance_scale", "safety_tolerance")
 
 
 def check_generation_arguments(operator: Any, given: Any) -> None:
@@ -230,6 +230,6 @@ def check_generation_arguments(operator: Any, given: Any) -> None:
     model = resolve_variant(operator.model) if given("model") else None
     params = {name: getattr(operator, name) for name in GENERATION_ARGUMENTS if given(name)}
     if model is None:  # no model yet (the connection's, or templated): leave what depends on it
-        params = {k: v for k, v in params.items() if k not in _VARIANT_ONLY}
+        params = {k: v for k, v in params.items() if k not in VARIANT_ONLY}
     if model is not None or params:
         build_input(model, prompt="(checked when the DAG is parsed)", **params)

@@ -51,6 +51,7 @@ class _Flux2DecoratedOperator(DecoratedOperator, FluxGenerateImageOperator):
         **FluxGenerateImageOperator.template_fields_renderers,
     }
     custom_operator_name: str = "@task.flux2"
+    _prompts_at_run_time = True
     overwrite_rtif_after_execution: bool = True
 
     def __init__(

@@ -37,7 +37,9 @@ from airflow_provider_flux2.arguments import (
     DEFAULT_ON_FAILURE,
     DEFAULT_POLL_INTERVAL,
     DEFAULT_TIMEOUT,
+    VARIANT_ONLY,
     check_operator_arguments,
+    is_templated,
     renamed_argument,
 )
 from airflow_provider_flux2.exceptions import (
@@ -243,6 +245,34 @@ class FluxGenerateImageOperator(BaseOperator):
             raise FluxValidationError(
                 field="batch_size", value=batch_size, allowed=f"an integer 1..{protocol.MAX_BATCH_ITEMS}"
             )
+        if not self._prompts_at_run_time:
+            self._check_items()
+
+    #: Set by ``@task.flux2``, whose prompts are the function's return value: checked by the plan.
+    _prompts_at_run_time = False
+
+    def _check_items(self) -> None:
+        """The prompts as written in the DAG, each checked as the plan will build it (with the model when
+        the task or the item names one), so a typo fails the DAG's parse, not the night. Templated values
+        are left to the plan, which checks everything again once they are rendered."""
+        if any(v is not None and is_templated(v) for v in (self.prompt, self.prompts, self.model)):
+            return
+        items = self._items()
+        default = resolve_variant(self.model) if self.model else None
+        for index, (item, _) in enumerate(items):
+            model = item.pop("model", None)
+            if model is not None and is_templated(model):
+                continue
+            variant = resolve_variant(model) if model else default
+            known = {k: v for k, v in item.items() if v is None or not is_templated(v)}
+            if variant is None:  # the connection's model, known at run time: leave what depends on it
+                known = {k: v for k, v in known.items() if k not in VARIANT_ONLY}
+            try:
+                build_input(variant, **known)
+            except FluxValidationError as error:
+                if len(items) > 1 and not self._operator_level(error.field, index):
+                    error.args = (f"prompts[{index}]: {error.args[0]}",)
+                raise
 
     @cached_property
     def hook(self) -> FluxHook:

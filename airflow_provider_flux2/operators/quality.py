@@ -128,6 +128,8 @@ class FluxQualityCheckOperator(BaseOperator):
         check_operator_arguments(self)  # typed errors for bad arguments (templated ones: again in execute)
         if on_failure not in ("fail", "drop", "regenerate"):
             raise FluxValidationError(field="on_failure", value=on_failure, allowed="fail | drop | regenerate")
+        if on_exhausted not in ("fail", "drop"):
+            raise FluxValidationError(field="on_exhausted", value=on_exhausted, allowed="fail | drop")
         # Fail on a bad check list at parse time, not at 3 a.m. (templated lists are checked at run time).
         if isinstance(checks, list):
             CheckSuite.from_config(checks)

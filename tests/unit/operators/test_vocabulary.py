@@ -70,3 +70,32 @@ def test_a_bad_min_pass_rate_is_refused_when_the_dag_is_parsed(bad):
 
 def test_a_templated_min_pass_rate_waits_for_the_run():
     assert quality(min_pass_rate="{{ params.rate }}").min_pass_rate == "{{ params.rate }}"
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "field"),
+    [
+        ({"prompts": [{"prompt": "a cup", "seed": -5}]}, "seed"),
+        ({"prompts": ["a cup", {"prompt": "a mug", "image_size": "huge"}]}, "image_size"),
+        ({"prompts": []}, "prompts"),
+        ({"prompt": ""}, "prompt"),
+        ({"prompts": ["a cup", {"prompt": "a mug", "model": "klein"}]}, "model"),
+        ({"prompts": [{"prompt": "a cup", "model": "flex", "guidance_scale": 99}]}, "guidance_scale"),
+    ],
+)
+def test_a_typo_in_the_prompts_fails_when_the_dag_is_parsed(kwargs, field):
+    with pytest.raises(FluxValidationError) as err:
+        FluxGenerateImageOperator(task_id="generate", **kwargs)
+    assert err.value.field == field
+
+
+def test_templated_prompts_and_values_wait_for_the_plan():
+    FluxGenerateImageOperator(task_id="a", prompt="{{ params.prompt }}")
+    FluxGenerateImageOperator(task_id="b", prompts=["a cup"], seed="{{ params.seed }}")
+    FluxGenerateImageOperator(task_id="c", prompts=[{"prompt": "a cup", "model": "{{ params.model }}"}])
+
+
+def test_the_quality_steps_exhausted_policy_is_checked_when_the_dag_is_parsed():
+    with pytest.raises(FluxValidationError) as err:
+        quality(on_failure="regenerate", on_exhausted="boom")
+    assert err.value.field == "on_exhausted"
