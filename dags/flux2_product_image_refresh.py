@@ -138,7 +138,8 @@ with DAG(
         max_in_flight=8,
         poll_interval=2.0,
         on_moderation="record",
-        write_manifest=False,  # the published manifest (after the checks) is the audit record
+        # The generate step keeps its own manifest beside the staged images: a night that fails before
+        # publishing still has its spend on record (the FLUX view counts each run once per night).
     )
     check = FluxQualityCheckOperator(
         task_id="quality_check",
