@@ -320,6 +320,10 @@ class Emulator:
     def stats(self) -> dict[str, Any]:
         return self._control("GET", "stats")
 
+    def forget_keys(self) -> int:
+        """Forget every Idempotency-Key, as an API past its key retention would; returns how many."""
+        return int(self._control("POST", "forget-keys")["forgotten"])
+
     def reset(self) -> None:
         """Forget runs, batches, idempotency keys, the ledger, faults and stats; restore the start-up config."""
         self._control("POST", "reset")

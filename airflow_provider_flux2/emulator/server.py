@@ -264,6 +264,7 @@ class EmulatorApp:
             Route("/_emulator/ledger", self.ledger, methods=["GET"]),
             Route("/_emulator/stats", self.stats, methods=["GET"]),
             Route("/_emulator/reset", self.reset, methods=["POST"]),
+            Route("/_emulator/forget-keys", self.forget_keys, methods=["POST"]),
             Route("/_emulator/config", self.config, methods=["GET", "POST"]),
             Route("/_emulator/faults", self.faults, methods=["GET", "POST", "DELETE"]),
             Route("/_emulator/prerender", self.prerender, methods=["POST"]),
@@ -745,6 +746,11 @@ class EmulatorApp:
         self.abort_background()
         self.state.reset()
         return JSONResponse({"status": "reset", "config": self.state.config.as_json()})
+
+    async def forget_keys(self, request: Request) -> Response:
+        """Forget every Idempotency-Key (runs, batches and the ledger stay): the API's key retention ran
+        out. A create sent again under a forgotten key makes — and bills — a new run."""
+        return JSONResponse({"forgotten": self.state.forget_keys()})
 
     async def config(self, request: Request) -> Response:
         if request.method == "POST":

@@ -304,6 +304,12 @@ class EmulatorState:
         self.fleet = Fleet(self.config.fleet_size)
         self.rng = random.Random(self.config.random_seed)
 
+    def forget_keys(self) -> int:
+        """Forget every stored Idempotency-Key (Runflow documents no retention for them); returns how many."""
+        forgotten = len(self.idempotency)
+        self.idempotency.clear()
+        return forgotten
+
     # -- configuration and faults -----------------------------------------------------------------
 
     def configure(self, changes: Mapping[str, Any]) -> EmulatorConfig:
