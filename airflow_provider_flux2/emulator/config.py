@@ -51,6 +51,9 @@ class EmulatorConfig(BaseModel):
     items_page_size: int = Field(5, ge=1, le=500)
     #: Seconds a create spends before answering, holding its Idempotency-Key (a racing create is a 409).
     create_delay: float = Field(0.0, ge=0)
+    #: Seconds an Idempotency-Key is remembered (``None``: for ever). Runflow documents no retention:
+    #: past it, a create sent again under the same key makes — and bills — a new run.
+    key_retention: float | None = Field(None, gt=0)
 
     @field_validator("latency")
     @classmethod

@@ -613,6 +613,10 @@ class EmulatorApp:
     def _replay(self, key: str | None, request: Request, context: Context) -> Response | None:
         """The stored response for a repeated ``Idempotency-Key``, or a 409 if the body changed."""
         stored = self.state.idempotency.get(key) if key else None
+        retention = self.state.config.key_retention
+        if stored is not None and retention is not None and self.state.clock() - stored.at > retention:
+            del self.state.idempotency[key or ""]  # past the key's retention: a new create
+            stored = None
         if stored is None:
             return None
         if stored.fingerprint != self._fingerprint(request, context):
@@ -622,7 +626,9 @@ class EmulatorApp:
 
     def _remember(self, key: str | None, request: Request, context: Context, body: dict[str, Any]) -> None:
         if key:
-            self.state.idempotency[key] = StoredResponse(self._fingerprint(request, context), 201, body)
+            self.state.idempotency[key] = StoredResponse(
+                self._fingerprint(request, context), 201, body, at=self.state.clock()
+            )
 
     def _run_spec(self, variant: Variant, context: Context, request: Request, key: str | None) -> RunSpec:
         body = context.body

@@ -240,6 +240,7 @@ class StoredResponse:
     fingerprint: str
     status: int
     body: dict[str, Any]
+    at: float = 0.0  # when the key was first answered (the emulator's clock)
 
 
 class InsufficientCreditError(Exception):
