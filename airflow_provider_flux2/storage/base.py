@@ -173,9 +173,22 @@ class Publisher(ABC):
         """
         if digest is None:
             digest = content_hash(data) if isinstance(data, bytes) else file_hash(data)
-        uri = self.uri_for(location, image_name(index, digest, content_type, self.name_template, **(name_fields or {})))
+        uri = self.image_uri(location, index, digest, content_type, name_fields)
         self.put(uri, data, content_type, metadata)
         return uri
+
+    def image_uri(
+        self,
+        location: BatchLocation,
+        index: int,
+        digest: str,
+        content_type: str,
+        name_fields: Mapping[str, Any] | None = None,
+    ) -> str:
+        """The deterministic key :meth:`put_image` stores an image under, without storing it."""
+        return self.uri_for(
+            location, image_name(index, digest, content_type, self.name_template, **(name_fields or {}))
+        )
 
     def put_named(
         self,

@@ -4,10 +4,16 @@ Why ``.meta/<name>.json`` rather than a ``<name>.meta.json`` beside every file: 
 people open (the gallery, the manifest, the images), and a sidecar per image doubles its listing. One
 small file per object — not one shared index — keeps writes atomic and independent, so parallel
 uploads into the same folder cannot lose each other's metadata.
+
+Every file is written under a temporary name in its own folder and renamed into place, so nothing
+half-written ever looks complete. A full volume (``ENOSPC``, or ``EDQUOT`` for a used-up quota) is a
+:class:`~airflow_provider_flux2.exceptions.FluxStorageError` naming the path and the space left, with the
+temporary file removed first.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import mimetypes
 import os
@@ -17,9 +23,12 @@ import threading
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
+from airflow_provider_flux2.exceptions import FluxStorageError
 from airflow_provider_flux2.storage.base import ObjectInfo, Publisher
 
 META_DIR = ".meta"
+#: ``errno`` values that mean the volume is full: no space left, or the user's quota used up.
+_FULL = (errno.ENOSPC, errno.EDQUOT)
 _UMASK_LOCK = threading.Lock()
 
 
@@ -61,20 +70,44 @@ def _write_atomically(target: Path, data: bytes | Path) -> None:
     # crash leaves the previous version (or nothing) rather than a truncated file. mkstemp makes the
     # temp file 0600; it gets the mode a plain open() would have given before it becomes visible, so
     # a web server or another group on a shared volume can read the gallery.
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.")
+    tmp: str | None = None
     try:
-        os.fchmod(fd, published_mode())
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.")
         with os.fdopen(fd, "wb") as out:
+            os.fchmod(out.fileno(), published_mode())
             if isinstance(data, bytes):
                 out.write(data)
             else:
                 with open(data, "rb") as src:
                     shutil.copyfileobj(src, out)
         os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+    except BaseException as error:
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)  # before the free space is measured: it counts too
+        if isinstance(error, OSError) and error.errno in _FULL:
+            raise volume_full(target, error) from error
         raise
+
+
+def free_bytes(path: Path) -> int:
+    """Free space on the volume holding ``path`` (its nearest existing folder, when it does not exist yet)."""
+    for folder in (path, *path.parents):
+        if folder.exists():
+            return shutil.disk_usage(folder).free
+    return 0
+
+
+def volume_full(path: Path, error: OSError) -> FluxStorageError:
+    """The error of a write that found its volume full: the path, the space left, what was undone."""
+    free = free_bytes(path.parent)
+    return FluxStorageError(
+        f"Could not write {path}: {error.strerror or 'the volume is full'} ({free:,} bytes free on its volume); "
+        "nothing half-written is left. Free some space, or store on another volume",
+        uri=path.as_uri(),
+        code=errno.errorcode.get(error.errno or 0, "ENOSPC"),
+        free_bytes=free,
+    )
 
 
 class LocalPublisher(Publisher):
@@ -91,7 +124,12 @@ class LocalPublisher(Publisher):
         target = path_of(uri)
         _write_atomically(target, data)
         sidecar = {"content_type": content_type, "metadata": metadata}
-        _write_atomically(sidecar_of(target), json.dumps(sidecar, sort_keys=True).encode("utf-8"))
+        try:
+            _write_atomically(sidecar_of(target), json.dumps(sidecar, sort_keys=True).encode("utf-8"))
+        except BaseException:
+            # Bytes without their content type and metadata are not a complete object: a retry stores both.
+            target.unlink(missing_ok=True)
+            raise
 
     def get(self, uri: str) -> bytes:
         return path_of(uri).read_bytes()

@@ -11,6 +11,9 @@ from airflow_provider_flux2.models import ImageRecord
 from airflow_provider_flux2.storage.base import CONTENT_TYPES, EXTENSIONS, BatchLocation, Publisher, content_hash
 from airflow_provider_flux2.storage.naming import name_fields, safe_segment
 
+#: The metadata key holding an object's SHA-256, so a retry can tell an object it already stored.
+CONTENT_SHA256 = "content-sha256"
+
 
 def object_metadata(record: ImageRecord) -> dict[str, str]:
     """The metadata stored with an image object: enough to trace and price it without the manifest.
@@ -52,7 +55,9 @@ def publish_records(
 
     Images that are not publishable (failed, dropped, failing a check) keep their record unchanged,
     so the manifest written after this still shows where they were. An image already under the
-    destination (stored there by the generate step, or published by an earlier run) is not copied again.
+    destination (stored there by the generate step, or published by an earlier run) is not copied again,
+    nor one an earlier try of this task published before the store failed (same key, same SHA-256):
+    a retry uploads only what is missing.
 
     :param reader: reads an image's bytes from its current URI (e.g. the staging publisher's ``get``).
     """
@@ -71,7 +76,9 @@ def _publish(
         return record
     data = reader(record.uri)
     digest = content_hash(data)
-    uri = publisher.put_image(location, record.index, data, ctype, object_metadata(record), digest, name_fields(record))
+    uri = publisher.image_uri(location, record.index, digest, ctype, name_fields(record))
+    if not _holds(publisher, uri, digest):
+        publisher.put(uri, data, ctype, {**object_metadata(record), CONTENT_SHA256: digest})
     stored_at = datetime.now(timezone.utc).isoformat()
     return record.model_copy(
         update={
@@ -82,6 +89,14 @@ def _publish(
             "timings": record.timings.model_copy(update={"stored_at": stored_at}),
         }
     )
+
+
+def _holds(publisher: Publisher, uri: str, digest: str) -> bool:
+    """Whether ``uri`` already holds these bytes, by the SHA-256 stored with it."""
+    try:
+        return publisher.head(uri).metadata.get(CONTENT_SHA256) == digest
+    except Exception:  # missing, or the store will not say (a write-only policy): store it, same key
+        return False
 
 
 #: The index of a "latest" prefix: item id → where its current image came from.
@@ -119,10 +134,10 @@ def publish_latest(
         ext = EXTENSIONS.get(ctype, "bin")
         uri = f"{latest.base_uri}/{safe_segment(str(item_id))}.{ext}"
         digest = record.content_hash
-        if digest is None or not latest.exists(uri) or latest.head(uri).metadata.get("content-sha256") != digest:
+        if digest is None or not latest.exists(uri) or latest.head(uri).metadata.get(CONTENT_SHA256) != digest:
             data = reader(record.uri)
             digest = content_hash(data)
-            latest.put(uri, data, ctype, {**object_metadata(record), "content-sha256": digest, "item-id": item_id})
+            latest.put(uri, data, ctype, {**object_metadata(record), CONTENT_SHA256: digest, "item-id": item_id})
             updated[str(item_id)] = uri
         index[str(item_id)] = {
             "uri": uri,

@@ -142,3 +142,11 @@ def test_a_file_copied_in_gets_the_published_mode_too_and_the_write_stays_atomic
 
     assert stat.S_IMODE(path_of(uri).stat().st_mode) == 0o664
     assert [p.name for p in path_of(uri).parent.iterdir() if p.name.startswith(".") and p.name != META_DIR] == []
+
+
+def test_a_failed_write_that_is_not_a_full_volume_keeps_its_own_error_and_leaves_no_temp_file(publisher, tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"gone\.png"):
+        publisher.put_image(LOCATION, 0, tmp_path / "gone.png", "image/png", digest="0" * 64)
+
+    assert not [p for p in tmp_path.rglob(".*") if p.is_file()]
+    assert not [p for p in tmp_path.rglob("*.png") if p.is_file()]

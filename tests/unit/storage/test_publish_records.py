@@ -8,7 +8,8 @@ from synthetic_images import Pictures, image_record
 from airflow_provider_flux2.models import CheckVerdict
 from airflow_provider_flux2.storage import BatchLocation, LocalPublisher
 from airflow_provider_flux2.storage.base import content_hash
-from airflow_provider_flux2.storage.publish import content_type_of, object_metadata, publish_records
+from airflow_provider_flux2.storage.local import path_of
+from airflow_provider_flux2.storage.publish import CONTENT_SHA256, content_type_of, object_metadata, publish_records
 
 OK = CheckVerdict(check="size", passed=True, reason="is 256×192")
 BAD = CheckVerdict(check="size", passed=False, reason="is 200×192, expected 256×192")
@@ -78,3 +79,29 @@ def test_an_image_already_at_its_destination_key_is_not_read_or_copied_again(sto
         raise AssertionError(f"read {uri}")
 
     assert publish_records([record], destination, location, reader=reader) == [record]
+
+
+def test_a_retry_copies_only_what_an_earlier_try_did_not_publish(stores):
+    staging, destination = stores
+    records = [staged(staging, i, checks=[OK])[0] for i in range(3)]
+    location = BatchLocation("d", "r", "publish")
+    first = publish_records(records[:2], destination, location, reader=staging.get)  # the store failed on #2
+    inodes = {r.uri: path_of(r.uri).stat().st_ino for r in first}
+
+    again = publish_records(records, destination, location, reader=staging.get)
+
+    assert [r.uri for r in again[:2]] == [r.uri for r in first]
+    assert all(path_of(uri).stat().st_ino == inode for uri, inode in inodes.items())  # not written again
+    assert destination.metadata(again[2].uri)[CONTENT_SHA256] == again[2].content_hash
+
+
+def test_an_object_at_the_key_without_the_same_sha256_is_published_again(stores):
+    staging, destination = stores
+    record, data = staged(staging, 0, checks=[OK])
+    location = BatchLocation("d", "r", "publish")
+    uri = publish_records([record], destination, location, reader=staging.get)[0].uri
+    destination.put(uri, b"not the image", "image/png")  # overwritten by something else, no sha256
+
+    publish_records([record], destination, location, reader=staging.get)
+
+    assert destination.get(uri) == data
