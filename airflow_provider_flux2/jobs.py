@@ -251,25 +251,45 @@ class Progress(BaseModel):
     :param batch_ids: batches the API made for this task (a person can look them up).
     :param root: the common prefix of the stored objects' URIs.
     :param stored: image index → ``"<name under root> <sha256 prefix>"``.
+    :param runs: image index → ``"<run id> <attempt>"`` of the runs sent one by one (a batch's runs are
+        found again through its ``/items``, by their ``client_ref``): a later try waits for these by id
+        instead of sending them again, so what was paid for never depends on the API remembering a key.
     """
 
     model_config = ConfigDict(extra="forbid")
 
-    version: Literal[3] = 3
+    version: Literal[3, 4] = 4
     plan: str
     batch_ids: list[str] = []
     root: str = ""
     stored: dict[str, str] = {}
+    runs: dict[str, str] = {}
 
     @classmethod
-    def of(cls, plan: str, batch_ids: Iterable[str], stored: Mapping[str, tuple[str, str]]) -> Progress:
-        """Progress from image index → ``(uri, sha256)`` of each stored object."""
+    def of(
+        cls,
+        plan: str,
+        batch_ids: Iterable[str],
+        stored: Mapping[str, tuple[str, str]],
+        runs: Mapping[str, tuple[str, int]] | None = None,
+    ) -> Progress:
+        """Progress from image index → ``(uri, sha256)`` of each stored object (and → ``(run id,
+        attempt)`` of each run sent alone)."""
         prefix = os.path.commonprefix([uri for uri, _ in stored.values()])  # noqa: RUF071 - URIs, not paths
         root = prefix[: prefix.rfind("/") + 1]  # up to its last "/" ("" when there is none)
         entries = {
             index: f"{uri[len(root) :]} {digest[:PROGRESS_HASH_CHARS]}" for index, (uri, digest) in stored.items()
         }
-        return cls(plan=plan, batch_ids=sorted(set(batch_ids)), root=root, stored=entries)
+        singles = {index: f"{run_id} {attempt}" for index, (run_id, attempt) in (runs or {}).items()}
+        return cls(plan=plan, batch_ids=sorted(set(batch_ids)), root=root, stored=entries, runs=singles)
+
+    def single_runs(self) -> dict[str, tuple[str, int]]:
+        """Image index → ``(run id, attempt)`` of each run an earlier try sent alone."""
+        out = {}
+        for index, entry in self.runs.items():
+            run_id, _, attempt = entry.rpartition(" ")
+            out[index] = (run_id, int(attempt))
+        return out
 
     def objects(self) -> dict[str, tuple[str, str]]:
         """Image index → ``(uri, sha256 prefix)`` of each object an earlier try stored."""
@@ -293,6 +313,39 @@ class Progress(BaseModel):
             logger.warning("The recorded progress belongs to a different plan (inputs changed); starting over")
             return None
         return progress
+
+
+def earlier_runs(hook: FluxHook, plan: Plan, progress: Progress, logger: Any = log) -> dict[str, list[Any]]:
+    """Job index → ``[run id, batch id or None, attempt]`` of every run an earlier try of the task sent.
+
+    A batch's runs are read back through its ``/items`` and matched to the jobs by ``client_ref``; runs
+    sent alone come from the progress. A batch that cannot be read is left to the keys (logged).
+    """
+    by_ref = {job.client_ref: job.index for job in plan.jobs}
+    found: dict[str, list[Any]] = {}
+    for batch_id in progress.batch_ids:
+        try:
+            runs = hook.get_batch_items(batch_id)
+        except FluxError as error:
+            logger.warning("Could not read batch %s of an earlier try (%s); its jobs go by their keys", batch_id, error)
+            continue
+        for run in runs:
+            index = by_ref.get(run.client_ref or "")
+            if index is not None:
+                found[str(index)] = [run.id, batch_id, 1]
+    for key, (run_id, attempt) in progress.single_runs().items():
+        if int(key) < len(plan.jobs):
+            found[key] = [run_id, None, attempt]
+    if found:
+        logger.info(
+            "Re-attaching to %d run(s) an earlier try sent (%d batch(es), %d single run(s)), by id rather than "
+            "by key; %d job(s) to send",
+            len(found),
+            len(progress.batch_ids),
+            len(progress.runs),
+            len(plan.jobs) - len(found),
+        )
+    return found
 
 
 # --------------------------------------------------------------------------------------------------

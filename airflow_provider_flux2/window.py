@@ -288,6 +288,18 @@ class Window:
         self._due.setdefault(target, submitted_at)
         self.next_chunk = self.chunks
 
+    def reattach(
+        self, index: int, run_id: str, *, batch_id: str | None = None, attempt: int = 1, submitted_at: float
+    ) -> None:
+        """A job an earlier try of this task already sent (its run id recorded): waited for, not sent
+        again — whether or not the API still remembers its Idempotency-Key. The other jobs are sent."""
+        state = self.states[index]
+        state.phase, state.run_id, state.batch_id = "in_flight", run_id, batch_id
+        state.attempt, state.submitted_at = attempt, submitted_at
+        target = ("batch", batch_id) if batch_id else ("run", run_id)
+        self._targets.setdefault(target, []).append(index)
+        self._due.setdefault(target, submitted_at)
+
     # -- decisions -----------------------------------------------------------------------------------
 
     @property
@@ -318,14 +330,21 @@ class Window:
                 committed += spec.cost
                 free -= 1
         while self.next_chunk < self.chunks:
-            chunk = self.chunk(self.next_chunk)
+            # Jobs re-attached to an earlier try's runs are not sent again.
+            chunk = [spec for spec in self.chunk(self.next_chunk) if self.states[spec.index].phase == "waiting"]
+            whole = len(chunk) == len(self.chunk(self.next_chunk))
+            if not chunk:
+                self.next_chunk += 1
+                continue
             if len(chunk) > free:
                 break
             cost = sum((spec.cost for spec in chunk), Decimal("0"))
             if not self._affordable(committed, cost, [spec.index for spec in chunk]):
                 break
             models = {spec.model for spec in chunk}
-            batchable = self.use_batches and len(chunk) > 1 and len(models) == 1 and not models & self._no_batches
+            batchable = (
+                whole and self.use_batches and len(chunk) > 1 and len(models) == 1 and not models & self._no_batches
+            )
             key = self.batch_keys[self.next_chunk] if batchable and self.next_chunk < len(self.batch_keys) else None
             if key is not None:
                 out.append(Submit(tuple(spec.index for spec in chunk), chunk[0].model, key))

@@ -61,6 +61,7 @@ from airflow_provider_flux2.jobs import (
     check_balance,
     collect,
     default_chunk_size,
+    earlier_runs,
     log_kill,
     new_job,
     output_publisher,
@@ -302,6 +303,7 @@ class FluxGenerateImageOperator(BaseOperator):
         # The extra link resolves from the deferral on: the folder now, the gallery at the end.
         links.remember_gallery(context["ti"], self, XCOM_GALLERY, publisher.folder_uri(task_location(context)))
         trigger = self._trigger(context, plan)
+        trigger.attached = self._earlier_runs(context, plan)
         if self.deferrable:
             self.defer(
                 trigger=trigger,
@@ -434,6 +436,15 @@ class FluxGenerateImageOperator(BaseOperator):
             progress_interval=self.progress_interval,
         )
 
+    def _earlier_runs(self, context: Context, plan: Plan) -> dict[str, list[Any]]:
+        """The runs an earlier try of this task sent (recorded in ``task_state_store``), to wait for by id:
+        a task cleared or retried days later must not depend on the API still remembering its keys."""
+        store = context.get("task_state_store") if self.durable else None
+        progress = Progress.load(store.get(STATE_KEY), plan, self.log) if store is not None else None
+        if progress is None:
+            return {}
+        return earlier_runs(self.hook, plan, progress, self.log)
+
     # -- 3. collect -----------------------------------------------------------------------------------
 
     def _complete(
@@ -508,7 +519,9 @@ class FluxGenerateImageOperator(BaseOperator):
         batches = {s.batch_id for s in states.values() if s.batch_id} | set(earlier.batch_ids if earlier else [])
         stored = earlier.objects() if earlier else {}
         stored.update({str(i): (r.uri, r.content_hash) for i, r in records.items() if r.uri and r.content_hash})
-        return Progress.of(plan.digest, batches, stored)
+        singles = earlier.single_runs() if earlier else {}
+        singles.update({str(s.index): (s.run_id, s.attempt) for s in states.values() if s.run_id and not s.batch_id})
+        return Progress.of(plan.digest, batches, stored, singles)
 
     def _account_failed_night(
         self,

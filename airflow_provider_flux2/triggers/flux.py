@@ -61,6 +61,8 @@ class FluxGenerationTrigger(BaseTrigger):
     :param poll_interval: the shortest pause between two polls of one batch or run.
     :param expected_seconds: for runs sent elsewhere: their expected generation time.
     :param progress_interval: at most one progress line per this many seconds.
+    :param attached: job index → ``[run id, batch id or None, attempt]`` of the runs an earlier try
+        of the task sent: waited for by id instead of sent again (the API may have forgotten the keys).
     """
 
     def __init__(
@@ -85,6 +87,7 @@ class FluxGenerationTrigger(BaseTrigger):
         expected_seconds: float = 10.0,
         progress_interval: float = 30.0,
         started_at: float | None = None,
+        attached: dict[str, list[Any]] | None = None,
     ) -> None:
         super().__init__()
         self.flux_conn_id = flux_conn_id
@@ -108,6 +111,7 @@ class FluxGenerationTrigger(BaseTrigger):
         self.expected_seconds = expected_seconds
         self.progress_interval = progress_interval
         self.started_at = started_at
+        self.attached = {str(k): list(v) for k, v in (attached or {}).items()}
         self._live: Window | None = None  # the window run() drives, for on_kill
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
@@ -131,6 +135,7 @@ class FluxGenerationTrigger(BaseTrigger):
                 "expected_seconds": self.expected_seconds,
                 "progress_interval": self.progress_interval,
                 "started_at": self.started_at,
+                **({"attached": self.attached} if self.attached else {}),
             },
         )
 
@@ -172,7 +177,7 @@ class FluxGenerationTrigger(BaseTrigger):
     def window(self) -> Window:
         """The window this trigger runs (the worker builds the same one for non-deferrable tasks)."""
         if self.jobs:
-            return Window(
+            window = Window(
                 jobs=self.specs(),
                 max_in_flight=self.max_in_flight,
                 chunk_size=self.chunk_size,
@@ -183,6 +188,10 @@ class FluxGenerationTrigger(BaseTrigger):
                 budget=Decimal(self.budget_usd) if self.budget_usd is not None else None,
                 poll_interval=self.poll_interval,
             )
+            since = self.started_at or time.time()
+            for key, (run_id, batch_id, attempt) in self.attached.items():
+                window.reattach(int(key), run_id, batch_id=batch_id, attempt=int(attempt), submitted_at=since)
+            return window
         attached: list[tuple[str, str | None]] = [(run_id, None) for run_id in self.runs]
         attached += [(run_id, batch_id) for batch_id, ids in self.batches.items() for run_id in ids]
         specs = [
