@@ -490,6 +490,7 @@ def collect(
     workers: int | None = None,
     sleep: Callable[[float], None] = time.sleep,
     checkpoint: Callable[[Collected], None] | None = None,
+    into: Collected | None = None,
 ) -> Collected:
     """Every finished job → its record; succeeded ones downloaded, verified and stored, concurrently.
 
@@ -497,6 +498,7 @@ def collect(
     output URLs, the cost, the seed, any failure); a batch with a single job to collect is read as that run.
     An image an earlier try stored that is still intact is kept; a missing or changed one is stored again.
     ``checkpoint`` is called every :data:`CHECKPOINT_EVERY` images, so a crash mid-way loses little.
+    ``into`` receives the records as they are made, so a caller still has them when one image fails.
     """
     finished = [s for s in states.values() if s.phase == "done" and s.run_id]
     by_batch: dict[str, list[JobState]] = {}
@@ -510,7 +512,7 @@ def collect(
     with ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="flux-collect") as pool:
         for items in pool.map(lambda b: _retrying(lambda: hook.get_batch_items(b), sleep), readable):
             runs.update({run.id: run for run in items})
-        out = Collected()
+        out = into if into is not None else Collected()
         stored = progress.objects() if progress is not None else {}
 
         def one(state: JobState) -> tuple[int, ImageRecord, str]:
@@ -639,7 +641,10 @@ def run_window(
         for submit in window.submissions(time.time()):
             acted = True
             try:
-                if submit.is_batch:
+                if submit.kind == "evaluation":
+                    (entry,) = window.entries(submit)
+                    done = hook.submit_evaluation(entry)
+                elif submit.is_batch:
                     done = hook.create_batch(
                         window.entries(submit),
                         model=submit.model,
@@ -679,6 +684,8 @@ def _observe(window: Window, poll: Poll, hook: FluxHook) -> None:
         window.observe_batch(hook.get_batch(poll.id, deadline=window.end_time), time.time())
     elif poll.kind == "items":
         window.observe_items(poll.id, hook.get_batch_items(poll.id, deadline=window.end_time), time.time())
+    elif poll.kind == "evaluation":
+        window.observe_run(hook.get_evaluation(poll.id, deadline=window.end_time).as_run(), time.time())
     else:
         window.observe_run(hook.get_run(poll.id, deadline=window.end_time), time.time())
 

@@ -477,7 +477,14 @@ def image_cost(estimate: ItemCost, run: Run) -> tuple[Decimal, Decimal | None]:
 UNBILLED_STATUSES = frozenset({"failed", "pending"})
 
 
+#: The failure code of a run that finished (and billed) at the API but whose image could not be stored.
+NOT_STORED = "NOT_STORED"
+
+
 def billed_cost(record: ImageRecord) -> Decimal:
     """What one image's record says it cost: its ``cost_usd`` (decided by :func:`image_cost`), or nothing
-    when its run was not billed (failed, or never sent)."""
-    return Decimal("0") if record.status in UNBILLED_STATUSES else Decimal(record.cost_usd)
+    when its run was not billed (failed, or never sent). A ``pending`` image the API finished but that
+    could not be stored (:data:`NOT_STORED`) was billed."""
+    if record.status in UNBILLED_STATUSES and record.failure_code != NOT_STORED:
+        return Decimal("0")
+    return Decimal(record.cost_usd)

@@ -72,7 +72,7 @@ from airflow_provider_flux2.jobs import (
 )
 from airflow_provider_flux2.models import GENERATION_PARAMS, ImageRecord, build_input, resolve_variant
 from airflow_provider_flux2.outputs import STATE_KEY, XCOM_GALLERY, XCOM_MANIFEST, FluxImagesLink
-from airflow_provider_flux2.pricing import Budget, billed_cost, cents, estimate, usd
+from airflow_provider_flux2.pricing import NOT_STORED, Budget, billed_cost, cents, estimate, usd
 from airflow_provider_flux2.references import ReferenceResolver
 from airflow_provider_flux2.storage import BatchLocation
 from airflow_provider_flux2.storage.report import write_batch_report
@@ -460,7 +460,12 @@ class FluxGenerateImageOperator(BaseOperator):
             if store is not None:
                 store.set(STATE_KEY, self._progress(plan, states, done.records, progress).model_dump(mode="json"))
 
-        collected = self._collect(context, plan, states, publisher, location, progress, checkpoint)
+        partial = Collected()
+        try:
+            collected = self._collect(context, plan, states, publisher, location, progress, checkpoint, partial)
+        except Exception:  # an image could not be stored: the night's spend is on record before failing
+            self._account_failed_night(context, plan, states, partial.records, publisher, location)
+            raise
         if progress is not None:
             self.log.info(
                 "An earlier try stored this plan's images: the API replayed its runs (same keys, nothing billed "
@@ -495,6 +500,7 @@ class FluxGenerateImageOperator(BaseOperator):
         location: BatchLocation,
         progress: Progress | None,
         checkpoint: Callable[[Collected], None] | None = None,
+        into: Collected | None = None,
     ) -> Collected:
         return collect(
             self.hook,
@@ -506,6 +512,7 @@ class FluxGenerateImageOperator(BaseOperator):
             progress=progress,
             logger=self.log,
             checkpoint=checkpoint,
+            into=into,
         )
 
     def _progress(
@@ -563,7 +570,9 @@ class FluxGenerateImageOperator(BaseOperator):
             record = collected.get(job.index)
             if record is None:
                 item = plan.estimate.items[job.index]
-                code, message = _unfinished(states.get(job.index))
+                state = states.get(job.index)
+                code, message = _unfinished(state)
+                paid = state.cost if state is not None and state.cost is not None else item.cost
                 record = ImageRecord(
                     index=job.index,
                     model=job.model,
@@ -574,7 +583,7 @@ class FluxGenerateImageOperator(BaseOperator):
                     height=job.request.height,
                     output_format=job.request.output_format,
                     billed_mp=item.billed_mp,
-                    cost_usd="0",
+                    cost_usd=usd(paid) if code == NOT_STORED else "0",
                     estimated_cost_usd=usd(item.cost),
                     client_ref=job.client_ref,
                     idempotency_key=job.idempotency_key,
@@ -711,6 +720,12 @@ def _unfinished(state: JobState | None) -> tuple[str, str]:
             "STILL_RUNNING",
             f"still {state.status or 'queued'} at the API when the task ended; it bills when it finishes, "
             "and a retry replays it under the same key",
+        )
+    if state is not None and state.phase == "done" and state.succeeded:
+        return (
+            NOT_STORED,
+            "finished and billed at the API, but not stored (storing it failed); a retry stores it without "
+            "paying again",
         )
     if state is not None and state.stopped == "refused":
         return "REFUSED", "refused by the API when submitted: nothing was created or billed"

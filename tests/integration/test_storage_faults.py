@@ -385,6 +385,8 @@ def test_a_generate_task_whose_uploads_fail_is_retried_storing_only_what_is_miss
     log = capfd.readouterr().out
     assert re.search(rf"Could not store '[^']*/0000[24]-[^']*' in S3 bucket '{bucket}': {fault[1]}", log)
     assert "4 object(s) were intact, 0 missing or changed" in log  # the retry read what the first try stored
+    # The failed try wrote its manifest before failing: the two unstored images are billed (NOT_STORED).
+    assert "The failed try's manifest: " in log and "($0.180 billed for 4 stored image(s)" in log
     assert len(s3_faults.puts(injected=True)) == times
     uploaded = s3_faults.puts(injected=False)
     assert len(uploaded) == len(set(uploaded)) == 6  # every image uploaded once over both tries
