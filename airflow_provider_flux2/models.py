@@ -936,6 +936,32 @@ class CheckVerdict(BaseModel):
     value: Any = None
 
 
+class SentinelVerdict(BaseModel):
+    """What Runflow Sentinel said of one image, as the quality step recorded it (money as a decimal string).
+
+    :param status: the evaluation's status (``completed``, ``failed``, or what it was left at).
+    :param passed: the gate's verdict (``overall_passed`` and/or the minimum score); ``None`` when the
+        gate only records verdicts.
+    :param overall_passed: the API's yes/no (``None``: no verdict emitted).
+    :param score: the API's ``weighted_pass_rate`` (0–1).
+    :param cost_usd: what the API billed for the evaluation (``None``: nothing reported).
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    evaluation_id: str | None = None
+    status: str
+    passed: bool | None = None
+    overall_passed: bool | None = None
+    score: float | None = None
+    top_issues: list[str] = Field(default_factory=list)
+    top_strengths: list[str] = Field(default_factory=list)
+    cost_usd: str | None = None
+    failure_code: str | None = None
+    job_class: str | None = None
+    idempotency_key: str | None = None
+
+
 ImageStatus = Literal["pending", "succeeded", "failed", "moderated", "skipped", "dropped"]
 
 
@@ -975,6 +1001,8 @@ class ImageRecord(BaseModel):
     regenerated_from: str | None = None
     source_hash: str | None = None
     checks: list[CheckVerdict] = Field(default_factory=list)
+    #: Runflow Sentinel's evaluation of this image (the quality step's ``sentinel=True``).
+    sentinel: SentinelVerdict | None = None
     timings: Timings = Field(default_factory=Timings)
     extra: dict[str, Any] = Field(default_factory=dict)
 

@@ -14,6 +14,11 @@ The loop reports back what happened (:meth:`submitted`, :meth:`submit_failed`, :
 trigger's (async, on the triggerer) and the worker's (sync, for non-deferrable tasks), the way
 httpx's ``Client`` and ``AsyncClient`` share ``BaseClient``. Every decision here is tested without a
 socket (``tests/unit/test_window.py``).
+
+A window's jobs are image runs, or — with ``kind="evaluation"`` — Runflow Sentinel evaluations of
+stored images: sent one by one under their own keys, polled one request each, read through
+:meth:`~airflow_provider_flux2.sentinel.Evaluation.as_run` (``pending`` is ``queued``, ``completed``
+is ``succeeded``). Every other decision (slots, top-up, resubmission, budget, deadline) is the same.
 """
 
 from __future__ import annotations
@@ -99,6 +104,8 @@ MAX_CONSECUTIVE_FAILURES = 5
 OUTAGE_MAX_BACKOFF = 60.0
 #: An outage is reported at most once per this many seconds, not once per poll.
 OUTAGE_REPORT_EVERY = 60.0
+#: What a window's jobs are: image runs, or evaluations of stored images (see the module docstring).
+JobKind = Literal["run", "evaluation"]
 #: Job phases: not sent yet · at the API · failed, its failure code unknown (read the run) · failed, to be
 #: sent again · terminal for good · never sent (budget or deadline).
 Phase = Literal["waiting", "in_flight", "read", "resubmit", "done", "stopped"]
@@ -213,6 +220,7 @@ class Submit:
     jobs: tuple[int, ...]
     model: str
     batch_key: str | None = None
+    kind: JobKind = "run"
 
     @property
     def is_batch(self) -> bool:
@@ -223,7 +231,7 @@ class Submit:
 class Poll:
     """Read one thing: a batch's statuses, a single run, or a batch's items (the costs the API reports)."""
 
-    kind: Literal["batch", "run", "items"]
+    kind: Literal["batch", "run", "items", "evaluation"]
     id: str
 
 
@@ -243,6 +251,7 @@ class Window:
     :param poll_interval: the shortest pause between two polls of one batch or run.
     :param batch_keys: chunk number → batch Idempotency-Key; derived from the chunks' job keys
         (:func:`batch_key`) when not given, so a window needs nothing but its specs and options.
+    :param kind: ``run`` (images) or ``evaluation`` (Sentinel evaluations: never batched).
     """
 
     jobs: list[JobSpec]
@@ -254,6 +263,7 @@ class Window:
     resubmit_failed: int = 2
     budget: Decimal | None = None
     poll_interval: float = 2.0
+    kind: JobKind = "run"
     states: dict[int, JobState] = field(init=False)
     next_chunk: int = field(init=False, default=0)
     error: str | None = field(init=False, default=None)
@@ -273,6 +283,8 @@ class Window:
     def __post_init__(self) -> None:
         self._specs = {spec.index: spec for spec in self.jobs}
         self.states = {spec.index: JobState(spec.index) for spec in self.jobs}
+        if self.kind == "evaluation":  # evaluations have no batch endpoint: each job is its own chunk
+            self.use_batches, self.chunk_size = False, 1
         self.chunk_size = max(1, min(self.chunk_size, self.max_in_flight, protocol.MAX_BATCH_ITEMS))
         if not self.batch_keys:
             self.batch_keys = [batch_key([spec.key for spec in self.chunk(n)]) for n in range(self.chunks)]
@@ -283,7 +295,7 @@ class Window:
         """A job whose run was sent elsewhere: the window only waits for it."""
         state = self.states[index]
         state.phase, state.run_id, state.batch_id, state.submitted_at = "in_flight", run_id, batch_id, submitted_at
-        target = ("batch", batch_id) if batch_id else ("run", run_id)
+        target = ("batch", batch_id) if batch_id else (self.kind, run_id)
         self._targets.setdefault(target, []).append(index)
         self._due.setdefault(target, submitted_at)
         self.next_chunk = self.chunks
@@ -296,7 +308,7 @@ class Window:
         state = self.states[index]
         state.phase, state.run_id, state.batch_id = "in_flight", run_id, batch_id
         state.attempt, state.submitted_at = attempt, submitted_at
-        target = ("batch", batch_id) if batch_id else ("run", run_id)
+        target = ("batch", batch_id) if batch_id else (self.kind, run_id)
         self._targets.setdefault(target, []).append(index)
         self._due.setdefault(target, submitted_at)
 
@@ -325,7 +337,7 @@ class Window:
                 spec = self._specs[state.index]
                 if not self._affordable(committed, spec.cost, [state.index]):
                     return out
-                out.append(Submit((state.index,), spec.model))
+                out.append(Submit((state.index,), spec.model, kind=self.kind))
                 state.phase = "in_flight"  # holds its slot until the loop reports the submission
                 committed += spec.cost
                 free -= 1
@@ -349,7 +361,7 @@ class Window:
             if key is not None:
                 out.append(Submit(tuple(spec.index for spec in chunk), chunk[0].model, key))
             else:  # a batch request carries one model; mixed chunks and unbatchable models go one run each
-                out.extend(Submit((spec.index,), spec.model) for spec in chunk)
+                out.extend(Submit((spec.index,), spec.model, kind=self.kind) for spec in chunk)
             for spec in chunk:
                 self.states[spec.index].phase = "in_flight"
             self.next_chunk += 1
@@ -407,7 +419,7 @@ class Window:
         states = [self.states[i] for i in self._targets.get(target, [])]
         if kind == "items":
             return any(s.phase == "done" and s.succeeded and s.cost is None for s in states)
-        if kind == "run":
+        if kind in ("run", "evaluation"):
             return any(s.phase in ("in_flight", "read") and s.run_id == target[1] for s in states)
         return any(s.phase == "in_flight" and s.batch_id == target[1] and not s.terminal for s in states)
 
@@ -455,7 +467,7 @@ class Window:
             state = self.states[index]
             state.phase, state.run_id, state.batch_id, state.submitted_at = "in_flight", run_id, batch_id, now
             state.status, state.detected_at, state.completed_at, state.cost = RunStatus.QUEUED.value, None, None, None
-            job_target = target or ("run", run_id)
+            job_target = target or (self.kind, run_id)
             self._targets.setdefault(job_target, []).append(index)
             expected = max(self._specs[i].expected for i in submit.jobs)
             first = 0.0 if replayed else self._interval([RunStatus.QUEUED.value], 0.0, expected)
@@ -505,7 +517,7 @@ class Window:
                 state.cost = run.cost if run.status_code == RunStatus.SUCCEEDED else None
                 state.failure_code = run.failure_code
                 self._observe(state, run.status_code, run.completed_at, now, known=True)
-        self._reschedule(("run", run.id), now)
+        self._reschedule((self.kind, run.id), now)
 
     def observe_items(self, batch_id: str, runs: Iterable[Run], now: float) -> None:
         """A batch's items: the cost the API reports for each succeeded run (the running budget)."""
@@ -662,14 +674,14 @@ class Window:
         sending = sum(1 for s in self.states.values() if s.phase == "in_flight" and not s.run_id)
         unsent = sum(1 for s in self.states.values() if s.phase in ("waiting", "resubmit"))
         if not at_api and not sending:
-            return f"Killed with no run at the API; {unsent} job(s) never sent: nothing more is billed"
+            return f"Killed with no {self.kind} at the API; {unsent} job(s) never sent: nothing more is billed"
         estimate = sum((self._specs[s.index].cost for s in at_api if s.index in self._specs), Decimal(0))
         ids = [s.run_id or "" for s in at_api]
         shown = ", ".join(ids[:limit]) + (f" and {len(ids) - limit} more" if len(ids) > limit else "")
         batches = sorted({s.batch_id for s in at_api if s.batch_id})
         line = (
-            f"Killed with {len(at_api)} run(s) still at the API: Runflow has no public cancel, so they finish "
-            f"and bill (about ${cents(estimate)}); run ids: {shown}"
+            f"Killed with {len(at_api)} {self.kind}(s) still at the API: Runflow has no public cancel, so they "
+            f"finish and bill (about ${cents(estimate)}); {self.kind} ids: {shown}"
         )
         line += f"; batches: {', '.join(batches)}" if batches else ""
         line += f"; {sending} submission(s) in progress may also bill" if sending else ""
@@ -686,7 +698,7 @@ class Window:
             message = self.error or "failed"
         elif status == "timeout":
             pending = [s.run_id for s in self.states.values() if s.phase in ("in_flight", "read") and s.run_id]
-            message = f"{len(pending)} run(s) did not finish before the deadline: {', '.join(pending[:20])}"
+            message = f"{len(pending)} {self.kind}(s) did not finish before the deadline: {', '.join(pending[:20])}"
         else:
             message = f"{counts['done'] + counts['failed'] + counts['moderated']} job(s) finished"
         payload: dict[str, Any] = {

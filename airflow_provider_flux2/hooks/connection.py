@@ -43,6 +43,7 @@ CONNECTION_EXTRAS = (
     "prices",
     "edit_models",
     "max_task_spend_usd",
+    "sentinel_price_usd",
 )
 #: Other names people write for them.
 EXTRA_ALIASES = {"retries": "max_retries", "max_retries": "max_retries", "price_overrides": "prices"}
@@ -86,6 +87,8 @@ class FluxConnectionConfig:
     max_task_spend: Decimal | None = None
     #: Where reference images go, by variant (``edit_models``: what ``flux2 doctor`` recorded).
     edit_models: Mapping[str, str] = field(default_factory=dict)
+    #: One Sentinel evaluation's price (``sentinel_price_usd``), instead of the API's job classes.
+    sentinel_price: Decimal | None = None
 
     @property
     def secrets(self) -> tuple[str, ...]:
@@ -157,6 +160,9 @@ class FluxConnectionConfig:
                 to_usd(extra["max_task_spend_usd"], "max_task_spend_usd") if "max_task_spend_usd" in extra else None
             ),
             edit_models=_edit_models(extra.get("edit_models")),
+            sentinel_price=(
+                to_usd(extra["sentinel_price_usd"], "sentinel_price_usd") if "sentinel_price_usd" in extra else None
+            ),
         )
 
 

@@ -24,7 +24,7 @@ from airflow.sdk import BaseHook
 from PIL import Image
 
 import airflow_provider_flux2.hooks.transport as transport
-from airflow_provider_flux2 import metrics, protocol
+from airflow_provider_flux2 import metrics, protocol, sentinel
 from airflow_provider_flux2.exceptions import (
     BudgetOverrunError,
     FluxAPIError,
@@ -672,6 +672,54 @@ class FluxHook(BaseHook):
         run = protocol.parse_run(data)
         self.log.info("Submitted run %s (%s, client_ref %s)", run.id, protocol.model_path(model), entry.client_ref)
         return Submission(run_ids=[run.id], replayed=protocol.was_replayed(data, sent_at))
+
+    # -- Sentinel evaluations (requests built and parsed by ``sentinel``) ---------------------------
+
+    def evaluation_price(self, job_class: str = sentinel.DEFAULT_JOB_CLASS) -> Decimal | None:
+        """What one evaluation of ``job_class`` costs: the connection's ``sentinel_price_usd``, else the
+        price ``GET /v1/evaluations/job-classes`` lists (``None`` when it lists none for the class)."""
+        if self.config.sentinel_price is not None:
+            return self.config.sentinel_price
+        return sentinel.job_class_price(self._call(sentinel.get_job_classes()), job_class)
+
+    def submit_evaluation(self, entry: BatchEntry) -> Submission:
+        """Submit one evaluation under the entry's own Idempotency-Key (its input is the request body;
+        local images are sent inline as ``data:`` URIs, read now so nothing large is kept)."""
+        sent_at = time.time()
+        data = self._call(sentinel.create_evaluation(self._evaluable(entry), idempotency_key=entry.idempotency_key))
+        return self._evaluation_submitted(data, entry, sent_at)
+
+    async def asubmit_evaluation(self, entry: BatchEntry) -> Submission:
+        """The async twin of :meth:`submit_evaluation` (the trigger); a local image is read off the loop."""
+        body = await asyncio.to_thread(self._evaluable, entry)
+        sent_at = time.time()
+        data = await self._acall(sentinel.create_evaluation(body, idempotency_key=entry.idempotency_key))
+        return self._evaluation_submitted(data, entry, sent_at)
+
+    def _evaluable(self, entry: BatchEntry) -> dict[str, Any]:
+        from airflow_provider_flux2.references import ReferenceResolver, reference_kind
+
+        resolver = ReferenceResolver(aws_conn_id=self.aws_conn_id)  # one per request: no data: URI is kept
+        return sentinel.with_image_urls(
+            entry.request.to_wire(),
+            lambda url, where: resolver.wire_url(url, where) if reference_kind(url) == "file" else url,
+        )
+
+    def _evaluation_submitted(self, data: Any, entry: BatchEntry, sent_at: float) -> Submission:
+        evaluation = sentinel.parse_evaluation(data)
+        replayed = protocol.was_replayed(data, sent_at)
+        self.log.info(
+            "%s evaluation %s (client_ref %s)", "Replayed" if replayed else "Submitted", evaluation.id, entry.client_ref
+        )
+        return Submission(run_ids=[evaluation.id], replayed=replayed)
+
+    def get_evaluation(self, evaluation_id: str, *, deadline: float | None = None) -> sentinel.Evaluation:
+        """Read an evaluation; ``deadline`` (epoch seconds) bounds the read and its retries."""
+        return sentinel.parse_evaluation(self._call(sentinel.get_evaluation(evaluation_id), deadline=deadline))
+
+    async def aget_evaluation(self, evaluation_id: str, *, deadline: float | None = None) -> sentinel.Evaluation:
+        """The async twin of :meth:`get_evaluation`."""
+        return sentinel.parse_evaluation(await self._acall(sentinel.get_evaluation(evaluation_id), deadline=deadline))
 
     def get_run(self, run_id: str, *, deadline: float | None = None) -> Run:
         """Read a run; ``deadline`` (epoch seconds) bounds the read and its retries."""

@@ -12,7 +12,9 @@ running twice during a failover, *replays* its submissions — the API answers w
 made and bills nothing again. Submissions are its only side effect; it writes nothing anywhere.
 
 With ``runs`` (or ``batches``) instead of jobs it only waits for runs sent elsewhere (the quality
-operator's regenerations).
+operator's regenerations). With ``kind="evaluation"`` its jobs are Runflow Sentinel evaluations of
+stored images (the quality operator's gate): the same window, sent and read through the hook's
+evaluation calls.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from airflow.triggers.base import BaseTrigger, TriggerEvent
 from airflow_provider_flux2.arguments import DEFAULT_POLL_INTERVAL, DEFAULT_TIMEOUT
 from airflow_provider_flux2.exceptions import FluxError, FluxValidationError
 from airflow_provider_flux2.hooks.flux import FluxHook
-from airflow_provider_flux2.window import POLL_ROUNDS, JobSpec, Poll, Submit, Window, rows_of
+from airflow_provider_flux2.window import POLL_ROUNDS, JobKind, JobSpec, Poll, Submit, Window, rows_of
 
 #: Requests one trigger has at the API at once (polls of a turn, or its submissions).
 CONCURRENCY = 8
@@ -63,6 +65,8 @@ class FluxGenerationTrigger(BaseTrigger):
     :param progress_interval: at most one progress line per this many seconds.
     :param attached: job index → ``[run id, batch id or None, attempt]`` of the runs an earlier try
         of the task sent: waited for by id instead of sent again (the API may have forgotten the keys).
+    :param kind: ``run`` (images) or ``evaluation`` (Sentinel evaluations: each job's input is the
+        evaluation request, its run id the evaluation id).
     """
 
     def __init__(
@@ -88,6 +92,7 @@ class FluxGenerationTrigger(BaseTrigger):
         progress_interval: float = 30.0,
         started_at: float | None = None,
         attached: dict[str, list[Any]] | None = None,
+        kind: str = "run",
     ) -> None:
         super().__init__()
         self.flux_conn_id = flux_conn_id
@@ -112,6 +117,9 @@ class FluxGenerationTrigger(BaseTrigger):
         self.progress_interval = progress_interval
         self.started_at = started_at
         self.attached = {str(k): list(v) for k, v in (attached or {}).items()}
+        if kind not in ("run", "evaluation"):
+            raise FluxValidationError(field="kind", value=kind, allowed="run or evaluation")
+        self.kind: JobKind = "evaluation" if kind == "evaluation" else "run"
         self._live: Window | None = None  # the window run() drives, for on_kill
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
@@ -136,6 +144,7 @@ class FluxGenerationTrigger(BaseTrigger):
                 "progress_interval": self.progress_interval,
                 "started_at": self.started_at,
                 **({"attached": self.attached} if self.attached else {}),
+                **({"kind": self.kind} if self.kind != "run" else {}),
             },
         )
 
@@ -187,6 +196,7 @@ class FluxGenerationTrigger(BaseTrigger):
                 resubmit_failed=self.resubmit_failed,
                 budget=Decimal(self.budget_usd) if self.budget_usd is not None else None,
                 poll_interval=self.poll_interval,
+                kind=self.kind,
             )
             since = self.started_at or time.time()
             for key, (run_id, batch_id, attempt) in self.attached.items():
@@ -250,7 +260,10 @@ class FluxGenerationTrigger(BaseTrigger):
 
     async def _send(self, hook: FluxHook, window: Window, submit: Submit) -> None:
         try:
-            if submit.is_batch:
+            if submit.kind == "evaluation":
+                (entry,) = window.entries(submit)
+                done = await hook.asubmit_evaluation(entry)
+            elif submit.is_batch:
                 done = await hook.acreate_batch(
                     window.entries(submit),
                     model=submit.model,
@@ -284,6 +297,9 @@ async def _observe(window: Window, poll: Poll, hook: FluxHook) -> None:
             window.observe_batch(await hook.aget_batch(poll.id, deadline=window.end_time), time.time())
         elif poll.kind == "items":
             window.observe_items(poll.id, await hook.aget_batch_items(poll.id, deadline=window.end_time), time.time())
+        elif poll.kind == "evaluation":
+            evaluation = await hook.aget_evaluation(poll.id, deadline=window.end_time)
+            window.observe_run(evaluation.as_run(), time.time())
         else:
             window.observe_run(await hook.aget_run(poll.id, deadline=window.end_time), time.time())
     except FluxError as error:
