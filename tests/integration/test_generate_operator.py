@@ -153,10 +153,27 @@ def test_over_budget_plan_sends_nothing(emulator, run_dag, task_states, tmp_path
     assert stats["requests"].get("create_run", 0) == 0 and stats["requests"].get("create_batch", 0) == 0
 
 
-def test_invalid_prompt_item_fails_before_anything_is_sent(emulator, run_dag, tmp_path):
-    dag = generate_dag("invalid", tmp_path, prompts=["ok", {"prompt": "x", "image_size": "huge"}])
+def test_invalid_prompt_item_fails_when_the_dag_is_parsed(tmp_path):
+    from airflow_provider_flux2.exceptions import FluxValidationError
+
+    with pytest.raises(FluxValidationError, match=r"prompts\[1\]: Invalid image_size: 'huge'"):
+        generate_dag("invalid", tmp_path, prompts=["ok", {"prompt": "x", "image_size": "huge"}])
+
+
+def test_invalid_templated_prompt_item_fails_before_anything_is_sent(emulator, run_dag, tmp_path, capfd):
+    with DAG(
+        dag_id("invalid_templated"),
+        schedule=None,
+        start_date=datetime(2026, 1, 1),
+        render_template_as_native_obj=True,
+        params={"items": ["ok", {"prompt": "x", "image_size": "huge"}]},
+    ) as dag:
+        FluxGenerateImageOperator(
+            task_id="generate", prompts="{{ params['items'] }}", output_uri=tmp_path.as_uri(), poll_interval=0.02
+        )
     assert run_dag(dag).state == "failed"
     assert emulator.stats()["runs_created"] == 0
+    assert "prompts[1]: Invalid image_size: 'huge'" in "".join(capfd.readouterr())
 
 
 @pytest.mark.parametrize(
