@@ -21,6 +21,10 @@ Profile = Literal["fast", "realistic"]
 Phase = Literal["queued", "dispatching", "running", "cold_start"]
 
 DEFAULT_MODERATION_MARKER = "NSFW_TEST"
+#: In an evaluation's task description or prompt, this fails Sentinel's verdict (``…_ONCE``: only the first image).
+DEFAULT_SENTINEL_FAIL_MARKER = "SENTINEL_FAIL"
+#: What one Sentinel evaluation costs in the emulator (Runflow's job classes carry the real price).
+DEFAULT_EVALUATION_PRICE = Decimal("0.010")
 DEFAULT_CALLBACK_SECRET = "emulator-callback-secret"
 
 
@@ -54,6 +58,12 @@ class EmulatorConfig(BaseModel):
     #: Seconds an Idempotency-Key is remembered (``None``: for ever). Runflow documents no retention:
     #: past it, a create sent again under the same key makes — and bills — a new run.
     key_retention: float | None = Field(None, gt=0)
+    #: The price of one Sentinel evaluation (``standard``), billed when it completes.
+    evaluation_price_usd: Decimal = DEFAULT_EVALUATION_PRICE
+    #: Seconds an evaluation takes in all (``None``: the profile's, tens of seconds when realistic).
+    evaluation_seconds: float | None = Field(None, ge=0)
+    #: Text in an evaluation's task description or prompt that fails its verdict (see emulator/evaluations.py).
+    sentinel_fail_marker: str = Field(DEFAULT_SENTINEL_FAIL_MARKER, min_length=1)
 
     @field_validator("latency")
     @classmethod
@@ -69,6 +79,11 @@ class EmulatorConfig(BaseModel):
         # Parsed by the pricing module so 0.1 means exactly ten cents, never a binary float.
         return None if value is None or value == "" else to_usd(value, "credit_usd")
 
+    @field_validator("evaluation_price_usd", mode="before")
+    @classmethod
+    def _evaluation_price(cls, value: Any) -> Decimal:
+        return to_usd(value, "evaluation_price_usd")
+
     @field_validator("disabled_models", "batch_unsupported_models")
     @classmethod
     def _models(cls, value: list[str]) -> list[str]:
@@ -80,8 +95,8 @@ class EmulatorConfig(BaseModel):
         PriceTable().with_overrides(value)  # raises FluxValidationError (a ValueError) on a bad table
         return value
 
-    @field_serializer("credit_usd")
-    def _credit_text(self, value: Decimal | None) -> str | None:
+    @field_serializer("credit_usd", "evaluation_price_usd")
+    def _money_text(self, value: Decimal | None) -> str | None:
         return None if value is None else str(value)
 
     def price_table(self) -> PriceTable:

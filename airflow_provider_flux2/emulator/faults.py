@@ -10,7 +10,9 @@ order; the first that fires wins and later rules do not see that request.
 Request-level kinds (``rate_limit``, ``server_error``, ``http_error``, ``drop``, ``stall``, and on downloads
 ``url_expired``, ``slow_download``) are decided once per HTTP request. Run-level kinds
 (``run_failure``, ``moderation``, ``nsfw``, ``blank_image``, ``duplicate_image``, ``low_score``)
-are decided once per created run, so on ``create_batch`` once per item.
+are decided once per created run, so on ``create_batch`` once per item. On ``create_evaluation``,
+``run_failure`` (the evaluation ends ``failed``) and ``low_score`` (a failing verdict) are decided
+once per created evaluation; a ``"*"`` rule never reaches evaluations with a run-level kind.
 """
 
 from __future__ import annotations
@@ -25,13 +27,25 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from airflow_provider_flux2.models import Variant, resolve_variant
 
 EndpointName = Literal[
-    "create_run", "create_batch", "get_run", "get_batch", "get_batch_items", "download", "health", "*"
+    "create_run",
+    "create_batch",
+    "get_run",
+    "get_batch",
+    "get_batch_items",
+    "download",
+    "health",
+    "create_evaluation",
+    "get_evaluation",
+    "list_job_classes",
+    "*",
 ]
 ENDPOINTS = tuple(name for name in get_args(EndpointName) if name != "*")
 CREATE_ENDPOINTS = ("create_run", "create_batch")
 HTTP_KINDS = frozenset({"rate_limit", "server_error", "http_error", "drop", "stall"})
 DOWNLOAD_KINDS = frozenset({"url_expired", "slow_download"})
 RUN_KINDS = frozenset({"run_failure", "moderation", "nsfw", "blank_image", "duplicate_image", "low_score"})
+#: Run-level kinds that also decide how an evaluation ends (on ``create_evaluation``).
+EVALUATION_KINDS = frozenset({"run_failure", "low_score"})
 KINDS = HTTP_KINDS | DOWNLOAD_KINDS | RUN_KINDS
 Category = Literal["request", "run"]
 
@@ -343,6 +357,11 @@ def _category(loc: list[Any], endpoint: str, kinds: set[str]) -> Category:
     if not kinds:
         return "request"  # a sequence of only "ok": never fires
     if kinds <= RUN_KINDS:
+        if endpoint == "create_evaluation":
+            if not kinds <= EVALUATION_KINDS:
+                msg = f"{sorted(kinds - EVALUATION_KINDS)} do not apply to evaluations: use run_failure or low_score"
+                raise PlanError([_error([*loc, "fault"], msg)])
+            return "run"
         if endpoint not in (*CREATE_ENDPOINTS, "*"):
             raise PlanError(
                 [_error([*loc, "endpoint"], f"{sorted(kinds)} apply to created runs: use create_run or create_batch")]

@@ -35,6 +35,17 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from airflow_provider_flux2.emulator.config import ConfigError
+from airflow_provider_flux2.emulator.evaluations import (
+    JOB_CLASSES,
+    MAX_IMAGE_BYTES,
+    EvaluationRecord,
+    ImageStats,
+    data_uri_bytes,
+    evaluation_object,
+    image_stats,
+    job_classes_object,
+    statuses_object,
+)
 from airflow_provider_flux2.emulator.faults import Fault, FaultPlan, PlanError
 from airflow_provider_flux2.emulator.images import ImageSpec, cache_status, render, resize_cache
 from airflow_provider_flux2.emulator.state import (
@@ -235,6 +246,7 @@ class Context:
     run: RunRecord | None = None
     batch: BatchRecord | None = None
     throttle: int | None = None  # bytes per second, set by a slow_download fault
+    evaluation: EvaluationRecord | None = None
 
 
 Handler = Callable[[Request, Context], Awaitable[Response]]
@@ -260,6 +272,10 @@ class EmulatorApp:
             Route("/v1/batches/{batch_id}", self.get_batch, methods=["GET"]),
             Route("/v1/batches/{batch_id}/items", self.get_batch_items, methods=["GET"]),
             Route("/v1/billing/balance", self.get_balance, methods=["GET"]),
+            Route("/v1/evaluations", self.create_evaluation, methods=["POST"]),
+            Route("/v1/evaluations/job-classes", self.list_job_classes, methods=["GET"]),
+            Route("/v1/evaluations/statuses", self.evaluation_statuses, methods=["GET"]),
+            Route("/v1/evaluations/{evaluation_id}", self.get_evaluation, methods=["GET"]),
             Route("/_files/{run_id}/{name}", self.download, methods=["GET"]),
             Route("/_emulator/ledger", self.ledger, methods=["GET"]),
             Route("/_emulator/stats", self.stats, methods=["GET"]),
@@ -430,6 +446,105 @@ class EmulatorApp:
 
     async def download(self, request: Request) -> Response:
         return await self._serve(request, "download", self._download, self._about_run, auth=False)
+
+    async def create_evaluation(self, request: Request) -> Response:
+        return await self._serve(request, "create_evaluation", self._create_evaluation, self._about_evaluation_create)
+
+    async def get_evaluation(self, request: Request) -> Response:
+        return await self._serve(request, "get_evaluation", self._get_evaluation, self._about_evaluation)
+
+    async def list_job_classes(self, request: Request) -> Response:
+        async def handle(request: Request, context: Context) -> Response:
+            return JSONResponse(job_classes_object(self.state.config))
+
+        return await self._serve(request, "list_job_classes", handle)
+
+    async def evaluation_statuses(self, request: Request) -> Response:
+        async def handle(request: Request, context: Context) -> Response:
+            return JSONResponse(statuses_object())
+
+        return await self._serve(request, "evaluation_statuses", handle)
+
+    # -- Sentinel evaluations (emulator/evaluations.py decides them) -----------------------------------
+
+    async def _about_evaluation_create(self, request: Request) -> Context:
+        context = Context(raw=await request.body())
+        try:
+            context.body = json.loads(context.raw) if context.raw else None
+        except (ValueError, UnicodeDecodeError):
+            context.body_ok = False
+        if isinstance(context.body, dict):
+            texts = (context.body.get("generation_prompt"), context.body.get("task_description"))
+            context.prompts = [" ".join(t for t in texts if isinstance(t, str))]
+        return context
+
+    async def _about_evaluation(self, request: Request) -> Context:
+        record = self.state.evaluations.get(request.path_params["evaluation_id"])
+        return Context(prompts=[record.prompt], evaluation=record) if record else Context()
+
+    async def _create_evaluation(self, request: Request, context: Context) -> Response:
+        """``POST /v1/evaluations``: validated, replayed under a known key, the image read and measured
+        (a ``data:`` URI, or a loopback URL fetched as the API would), the balance pre-flighted → 202."""
+        key = request.headers.get("idempotency-key") or None
+        try:
+            if not context.body_ok:
+                raise RequestError(400, "BAD_REQUEST", "The request body is not valid JSON")
+            replay = self._replay(key, request, context)
+            if replay is not None:
+                return replay
+            with self._creating(key):
+                body = _evaluation_request(context.body)
+                stats, problem = await self._read_image(str(body["generated_image_url"]))
+                if self.state.config.create_delay:
+                    await self._sleep(self.state.config.create_delay)
+                self.state.check_credit(self.state.config.evaluation_price_usd)
+                record = self.state.create_evaluation(body, stats=stats, problem=problem, idempotency_key=key)
+                payload = evaluation_object(record, record.created, iso, ORG_ID)
+                self._remember(key, request, context, payload, status=202)
+        except RequestError as exc:
+            return exc.response()
+        except InsufficientCreditError as exc:
+            return error(402, "INSUFFICIENT_CREDIT", f"Insufficient credit: {exc}")
+        return JSONResponse(payload, status_code=202)
+
+    async def _get_evaluation(self, request: Request, context: Context) -> Response:
+        evaluation_id = request.path_params["evaluation_id"]
+        if not is_uuid(evaluation_id):
+            return _not_a_uuid("evaluation_id", evaluation_id)
+        if context.evaluation is None:
+            return error(404, "EVALUATION_NOT_FOUND", f"No evaluation {evaluation_id!r}")
+        return JSONResponse(evaluation_object(context.evaluation, self.state.clock(), iso, ORG_ID))
+
+    async def _read_image(self, url: str) -> tuple[ImageStats | None, str | None]:
+        """The image's statistics, and why it could not be read; ``(None, None)`` for an image not ours to
+        fetch (a host other than loopback, a ``runflow://`` asset): judged from the prompt alone."""
+        data: bytes | None = None
+        if url.startswith("data:"):
+            data = data_uri_bytes(url)
+            if data is None:
+                return None, "the data: URI is not base64"
+        elif url.startswith(("http://", "https://")) and httpx.URL(url).host in _LOOPBACK_HOSTS:
+            try:
+                async with (
+                    httpx.AsyncClient(timeout=httpx.Timeout(10.0), follow_redirects=True, trust_env=False) as client,
+                    client.stream("GET", url) as response,
+                ):
+                    if response.status_code != 200:
+                        return None, f"fetching the image answered HTTP {response.status_code}"
+                    chunks = []
+                    size = 0
+                    async for chunk in response.aiter_bytes():
+                        size += len(chunk)
+                        if size > MAX_IMAGE_BYTES:
+                            return None, f"the image is larger than {MAX_IMAGE_BYTES} bytes"
+                        chunks.append(chunk)
+                    data = b"".join(chunks)
+            except httpx.HTTPError as exc:
+                return None, f"the image could not be fetched ({type(exc).__name__})"
+        if data is None:
+            return None, None
+        stats = await anyio.to_thread.run_sync(image_stats, data)
+        return (stats, None) if stats is not None else (None, "the bytes are not an image")
 
     async def _create_run(self, request: Request, context: Context) -> Response:
         key = request.headers.get("idempotency-key") or None
@@ -624,10 +739,12 @@ class EmulatorApp:
         # The real API marks no replay (protocol.md): the same body, the same ids, nothing more.
         return JSONResponse(stored.body, status_code=stored.status)
 
-    def _remember(self, key: str | None, request: Request, context: Context, body: dict[str, Any]) -> None:
+    def _remember(
+        self, key: str | None, request: Request, context: Context, body: dict[str, Any], *, status: int = 201
+    ) -> None:
         if key:
             self.state.idempotency[key] = StoredResponse(
-                self._fingerprint(request, context), 201, body, at=self.state.clock()
+                self._fingerprint(request, context), status, body, at=self.state.clock()
             )
 
     def _run_spec(self, variant: Variant, context: Context, request: Request, key: str | None) -> RunSpec:
@@ -970,6 +1087,51 @@ async def _measure_references(spec: RunSpec, loc: list[Any]) -> None:
                 raise _invalid([*loc, "image_urls", index], msg, shown)
             sizes.append(size)
     spec.request = spec.request.with_references(urls, sizes)
+
+
+_IMAGE_FORMS = "an https:// URL, runflow://assets/{uuid} or a data:image/ URI"
+
+
+def _evaluation_image(value: Any, loc: list[Any]) -> str:
+    if not isinstance(value, str) or not (
+        value.startswith(("https://", "http://", "runflow://assets/"))
+        or (value.startswith("data:image/") and "," in value)
+    ):
+        shown = value[:40] if isinstance(value, str) else value
+        raise _invalid(loc, _IMAGE_FORMS, shown)
+    return value
+
+
+def _evaluation_request(body: Any) -> dict[str, Any]:
+    """A ``POST /v1/evaluations`` body checked as the API reference types it: ``generated_image_url`` and
+    ``task_type`` required, up to four references, ``run_id`` a UUID, a known ``job_class``."""
+    if not isinstance(body, dict):
+        raise _invalid(["body"], "a JSON object with generated_image_url and task_type", body)
+    out = dict(body)
+    out["generated_image_url"] = _evaluation_image(body.get("generated_image_url"), ["generated_image_url"])
+    task_type = body.get("task_type")
+    if not isinstance(task_type, str) or not task_type.strip():
+        raise _invalid(["task_type"], "a non-empty string", task_type)
+    for name in ("task_description", "generation_prompt", "evaluation_instructions"):
+        if body.get(name) is not None and not isinstance(body[name], str):
+            raise _invalid([name], "a string", body[name])
+    references = body.get("reference_images") or []
+    if not isinstance(references, list) or len(references) > 4:
+        raise _invalid(["reference_images"], "a list of at most 4 objects {url, kind, description}", references)
+    for index, reference in enumerate(references):
+        if not isinstance(reference, dict):
+            raise _invalid(["reference_images", index], "an object {url, kind, description}", reference)
+        _evaluation_image(reference.get("url"), ["reference_images", index, "url"])
+    run_id = body.get("run_id")
+    if run_id is not None and not (isinstance(run_id, str) and is_uuid(run_id)):
+        raise _invalid(["run_id"], "a run id (UUID)", run_id)
+    out["client_ref"] = _client_ref(body.get("client_ref"), ["client_ref"])
+    job_class = body.get("job_class") or "standard"
+    if job_class not in JOB_CLASSES:
+        raise _invalid(["job_class"], f"one of {', '.join(JOB_CLASSES)}", job_class)
+    out["job_class"] = job_class
+    out["callback_url"] = _callback_url(body.get("callback_url"))
+    return out
 
 
 def _field_parts(dotted: str) -> list[Any]:

@@ -22,6 +22,14 @@ from decimal import Decimal
 from typing import Any
 
 from airflow_provider_flux2.emulator.config import EmulatorConfig
+from airflow_provider_flux2.emulator.evaluations import (
+    EvaluationRecord,
+    ImageStats,
+    asset_url,
+    decide_verdict,
+    evaluation_phases,
+    reference_echo,
+)
 from airflow_provider_flux2.emulator.faults import Fault, FaultPlan
 from airflow_provider_flux2.emulator.images import ImageSpec, Style
 from airflow_provider_flux2.emulator.schedule import Fleet, Timeline, peak_overlap, sample_phases
@@ -295,6 +303,9 @@ class EmulatorState:
         self.config = self.startup_config
         self.runs: dict[str, RunRecord] = {}
         self.batches: dict[str, BatchRecord] = {}
+        self.evaluations: dict[str, EvaluationRecord] = {}
+        #: ``SENTINEL_FAIL_ONCE``: the images (by digest) failed for each prompt.
+        self.failed_once: dict[str, set[str]] = {}
         self.idempotency: dict[str, StoredResponse] = {}
         #: Keys of creates still being processed: a second create under one of them is a 409 (a race).
         self.creating: set[str] = set()
@@ -333,8 +344,9 @@ class EmulatorState:
     # -- money ---------------------------------------------------------------------------------------
 
     def committed(self) -> Decimal:
-        """The cost of every run that has succeeded or will: credit already spoken for."""
-        return sum((r.cost for r in self.runs.values() if r.outcome.succeeded), Decimal("0"))
+        """The cost of every run (and evaluation) that has succeeded or will: credit already spoken for."""
+        runs = sum((r.cost for r in self.runs.values() if r.outcome.succeeded), Decimal("0"))
+        return runs + sum((e.price for e in self.evaluations.values() if e.verdict.completed), Decimal("0"))
 
     def check_credit(self, cost: Decimal) -> None:
         """Refuse a request when ``credit_usd`` is set and ``cost`` is more than what remains."""
@@ -440,6 +452,53 @@ class EmulatorState:
         self.batches[batch.id] = batch
         return batch
 
+    def create_evaluation(
+        self,
+        body: dict[str, Any],
+        *,
+        stats: ImageStats | None,
+        idempotency_key: str | None,
+        problem: str | None = None,
+    ) -> EvaluationRecord:
+        """Create one evaluation: decide its verdict (markers, image statistics, a fault) and schedule it."""
+        now = self.clock()
+        texts = [str(body.get("generation_prompt") or ""), str(body.get("task_description") or "")]
+        fault = self.plan.select("create_evaluation", "run", [" ".join(texts)], None)
+        once = f"{self.config.sentinel_fail_marker}_once".lower() in " ".join(texts).lower()
+        key, digest = "\x1f".join(texts), stats.digest if stats else ""
+        failed_before = once and (key not in self.failed_once or digest in self.failed_once[key])
+        verdict = decide_verdict(
+            self.config,
+            task_type=str(body.get("task_type") or ""),
+            texts=texts,
+            stats=stats,
+            fault=fault,
+            failed_before=failed_before,
+            problem=problem,
+        )
+        if once and verdict.overall_passed is False:
+            self.failed_once.setdefault(key, set()).add(digest)
+        pending, running = evaluation_phases(self.config, self.rng)
+        record = EvaluationRecord(
+            id=new_id(),
+            body=body,
+            created=now,
+            start=now + pending,
+            end=now + pending + running,
+            verdict=verdict,
+            price=self.config.evaluation_price_usd,
+            job_class=str(body.get("job_class") or "standard"),
+            idempotency_key=idempotency_key,
+            stats=stats,
+            fault=fault,
+            echo_url=asset_url(str(body.get("generated_image_url") or "")),
+            references=reference_echo(list(body.get("reference_images") or [])),
+        )
+        self.evaluations[record.id] = record
+        if fault is not None:
+            self.record_fault("create_evaluation", fault, evaluation_id=record.id)
+        return record
+
     def _duplicate_source(self, fault: Fault | None, seed: int, previous: RunRecord | None) -> tuple[str, int] | None:
         """The (prompt, seed) a ``duplicate_image`` fault renders: ``of_prompt``, else the run before."""
         if fault is None or fault.kind != "duplicate_image":
@@ -475,8 +534,9 @@ class EmulatorState:
         """Every billed run, in the order they were billed, and the total."""
         now = self.clock()
         billed = sorted((r for r in self.runs.values() if r.billed(now)), key=lambda r: r.timeline.end)
-        entries = [
+        entries: list[dict[str, Any]] = [
             {
+                "kind": "run",
                 "run_id": run.id,
                 "idempotency_key": run.idempotency_key,
                 "client_ref": run.client_ref,
@@ -491,7 +551,21 @@ class EmulatorState:
             }
             for run in billed
         ]
-        total = sum((run.cost for run in billed), Decimal("0"))
+        evaluated = sorted((e for e in self.evaluations.values() if e.billed(now)), key=lambda e: e.end)
+        entries += [
+            {
+                "kind": "evaluation",
+                "evaluation_id": evaluation.id,
+                "idempotency_key": evaluation.idempotency_key,
+                "client_ref": evaluation.client_ref,
+                "job_class": evaluation.job_class,
+                "cost": usd(evaluation.price),
+                "billed_at": iso(evaluation.end),
+            }
+            for evaluation in evaluated
+        ]
+        entries.sort(key=lambda entry: str(entry["billed_at"]))
+        total = sum((run.cost for run in billed), Decimal("0")) + sum((e.price for e in evaluated), Decimal("0"))
         credit = self.config.credit_usd
         return {
             "entries": entries,
@@ -508,6 +582,8 @@ class EmulatorState:
             "runs_created": len(self.runs),
             "batches_created": len(self.batches),
             "runs_by_status": dict(statuses),
+            "evaluations_created": len(self.evaluations),
+            "evaluations_by_status": dict(Counter(e.status(now) for e in self.evaluations.values())),
             "max_concurrent_runs": peak_overlap((r.timeline.created, r.timeline.end) for r in self.runs.values()),
             "max_running_runs": peak_overlap((r.timeline.start, r.timeline.end) for r in self.runs.values()),
             "faults_fired": list(self.faults_fired),
