@@ -122,6 +122,12 @@ def get_provider_info() -> dict[str, Any]:
                         "description": "Budget of a task that sets no budget_usd, e.g. 25.00 (exact, in dollars). "
                         "Empty: no cap (the plan line warns).",
                     },
+                    "max_requests_per_second": {
+                        "label": "Max requests per second",
+                        "schema": {"type": ["number", "null"]},
+                        "description": "The organisation's request-rate limit, when known; empty: learned from "
+                        "the API's 429s.",
+                    },
                     "allow_plain_http": {
                         "label": "Allow plain HTTP",
                         "schema": {"type": ["boolean", "null"], "default": False},

@@ -32,6 +32,7 @@ from decimal import Decimal
 from typing import Any, Literal
 
 from airflow_provider_flux2 import protocol
+from airflow_provider_flux2.exceptions import FluxRateLimitError
 from airflow_provider_flux2.megapixels import billed_megapixels
 from airflow_provider_flux2.models import Batch, FluxInput, Run, RunStatus
 from airflow_provider_flux2.money import cents
@@ -64,6 +65,10 @@ class BatchEntry:
     idempotency_key: str
 
 
+#: The longest pause between polls of runs the API holds queued (behind its concurrency cap).
+QUEUED_MAX_INTERVAL = 30.0
+
+
 def adaptive_poll_interval(
     statuses: Iterable[RunStatus | str], *, base: float, elapsed: float, expected: float
 ) -> float:
@@ -74,13 +79,17 @@ def adaptive_poll_interval(
     :param expected: the expected generation time of the largest image awaited (``expected_duration``).
 
     A queue is polled every ``2 × base`` (or ``expected / 2``, at most ``4 × base``): a cold start takes
-    5–10 s. A running batch far from its expected end is polled every half of the time left (at most
-    ``4 × base``); within ``2 × base`` of it, every ``base``.
+    5–10 s. Runs still queued long past their expected end (twice it, plus :data:`QUEUED_MAX_INTERVAL`)
+    are held by the model's concurrency cap: they are polled ever less often, every quarter of their
+    age, at most :data:`QUEUED_MAX_INTERVAL`. A running batch far from its expected end is polled every
+    half of the time left (at most ``4 × base``); within ``2 × base`` of it, every ``base``.
     """
     states = {RunStatus(s) for s in statuses}
     if not states:
         return base
     if states <= {RunStatus.QUEUED}:
+        if elapsed > 2 * expected + QUEUED_MAX_INTERVAL:  # queued long past its end: held by the model's cap
+            return min(QUEUED_MAX_INTERVAL, max(4 * base, elapsed / 4))
         return min(4 * base, max(2 * base, expected / 2))
     remaining = expected - elapsed
     if remaining > 2 * base:
@@ -538,6 +547,12 @@ class Window:
         if not protocol.is_transient(error):
             self.error = f"Reading {poll.kind} {poll.id} failed: {_typed(error)}"
             self.drain_on_error = False  # the runs cannot be read: nothing to wait for
+            return
+        if isinstance(error, FluxRateLimitError):
+            # Asked to slow down, not a silent API: no failed poll, no outage; read again a little later
+            # (the connection's rate limiter has already cut the pace of every request).
+            delay = max(2 * self.poll_interval, error.retry_after or 0.0)
+            self._due[(poll.kind, poll.id)] = now + delay * (1 + protocol.JITTER * random.random())
             return
         self.poll_failures += 1
         if self.outage_since is None:

@@ -43,6 +43,7 @@ CONNECTION_EXTRAS = (
     "prices",
     "edit_models",
     "max_task_spend_usd",
+    "max_requests_per_second",
     "sentinel_price_usd",
 )
 #: Other names people write for them.
@@ -89,6 +90,8 @@ class FluxConnectionConfig:
     edit_models: Mapping[str, str] = field(default_factory=dict)
     #: One Sentinel evaluation's price (``sentinel_price_usd``), instead of the API's job classes.
     sentinel_price: Decimal | None = None
+    #: The organisation's request-rate limit when known (``max_requests_per_second``); else learned from 429s.
+    max_requests_per_second: float | None = None
 
     @property
     def secrets(self) -> tuple[str, ...]:
@@ -160,6 +163,11 @@ class FluxConnectionConfig:
                 to_usd(extra["max_task_spend_usd"], "max_task_spend_usd") if "max_task_spend_usd" in extra else None
             ),
             edit_models=_edit_models(extra.get("edit_models")),
+            max_requests_per_second=(
+                _number(extra["max_requests_per_second"], "max_requests_per_second", 0.01, 10000.0, open_low=True)
+                if "max_requests_per_second" in extra
+                else None
+            ),
             sentinel_price=(
                 to_usd(extra["sentinel_price_usd"], "sentinel_price_usd") if "sentinel_price_usd" in extra else None
             ),

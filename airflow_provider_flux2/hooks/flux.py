@@ -24,7 +24,7 @@ from airflow.sdk import BaseHook
 from PIL import Image
 
 import airflow_provider_flux2.hooks.transport as transport
-from airflow_provider_flux2 import metrics, protocol, sentinel
+from airflow_provider_flux2 import metrics, protocol, ratelimit, sentinel
 from airflow_provider_flux2.exceptions import (
     BudgetOverrunError,
     FluxAPIError,
@@ -36,6 +36,7 @@ from airflow_provider_flux2.exceptions import (
     FluxImageError,
     FluxModerationError,
     FluxNotFoundError,
+    FluxRateLimitError,
     FluxRequestTimeoutError,
     FluxTimeoutError,
     FluxValidationError,
@@ -371,18 +372,45 @@ class FluxHook(BaseHook):
             url=protocol.url_for_humans(request.url(self.config.base_url)),
         )
 
+    @property
+    def limiter(self) -> ratelimit.AdaptiveRateLimiter:
+        """The process's request-rate limiter for this connection (shared by every hook on it)."""
+        config = self.config
+        return ratelimit.limiter_for(config.conn_id, config.base_url, config.max_requests_per_second)
+
+    def _turn(self, request: protocol.ApiRequest, attempt: int, deadline: float | None) -> float:
+        """Seconds to wait for the rate limiter's token before this attempt (refused past ``deadline``)."""
+        wait = self.limiter.reserve(time.time())
+        if wait and deadline is not None and time.time() + wait >= deadline:
+            raise self._past_deadline(request, attempt - 1)
+        return wait
+
+    def _outcome(self, error: BaseException | None) -> None:
+        """Tell the limiter how the API answered: a 429 cuts the rate, any other answer lets it grow."""
+        if isinstance(error, FluxRateLimitError):
+            self.limiter.throttled(time.time())
+        elif error is None or isinstance(error, (FluxAPIError, FluxValidationError)):
+            self.limiter.answered(time.time())
+
     def _call(self, request: protocol.ApiRequest, *, deadline: float | None = None) -> Any:
         """Send ``request`` with retries; ``deadline`` (wall-clock epoch seconds) bounds every attempt
-        and every pause, so a wait's poll never outlives the wait."""
+        and every pause, so a wait's poll never outlives the wait. Every attempt waits its turn at the
+        connection's rate limiter first."""
         client = self.get_conn()
         attempt = 0
         while True:
             attempt += 1
+            if wait := self._turn(request, attempt, deadline):
+                time.sleep(wait)
             seconds = self._attempt_seconds(request, attempt, deadline)
             try:
-                return self._exchange(client, request, seconds)
+                result = self._exchange(client, request, seconds)
             except (FluxAPIError, FluxValidationError, httpx.TransportError) as error:
+                self._outcome(error)
                 time.sleep(self._pause(request, attempt, error, deadline))
+                continue
+            self._outcome(None)
+            return result
 
     async def _acall(self, request: protocol.ApiRequest, *, deadline: float | None = None) -> Any:
         """The async twin of :meth:`_call` (the trigger passes its ``end_time`` as ``deadline``)."""
@@ -390,11 +418,17 @@ class FluxHook(BaseHook):
         attempt = 0
         while True:
             attempt += 1
+            if wait := self._turn(request, attempt, deadline):
+                await asyncio.sleep(wait)
             seconds = self._attempt_seconds(request, attempt, deadline)
             try:
-                return await self._aexchange(client, request, seconds)
+                result = await self._aexchange(client, request, seconds)
             except (FluxAPIError, FluxValidationError, httpx.TransportError) as error:
+                self._outcome(error)
                 await asyncio.sleep(self._pause(request, attempt, error, deadline))
+                continue
+            self._outcome(None)
+            return result
 
     # -- API ----------------------------------------------------------------------------------------
 

@@ -302,3 +302,18 @@ def test_a_lasting_poll_error_still_stops_the_window_and_a_refused_submission_st
     api.accept(win, submit, T0)
     win.poll_failed(win.polls(T0 + 100)[0], FluxValidationError(field="x", value=1, allowed="y"), T0 + 100)
     assert win.status(T0 + 100) == "error"
+
+
+def test_a_429_is_not_a_failed_poll_the_read_comes_again_a_little_later():
+    from airflow_provider_flux2.exceptions import FluxRateLimitError
+
+    win, api = window(2, max_in_flight=2, chunk=2), FakeAPI()
+    (submit,) = win.submissions(T0)
+    api.accept(win, submit, T0)
+    (poll,) = win.polls(T0 + 100)
+    slow_down = FluxRateLimitError(status_code=429, code="RATE_LIMITED", message="slow down", retry_after=None)
+    for n in range(20):
+        win.poll_failed(poll, slow_down, T0 + 100 + n)
+    assert win.poll_failures == 0 and win.outage_since is None and win.outage_line(T0 + 1000) is None
+    assert win.error is None and not win.finished(T0 + 200)
+    assert win.wakeup(T0 + 119) >= T0 + 119 + 2 * win.poll_interval  # backed off, not hammered
