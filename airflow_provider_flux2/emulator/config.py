@@ -39,6 +39,15 @@ class EmulatorConfig(BaseModel):
     latency: dict[Phase, float] | None = None
     cold_start_fraction: float = Field(0.2, ge=0, le=1)
     fleet_size: int | None = Field(None, ge=1)
+    #: Runflow's documented limits (concepts/rate-limits), off by default. ``rate_limit_rps``: requests a
+    #: second per API key (a token bucket of ``rate_limit_burst``; past it 429 RATE_LIMITED, with no
+    #: headers unless ``rate_limit_retry_after``); ``model_concurrency``: runs of one model generating at
+    #: once (the rest wait in ``queued``, their latency clock starting when they leave the queue). Both
+    #: are in the emulator's own seconds: ``time_scale`` 0.1 allows ten times the requests a real second.
+    rate_limit_rps: float | None = Field(None, gt=0)
+    rate_limit_burst: int = Field(10, ge=1)
+    rate_limit_retry_after: bool = False
+    model_concurrency: int | None = Field(None, ge=1)
     moderation_marker: str = Field(DEFAULT_MODERATION_MARKER, min_length=1)
     moderation_mode: Literal["flag", "fail"] = "flag"
     credit_usd: Decimal | None = None

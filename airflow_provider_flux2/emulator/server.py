@@ -339,6 +339,9 @@ class EmulatorApp:
         self.state.count(endpoint)
         if auth and (denied := self._unauthorized(request)) is not None:
             return denied
+        if auth and not self.state.take_token(_key_digest(request)):
+            headers = {"Retry-After": "1"} if self.state.config.rate_limit_retry_after else None
+            return error(429, "RATE_LIMITED", "Too many requests for this organisation; slow down", headers=headers)
         context = await about(request) if about else Context()
         fault = self.state.plan.select(endpoint, "request", context.prompts, context.variant)
         if fault is None:
@@ -1176,3 +1179,8 @@ async def _json_object(request: Request) -> dict[str, Any] | Response:
     if not isinstance(body, dict):
         return error(422, "VALIDATION_ERROR", "Expected a JSON object", [_err(["body"], "a JSON object", body)])
     return body
+
+
+def _key_digest(request: Request) -> str:
+    """The request's API key, as a digest (the rate limit is per key; the key itself is never kept)."""
+    return hashlib.sha256(request.headers.get("authorization", "").encode()).hexdigest()[:16]

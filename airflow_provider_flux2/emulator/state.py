@@ -314,7 +314,40 @@ class EmulatorState:
         self.faults_fired: list[dict[str, Any]] = []
         self.callbacks: list[dict[str, Any]] = []
         self.fleet = Fleet(self.config.fleet_size)
+        #: ``model_concurrency``: one fleet per model id.
+        self.model_fleets: dict[str, Fleet] = {}
+        #: ``rate_limit_rps``: API key digest → (tokens, when last filled).
+        self.buckets: dict[str, tuple[float, float]] = {}
+        self.rate_limited = 0
         self.rng = random.Random(self.config.random_seed)
+
+    def _fleet(self, model_id: str) -> Fleet:
+        """Where a new run of ``model_id`` waits for a slot: its model's fleet under ``model_concurrency``."""
+        if self.config.model_concurrency is None:
+            return self.fleet
+        fleet = self.model_fleets.get(model_id)
+        if fleet is None or fleet.size != self.config.model_concurrency:
+            now = self.clock()
+            busy = [r.timeline.end for r in self.runs.values() if r.model_id == model_id and r.timeline.end > now]
+            fleet = self.model_fleets[model_id] = Fleet(self.config.model_concurrency, busy)
+        return fleet
+
+    def take_token(self, key: str) -> bool:
+        """One request of API key ``key`` under ``rate_limit_rps``: ``False`` when it is over the limit."""
+        rps = self.config.rate_limit_rps
+        if rps is None:
+            return True
+        rate = rps / self.config.time_scale if self.config.time_scale > 0 else float("inf")
+        burst = float(self.config.rate_limit_burst)
+        now = self.clock()
+        tokens, at = self.buckets.get(key, (burst, now))
+        tokens = min(burst, tokens + (now - at) * rate)
+        if tokens < 1.0:
+            self.buckets[key] = (tokens, now)
+            self.rate_limited += 1
+            return False
+        self.buckets[key] = (tokens - 1.0, now)
+        return True
 
     def forget_keys(self) -> int:
         """Forget every stored Idempotency-Key (Runflow documents no retention for them); returns how many."""
@@ -403,7 +436,7 @@ class EmulatorState:
             request=request,
             seed=seed,
             upsampled_prompt=upsample(spec.variant, request.prompt),
-            timeline=self.fleet.place(now, phases),
+            timeline=self._fleet(spec.model_id).place(now, phases),
             outcome=outcome,
             price=price,
             billed_mp=billed_mp,
@@ -586,6 +619,13 @@ class EmulatorState:
             "evaluations_by_status": dict(Counter(e.status(now) for e in self.evaluations.values())),
             "max_concurrent_runs": peak_overlap((r.timeline.created, r.timeline.end) for r in self.runs.values()),
             "max_running_runs": peak_overlap((r.timeline.start, r.timeline.end) for r in self.runs.values()),
+            "max_running_by_model": {
+                model: peak_overlap(
+                    (r.timeline.start, r.timeline.end) for r in self.runs.values() if r.model_id == model
+                )
+                for model in sorted({r.model_id for r in self.runs.values()})
+            },
+            "rate_limited": self.rate_limited,
             "faults_fired": list(self.faults_fired),
             "callbacks": list(self.callbacks),
         }
