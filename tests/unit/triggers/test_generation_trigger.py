@@ -123,7 +123,12 @@ def test_nothing_blocks_the_event_loop(emulator, caplog):
     with caplog.at_level(logging.WARNING, logger="asyncio"):
         (event,) = asyncio.run(main(), debug=True)
     assert event["status"] == "success"
-    slow = [r.getMessage() for r in caplog.records if r.name == "asyncio" and "took" in r.getMessage()]
+    # asyncio.run's own teardown (shutdown_default_executor) is not the trigger's: a busy machine slows it.
+    slow = [
+        r.getMessage()
+        for r in caplog.records
+        if r.name == "asyncio" and "took" in r.getMessage() and "shutdown_default_executor" not in r.getMessage()
+    ]
     assert not slow, slow
 
 
