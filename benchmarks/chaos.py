@@ -1,21 +1,30 @@
-"""Kill -9 scenarios on the loopback deployment, each checked against the emulator's ledger.
+"""Kill -9 and outage scenarios on the loopback deployment, each checked against the emulator's ledger.
 
 Every scenario starts a fresh :class:`deployment.Deployment`, triggers ``flux2_deploy_chaos`` (20
-deferrable tasks of 3–5 images and one ``big`` task, ``retries=2``; ``flux2_deploy_chaos_sync`` for
-the non-deferrable kills), kills a process mid-flight, and then checks what a user is owed:
+deferrable tasks of 3–5 images, one ``big`` task and one ``@task.flux2`` task, ``retries=2``;
+``flux2_deploy_chaos_sync`` for the non-deferrable kills), strikes mid-flight, and then checks what a
+user is owed:
 
 - the DAG run succeeded;
 - one billed run per image in the emulator's ledger, no ``Idempotency-Key`` or ``client_ref`` billed twice;
 - one stored file per image (by index), none missing;
-- each task's manifest equals the ledger to the cent.
+- each task's manifest equals the ledger to the cent;
+- the tries spent beyond the first are counted (and must be none where a wait can ride the fault out).
+
+The strikes: ``kill -9`` of a triggerer, the triggerer holding the big task, a task runner, a task's
+host, the scheduler, a Celery worker; ``kill -9`` of PostgreSQL, back after ``--outage-s`` (20 s), with
+the Airflow processes that die of it restarted as a service manager would (``database_crash``); the
+API hanging (the emulator stopped, then continued) for ``--outage-s`` (180 s; ``api_hang``).
 
     python benchmarks/chaos.py                          # every scenario (make soak)
     python benchmarks/chaos.py triggerer_kill celery_worker_kill --small-tasks 6 --big-images 40
+    python benchmarks/chaos.py database_crash --executor local --outage-s 20
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import re
 import signal
@@ -42,11 +51,13 @@ class Shape:
     big_images: int = 200
     max_in_flight: int = 16
     time_scale: float = 0.3
+    decorated_images: int = 4
 
     def env(self) -> dict[str, str]:
         return {
             "FLUX2_DEPLOY_SMALL_TASKS": str(self.small_tasks),
             "FLUX2_DEPLOY_BIG_IMAGES": str(self.big_images),
+            "FLUX2_DEPLOY_DECORATED_IMAGES": str(self.decorated_images),
             "FLUX2_DEPLOY_MAX_IN_FLIGHT": str(self.max_in_flight),
             "FLUX2_DEPLOY_TIME_SCALE": str(self.time_scale),
         }
@@ -55,6 +66,7 @@ class Shape:
         """Images per task, as the DAG file builds them."""
         tasks = {f"small_{i:02d}": 3 + i % 3 for i in range(self.small_tasks)}
         tasks["big"] = self.big_images
+        tasks["decorated"] = self.decorated_images  # the @task.flux2 task
         return tasks
 
 
@@ -75,6 +87,13 @@ class Verdict:
     manifest_usd: str = "0"
     tries_beyond_first: int = 0
     killed: list[str] = field(default_factory=list)
+    #: How long the database or the API was away (the outage scenarios), in seconds.
+    outage_s: float | None = None
+    #: Processes the service manager started again after they exited (``name (exit code)``).
+    restarted: list[str] = field(default_factory=list)
+    #: Tasks that paid a try beyond the first, with their try number.
+    retried: dict[str, int] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
     kill_to_done_s: float | None = None
     wall_s: float = 0.0
     problems: list[str] = field(default_factory=list)
@@ -90,6 +109,9 @@ class Verdict:
             f"{self.stored} stored, {self.ledger_entries} billed (${self.ledger_usd}; manifests ${self.manifest_usd}), "
             f"{self.duplicate_keys + self.duplicate_refs} duplicates, {self.tries_beyond_first} extra tries, "
             f"kill → all succeeded {recovery}, wall {self.wall_s:.0f} s"
+            + (f"; restarted {', '.join(self.restarted)}" if self.restarted else "")
+            + (f"; retried {self.retried}" if self.retried else "")
+            + ("; " + "; ".join(self.notes) if self.notes else "")
             + ("" if self.ok else " — PROBLEMS: " + "; ".join(self.problems))
         )
 
@@ -102,7 +124,9 @@ def verify(dep: Deployment, dag_id: str, run_id: str, shape: Shape, verdict: Ver
     if verdict.dag_state != "success":
         states = {t.task_id: t.state for t in dep.task_states(dag_id, run_id) if t.state != "success"}
         verdict.problems.append(f"DAG run ended {verdict.dag_state} ({states})")
-    verdict.tries_beyond_first = sum(max(0, t.try_number - 1) for t in dep.task_states(dag_id, run_id))
+    states = dep.task_states(dag_id, run_id)
+    verdict.tries_beyond_first = sum(max(0, t.try_number - 1) for t in states)
+    verdict.retried = {t.task_id: t.try_number for t in states if t.try_number > 1}
 
     entries = [
         e for e in dep.emu.ledger()["entries"] if str(e.get("client_ref") or "").startswith(f"{dag_id}/{run_id}/")
@@ -258,13 +282,68 @@ def kill_celery_worker(dep: Deployment, dag_id: str, run_id: str, verdict: Verdi
     return killed_at
 
 
+def _collecting(dep: Deployment, dag_id: str, run_id: str) -> list[str]:
+    """Tasks a worker is collecting: their ``execute`` deferred, they run again, no ``execute_complete`` ended yet."""
+    entries = [e for e in dep.worker_entries() if e["run_id"] == run_id]
+    deferred = {e["task_id"] for e in entries if e["method"] == "execute" and e["outcome"] == "deferred"}
+    waiting = deferred - {e["task_id"] for e in entries if e["method"] == "execute_complete"}
+    return [t.task_id for t in dep.task_states(dag_id, run_id) if t.state == "running" and t.task_id in waiting]
+
+
+def crash_database(dep: Deployment, dag_id: str, run_id: str, verdict: Verdict) -> float:
+    """``kill -9`` PostgreSQL while tasks are deferred and a worker collects; start it again ``outage_s`` later.
+
+    The Airflow processes that exit meanwhile are restarted by the service manager (``Scenario.supervised``).
+    """
+    assert dep.postgres is not None and verdict.outage_s is not None
+
+    def mid_batch() -> list[str]:
+        return _collecting(dep, dag_id, run_id) if _running_big(dep, dag_id, run_id, "deferred", 16) else []
+
+    try:
+        collecting = dep.wait_for(mid_batch, timeout=180, what="the big task deferred while a worker collects")
+    except DeploymentError:
+        dep.wait_for(lambda: _running_big(dep, dag_id, run_id, "deferred", 16), what="the big task deferred")
+        collecting = []
+        verdict.notes.append("no worker was collecting at the crash")
+    deferred = dep.count_states(dag_id, run_id).get("deferred", 0)
+    killed_at = dep.postgres.crash()
+    verdict.killed.append(f"postgres ({deferred} tasks deferred, {', '.join(collecting) or 'none'} collecting)")
+    time.sleep(verdict.outage_s)
+    dep.postgres.restart()
+    return killed_at
+
+
+def hang_api(dep: Deployment, dag_id: str, run_id: str, verdict: Verdict) -> float:
+    """Stop the API (``SIGSTOP`` of the emulator) while tasks are deferred, continue it ``outage_s`` later.
+
+    Connections are still accepted and nothing answers: every poll and download in flight meets its read
+    timeout, as with an API whose load balancer is up and whose servers hang.
+    """
+    assert verdict.outage_s is not None
+    dep.wait_for(lambda: _running_big(dep, dag_id, run_id, "deferred", 16), what="the big task deferred with runs out")
+    dep.wait_for(lambda: dep.count_states(dag_id, run_id).get("deferred", 0) >= 3, what="three deferred tasks")
+    stopped_at = dep.pause_api()
+    verdict.killed.append("the API (emulator SIGSTOP, then SIGCONT)")
+    time.sleep(verdict.outage_s)
+    dep.resume_api()
+    return stopped_at
+
+
 @dataclass(frozen=True)
 class Scenario:
+    """One strike. ``outage_s``: how long the database or the API stays away (``make soak``'s length);
+    ``supervised``: Airflow's processes run under a service manager that restarts them when they exit;
+    ``tries_allowed``: the tries beyond the first that may be spent (``None``: whatever Airflow needs)."""
+
     name: str
     kill: Kill
     dag_id: str = "flux2_deploy_chaos"
     triggerers: int = 1
     executors: tuple[str, ...] = ("local", "celery")
+    outage_s: float | None = None
+    supervised: bool = False
+    tries_allowed: int | None = None
 
 
 SCENARIOS = {
@@ -276,6 +355,9 @@ SCENARIOS = {
         Scenario("task_host_kill", kill_task_host, dag_id="flux2_deploy_chaos_sync"),
         Scenario("scheduler_kill", kill_scheduler),
         Scenario("celery_worker_kill", kill_celery_worker, dag_id="flux2_deploy_chaos_sync", executors=("celery",)),
+        Scenario("database_crash", crash_database, outage_s=20, supervised=True),
+        # A wait rides out a silent API until the task's deadline: not one try may be spent on it.
+        Scenario("api_hang", hang_api, outage_s=180, tries_allowed=0),
     )
 }
 
@@ -286,13 +368,17 @@ def run(
     executor: str | None = None,
     timeout: float = 1200,
     log: Callable[[str], None] | None = None,
+    outage_s: float | None = None,
 ) -> Verdict:
-    """One scenario on a fresh deployment; returns its verdict (``verdict.ok`` when nothing was lost or paid twice)."""
+    """One scenario on a fresh deployment; returns its verdict (``verdict.ok`` when nothing was lost or paid twice).
+
+    :param outage_s: how long the database or the API stays away (default: the scenario's own).
+    """
     scenario = SCENARIOS[name]
     executor = executor or scenario.executors[0]
     if executor not in scenario.executors:
         raise ValueError(f"{name} runs on {', '.join(scenario.executors)}, not {executor}")
-    verdict = Verdict(scenario.name, executor)
+    verdict = Verdict(scenario.name, executor, outage_s=outage_s if outage_s is not None else scenario.outage_s)
     started = time.time()
     say = log or (lambda message: None)
     with Deployment(
@@ -304,9 +390,16 @@ def run(
     ) as dep:
         say(f"{name} [{executor}]: deployment up in {dep.startup_seconds:.0f} s ({dep.root})")
         run_id = dep.trigger(scenario.dag_id)
-        killed_at = scenario.kill(dep, scenario.dag_id, run_id, verdict)
-        say(f"{name} [{executor}]: killed {', '.join(verdict.killed)}")
-        state = dep.wait_dag_run(scenario.dag_id, run_id, timeout=timeout)
+        try:
+            with dep.service_manager() if scenario.supervised else contextlib.nullcontext():
+                killed_at = scenario.kill(dep, scenario.dag_id, run_id, verdict)
+                say(f"{name} [{executor}]: struck {', '.join(verdict.killed)}")
+                state = dep.wait_dag_run(scenario.dag_id, run_id, timeout=timeout)
+        except BaseException:
+            dep.keep = True
+            print(f"{name} [{executor}]: logs kept in {dep.root}", file=sys.stderr, flush=True)
+            raise
+        verdict.restarted = [f"{r.name} (exit {r.exit_code})" for r in dep.restarts]
         end = dep.api("GET", f"/dags/{scenario.dag_id}/dagRuns/{run_id}").get("end_date")
         finished = _epoch(end) if end else time.time()
         verdict.kill_to_done_s = max(0.0, finished - killed_at)
@@ -314,6 +407,8 @@ def run(
         verify(dep, scenario.dag_id, run_id, shape, verdict)
         if state != "success" and not verdict.problems:
             verdict.problems.append(f"DAG run ended {state}")
+        if scenario.tries_allowed is not None and verdict.tries_beyond_first > scenario.tries_allowed:
+            verdict.problems.append(f"{verdict.tries_beyond_first} tries spent on a fault a wait rides out")
         if not verdict.ok:
             say(f"{name} [{executor}]: logs kept in {dep.root}")
             dep.keep = True
@@ -333,7 +428,9 @@ def table(verdicts: list[Verdict]) -> tuple[list[str], list[list[str]]]:
         [
             v.scenario,
             v.executor,
-            ", ".join(v.killed) or "-",
+            (", ".join(v.killed) or "-")
+            + (f", away {v.outage_s:.0f} s" if v.outage_s is not None else "")
+            + (f"; restarted {', '.join(v.restarted)}" if v.restarted else ""),
             str(v.tasks),
             str(v.images),
             str(v.ledger_entries),
@@ -359,6 +456,11 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--big-images", type=int, default=200)
     parser.add_argument("--max-in-flight", type=int, default=16)
     parser.add_argument("--time-scale", type=float, default=0.3)
+    parser.add_argument(
+        "--outage-s",
+        type=float,
+        help="how long the database (database_crash, default 20) or the API (api_hang, default 180) stays away",
+    )
     parser.add_argument("--json", help="write the verdicts to this file")
     parser.add_argument("--docs", action="store_true", help="write the table into docs/deployment.md")
     args = parser.parse_args(argv)
@@ -374,7 +476,13 @@ def main(argv: list[str]) -> int:
             if executor not in SCENARIOS[name].executors:
                 continue
             try:
-                verdict = run(name, shape, executor, log=lambda m: print(f"[chaos] {m}", file=sys.stderr, flush=True))
+                verdict = run(
+                    name,
+                    shape,
+                    executor,
+                    log=lambda m: print(f"[chaos] {m}", file=sys.stderr, flush=True),
+                    outage_s=args.outage_s if SCENARIOS[name].outage_s is not None else None,
+                )
             except DeploymentError as exc:
                 verdict = Verdict(name, executor, problems=[str(exc)])
             print(verdict.line(), flush=True)

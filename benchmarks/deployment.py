@@ -198,32 +198,54 @@ class Postgres:
     def dsn(self) -> str:
         return f"host=127.0.0.1 port={self.port} user=airflow dbname=airflow"
 
+    @property
+    def _env(self) -> dict[str, str]:
+        return {"PATH": os.environ.get("PATH", ""), "LC_ALL": "C.UTF-8", "LANG": "C.UTF-8"}
+
     def start(self) -> Postgres:
         bindir = postgres_bindir()
         if self.user:
             entry = pwd.getpwnam(self.user)
             os.chown(self.data, entry.pw_uid, entry.pw_gid)
-        env = {"PATH": os.environ.get("PATH", ""), "LC_ALL": "C.UTF-8", "LANG": "C.UTF-8"}
         subprocess.run(
             [str(bindir / "initdb"), "-D", str(self.data / "db"), "-U", "airflow", "--auth=trust", "-E", "UTF8"],
             check=True,
             capture_output=True,
-            env=env,
+            env=self._env,
             preexec_fn=_demote(self.user) if self.user else None,
         )
+        return self._launch()
+
+    def crash(self) -> float:
+        """``kill -9`` the postmaster and every backend at once, as when its host or container dies; returns when."""
+        assert self.service is not None and self.service.process is not None
+        self.service.kill(signal.SIGKILL)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.service.process.wait(timeout=10)
+        return time.time()
+
+    def restart(self) -> Postgres:
+        """Start the crashed cluster again on its data and port: PostgreSQL replays its WAL (crash recovery)."""
+        return self._launch()
+
+    def _launch(self) -> Postgres:
+        bindir = postgres_bindir()
         settings = {
             "listen_addresses": "127.0.0.1",
             "port": str(self.port),
             "unix_socket_directories": str(self.data),
             "max_connections": "300",
-            "fsync": "off",  # a throwaway cluster: durability is not what is measured
-            "synchronous_commit": "off",
+            # A throwaway cluster: no fsync, as nothing here survives the host. A commit still writes
+            # its WAL before it answers (synchronous_commit on), so a kill -9 of PostgreSQL alone — the
+            # OS keeps what was written — loses no committed transaction, as in production.
+            "fsync": "off",
+            "synchronous_commit": "on",
             "full_page_writes": "off",
         }
         command = [str(bindir / "postgres"), "-D", str(self.data / "db")]
         for key, value in settings.items():
             command += ["-c", f"{key}={value}"]
-        self.service = Service("postgres", command, self.root / "postgres.log", env, user=self.user).start()
+        self.service = Service("postgres", command, self.root / "postgres.log", self._env, user=self.user).start()
         if self.user:
             os.chown(self.root / "postgres.log", 0, 0)
         wait_until(self._accepts, 60, "PostgreSQL to accept connections")
@@ -286,6 +308,16 @@ class TaskState:
 
 
 @dataclass
+class Restart:
+    """One restart by the service manager: which process exited, how, and when it was started again."""
+
+    name: str
+    exit_code: int | None
+    exited_at: float
+    restarted_at: float
+
+
+@dataclass
 class Deployment:
     """PostgreSQL + Airflow's processes + the emulator on loopback; a context manager.
 
@@ -330,6 +362,8 @@ class Deployment:
         self._token: str | None = None
         self._client: httpx.Client | None = None
         self._airflow_env: dict[str, str] = {}
+        self.restarts: list[Restart] = []
+        self._api_paused = False
 
     # -- lifecycle -------------------------------------------------------------------------------------
 
@@ -381,6 +415,8 @@ class Deployment:
         for name in sorted(self.services, key=lambda n: n == "api-server"):
             self.services[name].stop()
         if self.emu is not None:
+            if self._api_paused:
+                self.resume_api()
             with contextlib.suppress(Exception):
                 self.emu.stop()
             self.emu = None
@@ -542,6 +578,60 @@ class Deployment:
             service = self.services[name]
             if not service.alive():
                 raise DeploymentError(f"{name} exited ({service.process.returncode}):\n{service.tail()}")  # type: ignore[union-attr]
+
+    # -- faults of the surroundings ------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def service_manager(self, restart_sec: float = 5.0, interval: float = 0.5) -> Iterator[list[Restart]]:
+        """Restart every Airflow process of the deployment that exits, while the block runs.
+
+        What systemd's ``Restart=always`` with ``RestartSec=5`` (or a container's ``restart: always``) does:
+        a process found dead is started again ``restart_sec`` later, as often as it dies — while the
+        database is down a scheduler may exit, be restarted, and exit again. As systemd's default
+        ``KillMode=control-group`` would, what is left of the dead process's group (LocalExecutor's task
+        processes forked by a dead scheduler) is killed before the new process starts. PostgreSQL itself is
+        not managed here: the scenario decides when it is back. Yields the list of restarts, filled as they
+        happen (also kept in :attr:`restarts`).
+        """
+        import threading
+
+        done = threading.Event()
+        dead_since: dict[str, tuple[float, int | None]] = {}
+
+        def watch() -> None:
+            while not done.wait(interval):
+                for name, service in list(self.services.items()):
+                    if service.alive():
+                        dead_since.pop(name, None)
+                        continue
+                    code = service.process.poll() if service.process else None
+                    exited = dead_since.setdefault(name, (time.time(), code))
+                    if time.time() - exited[0] >= restart_sec and not done.is_set():
+                        with contextlib.suppress(Exception):
+                            self.restart(name)
+                            self.restarts.append(Restart(name, exited[1], exited[0], time.time()))
+                        dead_since.pop(name, None)
+
+        thread = threading.Thread(target=watch, name="service-manager", daemon=True)
+        thread.start()
+        try:
+            yield self.restarts
+        finally:
+            done.set()
+            thread.join(timeout=30)
+
+    def pause_api(self) -> float:
+        """``SIGSTOP`` the emulator: its socket still accepts connections and nothing answers (a hung API,
+        not a refused connection); returns when (epoch). The emulator's control endpoints hang too."""
+        os.kill(self.emu._process.pid, signal.SIGSTOP)
+        self._api_paused = True
+        return time.time()
+
+    def resume_api(self) -> float:
+        """``SIGCONT`` the emulator stopped by :meth:`pause_api`; returns when (epoch)."""
+        os.kill(self.emu._process.pid, signal.SIGCONT)
+        self._api_paused = False
+        return time.time()
 
     # -- the REST API ------------------------------------------------------------------------------------
 

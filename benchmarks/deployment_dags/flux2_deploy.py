@@ -3,9 +3,11 @@
 Shapes come from the environment the harness gives every process, so one file serves the short
 scenario of ``make test`` and the full ones of ``make soak``:
 
-- ``FLUX2_DEPLOY_SMALL_TASKS`` (20) tasks of 3–5 images and one ``big`` task of
-  ``FLUX2_DEPLOY_BIG_IMAGES`` (200) images, ``max_in_flight`` ``FLUX2_DEPLOY_MAX_IN_FLIGHT`` (16),
-  ``retries=2``: ``flux2_deploy_chaos`` (deferrable) and ``flux2_deploy_chaos_sync`` (waits in the worker);
+- ``FLUX2_DEPLOY_SMALL_TASKS`` (20) tasks of 3–5 images, one ``big`` task of
+  ``FLUX2_DEPLOY_BIG_IMAGES`` (200) images and one ``@task.flux2`` task, ``decorated``, of
+  ``FLUX2_DEPLOY_DECORATED_IMAGES`` (4) images whose prompts a function returns; ``max_in_flight``
+  ``FLUX2_DEPLOY_MAX_IN_FLIGHT`` (16), ``retries=2``: ``flux2_deploy_chaos`` (deferrable) and
+  ``flux2_deploy_chaos_sync`` (waits in the worker);
 - ``make bench``'s DAGs (``benchmarks/deployment_bench.py``), one per compared way of running
   ``FLUX2_DEPLOY_BENCH_IMAGES`` (the shipped operator: ``flux2_deploy_bench``, deferrable, and
   ``flux2_deploy_bench_sync``) or ``FLUX2_DEPLOY_PEER_IMAGES`` images (``_chunked``, ``_waves``, the
@@ -25,7 +27,7 @@ import os
 from datetime import datetime, timedelta
 from typing import Any
 
-from airflow.sdk import DAG
+from airflow.sdk import DAG, task
 from entries import EntryLogged
 
 from airflow_provider_flux2.operators.flux import FluxGenerateImageOperator
@@ -33,6 +35,7 @@ from airflow_provider_flux2.operators.flux import FluxGenerateImageOperator
 SIZES = ("landscape_4_3", "square_hd", "1920x1080", "portrait_16_9", "2048x2048")
 SMALL_TASKS = int(os.environ.get("FLUX2_DEPLOY_SMALL_TASKS", "20"))
 BIG_IMAGES = int(os.environ.get("FLUX2_DEPLOY_BIG_IMAGES", "200"))
+DECORATED_IMAGES = int(os.environ.get("FLUX2_DEPLOY_DECORATED_IMAGES", "4"))
 BENCH_IMAGES = int(os.environ.get("FLUX2_DEPLOY_BENCH_IMAGES", "200"))
 MAX_IN_FLIGHT = int(os.environ.get("FLUX2_DEPLOY_MAX_IN_FLIGHT", "16"))
 #: The emulator's time scale: the poll interval is compressed with the API's clock, as in ``make bench``.
@@ -63,6 +66,24 @@ def generate(task_id: str, count: int, *, deferrable: bool) -> InstrumentedOpera
     )
 
 
+def decorated(count: int, *, deferrable: bool) -> Any:
+    """The same kind of task written with ``@task.flux2``: a function returns the prompts (run once, on the worker)."""
+
+    @task.flux2(
+        task_id="decorated",
+        output_uri=f"file://{OUTPUT}",
+        max_in_flight=MAX_IN_FLIGHT,
+        poll_interval=2.0 * TIME_SCALE,
+        progress_interval=5.0 * TIME_SCALE,
+        deferrable=deferrable,
+        timeout=3600,
+    )
+    def product_shots() -> list[dict[str, Any]]:
+        return prompts("decorated", count)
+
+    return product_shots()
+
+
 DEFAULTS = {"retries": 2, "retry_delay": timedelta(seconds=2)}
 
 for _dag_id, _deferrable in (("flux2_deploy_chaos", True), ("flux2_deploy_chaos_sync", False)):
@@ -78,6 +99,7 @@ for _dag_id, _deferrable in (("flux2_deploy_chaos", True), ("flux2_deploy_chaos_
         for _i in range(SMALL_TASKS):
             generate(f"small_{_i:02d}", 3 + _i % 3, deferrable=_deferrable)
         generate("big", BIG_IMAGES, deferrable=_deferrable)
+        decorated(DECORATED_IMAGES, deferrable=_deferrable)
     globals()[_dag_id] = _dag
 
 # -- make bench (benchmarks/deployment_bench.py): one DAG per compared way of running N images ----------

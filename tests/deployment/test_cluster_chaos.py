@@ -1,10 +1,11 @@
-"""A real Airflow deployment on loopback survives ``kill -9``: the short scenarios of ``make cluster-test``.
+"""A real Airflow deployment on loopback survives ``kill -9`` and outages: the short scenarios of ``make cluster-test``.
 
 Each test starts PostgreSQL, the api-server, scheduler, dag-processor, triggerer(s) and the executor
-as separate processes (``benchmarks/deployment.py``), runs a DAG of deferrable tasks against the
-emulator, kills a process mid-flight, and checks the user's invariants against the emulator's
-ledger: one billed run per image, nothing billed twice, one stored file per image, manifests equal
-to the ledger to the cent. ``make soak`` runs every scenario at full size (``benchmarks/chaos.py``).
+as separate processes (``benchmarks/deployment.py``), runs a DAG of deferrable tasks (one of them a
+``@task.flux2`` task) against the emulator, kills a process, the database or the API mid-flight, and
+checks the user's invariants against the emulator's ledger: one billed run per image, nothing billed
+twice, one stored file per image, manifests equal to the ledger to the cent, and the tries spent.
+``make soak`` runs every scenario at full size (``benchmarks/chaos.py``).
 """
 
 from __future__ import annotations
@@ -24,6 +25,12 @@ pytestmark = [pytest.mark.cluster, pytest.mark.slow, pytest.mark.timeout(600)]
 
 #: Small enough for `make test` (about a minute each), big enough that the kill lands mid-flight.
 SHORT = chaos.Shape(small_tasks=6, big_images=40, max_in_flight=8, time_scale=0.3)
+#: The database's outage in the short version (20 s in `make soak`): long enough that every Airflow
+#: process loses its connections and the task processes' calls to the api-server fail.
+DATABASE_DOWN_S = 6
+#: The API's hang in the short version (180 s in `make soak`): longer than the connection's read timeout
+#: (30 s), so polls in flight time out and the wait must ride the hang out.
+API_HANG_S = 35
 
 
 def _assert_whole(verdict: chaos.Verdict) -> None:
@@ -46,6 +53,41 @@ def test_celery_worker_killed_while_running_a_task_loses_nothing_and_pays_once()
     assert verdict.killed and verdict.killed[0].startswith("worker-")
     # The killed worker's task was failed by the heartbeat timeout and retried elsewhere.
     assert verdict.tries_beyond_first >= 1
+
+
+def test_database_killed_mid_batch_and_restarted_loses_nothing_and_pays_once():
+    """PostgreSQL ``kill -9`` while tasks are deferred and a worker collects, back after a few seconds;
+    the Airflow processes that die of it are restarted by a service manager."""
+    verdict = chaos.run("database_crash", SHORT, "local", outage_s=DATABASE_DOWN_S)
+    _assert_whole(verdict)
+    assert verdict.killed[0].startswith("postgres")
+    # What a lost database costs is Airflow's own: at most one try per task whose process lost it.
+    assert all(try_number <= 2 for try_number in verdict.retried.values()), verdict.retried
+
+
+def test_api_hanging_mid_batch_loses_nothing_pays_once_and_spends_no_try():
+    """The API stops answering (its process stopped) while tasks are deferred, then continues: the waits
+    ride it out."""
+    verdict = chaos.run("api_hang", SHORT, "celery", outage_s=API_HANG_S)
+    _assert_whole(verdict)
+    assert verdict.tries_beyond_first == 0, verdict.retried
+
+
+def test_every_chaos_dag_has_a_decorated_task_the_verdict_counts(monkeypatch):
+    """``@task.flux2`` runs on the deployment in every scenario above (its images, manifest and ledger
+    entries are checked with the others'), deferrable and in the worker."""
+    from tests.dagbags import dag_bag
+
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    for key, value in SHORT.env().items():
+        monkeypatch.setenv(key, value)
+    bag = dag_bag(BENCHMARKS / "deployment_dags" / "flux2_deploy.py")
+    assert bag.import_errors == {}
+    for dag_id, deferrable in (("flux2_deploy_chaos", True), ("flux2_deploy_chaos_sync", False)):
+        decorated = bag.dags[dag_id].get_task("decorated")
+        assert decorated.custom_operator_name == "@task.flux2"
+        assert decorated.deferrable is deferrable
+    assert SHORT.images()["decorated"] == SHORT.decorated_images > 0
 
 
 def test_deployment_listens_on_loopback_only_and_stops_every_process():
