@@ -35,6 +35,7 @@ def get_provider_info() -> dict[str, Any]:
                     "airflow_provider_flux2.operators.flux",
                     "airflow_provider_flux2.operators.quality",
                     "airflow_provider_flux2.operators.publish",
+                    "airflow_provider_flux2.operators.night",
                 ],
             }
         ],

@@ -16,6 +16,7 @@ DAG_IDS = {
     "flux2_preproduction_batch",
     "flux2_creative_pipeline",
     "flux2_photo_restyle",
+    "flux2_large_night",
 }
 
 
