@@ -18,7 +18,7 @@ once, from Runflow's rate-limits page or your contract) and point the DAG at it:
     export FLUX2_POOL=flux2_api      # in every Airflow process' environment
 
 Without it the shards share `default_pool`, which does not count deferred tasks. See
-docs/deployment.md ("How big a night") for sizing the pool, the shards and the triggerers.
+docs/deployment.md ("Sizing a night") for sizing the pool, the shards and the triggerers.
 
 **Trigger** with params: ``prompts`` (a list; default: a generated catalogue of ``count`` products),
 ``count`` (default 40), ``shards`` (default 4), ``budget_usd`` (default 2.00).
