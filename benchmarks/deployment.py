@@ -59,6 +59,11 @@ ADMIN_USER = "admin"
 HEARTBEAT_TIMEOUT = 30
 #: A triggerer silent for this long is taken for dead and its triggers move to a live one (default 30 s).
 TRIGGERER_HEALTH_THRESHOLD = 10
+#: A scheduler whose job heartbeat is older than this is taken for dead and its running tasks are reset
+#: (Airflow's default, 30 s). Not lower: a scheduler checks its own heartbeat too, and on two busy cores
+#: (twenty tasks resuming at once after the database came back) a 10 s threshold made the restarted
+#: scheduler fail its own job and reset every task it was running, again and again.
+SCHEDULER_HEALTH_THRESHOLD = 30
 
 
 class DeploymentError(RuntimeError):
@@ -492,7 +497,7 @@ class Deployment:
                 "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT": str(HEARTBEAT_TIMEOUT),
                 "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT_DETECTION_INTERVAL": "5",
                 "AIRFLOW__SCHEDULER__ORPHANED_TASKS_CHECK_INTERVAL": "15",
-                "AIRFLOW__SCHEDULER__SCHEDULER_HEALTH_CHECK_THRESHOLD": str(TRIGGERER_HEALTH_THRESHOLD),
+                "AIRFLOW__SCHEDULER__SCHEDULER_HEALTH_CHECK_THRESHOLD": str(SCHEDULER_HEALTH_THRESHOLD),
                 "AIRFLOW__TRIGGERER__TRIGGERER_HEALTH_CHECK_THRESHOLD": str(TRIGGERER_HEALTH_THRESHOLD),
                 "AIRFLOW__TRIGGERER__JOB_HEARTBEAT_SEC": "2",
                 "AIRFLOW__SCHEDULER__ENABLE_HEALTH_CHECK": "False",
