@@ -311,6 +311,7 @@ class FluxGenerateImageOperator(BaseOperator):
                 timeout=timedelta(seconds=max(60.0, trigger.end_time - time.time() + DEFER_GRACE)),
             )
         self._live = trigger.window()
+        self._killable = (context, plan, publisher)  # for on_kill: the night's spend goes on record
         event = run_window(
             self.hook,
             self._live,
@@ -321,12 +322,24 @@ class FluxGenerateImageOperator(BaseOperator):
         return self._complete(context, plan, event, publisher)
 
     def on_kill(self) -> None:
-        """The task is killed while its window runs here (not deferred): say what is left at the API.
+        """The task is killed while its window runs here (not deferred): say what is left at the API,
+        and write the manifest of what the try paid for so far (runs at the API, finished but not yet
+        stored), so a killed try's spend is on record even when its retry never comes.
 
         Runflow has no public cancel, so the runs already sent finish and bill; the log names them
         (a deferred task's trigger does the same in its ``on_kill``). Best effort: never raises.
         """
-        log_kill(getattr(self, "_live", None), self.log)
+        window = getattr(self, "_live", None)
+        log_kill(window, self.log)
+        killable = getattr(self, "_killable", None)
+        if window is None or killable is None:
+            return
+        try:
+            context, plan, publisher = killable
+            states = rows_of(window.event(time.time()))
+            self._account_failed_night(context, plan, states, {}, publisher, task_location(context))
+        except Exception as error:  # never fail the kill
+            self.log.warning("on_kill could not write the killed try's manifest: %s", error)
 
     def execute_complete(self, context: Context, event: dict[str, Any] | None = None) -> list[dict[str, Any]]:
         """Back from the triggerer: collect every finished job, store, report."""

@@ -75,3 +75,35 @@ def test_on_kill_never_raises_even_when_the_window_cannot_be_read(caplog):
     with caplog.at_level(logging.WARNING):
         log_kill(Broken(), logging.getLogger("t"))  # type: ignore[arg-type]
     assert "could not list the runs left at the API: state lost" in caplog.text
+
+
+def test_a_task_killed_in_the_worker_writes_the_manifest_of_what_it_paid_for(emulator, run_dag, tmp_path, capfd):
+    """SIGTERM makes Airflow call on_kill while the window runs: the try's spend is on record at once."""
+    import threading
+    import uuid
+    from datetime import datetime
+
+    from airflow.sdk import DAG
+
+    emulator.configure(latency={"queued": 0.05, "dispatching": 0.05, "running": 1.0})
+
+    class KilledMidWindow(FluxGenerateImageOperator):
+        def execute(self, context):
+            threading.Timer(0.6, self.on_kill).start()  # what the task runner does on SIGTERM
+            return super().execute(context)
+
+    with DAG(f"t_killed_{uuid.uuid4().hex[:8]}", schedule=None, start_date=datetime(2026, 1, 1)) as dag:
+        KilledMidWindow(
+            task_id="generate",
+            prompts=[f"killed {i}" for i in range(4)],
+            image_size="square",
+            output_uri=tmp_path.as_uri(),
+            poll_interval=0.02,
+            progress_interval=0,
+            deferrable=False,
+        )
+    run_dag(dag)
+    out = capfd.readouterr()
+    text = out.out + out.err
+    assert "Killed with 4 run(s) still at the API" in text
+    assert "The failed try's manifest: " in text and "4 run(s) still at the API)" in text
