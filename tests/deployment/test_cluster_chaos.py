@@ -34,6 +34,7 @@ API_HANG_S = 35
 
 
 def _assert_whole(verdict: chaos.Verdict) -> None:
+    print(verdict.line())  # the figures, shown by `pytest -rP` (docs/deployment.md quotes them)
     assert verdict.ok, verdict.line()
     assert verdict.dag_state == "success"
     assert verdict.ledger_entries == verdict.images == verdict.stored == sum(SHORT.images().values())
