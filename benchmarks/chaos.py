@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import Any
 
 import report
-from deployment import HEARTBEAT_TIMEOUT, REPO, TRIGGERER_HEALTH_THRESHOLD, Deployment, DeploymentError
+from deployment import HEARTBEAT_TIMEOUT, REPO, TRIGGERER_HEALTH_THRESHOLD, Deployment, DeploymentError, wait_until
 
 IMAGE_FILE = re.compile(r"^(\d{5})-[0-9a-f]{12}\.(jpg|jpeg|png|webp)$")
 
@@ -282,12 +282,15 @@ def kill_celery_worker(dep: Deployment, dag_id: str, run_id: str, verdict: Verdi
     return killed_at
 
 
-def _collecting(dep: Deployment, dag_id: str, run_id: str) -> list[str]:
-    """Tasks a worker is collecting: their ``execute`` deferred, they run again, no ``execute_complete`` ended yet."""
-    entries = [e for e in dep.worker_entries() if e["run_id"] == run_id]
-    deferred = {e["task_id"] for e in entries if e["method"] == "execute" and e["outcome"] == "deferred"}
-    waiting = deferred - {e["task_id"] for e in entries if e["method"] == "execute_complete"}
-    return [t.task_id for t in dep.task_states(dag_id, run_id) if t.state == "running" and t.task_id in waiting]
+def _collecting(dep: Deployment, run_id: str) -> list[str]:
+    """Tasks a worker is collecting: in the provider's ``execute_complete`` (entered, not yet left)."""
+    ended = {
+        (e["task_id"], e["try_number"])
+        for e in dep.worker_entries()
+        if e["run_id"] == run_id and e["method"] == "execute_complete"
+    }
+    started = {(c["task_id"], c["try_number"]) for c in dep.collections_started() if c["run_id"] == run_id}
+    return sorted(task for task, _ in started - ended)
 
 
 def crash_database(dep: Deployment, dag_id: str, run_id: str, verdict: Verdict) -> float:
@@ -298,10 +301,11 @@ def crash_database(dep: Deployment, dag_id: str, run_id: str, verdict: Verdict) 
     assert dep.postgres is not None and verdict.outage_s is not None
 
     def mid_batch() -> list[str]:
-        return _collecting(dep, dag_id, run_id) if _running_big(dep, dag_id, run_id, "deferred", 16) else []
+        collecting = _collecting(dep, run_id)  # a collection lasts seconds: look often, the cheap check first
+        return collecting if collecting and _running_big(dep, dag_id, run_id, "deferred", 16) else []
 
     try:
-        collecting = dep.wait_for(mid_batch, timeout=180, what="the big task deferred while a worker collects")
+        collecting = wait_until(mid_batch, 180, "the big task deferred while a worker collects", interval=0.1)
     except DeploymentError:
         dep.wait_for(lambda: _running_big(dep, dag_id, run_id, "deferred", 16), what="the big task deferred")
         collecting = []

@@ -511,6 +511,7 @@ class Deployment:
                 ),
                 "FLUX2_DEPLOY_OUTPUT": str(self.output),
                 "FLUX2_DEPLOY_ENTRIES": str(self.root / "entries.jsonl"),
+                "FLUX2_DEPLOY_COLLECTING": str(self.root / "collecting.jsonl"),
             }
         )
         if self.executor == "celery":
@@ -735,6 +736,13 @@ class Deployment:
     def worker_entries(self) -> list[dict[str, Any]]:
         """What the DAG files' instrumented operators wrote: one line per worker entry (see deployment_dags)."""
         path = self.root / "entries.jsonl"
+        if not path.exists():
+            return []
+        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+    def collections_started(self) -> list[dict[str, Any]]:
+        """Resumed tasks that entered ``execute_complete`` (``run_id``, ``task_id``, ``try_number``, ``entered``)."""
+        path = self.root / "collecting.jsonl"
         if not path.exists():
             return []
         return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]

@@ -17,13 +17,16 @@ scenario of ``make test`` and the full ones of ``make soak``:
 
 Every task is the shipped operator, instrumented only to append one line per worker entry (when its
 process started, when the method was entered and left) to ``FLUX2_DEPLOY_ENTRIES``: that is how the
-harness counts worker entries and worker-slot seconds outside ``dag.test()``.
+harness counts worker entries and worker-slot seconds outside ``dag.test()``. The chaos DAGs' tasks
+also append one line to ``FLUX2_DEPLOY_COLLECTING`` when a resumed task starts collecting (its
+``execute_complete`` entered, Airflow's own preparation done): the database crash strikes then.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import time
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -41,10 +44,20 @@ MAX_IN_FLIGHT = int(os.environ.get("FLUX2_DEPLOY_MAX_IN_FLIGHT", "16"))
 #: The emulator's time scale: the poll interval is compressed with the API's clock, as in ``make bench``.
 TIME_SCALE = float(os.environ.get("FLUX2_DEPLOY_TIME_SCALE", "1"))
 OUTPUT = os.environ.get("FLUX2_DEPLOY_OUTPUT", "/tmp/flux2-deploy-output")
+COLLECTING = os.environ.get("FLUX2_DEPLOY_COLLECTING", "")
 
 
 class InstrumentedOperator(EntryLogged, FluxGenerateImageOperator):
-    """The shipped operator; each worker entry appends one line to ``FLUX2_DEPLOY_ENTRIES`` (``entries.py``)."""
+    """The shipped operator; each worker entry appends one line to ``FLUX2_DEPLOY_ENTRIES`` (``entries.py``),
+    and each start of a collection one line to ``FLUX2_DEPLOY_COLLECTING``."""
+
+    def execute_complete(self, context: Any, event: dict[str, Any] | None = None) -> Any:
+        if COLLECTING:
+            ti = context["ti"]
+            line = {"run_id": ti.run_id, "task_id": ti.task_id, "try_number": ti.try_number, "entered": time.time()}
+            with open(COLLECTING, "a", encoding="utf-8") as handle:
+                handle.write(json.dumps(line) + "\n")
+        return super().execute_complete(context, event)
 
 
 def prompts(task: str, count: int) -> list[dict[str, Any]]:
