@@ -704,7 +704,10 @@ class Window:
         return line + ". A retry re-attaches to them under the same keys and pays nothing again."
 
     def event(self, now: float) -> dict[str, Any]:
-        """The one event of a wait: its status, a message, and where every job stands (compact rows)."""
+        """The one event of a wait: its status, a message, and where every job stands (compact rows).
+
+        An evaluation window's event also names each job's key (``keys``): the task that resumes on it
+        matches the evaluation ids to its images by key, not by a position it would have to re-derive."""
         status = self.status(now)
         if status == "running":
             status = "timeout"
@@ -723,6 +726,8 @@ class Window:
         }
         if self.budget_stop is not None:
             payload["budget_stop"] = self.budget_stop
+        if self.kind == "evaluation":
+            payload["keys"] = {str(spec.index): spec.key for spec in self.jobs}
         return payload
 
 

@@ -11,6 +11,7 @@ import html
 import io
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from decimal import Decimal
 from typing import Any
 
 from PIL import Image, ImageDraw, ImageFont
@@ -155,6 +156,11 @@ def _summary_html(summary: Mapping[str, Any]) -> str:
         ("Regenerated", summary["regenerated"]),
         ("Billed MP", summary["total_billed_mp"]),
         ("Total cost", f"${summary['total_cost_usd']}"),
+        *(
+            [("Sentinel", f"${summary['evaluation_cost_usd']} for {summary.get('evaluated', 0)} evaluation(s)")]
+            if Decimal(summary.get("evaluation_cost_usd") or "0") or summary.get("evaluated")
+            else []
+        ),
         ("Spent on dropped", f"${summary['dropped_cost_usd']}"),
         ("Spent on superseded", f"${summary['superseded_cost_usd']}"),
         ("Models", ", ".join(summary["models"])),
@@ -202,12 +208,36 @@ def _facts_html(row: Mapping[str, Any]) -> str:
         ("Attempt", row["attempt"]),
         ("Model", row["model"]),
     ]
+    facts.extend(_sentinel_facts(row.get("sentinel")))
     if row.get("failure_message"):
         facts.append(("Why", row["failure_message"]))
     if not row.get("uri"):
         facts.append(("Stored", "—"))
     items = "".join(f"<dt>{_e(k)}</dt><dd>{_e(v)}</dd>" for k, v in facts)
     return f'<dl class="facts">{items}</dl>'
+
+
+def _sentinel_facts(verdict: Mapping[str, Any] | None) -> list[tuple[str, Any]]:
+    """Sentinel's verdict on a card: what it said, the score, the cost, the evaluation, issues and strengths."""
+    if not verdict:
+        return []
+    said = {True: "passed", False: "failed", None: "no verdict"}[verdict.get("overall_passed")]
+    if verdict.get("status") != "completed":
+        code = f", {verdict['failure_code']}" if verdict.get("failure_code") else ""
+        said = f"not judged ({verdict.get('status')}{code})"
+    score = verdict.get("score")
+    gate = {True: " · gate passed", False: " · gate failed", None: ""}[verdict.get("passed")]
+    text = said + (f" · score {score:.2f}" if isinstance(score, (int, float)) else "") + gate
+    if verdict.get("cost_usd") is not None:
+        text += f" · ${verdict['cost_usd']}"
+    facts: list[tuple[str, Any]] = [("Sentinel", text)]
+    if verdict.get("top_issues"):
+        facts.append(("Issues", "; ".join(verdict["top_issues"])))
+    if verdict.get("top_strengths"):
+        facts.append(("Strengths", "; ".join(verdict["top_strengths"])))
+    if verdict.get("evaluation_id"):
+        facts.append(("Evaluation", verdict["evaluation_id"]))
+    return facts
 
 
 def _checks_html(row: Mapping[str, Any]) -> str:
@@ -257,6 +287,8 @@ def _summary_line(manifest: Manifest, shown: int) -> str:
         f"superseded {s['superseded']} · regenerated {s['regenerated']} · {s['total_billed_mp']} MP · "
         f"${s['total_cost_usd']}"
     )
+    if s.get("evaluated"):
+        line += f" (Sentinel ${s['evaluation_cost_usd']})"
     return line if shown == s["count"] else f"{line} · first {shown} shown"
 
 

@@ -12,6 +12,11 @@ or superseded by a regeneration, was paid for and stays in the total (``dropped_
 ``superseded_cost_usd`` say how much of the total bought images that were not delivered); so does a
 run that succeeded but was moderated or skipped for its NSFW flag.
 
+Runflow Sentinel's evaluations (the quality step's ``sentinel=True``) are billed apart from the images:
+each row carries its evaluation's verdict (``sentinel``: ``sentinel.*`` columns in the CSV) and what the
+API billed for it (``evaluation_cost_usd``); the summary's ``total_cost_usd`` is the images' cost
+(``generation_cost_usd``) plus the evaluations' (``evaluation_cost_usd``), exactly.
+
 A row is *superseded* when a regeneration replaced it: it is ``dropped`` and a later attempt of the
 same index is in the batch. A row that is ``dropped`` with no later attempt was dropped for good.
 The summary counts the two apart, so ``dropped`` is the number of images the batch lost.
@@ -32,6 +37,7 @@ from typing import Any
 from airflow_provider_flux2.exceptions import FluxValidationError
 from airflow_provider_flux2.models import ImageRecord, resolve_variant
 from airflow_provider_flux2.pricing import PriceTable, billed_cost, usd
+from airflow_provider_flux2.quality.sentinel import evaluation_cost
 from airflow_provider_flux2.storage.base import BatchLocation, Publisher
 
 MANIFEST_JSON = "manifest.json"
@@ -39,7 +45,8 @@ MANIFEST_CSV = "manifest.csv"
 MANIFEST_VERSION = 1
 COST_RULE = (
     "Each image counts at its cost_usd (what the API billed), dropped, moderated and skipped images included: "
-    "they were paid for. Failed and pending runs count 0: the API does not bill a failed run."
+    "they were paid for. Failed and pending runs count 0: the API does not bill a failed run. "
+    "Sentinel evaluations count at what the API billed for each (evaluation_cost_usd), in the total too."
 )
 # Spreadsheets run a cell that starts with one of these as a formula; prompts are user text.
 _FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
@@ -134,6 +141,7 @@ def _row(record: ImageRecord, *, superseded: bool) -> dict[str, Any]:
         failed_checks=failed,
         billed=is_billed(record),
         billed_cost_usd=usd(billed_cost(record)),
+        evaluation_cost_usd=usd(evaluation_cost(record)),
     )
     return row
 
@@ -158,7 +166,10 @@ def _summary(
         "billed": len(billed),
         "total_billed_mp": sum(r.billed_mp for r in billed),
         # Summed from the rows' own strings, so the total is the rows' sum by construction.
-        "total_cost_usd": _rows_cost(rows),
+        "total_cost_usd": usd(Decimal(_rows_cost(rows)) + Decimal(_rows_cost(rows, "evaluation_cost_usd"))),
+        "generation_cost_usd": _rows_cost(rows),
+        "evaluation_cost_usd": _rows_cost(rows, "evaluation_cost_usd"),
+        "evaluated": sum(1 for r in batch if r.sentinel is not None and r.sentinel.evaluation_id),
         "dropped_cost_usd": _rows_cost(row for row in rows if row["outcome"] == "dropped"),
         "superseded_cost_usd": _rows_cost(row for row in rows if row["outcome"] == "superseded"),
         "estimated_cost_usd": usd(sum((Decimal(r.estimated_cost_usd) for r in batch), Decimal("0"))),
@@ -169,8 +180,8 @@ def _summary(
     }
 
 
-def _rows_cost(rows: Iterable[Mapping[str, Any]]) -> str:
-    return usd(sum((Decimal(row["billed_cost_usd"]) for row in rows), Decimal("0")))
+def _rows_cost(rows: Iterable[Mapping[str, Any]], column: str = "billed_cost_usd") -> str:
+    return usd(sum((Decimal(row.get(column) or "0") for row in rows), Decimal("0")))
 
 
 def _batch_model(models: list[str]) -> str | None:
@@ -201,12 +212,16 @@ def _prices_dict(prices: PriceTable | Mapping[str, Any] | None) -> dict[str, Any
 
 
 def _flatten(row: Mapping[str, Any]) -> dict[str, str]:
-    """One CSV line: scalars as text, nested fields as JSON, checks as three columns per check."""
+    """One CSV line: scalars as text, nested fields as JSON, checks as three columns per check, Sentinel's
+    verdict as ``sentinel.*`` columns (its issues and strengths joined with ``; ``)."""
     flat: dict[str, str] = {}
     for key, value in row.items():
         if key == "checks":
             continue
-        if key == "timings":
+        if key == "sentinel":
+            for name, v in (value or {}).items():
+                flat[f"sentinel.{name}"] = _cell("; ".join(v) if isinstance(v, list) else v)
+        elif key == "timings":
             flat.update({f"timings.{name}": _cell(v) for name, v in value.items()})
         elif key == "failed_checks":
             flat[key] = ";".join(value)
@@ -234,13 +249,15 @@ def _cell(value: Any) -> str:
 
 
 def _columns(rows: list[dict[str, str]]) -> list[str]:
-    """Record fields first, then ``timings.*``, then ``check.*``; each group in order of first appearance."""
+    """Record fields first, then ``timings.*``, ``sentinel.*`` and ``check.*``; each group in order of first
+    appearance."""
     columns: dict[str, None] = {}
     for row in rows:
         columns.update(dict.fromkeys(row))
 
     def group(column: str) -> int:
-        return 2 if column.startswith("check.") else 1 if column.startswith("timings.") else 0
+        prefixes = ("timings.", "sentinel.", "check.")
+        return next((n + 1 for n, prefix in enumerate(prefixes) if column.startswith(prefix)), 0)
 
     return sorted(columns, key=group)  # sorted() is stable: first-appearance order holds within a group
 
