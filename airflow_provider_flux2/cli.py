@@ -492,6 +492,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     doc.add_argument("--run-timeout", default="180", help="seconds a paid run may take")
     doc.add_argument("--replay-after", default="60", help="seconds before the first run's create is re-sent")
+    doc.add_argument(
+        "--sentinel",
+        action="store_true",
+        help="also check Runflow Sentinel: its job classes and price, then one paid evaluation",
+    )
     doc.set_defaults(func=_doctor)
     return parser
 

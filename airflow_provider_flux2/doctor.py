@@ -11,7 +11,10 @@ what was seen and what it cost:
   seed's $0.045 (the extra-megapixel rate and the rounding), a real 2-item batch read back through
   the provider's own parsers (the batch, then ``/items`` one item a page, following the cursor), one
   1 MP run of every variant named, one edit with a small reference per variant checked (which model
-  accepted it, and what it billed), and the first run's create re-sent later (a replay, not a run).
+  accepted it, and what it billed), and the first run's create re-sent later (a replay, not a run);
+* with ``--sentinel``: the Sentinel job classes and their price (free), then one evaluation of a small
+  image (``POST /v1/evaluations`` as the quality step builds it, replayed under its key, awaited to its
+  end and its cost compared with the price), counted at that price before it is sent.
 
 Every step is reported even when an earlier one deviates; only an unreachable API or a refused key
 stops it. Requests are built and parsed by :mod:`~airflow_provider_flux2.protocol` (the code a DAG
@@ -37,7 +40,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import httpx
 
-from airflow_provider_flux2 import protocol
+from airflow_provider_flux2 import protocol, sentinel
 from airflow_provider_flux2.exceptions import FluxError
 from airflow_provider_flux2.image_header import header_size
 from airflow_provider_flux2.models import (
@@ -110,6 +113,8 @@ class DoctorReport:
     edit_models: dict[str, str] = field(default_factory=dict)
     #: Paid steps not sent because they could have passed ``max_spend``.
     skipped: list[str] = field(default_factory=list)
+    #: One Sentinel evaluation's price as the job classes list it (``--sentinel``).
+    sentinel_price_usd: str | None = None
 
     @property
     def passed(self) -> bool:
@@ -167,6 +172,8 @@ class Doctor:
     :param run_timeout: how long a paid run may take, seconds.
     :param replay_after: seconds after the first run its create is sent again.
     :param sleep: how to wait (tests pass a fast one).
+    :param sentinel: also check Sentinel: its job classes, then one paid evaluation.
+    :param sentinel_price: the connection's ``sentinel_price_usd`` (what the quality step would plan with).
     """
 
     def __init__(
@@ -184,7 +191,12 @@ class Doctor:
         replay_after: float = DEFAULT_REPLAY_AFTER,
         max_download_bytes: int = 64 * 1024 * 1024,
         sleep: Callable[[float], None] = time.sleep,
+        sentinel: bool = False,
+        sentinel_price: Decimal | None = None,
     ) -> None:
+        self.sentinel = sentinel
+        self.sentinel_price = sentinel_price
+        self._listed_price: Decimal | None = None
         self.base_url = base_url.rstrip("/")
         self._key = api_key
         self._org = organization_id
@@ -307,6 +319,10 @@ class Doctor:
     def _steps(self, client: httpx.Client) -> list[tuple[str, Callable[[], Check | list[Check]]]]:
         """Every step after auth, in order: the free ones, then the paid ones, cheapest proof first."""
         checked = [self.model, *self.models]
+        judged: list[tuple[str, Callable[[], Check | list[Check]]]] = [
+            ("sentinel price", lambda: self._sentinel_price(client)),
+            ("sentinel", lambda: self._evaluate(client)),
+        ]
         return [
             *((f"model {v.value}", lambda v=v: self._variant(client, v)) for v in Variant),
             ("validation", lambda: self._validation(client)),
@@ -318,6 +334,7 @@ class Doctor:
             *((f"price {v.value}", lambda v=v: self._price(client, v)) for v in self.models),
             *((f"edit {v.value}", lambda v=v: self._edit(client, v)) for v in checked),
             ("idempotency later", lambda: self._replay_later(client)),
+            *(judged if self.sentinel else []),
         ]
 
     def _guarded(self, name: str, step: Callable[[], Check | list[Check]]) -> Check | list[Check]:
@@ -805,6 +822,94 @@ class Doctor:
             seen += " (a second run: the API forgot the key; billed twice)"
         return Check(name, "FAIL", expected, seen, again.request_id)
 
+    # -- Sentinel --------------------------------------------------------------------------------
+
+    def _sentinel_price(self, client: httpx.Client) -> Check:
+        """``GET /v1/evaluations/job-classes``: the standard class's price, read as the quality step reads it."""
+        answer = self._request(client, sentinel.get_job_classes())
+        expected = f"200 listing job class {sentinel.DEFAULT_JOB_CLASS!r} with a decimal price"
+        if not answer.ok:
+            hint = " (the quality step then needs the connection extra sentinel_price_usd)"
+            return Check("sentinel price", "FAIL", expected, answer.brief() + hint, answer.request_id)
+        price = sentinel.job_class_price(answer.body, sentinel.DEFAULT_JOB_CLASS)
+        if price is None:
+            seen = f"no price our reader finds in {_short(answer.body)} (set sentinel_price_usd on the connection)"
+            return Check("sentinel price", "FAIL", expected, seen, answer.request_id)
+        self._listed_price = price
+        if self._report is not None:
+            self._report.sentinel_price_usd = usd(price)
+        seen = f"{sentinel.DEFAULT_JOB_CLASS}: ${usd(price)} per evaluation"
+        if self.sentinel_price is not None and self.sentinel_price != price:
+            seen += f" (the connection's sentinel_price_usd says ${usd(self.sentinel_price)}: plans use that)"
+            return Check("sentinel price", "WARN", expected, seen, answer.request_id)
+        return Check("sentinel price", "PASS", expected, seen, answer.request_id)
+
+    def _evaluate(self, client: httpx.Client) -> list[Check]:
+        """One evaluation of a small image, as the quality step sends it: accepted, replayed under its key,
+        ended with a verdict, and billed the listed price."""
+        price = self.sentinel_price if self.sentinel_price is not None else self._listed_price
+        if price is None:
+            return [Check("sentinel", "SKIP", "one evaluation", "not sent: no price known (see 'sentinel price')")]
+        if not self._affordable(price):
+            return [self._skip("sentinel", "one evaluation", price)]
+        body = sentinel.evaluation_body(
+            generated_image_url=_small_image(),
+            task_type="product",
+            task_description="flux2 doctor: a small test image",
+            generation_prompt=_PROMPT,
+            client_ref="flux2-doctor-sentinel",
+        )
+        built = sentinel.create_evaluation(body, idempotency_key=f"flux2-doctor-eval-{uuid.uuid4().hex}")
+        expected = '2xx {"id", "status_code": "pending", ...} (202 documented)'
+        first = self._create(client, built, price)
+        evaluation_id = first.body.get("id") if isinstance(first.body, dict) else None
+        if not first.ok or not evaluation_id:
+            return [Check("sentinel", "FAIL", expected, first.brief(), first.request_id)]
+        checks = [Check("sentinel", "PASS", expected, f"{first.status}, evaluation {evaluation_id}", first.request_id)]
+        again = self._send(client, built.method, built.path, json_body=built.json, headers=built.headers)
+        same = isinstance(again.body, dict) and again.body.get("id") == evaluation_id
+        seen = f"{again.status}, evaluation {again.body.get('id') if isinstance(again.body, dict) else None}"
+        checks.append(
+            Check(
+                "sentinel replay",
+                "PASS" if again.ok and same else "FAIL",
+                f"2xx replaying evaluation {evaluation_id} (same key, same body)",
+                seen + ("" if same else " (a second evaluation: billed twice)"),
+                again.request_id,
+            )
+        )
+        if again.ok and not same:
+            self.committed += price
+        deadline = time.monotonic() + self.run_timeout
+        answer = self._request(client, sentinel.get_evaluation(str(evaluation_id)))
+        while answer.ok and not sentinel.parse_evaluation(answer.body).terminal and time.monotonic() < deadline:
+            self._sleep(2.0)
+            answer = self._request(client, sentinel.get_evaluation(str(evaluation_id)))
+        expected = f"completed within {self.run_timeout:.0f} s with overall_passed and weighted_pass_rate"
+        if not answer.ok:
+            return [*checks, Check("sentinel verdict", "FAIL", expected, answer.brief(), answer.request_id)]
+        evaluation = sentinel.parse_evaluation(answer.body)
+        if not evaluation.completed:
+            seen = f"status {evaluation.status_code}" + (
+                f" {evaluation.failure_code}" if evaluation.failure_code else ""
+            )
+            return [*checks, Check("sentinel verdict", "FAIL", expected, seen, answer.request_id)]
+        seen = f"overall_passed {evaluation.overall_passed}, weighted_pass_rate {evaluation.weighted_pass_rate}"
+        seen += f", {len(evaluation.top_issues)} issue(s), {len(evaluation.top_strengths)} strength(s)"
+        verdict: Status = "PASS" if evaluation.weighted_pass_rate is not None else "WARN"
+        checks.append(Check("sentinel verdict", verdict, expected, seen, answer.request_id))
+        expected = f"cost ${usd(price)} (the price the quality step plans with)"
+        if evaluation.cost is None:
+            checks.append(Check("sentinel cost", "FAIL", expected, "no decimal cost on the completed evaluation"))
+            return checks
+        self.spent += evaluation.cost
+        status: Status = "PASS" if evaluation.cost == price else "FAIL"
+        seen = f"cost ${usd(evaluation.cost)}" + (
+            "" if status == "PASS" else ": set sentinel_price_usd on the connection"
+        )
+        checks.append(Check("sentinel cost", status, expected, seen, answer.request_id, cost_usd=usd(evaluation.cost)))
+        return checks
+
     def _retry_after(self) -> Check:
         expected = "Retry-After (seconds or an HTTP date) on a 429"
         if not self.rate_limits:
@@ -822,6 +927,15 @@ def _edit_candidates(variant: Variant) -> list[str]:
     documented = EDIT_MODELS.get(variant)
     first = documented or f"{variant.model_id}/edit"
     return [first, variant.model_id]
+
+
+def _small_image() -> str:
+    """A 128×128 gradient PNG as a ``data:`` URI: something to judge that is not a blank image."""
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.linear_gradient("L").resize((128, 128)).convert("RGB").save(buf, "PNG")
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
 
 
 def _small_reference() -> str:
@@ -916,6 +1030,8 @@ def format_report(report: DoctorReport) -> str:
         lines.append(f"skipped under --max-spend: {', '.join(report.skipped)}")
     if report.edit_models:
         lines.append(f"reference images go to: {json.dumps(report.edit_models)} (the connection's edit_models extra)")
+    if report.sentinel_price_usd is not None:
+        lines.append(f"Sentinel: ${report.sentinel_price_usd} per evaluation (job class standard)")
     lines.append(verdict)
     return "\n".join(lines)
 
@@ -946,6 +1062,8 @@ def run_cli(args: Any, hook: Any, out: Callable[[str], None] = print) -> int:
         run_timeout=args.run_timeout,
         replay_after=args.replay_after,
         max_download_bytes=config.max_download_bytes,
+        sentinel=bool(getattr(args, "sentinel", False)),
+        sentinel_price=getattr(config, "sentinel_price", None),
     )
     from_env = bool(os.environ.get("FLUX2_API_KEY"))  # how ``flux2 generate`` finds its key, too
     conn_id = None if from_env else getattr(config, "conn_id", None)

@@ -305,7 +305,7 @@ class FluxQualityCheckOperator(BaseOperator):
             if self.on_failure == "regenerate"
             else ""
         )
-        if budget is not None and self.on_failure != "regenerate":
+        if budget is not None and self.on_failure != "regenerate" and gate is not None:
             regenerate = f" · budget ${usd(budget.limit)}"
         names = ", ".join(check.name for check in suite.checks)
         return (
