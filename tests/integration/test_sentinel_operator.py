@@ -216,3 +216,42 @@ def test_the_connections_price_is_used_and_the_billed_cost_is_recorded(emulator,
     assert summary["sentinel"]["price_usd"] == "0.020"  # planned at the connection's price
     assert summary["sentinel"]["cost_usd"] == "0.075"  # recorded as the API billed it
     assert emulator.stats()["requests"].get("list_job_classes", 0) == 0
+
+
+def test_images_in_s3_reach_the_api_presigned_and_are_judged_on_their_pixels(
+    emulator, run_dag, xcom, moto_aws_conn, bucket
+):
+    # Only "decodes" runs before Sentinel here, so the blank image is Sentinel's to catch, from its pixels:
+    # the emulator fetched the presigned moto URL and measured it.
+    emulator.faults(
+        {"rules": [{"endpoint": "create_batch", "fault": "blank_image", "match": {"prompt_contains": "1,"}}]}
+    )
+    with DAG(f"t_sentinel_{next(_ids)}", schedule=None, start_date=datetime(2026, 1, 1)) as dag:
+        generate = FluxGenerateImageOperator(
+            task_id="generate",
+            prompts=PROMPTS[:3],
+            image_size="square",
+            output_uri=f"s3://{bucket}/staging",
+            aws_conn_id=moto_aws_conn,
+            poll_interval=0.02,
+        )
+        FluxQualityCheckOperator(
+            task_id="check",
+            records=generate.output,
+            checks=["decodes"],
+            on_failure="drop",
+            min_pass_rate=0,
+            aws_conn_id=moto_aws_conn,
+            poll_interval=0.02,
+            sentinel=True,
+            sentinel_task_type="product",
+        )
+    dr = run_dag(dag)
+    assert dr.state == "success"
+    records = {r["index"]: r for r in xcom(dr, "check")}
+    assert (
+        records[1]["status"] == "dropped" and records[1]["sentinel"]["top_issues"][0] == "blank or near-uniform image"
+    )
+    assert records[0]["sentinel"]["passed"] and records[2]["sentinel"]["passed"]
+    assert all(r["uri"].startswith(f"s3://{bucket}/") for r in records.values())
+    assert len(evaluations(emulator.ledger())) == 3
