@@ -11,7 +11,6 @@ from typing import Any
 
 import httpx
 import pytest
-from conftest import EMULATOR_API_KEY
 from PIL import Image
 
 
@@ -28,7 +27,7 @@ def png_uri(kind: str = "gradient", seed: int = 0) -> str:
 @pytest.fixture
 def client(emulator):
     with httpx.Client(
-        base_url=emulator.base_url, headers={"Authorization": f"Bearer {EMULATOR_API_KEY}"}, timeout=10
+        base_url=emulator.base_url, headers={"Authorization": f"Bearer {emulator.api_key}"}, timeout=10
     ) as c:
         yield c
 

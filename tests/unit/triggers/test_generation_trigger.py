@@ -117,7 +117,7 @@ def test_nothing_blocks_the_event_loop(emulator, caplog):
 
     async def main():
         loop = asyncio.get_running_loop()
-        loop.slow_callback_duration = 0.015
+        loop.slow_callback_duration = 0.05  # blocking I/O takes longer; parsing a poll on a busy machine less
         return await events_of(trigger_for(plan))
 
     with caplog.at_level(logging.WARNING, logger="asyncio"):
