@@ -45,7 +45,13 @@ from airflow_provider_flux2.arguments import (
     check_pass_rate,
     is_templated,
 )
-from airflow_provider_flux2.exceptions import FluxError, FluxNotFoundError, FluxValidationError, percent
+from airflow_provider_flux2.exceptions import (
+    BudgetExceededError,
+    FluxError,
+    FluxNotFoundError,
+    FluxValidationError,
+    percent,
+)
 from airflow_provider_flux2.hooks.flux import FluxHook, expected_duration
 from airflow_provider_flux2.jobs import (
     Job,
@@ -239,7 +245,14 @@ class FluxQualityCheckOperator(BaseOperator):
             judged = (price or Decimal("0")) * len(plan.items) if gate is not None else Decimal("0")
             if budget is not None and judged:
                 # Each regenerated image is judged again: its evaluation is in the round's price.
-                budget.check(plan.total + judged, spent=plan.spent)
+                try:
+                    budget.check(plan.total + judged, spent=plan.spent)
+                except BudgetExceededError as error:
+                    error.args = (
+                        f"Regenerating {len(plan.items)} image(s) (${usd(plan.total)}) and judging them again "
+                        f"(${usd(judged)}): {error.args[0]}",
+                    )
+                    raise
             self.log.info(
                 "Round %d: regenerating %d image(s) for $%s%s (spent so far $%s%s)",
                 rounds,
@@ -489,7 +502,14 @@ class FluxQualityCheckOperator(BaseOperator):
         cost = price * len(jobs)
         spent = _spent(records)
         if budget is not None:
-            budget.check(cost, spent=spent)
+            try:
+                budget.check(cost, spent=spent)
+            except BudgetExceededError as error:
+                error.args = (
+                    f"Sentinel: {len(jobs)} evaluation(s) at ${usd(price)} each (${usd(cost)}) on top of the "
+                    f"${usd(spent)} spent: {error.args[0]}",
+                )
+                raise
         self.log.info(
             "Sentinel: judging %d image(s) for $%s (%s at $%s each; spent so far $%s%s)",
             len(jobs),
@@ -503,7 +523,11 @@ class FluxQualityCheckOperator(BaseOperator):
         found: dict[int, sentinel_api.Evaluation] = {}
         for position, job in enumerate(jobs):  # read again by id: what an earlier wait already saw end
             if job.key in known:
-                evaluation = self.hook.get_evaluation(str(known[job.key][0]))
+                try:
+                    evaluation = self.hook.get_evaluation(str(known[job.key][0]))
+                except FluxNotFoundError:  # the API no longer has it: asked again under its key
+                    known.pop(job.key)
+                    continue
                 if evaluation.terminal:
                     found[position] = evaluation
         waiting = [position for position in range(len(jobs)) if position not in found]

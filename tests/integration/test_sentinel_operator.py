@@ -174,12 +174,15 @@ def test_a_retried_task_reuses_the_verdicts_already_paid_for(emulator, run_dag, 
     assert stats["evaluations_created"] == 5 and len(evaluations(emulator.ledger())) == 5
 
 
-def test_an_over_budget_evaluation_plan_sends_nothing(emulator, run_dag, task_states, tmp_path):
+def test_an_over_budget_evaluation_plan_sends_nothing(emulator, run_dag, task_states, tmp_path, capfd):
     # The five images cost $0.150; five evaluations $0.050 more: a $0.19 budget refuses them first.
     dag = pipeline(tmp_path, items(), deferrable=False, publish=False, on_failure="drop", budget_usd="0.19")
     dr = run_dag(dag)
     assert task_states(dr)["check"] == "failed"
     assert emulator.stats()["requests"].get("create_evaluation", 0) == 0 and not evaluations(emulator.ledger())
+    logged = capfd.readouterr().out
+    assert "Sentinel: 5 evaluation(s) at $0.010 each ($0.050) on top of the $0.150 spent" in logged
+    assert "exceeds the task budget of $0.190; nothing was submitted" in logged
 
 
 def test_faults_are_ridden_out_and_nothing_is_billed_twice(emulator, run_dag, xcom, tmp_path):
