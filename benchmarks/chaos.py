@@ -108,7 +108,7 @@ class Verdict:
             f"{self.scenario} [{self.executor}]: {self.dag_state}, {self.tasks} tasks, {self.images} images, "
             f"{self.stored} stored, {self.ledger_entries} billed (${self.ledger_usd}; manifests ${self.manifest_usd}), "
             f"{self.duplicate_keys + self.duplicate_refs} duplicates, {self.tries_beyond_first} extra tries, "
-            f"kill → all succeeded {recovery}, wall {self.wall_s:.0f} s"
+            f"kill → all succeeded {recovery}, wall {self.wall_s:.0f} s; struck {', '.join(self.killed) or '-'}"
             + (f"; restarted {', '.join(self.restarted)}" if self.restarted else "")
             + (f"; retried {self.retried}" if self.retried else "")
             + ("; " + "; ".join(self.notes) if self.notes else "")
