@@ -6,6 +6,8 @@
   and ``check_image`` / ``check_images`` (bytes).
 - :mod:`.policy` — ``apply_failure_policy``: fail, drop or regenerate.
 - :mod:`.regeneration` — the pure, budget-checked regeneration planner and ``supersede``.
+- :mod:`.sentinel` — Runflow Sentinel as a check: ``SentinelGate`` (what to evaluate, under which key,
+  what a verdict means) and ``with_verdict``; the quality operator sends the evaluations.
 
 Every public name is importable from this package (``from airflow_provider_flux2.quality import
 CheckSuite``). They are loaded on first use: the checks pull in numpy and imagehash, which a DAG
@@ -49,6 +51,13 @@ if TYPE_CHECKING:
         regeneration_seed,
         supersede,
     )
+    from airflow_provider_flux2.quality.sentinel import (
+        SENTINEL_CHECK,
+        EvaluationJob,
+        SentinelGate,
+        evaluation_spend,
+        with_verdict,
+    )
     from airflow_provider_flux2.quality.suite import (
         DEFAULT_CHECKS,
         CheckConfig,
@@ -87,6 +96,11 @@ _MODULE_OF: dict[str, str] = {
     "plan_regeneration": "airflow_provider_flux2.quality.regeneration",
     "regeneration_seed": "airflow_provider_flux2.quality.regeneration",
     "supersede": "airflow_provider_flux2.quality.regeneration",
+    "SENTINEL_CHECK": "airflow_provider_flux2.quality.sentinel",
+    "EvaluationJob": "airflow_provider_flux2.quality.sentinel",
+    "SentinelGate": "airflow_provider_flux2.quality.sentinel",
+    "evaluation_spend": "airflow_provider_flux2.quality.sentinel",
+    "with_verdict": "airflow_provider_flux2.quality.sentinel",
     "DEFAULT_CHECKS": "airflow_provider_flux2.quality.suite",
     "CheckConfig": "airflow_provider_flux2.quality.suite",
     "CheckSuite": "airflow_provider_flux2.quality.suite",
@@ -102,6 +116,7 @@ __all__ = [
     "DEFAULT_CHECKS",
     "FAILURE_POLICIES",
     "QUALITY_FAILURE_CODE",
+    "SENTINEL_CHECK",
     "BatchCheck",
     "Check",
     "CheckConfig",
@@ -109,6 +124,7 @@ __all__ = [
     "CheckVerdict",
     "DecodedImage",
     "DecodesCheck",
+    "EvaluationJob",
     "FailurePolicy",
     "FormatCheck",
     "ImageCheck",
@@ -120,17 +136,20 @@ __all__ = [
     "Regeneration",
     "RegenerationPlan",
     "Sample",
+    "SentinelGate",
     "SizeCheck",
     "SuiteResult",
     "apply_failure_policy",
     "check_image",
     "check_images",
     "decode_image",
+    "evaluation_spend",
     "failed_checks",
     "plan_regeneration",
     "regeneration_seed",
     "run_checks",
     "supersede",
+    "with_verdict",
 ]
 
 

@@ -7,6 +7,7 @@ import asyncio
 import base64
 import contextlib
 import io
+import json
 import time
 from decimal import Decimal
 from typing import Any
@@ -69,6 +70,7 @@ def test_a_trigger_killed_mid_wait_and_rebuilt_bills_each_evaluation_once(emulat
     assert not emulator.ledger()["entries"]  # nothing finished yet
     event = asyncio.run(first_event(rebuilt(original)))
     assert event["status"] == "success" and len(event["keys"]) == 6
+    assert emulator.api_key not in json.dumps(event)
     assert all(state.status == "succeeded" for state in rows_of(event).values())
     stats = emulator.stats()
     assert stats["evaluations_created"] == 6 and stats["requests"]["create_evaluation"] >= 9  # three replayed
