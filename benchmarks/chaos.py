@@ -124,9 +124,9 @@ def verify(dep: Deployment, dag_id: str, run_id: str, shape: Shape, verdict: Ver
     if verdict.dag_state != "success":
         states = {t.task_id: t.state for t in dep.task_states(dag_id, run_id) if t.state != "success"}
         verdict.problems.append(f"DAG run ended {verdict.dag_state} ({states})")
-    states = dep.task_states(dag_id, run_id)
-    verdict.tries_beyond_first = sum(max(0, t.try_number - 1) for t in states)
-    verdict.retried = {t.task_id: t.try_number for t in states if t.try_number > 1}
+    finished = dep.task_states(dag_id, run_id)
+    verdict.tries_beyond_first = sum(max(0, t.try_number - 1) for t in finished)
+    verdict.retried = {t.task_id: t.try_number for t in finished if t.try_number > 1}
 
     entries = [
         e for e in dep.emu.ledger()["entries"] if str(e.get("client_ref") or "").startswith(f"{dag_id}/{run_id}/")
