@@ -32,7 +32,7 @@ from decimal import Decimal
 from typing import Any, Literal
 
 from airflow_provider_flux2 import protocol
-from airflow_provider_flux2.exceptions import FluxRateLimitError
+from airflow_provider_flux2.exceptions import FluxConnectionError, FluxRateLimitError, FluxRequestTimeoutError
 from airflow_provider_flux2.megapixels import billed_megapixels
 from airflow_provider_flux2.models import Batch, FluxInput, Run, RunStatus
 from airflow_provider_flux2.money import cents
@@ -104,9 +104,12 @@ def expected_duration(width: int, height: int) -> float:
 
 #: Poll rounds a loop does in one turn: a batch seen finished makes its items read due at once.
 POLL_ROUNDS = 3
-#: Submissions that may fail in a row, after the hook's own retries, before the window gives up (a
-#: refused submission is not a silent API: it does not heal by waiting).
+#: Turns in a row whose submissions failed with an answer (5xx, 408), after the hook's own retries,
+#: before the window gives up: an API that answers "no" does not heal by waiting. A silent API (no
+#: answer: a time-out, a lost connection) or one asking to slow down (429) is waited for like a poll.
 MAX_CONSECUTIVE_FAILURES = 5
+#: Submission errors that mean the API did not answer, or asked to wait: ridden out until the deadline.
+SILENT = (FluxConnectionError, FluxRequestTimeoutError, FluxRateLimitError)
 #: The longest pause between two polls of an API that does not answer. A poll that fails for a reason
 #: that may go away by itself (a network error, a time-out, 5xx, 429) never ends the wait: the window
 #: backs off, doubling to this cap with jitter, and the task's own deadline decides when to stop.
@@ -277,7 +280,9 @@ class Window:
     next_chunk: int = field(init=False, default=0)
     error: str | None = field(init=False, default=None)
     budget_stop: dict[str, str] | None = field(init=False, default=None)
-    failures: int = field(init=False, default=0)  # submissions refused in a row
+    failures: int = field(init=False, default=0)  # turns in a row whose submissions were refused
+    _turn: int = field(init=False, default=0)  # submissions() calls: one a turn of the loop
+    _failed_turn: int = field(init=False, default=-1)
     drain_on_error: bool = field(init=False, default=False)  # the error leaves the runs at the API readable
     poll_failures: int = field(init=False, default=0)  # polls failed in a row (the API silent)
     outage_since: float | None = field(init=False, default=None)
@@ -337,6 +342,7 @@ class Window:
         """What to send now: resubmissions first (one slot each), then whole chunks while they fit."""
         if self.error is not None or now >= self.end_time:
             return []
+        self._turn += 1
         out = [submit for submit, at in self._retry if at <= now]
         self._retry = [(submit, at) for submit, at in self._retry if at > now]
         free = self.max_in_flight - self.in_flight()
@@ -468,6 +474,7 @@ class Window:
         ago, and waiting a fresh run's first interval would slow the catch-up to a crawl.
         """
         self.failures = 0
+        self._answered()
         target = ("batch", batch_id) if batch_id else None
         # The same run ids back (a transient failure whose first attempt did reach the API) is a replay too.
         known = {r for s in self.states.values() for r in (s.run_id, *s.previous) if r}
@@ -489,8 +496,20 @@ class Window:
             self._no_batches.add(submit.model)
             self._retry.extend((Submit((index,), submit.model), now) for index in submit.jobs)
             return
+        if isinstance(error, SILENT):
+            # The API down, hanging or rate limiting: the jobs keep their slots and the same request (same
+            # key: billed once if it did arrive) goes again after a backoff, until the task's deadline.
+            if isinstance(error, FluxRateLimitError):  # asked to wait: no outage
+                delay = max(2 * self.poll_interval, error.retry_after or 0.0)
+            else:
+                self._silent(error, now)
+                delay = min(OUTAGE_MAX_BACKOFF, self.poll_interval * 2 ** min(self.poll_failures - 1, 16))
+            self._retry.append((submit, now + delay * (1 + protocol.JITTER * random.random())))
+            return
         if protocol.is_transient(error):
-            self.failures += 1
+            if self._failed_turn != self._turn:  # submissions failing together in one turn count once
+                self._failed_turn = self._turn
+                self.failures += 1
             if self.failures < MAX_CONSECUTIVE_FAILURES:
                 # The jobs keep their slots; the same request (same key) goes again shortly.
                 self._retry.append((submit, now + self.poll_interval))
@@ -554,12 +573,16 @@ class Window:
             delay = max(2 * self.poll_interval, error.retry_after or 0.0)
             self._due[(poll.kind, poll.id)] = now + delay * (1 + protocol.JITTER * random.random())
             return
+        self._silent(error, now)
+        delay = min(OUTAGE_MAX_BACKOFF, self.poll_interval * 2 ** min(self.poll_failures - 1, 16))
+        self._due[(poll.kind, poll.id)] = now + delay * (1 + protocol.JITTER * random.random())
+
+    def _silent(self, error: BaseException, now: float) -> None:
+        """A request the API did not answer (a poll or a submission): the outage goes on."""
         self.poll_failures += 1
         if self.outage_since is None:
             self.outage_since = now
         self.outage_error = _typed(error)
-        delay = min(OUTAGE_MAX_BACKOFF, self.poll_interval * 2 ** min(self.poll_failures - 1, 16))
-        self._due[(poll.kind, poll.id)] = now + delay * (1 + protocol.JITTER * random.random())
 
     def _answered(self) -> None:
         """The API answered a poll: an outage, if there was one, is over."""
@@ -575,7 +598,7 @@ class Window:
         self._outage_said = now
         return (
             f"The FLUX API has not answered for {duration(now - self.outage_since)} ({self.poll_failures} failed "
-            f"poll(s), last: {self.outage_error}); waiting on until the deadline, "
+            f"request(s), last: {self.outage_error}); waiting on until the deadline, "
             f"{duration(self.end_time - now)} from now"
         )
 

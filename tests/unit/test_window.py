@@ -317,3 +317,37 @@ def test_a_429_is_not_a_failed_poll_the_read_comes_again_a_little_later():
     assert win.poll_failures == 0 and win.outage_since is None and win.outage_line(T0 + 1000) is None
     assert win.error is None and not win.finished(T0 + 200)
     assert win.wakeup(T0 + 119) >= T0 + 119 + 2 * win.poll_interval  # backed off, not hammered
+
+
+def test_submissions_to_a_silent_api_are_sent_again_until_the_deadline_not_given_up():
+    """Four batch submissions timing out together for ten minutes: no error, backoff capped, one outage."""
+    from airflow_provider_flux2.exceptions import FluxRequestTimeoutError
+
+    win = window(8, max_in_flight=8, chunk=2, end_time=T0 + 6 * 3600)
+    silent = FluxRequestTimeoutError("The FLUX API did not answer in time", attempts=5, url="https://x/v1/models")
+    now, sends = T0, 0
+    while now < T0 + 600:
+        for submit in win.submissions(now):
+            sends += 1
+            win.submit_failed(submit, silent, now)
+        now = max(now + 0.001, win.wakeup(now))
+    assert win.error is None and win.status(now) == "running" and sends > 4 * 5
+    assert "has not answered for" in (win.outage_line(now) or "")
+    api = FakeAPI()
+    for submit in win.submissions(now + 120):  # the API is back: the same keys go again
+        api.accept(win, submit, now + 120)
+    assert win.outage_since is None and win.in_flight() == 8
+
+
+def test_submissions_refused_with_an_answer_still_give_up_after_five_turns_counted_once_each():
+    from airflow_provider_flux2.exceptions import FluxServerError
+
+    win = window(8, max_in_flight=8, chunk=2)
+    down = FluxServerError(status_code=500, code="INTERNAL", message="boom")
+    now, turns = T0, 0
+    while win.error is None and turns < 20:
+        turns += 1
+        for submit in win.submissions(now):
+            win.submit_failed(submit, down, now)  # four batches fail in the same turn: one failure
+        now = win.wakeup(now)
+    assert win.error and turns == 5
