@@ -55,8 +55,10 @@ test: $(STAMP) browser deploy-deps
 	@echo "mkdocs build --strict"; out=$$($(PY) -m mkdocs build --strict --site-dir .site-check 2>&1); rc=$$?; \
 		echo "$$out" | grep -v '^INFO' || true; rm -rf .site-check; exit $$rc
 
+# `make demo SENTINEL=1`: the same night with the DAG's Sentinel gate on (one product fails its verdict).
+SENTINEL ?=
 demo: $(STAMP)
-	$(PY) scripts/demo.py
+	SENTINEL=$(SENTINEL) $(PY) scripts/demo.py
 
 lint: $(STAMP)
 	$(PY) -m ruff check airflow_provider_flux2 tests dags benchmarks scripts

@@ -28,6 +28,11 @@ AWS connection named by the ``flux2_aws_conn_id`` variable (or boto3's default c
 **Cost on defaults**: the shipped 16-product catalogue is 15 × 1 MP + 1 × 2 MP on FLUX 2 [pro] =
 **$0.495** the first night; a night with no catalogue change costs **$0**; a changed product costs
 $0.030 (1 MP) to $0.045 (2 MP), plus at most one regeneration each.
+
+**Sentinel gate** (off by default): ``SENTINEL = True`` in this file (or ``FLUX2_SENTINEL=1`` in the
+environment of every Airflow process) has Runflow Sentinel judge each image that passed its byte
+checks against the catalogue brief; a failing image is regenerated once, then dropped. It adds one
+evaluation per judged image (the job class's price, e.g. $0.010 on the emulator: +$0.160 a first night).
 """
 
 from __future__ import annotations
@@ -46,6 +51,8 @@ from airflow_provider_flux2.operators.quality import FluxQualityCheckOperator
 
 PRODUCT_IMAGES = Asset(name="flux2_product_images", uri="flux2://product-images", group="flux2")
 SHIPPED_CATALOGUE = (Path(__file__).parent / "data" / "products.csv").resolve().as_uri()
+#: Judge every stored image with Runflow Sentinel before it is published (off: byte checks only).
+SENTINEL = os.environ.get("FLUX2_SENTINEL", "") == "1"
 PROMPT_TEMPLATE = "{style}. {name}: {description}. Commercial product photography, sharp focus, true-to-life colour."
 
 
@@ -152,6 +159,12 @@ with DAG(
         aws_conn_id=config["aws_conn_id"],
         poll_interval=2.0,
         deferrable=True,  # a regeneration round waits on the triggerer too
+        # Runflow Sentinel as a gate (billed per image judged; see docs/quality-and-publishing.md):
+        # off by default, on with this one switch (or FLUX2_SENTINEL=1 in the environment).
+        sentinel=SENTINEL,
+        sentinel_task_type="product",
+        sentinel_task_description="Catalogue packshot: the product as described, true to its colours, nothing else in frame",
+        sentinel_require_passed=True,
     )
     publish = FluxPublishOperator(
         task_id="publish",

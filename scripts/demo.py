@@ -3,6 +3,10 @@
 Fresh Airflow home in ./.airflow (SQLite), the emulator on loopback with its realistic latency
 profile (ten times faster), `airflow dags test flux2_product_image_refresh` on the deferrable path,
 then where the images, the manifest and the gallery are.
+
+``make demo SENTINEL=1`` turns the DAG's Sentinel gate on (``FLUX2_SENTINEL=1``): the emulator judges
+every stored image, and fails the one of the "Ceramic Pour-Over Set" (its fail marker set to a word of
+that product's prompt), which is regenerated once, judged again, and dropped.
 """
 
 from __future__ import annotations
@@ -19,6 +23,9 @@ REPO = Path(__file__).resolve().parent.parent
 AIRFLOW_HOME = REPO / ".airflow"
 OUTPUT = REPO / "demo-output"
 DAG_ID = "flux2_product_image_refresh"
+#: ``make demo SENTINEL=1``: the DAG's Sentinel gate on, one product failing its verdict.
+SENTINEL = os.environ.get("SENTINEL", "") not in ("", "0")
+SENTINEL_FAILS = "Pour-Over"
 #: Lines of the Airflow log worth showing while the DAG runs (the full log goes to .airflow/demo.log).
 SHOWN = (
     "[DAG TEST] starting task_id",
@@ -28,6 +35,8 @@ SHOWN = (
     " done · ",
     "Finished ",
     "Quality:",
+    "Quality plan:",
+    "Sentinel",
     "Round ",
     "Published ",
     "ERROR",
@@ -51,6 +60,8 @@ def airflow_env(emulator_conn: str) -> dict[str, str]:
         AIRFLOW_CONN_FLUX2_DEFAULT=emulator_conn,
         AIRFLOW_VAR_FLUX2_OUTPUT_URI=OUTPUT.as_uri(),
     )
+    if SENTINEL:
+        env["FLUX2_SENTINEL"] = "1"
     return env
 
 
@@ -100,6 +111,11 @@ def report() -> int:
     print(f"   contact sheet: {manifest_path.with_name('contact_sheet.png')}")
     print(f"   image names:   {', '.join(p.name for p in images[:2])}, … (index, product id, content hash)")
     print(f"   latest:        {OUTPUT / 'latest'} (the current image of each product: <product id>.jpg)")
+    if SENTINEL:
+        rows = json.loads(manifest_path.read_text())["images"]
+        judged = [r for r in rows if r.get("sentinel")]
+        failed = [r for r in judged if not (r["sentinel"] or {}).get("overall_passed")]
+        print(f"   sentinel:      {len(judged)} verdicts in the manifest, {len(failed)} failing (see the gallery cards)")
     return 0
 
 
@@ -116,7 +132,8 @@ def main() -> int:
 
     step("Starting the FLUX 2 emulator (realistic latency, 10x faster, a $25.00 credit balance)")
     # The balance is served at /v1/billing/balance, as Runflow's: the plan line shows it next to the cost.
-    with Emulator(profile="realistic", time_scale=0.1, subprocess=True, credit_usd="25") as emulator:
+    extra = {"sentinel_fail_marker": SENTINEL_FAILS} if SENTINEL else {}
+    with Emulator(profile="realistic", time_scale=0.1, subprocess=True, credit_usd="25", **extra) as emulator:
         print(f"   emulator at {emulator.base_url}")
         env = airflow_env(emulator.connection_json())
         subprocess.run([sys.executable, "-m", "airflow", "db", "migrate"], env=env, check=True, capture_output=True)
