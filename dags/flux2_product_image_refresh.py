@@ -163,7 +163,9 @@ with DAG(
         # off by default, on with this one switch (or FLUX2_SENTINEL=1 in the environment).
         sentinel=SENTINEL,
         sentinel_task_type="product",
-        sentinel_task_description="Catalogue packshot: the product as described, true to its colours, nothing else in frame",
+        sentinel_task_description=(
+            "Catalogue packshot: the product as described, true to its colours, nothing else in frame"
+        ),
         sentinel_require_passed=True,
     )
     publish = FluxPublishOperator(

@@ -115,7 +115,7 @@ def report() -> int:
         rows = json.loads(manifest_path.read_text())["images"]
         judged = [r for r in rows if r.get("sentinel")]
         failed = [r for r in judged if not (r["sentinel"] or {}).get("overall_passed")]
-        print(f"   sentinel:      {len(judged)} verdicts in the manifest, {len(failed)} failing (see the gallery cards)")
+        print(f"   sentinel:      {len(judged)} verdicts in the manifest, {len(failed)} failing (see the gallery)")
     return 0
 
 
