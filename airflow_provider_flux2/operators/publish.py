@@ -16,6 +16,7 @@ from airflow_provider_flux2.jobs import task_location
 from airflow_provider_flux2.models import records_from_xcom
 from airflow_provider_flux2.outputs import XCOM_GALLERY, XCOM_MANIFEST, FluxImagesLink
 from airflow_provider_flux2.pricing import billed_cost, usd
+from airflow_provider_flux2.quality.sentinel import evaluation_spend
 from airflow_provider_flux2.storage import publisher_for, uri_reader
 from airflow_provider_flux2.storage.publish import is_publishable, publish_latest, publish_records
 from airflow_provider_flux2.storage.report import write_batch_report
@@ -124,7 +125,9 @@ class FluxPublishOperator(BaseOperator):
             updated = publish_latest(published, latest, reader=reader, run_id=context["ti"].run_id)
             self.log.info("Latest: %d item(s) updated under %s", len(updated), latest.base_uri)
         delivered = [r for r in published if is_publishable(r)]
-        cost = sum((billed_cost(r) for r in published), Decimal("0"))
+        images_cost = sum((billed_cost(r) for r in published), Decimal("0"))
+        evaluations_cost = evaluation_spend(published)  # Sentinel's verdicts, as the API billed them
+        cost = images_cost + evaluations_cost
         summary: dict[str, Any] = {
             "manifest_uri": uris["manifest_uri"],
             "gallery_uri": uris["gallery_uri"],
@@ -136,6 +139,8 @@ class FluxPublishOperator(BaseOperator):
             "cost_usd": usd(cost),
             "uris": [r.uri for r in delivered],
         }
+        if evaluations_cost:
+            summary.update(generation_cost_usd=usd(images_cost), evaluation_cost_usd=usd(evaluations_cost))
         ti = context["ti"]
         links.remember_gallery(ti, self, XCOM_GALLERY, uris["gallery_uri"])
         ti.xcom_push(key=XCOM_MANIFEST, value=uris["manifest_uri"])

@@ -109,6 +109,12 @@ def test_failing_verdicts_are_dropped_and_on_record_in_the_manifest_csv_and_gall
     assert Decimal(summary["total_cost_usd"]) == Decimal(ledger["total_cost"]) == Decimal("0.200")
 
     published = xcom(dr, "publish")
+    # The publish step's figure (its return value and the asset event) counts the evaluations too.
+    assert (published["cost_usd"], published["generation_cost_usd"], published["evaluation_cost_usd"]) == (
+        "0.200",
+        "0.150",
+        "0.050",
+    )
     manifest = json.loads(Path(published["manifest_uri"][len("file://") :]).read_text())
     assert Decimal(manifest["summary"]["total_cost_usd"]) == Decimal(ledger["total_cost"])
     assert (
