@@ -2,19 +2,23 @@
 
 Every scenario starts a fresh :class:`deployment.Deployment`, triggers ``flux2_deploy_chaos`` (20
 deferrable tasks of 3–5 images, one ``big`` task and one ``@task.flux2`` task, ``retries=2``;
-``flux2_deploy_chaos_sync`` for the non-deferrable kills), strikes mid-flight, and then checks what a
-user is owed:
+``flux2_deploy_chaos_sync`` for the non-deferrable kills; ``flux2_deploy_sentinel``, one task of images
+judged by Sentinel on the triggerer, for ``sentinel_triggerer_kill``), strikes mid-flight, and then checks
+what a user is owed:
 
 - the DAG run succeeded;
 - one billed run per image in the emulator's ledger, no ``Idempotency-Key`` or ``client_ref`` billed twice;
 - one stored file per image (by index), none missing;
 - each task's manifest equals the ledger to the cent;
-- the tries spent beyond the first are counted (and must be none where a wait can ride the fault out).
+- the tries spent beyond the first are counted (and must be none where a wait can ride the fault out);
+- with a Sentinel task: one billed evaluation per image judged, no evaluation key billed twice, and the
+  task's summary equal to the ledger's evaluations to the cent.
 
 The strikes: ``kill -9`` of a triggerer, the triggerer holding the big task, a task runner, a task's
-host, the scheduler, a Celery worker; ``kill -9`` of PostgreSQL, back after ``--outage-s`` (20 s), with
-the Airflow processes that die of it restarted as a service manager would (``database_crash``); the
-API hanging (the emulator stopped, then continued) for ``--outage-s`` (180 s; ``api_hang``).
+host, the scheduler, a Celery worker, the triggerer while Sentinel evaluations are in flight
+(``sentinel_triggerer_kill``); ``kill -9`` of PostgreSQL, back after ``--outage-s`` (20 s), with the
+Airflow processes that die of it restarted as a service manager would (``database_crash``); the API
+hanging (the emulator stopped, then continued) for ``--outage-s`` (180 s; ``api_hang``).
 
     python benchmarks/chaos.py                          # every scenario (make soak)
     python benchmarks/chaos.py triggerer_kill celery_worker_kill --small-tasks 6 --big-images 40
@@ -52,12 +56,14 @@ class Shape:
     max_in_flight: int = 16
     time_scale: float = 0.3
     decorated_images: int = 4
+    sentinel_images: int = 8
 
     def env(self) -> dict[str, str]:
         return {
             "FLUX2_DEPLOY_SMALL_TASKS": str(self.small_tasks),
             "FLUX2_DEPLOY_BIG_IMAGES": str(self.big_images),
             "FLUX2_DEPLOY_DECORATED_IMAGES": str(self.decorated_images),
+            "FLUX2_DEPLOY_SENTINEL_IMAGES": str(self.sentinel_images),
             "FLUX2_DEPLOY_MAX_IN_FLIGHT": str(self.max_in_flight),
             "FLUX2_DEPLOY_TIME_SCALE": str(self.time_scale),
         }
@@ -68,6 +74,10 @@ class Shape:
         tasks["big"] = self.big_images
         tasks["decorated"] = self.decorated_images  # the @task.flux2 task
         return tasks
+
+    def sentinel_dag_images(self) -> dict[str, int]:
+        """Images per task of ``flux2_deploy_sentinel`` (its ``check`` task judges them all)."""
+        return {"generate": self.sentinel_images}
 
 
 @dataclass
@@ -85,6 +95,13 @@ class Verdict:
     duplicate_refs: int = 0
     ledger_usd: str = "0"
     manifest_usd: str = "0"
+    #: Sentinel: evaluations billed in the ledger, images the quality task judged, evaluation keys billed
+    #: twice, and what the ledger and the task's summary say the evaluations cost.
+    evaluations: int = 0
+    judged: int = 0
+    duplicate_evaluation_keys: int = 0
+    evaluation_usd: str = "0"
+    summary_evaluation_usd: str = "0"
     tries_beyond_first: int = 0
     killed: list[str] = field(default_factory=list)
     #: How long the database or the API was away (the outage scenarios), in seconds.
@@ -108,7 +125,13 @@ class Verdict:
             f"{self.scenario} [{self.executor}]: {self.dag_state}, {self.tasks} tasks, {self.images} images, "
             f"{self.stored} stored, {self.ledger_entries} billed (${self.ledger_usd}; manifests ${self.manifest_usd}), "
             f"{self.duplicate_keys + self.duplicate_refs} duplicates, {self.tries_beyond_first} extra tries, "
-            f"kill → all succeeded {recovery}, wall {self.wall_s:.0f} s; struck {', '.join(self.killed) or '-'}"
+            + (
+                f"{self.evaluations} evaluations billed for {self.judged} judged (${self.evaluation_usd}; "
+                f"summary ${self.summary_evaluation_usd}), {self.duplicate_evaluation_keys} evaluation keys twice, "
+                if self.evaluations or self.judged
+                else ""
+            )
+            + f"kill → all succeeded {recovery}, wall {self.wall_s:.0f} s; struck {', '.join(self.killed) or '-'}"
             + (f"; restarted {', '.join(self.restarted)}" if self.restarted else "")
             + (f"; retried {self.retried}" if self.retried else "")
             + ("; " + "; ".join(self.notes) if self.notes else "")
@@ -116,9 +139,19 @@ class Verdict:
         )
 
 
-def verify(dep: Deployment, dag_id: str, run_id: str, shape: Shape, verdict: Verdict) -> Verdict:
-    """Check the ledger, the stored files and the manifests of one finished DAG run."""
-    expected = shape.images()
+def verify(
+    dep: Deployment,
+    dag_id: str,
+    run_id: str,
+    expected: dict[str, int],
+    verdict: Verdict,
+    judge: str | None = None,
+) -> Verdict:
+    """Check the ledger, the stored files and the manifests of one finished DAG run.
+
+    :param expected: images per generating task.
+    :param judge: the Sentinel quality task whose evaluations are checked against the ledger.
+    """
     verdict.tasks, verdict.images = len(expected), sum(expected.values())
     verdict.dag_state = dep.dag_run_state(dag_id, run_id)
     if verdict.dag_state != "success":
@@ -128,9 +161,11 @@ def verify(dep: Deployment, dag_id: str, run_id: str, shape: Shape, verdict: Ver
     verdict.tries_beyond_first = sum(max(0, t.try_number - 1) for t in finished)
     verdict.retried = {t.task_id: t.try_number for t in finished if t.try_number > 1}
 
-    entries = [
-        e for e in dep.emu.ledger()["entries"] if str(e.get("client_ref") or "").startswith(f"{dag_id}/{run_id}/")
-    ]
+    ours = [e for e in dep.emu.ledger()["entries"] if str(e.get("client_ref") or "").startswith(f"{dag_id}/{run_id}/")]
+    # Images are counted in runs; Sentinel's evaluations are billed in the same ledger and checked apart.
+    entries = [e for e in ours if e.get("kind", "run") == "run"]
+    if judge is not None:
+        _verify_evaluations(dep, dag_id, run_id, judge, [e for e in ours if e.get("kind") == "evaluation"], verdict)
     verdict.ledger_entries = len(entries)
     verdict.duplicate_keys = keys_billed_twice(entries)
     verdict.duplicate_refs = sum(n - 1 for n in Counter(e["client_ref"] for e in entries).values() if n > 1)
@@ -163,6 +198,33 @@ def verify(dep: Deployment, dag_id: str, run_id: str, shape: Shape, verdict: Ver
     if manifest_total != ledger_total:
         verdict.problems.append(f"manifests ${manifest_total} ≠ ledger ${ledger_total}")
     return verdict
+
+
+def _verify_evaluations(
+    dep: Deployment, dag_id: str, run_id: str, judge: str, evaluations: list[dict[str, Any]], verdict: Verdict
+) -> None:
+    """One billed evaluation per image judged, none twice, and the task's summary equal to the ledger."""
+    body = dep.api("GET", f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances/{judge}/xcomEntries/flux_quality_summary")
+    value = body["value"]
+    judged = (json.loads(value) if isinstance(value, str) else value).get("sentinel") or {}
+    verdict.judged = int(judged.get("evaluated", 0))
+    verdict.summary_evaluation_usd = str(Decimal(judged.get("cost_usd", "0")))
+    verdict.evaluations = len(evaluations)
+    verdict.duplicate_evaluation_keys = sum(
+        n - 1 for n in Counter(e["idempotency_key"] for e in evaluations).values() if n > 1
+    )
+    verdict.evaluation_usd = str(sum((Decimal(e["cost"]) for e in evaluations), Decimal("0")))
+    stats = dep.emu.stats()
+    sent = stats["requests"].get("create_evaluation", 0)
+    verdict.notes.append(f"{sent} evaluation submits for {stats['evaluations_created']} created")  # replays
+    if not verdict.judged or verdict.evaluations != verdict.judged:
+        verdict.problems.append(f"{verdict.evaluations} billed evaluations for {verdict.judged} images judged")
+    if verdict.duplicate_evaluation_keys:
+        verdict.problems.append(f"{verdict.duplicate_evaluation_keys} evaluation keys billed twice")
+    if Decimal(verdict.summary_evaluation_usd) != Decimal(verdict.evaluation_usd):
+        verdict.problems.append(
+            f"{judge}: summary evaluations ${verdict.summary_evaluation_usd}, ledger ${verdict.evaluation_usd}"
+        )
 
 
 def keys_billed_twice(entries: list[dict[str, Any]]) -> int:
@@ -209,6 +271,32 @@ def kill_triggerer(dep: Deployment, dag_id: str, run_id: str, verdict: Verdict) 
     dep.wait_for(lambda: dep.count_states(dag_id, run_id).get("deferred", 0) >= 3, what="three deferred tasks")
     killed_at = dep.kill("triggerer-1")
     verdict.killed.append("triggerer-1")
+    time.sleep(2)
+    dep.restart("triggerer-1")
+    return killed_at
+
+
+#: Evaluations in flight when the triggerer is struck (``Shape.sentinel_images`` must be at least this):
+#: several, so the new triggerer must recover submissions already made, not only ones still to send.
+JUDGING_IN_FLIGHT = 4
+
+
+def kill_triggerer_judging(dep: Deployment, dag_id: str, run_id: str, verdict: Verdict) -> float:
+    """``kill -9`` the only triggerer while the quality task's Sentinel evaluations are in flight; start a new one."""
+
+    def judging() -> bool:
+        check = [t for t in dep.task_states(dag_id, run_id) if t.task_id == "check"]
+        in_flight = dep.emu.stats().get("evaluations_by_status", {})
+        return (
+            bool(check)
+            and check[0].state == "deferred"
+            and in_flight.get("pending", 0) + in_flight.get("running", 0) >= JUDGING_IN_FLIGHT
+        )
+
+    dep.wait_for(judging, what="the check task deferred with evaluations in flight")
+    killed_at = dep.kill("triggerer-1")
+    statuses = dep.emu.stats().get("evaluations_by_status", {})
+    verdict.killed.append(f"triggerer-1 (evaluations {dict(statuses)})")
     time.sleep(2)
     dep.restart("triggerer-1")
     return killed_at
@@ -348,6 +436,12 @@ class Scenario:
     outage_s: float | None = None
     supervised: bool = False
     tries_allowed: int | None = None
+    #: Images per generating task of ``dag_id``, from the shape.
+    images: Callable[[Shape], dict[str, int]] = Shape.images
+    #: The Sentinel quality task whose evaluations the verdict checks (``None``: no such task).
+    judge: str | None = None
+    #: Emulator settings on top of the shape's (``evaluation_seconds``: evaluations long enough to strike).
+    emulator: tuple[tuple[str, Any], ...] = ()
 
 
 SCENARIOS = {
@@ -362,6 +456,14 @@ SCENARIOS = {
         Scenario("database_crash", crash_database, outage_s=20, supervised=True),
         # A wait rides out a silent API until the task's deadline: not one try may be spent on it.
         Scenario("api_hang", hang_api, outage_s=180, tries_allowed=0),
+        Scenario(
+            "sentinel_triggerer_kill",
+            kill_triggerer_judging,
+            dag_id="flux2_deploy_sentinel",
+            images=Shape.sentinel_dag_images,
+            judge="check",
+            emulator=(("evaluation_seconds", 20.0),),
+        ),
     )
 }
 
@@ -388,7 +490,7 @@ def run(
     with Deployment(
         executor=executor,
         triggerers=scenario.triggerers,
-        emulator={"profile": "realistic", "time_scale": shape.time_scale},
+        emulator={"profile": "realistic", "time_scale": shape.time_scale, **dict(scenario.emulator)},
         env=shape.env(),
         parallelism=32,
     ) as dep:
@@ -408,7 +510,7 @@ def run(
         finished = _epoch(end) if end else time.time()
         verdict.kill_to_done_s = max(0.0, finished - killed_at)
         verdict.wall_s = time.time() - started
-        verify(dep, scenario.dag_id, run_id, shape, verdict)
+        verify(dep, scenario.dag_id, run_id, scenario.images(shape), verdict, scenario.judge)
         if state != "success" and not verdict.problems:
             verdict.problems.append(f"DAG run ended {state}")
         if scenario.tries_allowed is not None and verdict.tries_beyond_first > scenario.tries_allowed:

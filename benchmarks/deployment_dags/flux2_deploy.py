@@ -8,6 +8,8 @@ scenario of ``make test`` and the full ones of ``make soak``:
   ``FLUX2_DEPLOY_DECORATED_IMAGES`` (4) images whose prompts a function returns; ``max_in_flight``
   ``FLUX2_DEPLOY_MAX_IN_FLIGHT`` (16), ``retries=2``: ``flux2_deploy_chaos`` (deferrable) and
   ``flux2_deploy_chaos_sync`` (waits in the worker);
+- ``flux2_deploy_sentinel``: one deferrable task of ``FLUX2_DEPLOY_SENTINEL_IMAGES`` (8) images, each
+  judged by Sentinel in a deferrable quality task, ``check`` (the ``sentinel_triggerer_kill`` scenario);
 - ``make bench``'s DAGs (``benchmarks/deployment_bench.py``), one per compared way of running
   ``FLUX2_DEPLOY_BENCH_IMAGES`` (the shipped operator: ``flux2_deploy_bench``, deferrable, and
   ``flux2_deploy_bench_sync``) or ``FLUX2_DEPLOY_PEER_IMAGES`` images (``_chunked``, ``_waves``, the
@@ -34,11 +36,13 @@ from airflow.sdk import DAG, task
 from entries import EntryLogged
 
 from airflow_provider_flux2.operators.flux import FluxGenerateImageOperator
+from airflow_provider_flux2.operators.quality import FluxQualityCheckOperator
 
 SIZES = ("landscape_4_3", "square_hd", "1920x1080", "portrait_16_9", "2048x2048")
 SMALL_TASKS = int(os.environ.get("FLUX2_DEPLOY_SMALL_TASKS", "20"))
 BIG_IMAGES = int(os.environ.get("FLUX2_DEPLOY_BIG_IMAGES", "200"))
 DECORATED_IMAGES = int(os.environ.get("FLUX2_DEPLOY_DECORATED_IMAGES", "4"))
+SENTINEL_IMAGES = int(os.environ.get("FLUX2_DEPLOY_SENTINEL_IMAGES", "8"))
 BENCH_IMAGES = int(os.environ.get("FLUX2_DEPLOY_BENCH_IMAGES", "200"))
 MAX_IN_FLIGHT = int(os.environ.get("FLUX2_DEPLOY_MAX_IN_FLIGHT", "16"))
 #: The emulator's time scale: the poll interval is compressed with the API's clock, as in ``make bench``.
@@ -114,6 +118,29 @@ for _dag_id, _deferrable in (("flux2_deploy_chaos", True), ("flux2_deploy_chaos_
         generate("big", BIG_IMAGES, deferrable=_deferrable)
         decorated(DECORATED_IMAGES, deferrable=_deferrable)
     globals()[_dag_id] = _dag
+
+with DAG(
+    "flux2_deploy_sentinel",
+    schedule=None,
+    start_date=datetime(2026, 1, 1),
+    catchup=False,
+    default_args=DEFAULTS,
+    tags=["flux2", "deployment"],
+) as flux2_deploy_sentinel:
+    # Every image is judged (min_pass_rate 0, failures dropped): the verdict counts evaluations, not passes.
+    FluxQualityCheckOperator(
+        task_id="check",
+        records=generate("generate", SENTINEL_IMAGES, deferrable=True).output,
+        on_failure="drop",
+        min_pass_rate=0,
+        output_uri=f"file://{OUTPUT}",
+        poll_interval=2.0 * TIME_SCALE,
+        deferrable=True,
+        timeout=3600,
+        sentinel=True,
+        sentinel_task_type="product",
+        sentinel_require_passed=True,
+    )
 
 # -- make bench (benchmarks/deployment_bench.py): one DAG per compared way of running N images ----------
 

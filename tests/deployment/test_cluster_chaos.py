@@ -48,6 +48,22 @@ def test_triggerer_killed_while_tasks_are_deferred_loses_nothing_and_pays_once()
     assert verdict.killed == ["triggerer-1"]
 
 
+def test_triggerer_killed_while_sentinel_judges_bills_each_evaluation_once():
+    """``kill -9`` of the only triggerer while a deferred quality task's evaluations are in flight: the new
+    triggerer asks again under the same keys and the API replays what it already made."""
+    verdict = chaos.run("sentinel_triggerer_kill", SHORT)
+    print(verdict.line())
+    assert verdict.ok, verdict.line()
+    assert verdict.dag_state == "success"
+    assert verdict.killed[0].startswith("triggerer-1")
+    images = SHORT.sentinel_images
+    assert verdict.ledger_entries == verdict.images == verdict.stored == images  # runs only
+    assert verdict.evaluations == verdict.judged == images
+    assert verdict.duplicate_evaluation_keys == verdict.duplicate_keys == verdict.duplicate_refs == 0
+    assert verdict.summary_evaluation_usd == verdict.evaluation_usd
+    assert verdict.manifest_usd == verdict.ledger_usd
+
+
 def test_celery_worker_killed_while_running_a_task_loses_nothing_and_pays_once():
     verdict = chaos.run("celery_worker_kill", SHORT)
     _assert_whole(verdict)
