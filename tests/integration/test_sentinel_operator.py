@@ -14,7 +14,6 @@ from pathlib import Path
 
 import pytest
 from airflow.sdk import DAG
-from conftest import EMULATOR_API_KEY
 
 from airflow_provider_flux2.operators.flux import FluxGenerateImageOperator
 from airflow_provider_flux2.operators.publish import FluxPublishOperator
@@ -135,7 +134,7 @@ def test_failing_verdicts_are_dropped_and_on_record_in_the_manifest_csv_and_gall
     gallery = Path(published["gallery_uri"][7:]).read_text()
     assert "SENTINEL_FAIL" in gallery and "Sentinel" in gallery and verdict["evaluation_id"] in gallery
     for text in (json.dumps(records), json.dumps(summary), json.dumps(manifest), gallery):
-        assert EMULATOR_API_KEY not in text
+        assert emulator.api_key not in text
 
 
 def test_a_failing_image_is_regenerated_judged_again_and_billed_once_each_on_the_triggerer(
