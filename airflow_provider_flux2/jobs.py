@@ -668,17 +668,6 @@ def run_window(
     return window.event(time.time())
 
 
-def log_kill(window: Window | None, logger: Any = log) -> None:
-    """``on_kill`` of a task whose window runs in the worker: name what is left at the API (Runflow has
-    no public cancel, so runs already sent finish and bill). Best effort: never raises."""
-    if window is None:
-        return
-    try:
-        logger.warning("%s", window.kill_line())
-    except Exception as error:
-        logger.warning("on_kill could not list the runs left at the API: %s", error)
-
-
 def _observe(window: Window, poll: Poll, hook: FluxHook) -> None:
     if poll.kind == "batch":
         window.observe_batch(hook.get_batch(poll.id, deadline=window.end_time), time.time())

@@ -754,6 +754,17 @@ class Window:
         return payload
 
 
+def log_kill(window: Window | None, logger: Any) -> None:
+    """``on_kill`` of a task or a trigger: name what its window leaves at the API (Runflow has no public
+    cancel, so runs already sent finish and bill). Best effort: never raises."""
+    if window is None:
+        return
+    try:
+        logger.warning("%s", window.kill_line())
+    except Exception as error:
+        logger.warning("on_kill could not list the runs left at the API: %s", error)
+
+
 def _typed(error: BaseException) -> str:
     """``FluxRequestTimeoutError: …``: the event carries text, so the error's type travels in it."""
     return f"{type(error).__name__}: {error}"
@@ -775,4 +786,14 @@ def rows_of(event: Mapping[str, Any]) -> dict[int, JobState]:
     return {state.index: state for state in states}
 
 
-__all__ = ["JobSpec", "JobState", "Poll", "Submit", "Window", "batch_key", "resubmission_key", "rows_of"]
+__all__ = [
+    "JobSpec",
+    "JobState",
+    "Poll",
+    "Submit",
+    "Window",
+    "batch_key",
+    "log_kill",
+    "resubmission_key",
+    "rows_of",
+]

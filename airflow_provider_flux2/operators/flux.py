@@ -18,8 +18,9 @@ its request, so a retry, a cleared task or a rebuilt trigger replays the runs in
 
 from __future__ import annotations
 
+import contextlib
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from datetime import timedelta
 from decimal import Decimal
 from functools import cached_property
@@ -62,7 +63,6 @@ from airflow_provider_flux2.jobs import (
     collect,
     default_chunk_size,
     earlier_runs,
-    log_kill,
     new_job,
     output_publisher,
     run_metadata,
@@ -77,7 +77,7 @@ from airflow_provider_flux2.references import ReferenceResolver
 from airflow_provider_flux2.storage import BatchLocation
 from airflow_provider_flux2.storage.report import write_batch_report
 from airflow_provider_flux2.triggers.flux import FluxGenerationTrigger
-from airflow_provider_flux2.window import JobState, duration, rows_of
+from airflow_provider_flux2.window import JobState, duration, log_kill, rows_of
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
@@ -268,12 +268,18 @@ class FluxGenerateImageOperator(BaseOperator):
             known = {k: v for k, v in item.items() if v is None or not is_templated(v)}
             if variant is None:  # the connection's model, known at run time: leave what depends on it
                 known = {k: v for k, v in known.items() if k not in VARIANT_ONLY}
-            try:
+            with self._naming_item(index, len(items)):
                 build_input(variant, **known)
-            except FluxValidationError as error:
-                if len(items) > 1 and not self._operator_level(error.field, index):
-                    error.args = (f"prompts[{index}]: {error.args[0]}",)
-                raise
+
+    @contextlib.contextmanager
+    def _naming_item(self, index: int, count: int) -> Iterator[None]:
+        """An invalid item of a list fails as ``prompts[index]: …`` (unless the operator's own argument is bad)."""
+        try:
+            yield
+        except FluxValidationError as error:
+            if count > 1 and not self._operator_level(error.field, index):
+                error.args = (f"prompts[{index}]: {error.args[0]}",)
+            raise
 
     @cached_property
     def hook(self) -> FluxHook:
@@ -360,16 +366,12 @@ class FluxGenerateImageOperator(BaseOperator):
         jobs = []
         for index, (item, meta) in enumerate(items):
             variant = resolve_variant(item.pop("model", None) or default_variant)
-            try:
+            with self._naming_item(index, len(items)):
                 request = build_input(variant, **item)
                 # Identity from the references as written; the request sent carries fetchable ones.
                 job = references.attach(
                     new_job(identity, index, variant, request, meta=meta, routes=self.hook.config.edit_models)
                 )
-            except FluxValidationError as error:
-                if len(items) > 1 and not self._operator_level(error.field, index):
-                    error.args = (f"prompts[{index}]: {error.args[0]}",)
-                raise
             jobs.append(job)
         cost = estimate([(j.model, j.request) for j in jobs], self.hook.prices)
         budget = self._budget()

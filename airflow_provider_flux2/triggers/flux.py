@@ -30,7 +30,7 @@ from airflow.triggers.base import BaseTrigger, TriggerEvent
 from airflow_provider_flux2.arguments import DEFAULT_POLL_INTERVAL, DEFAULT_TIMEOUT
 from airflow_provider_flux2.exceptions import FluxError, FluxValidationError
 from airflow_provider_flux2.hooks.flux import FluxHook
-from airflow_provider_flux2.window import POLL_ROUNDS, JobKind, JobSpec, Poll, Submit, Window, rows_of
+from airflow_provider_flux2.window import POLL_ROUNDS, JobKind, JobSpec, Poll, Submit, Window, log_kill, rows_of
 
 #: Requests one trigger has at the API at once (polls of a turn, or its submissions).
 CONCURRENCY = 8
@@ -284,11 +284,14 @@ class FluxGenerationTrigger(BaseTrigger):
         inference nor refunds it), so nothing can be cancelled: the log names every run still at the
         API — they finish and bill — and the jobs never sent. Best effort: never raises.
         """
-        try:
-            window = self._live or self.window()
-            self.log.warning("%s", window.kill_line())
-        except Exception as error:
-            self.log.warning("on_kill could not list the runs left at the API: %s", error)
+        window = self._live
+        if window is None:
+            try:
+                window = self.window()
+            except Exception as error:  # never fail the kill
+                self.log.warning("on_kill could not list the runs left at the API: %s", error)
+                return
+        log_kill(window, self.log)
 
 
 async def _observe(window: Window, poll: Poll, hook: FluxHook) -> None:

@@ -11,9 +11,8 @@ from decimal import Decimal
 
 from test_generation_trigger import plan_of, trigger_for
 
-from airflow_provider_flux2.jobs import log_kill
 from airflow_provider_flux2.operators.flux import FluxGenerateImageOperator
-from airflow_provider_flux2.window import JobSpec, Window
+from airflow_provider_flux2.window import JobSpec, Window, log_kill
 
 SLOW = {"queued": 0.05, "dispatching": 0.05, "running": 1.5}
 
