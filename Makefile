@@ -7,10 +7,10 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-dev
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: demo test cluster-test deploy-deps lint typecheck docs dist compose-env bench soak compat emulator browser clean help
+.PHONY: demo test cluster-test deploy-deps lint typecheck docs dist compose-env bench bench-scale soak compat emulator browser clean help
 
 help:
-	@echo "make demo | test | cluster-test | lint | typecheck | docs | dist | compose-env | bench | soak | compat | emulator | clean"
+	@echo "make demo | test | cluster-test | lint | typecheck | docs | dist | compose-env | bench | bench-scale | soak | compat | emulator | clean"
 
 # Set up once: a venv with the package and its dev extras. A second call does not reinstall
 # (the stamp is newer than pyproject.toml).
@@ -94,6 +94,11 @@ bench: $(STAMP) deploy-deps
 	$(PY) benchmarks/run.py
 	$(PY) benchmarks/deployment_bench.py
 	$(PY) benchmarks/window_frontier.py
+	$(PY) benchmarks/scale_bench.py
+
+# The 10,000-image night alone (IMAGES=N for a smaller one): Celery, 2 workers, 2 triggerers, the API's limits.
+bench-scale: $(STAMP) deploy-deps
+	$(PY) benchmarks/scale_bench.py $(if $(IMAGES),--images $(IMAGES))
 
 # The 2,000-image fault soak under dag.test(), then every kill -9 scenario on both executors.
 soak: $(STAMP) deploy-deps

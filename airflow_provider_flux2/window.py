@@ -426,8 +426,19 @@ class Window:
         due = []
         for target, at in sorted(self._due.items(), key=lambda item: item[1]):
             if at <= now and self._awaited(target):
-                due.append(Poll(target[0], target[1]))  # type: ignore[arg-type]
+                kind = target[0]
+                if kind == "batch" and self.budget is not None:
+                    # The running budget wants the API's cost of each finished run: one read of the batch's
+                    # items gives the statuses and the costs together (a lean poll, then the items, is two).
+                    kind = "items"
+                due.append(Poll(kind, target[1]))  # type: ignore[arg-type]
         return due
+
+    def _target(self, poll: Poll) -> tuple[str, str]:
+        """The awaited thing a poll reads (a batch polled through its items is still the batch)."""
+        if poll.kind == "items" and self._awaited(("batch", poll.id)):
+            return ("batch", poll.id)
+        return (poll.kind, poll.id)
 
     def _awaited(self, target: tuple[str, str]) -> bool:
         kind, _ = target
@@ -548,9 +559,24 @@ class Window:
         self._reschedule((self.kind, run.id), now)
 
     def observe_items(self, batch_id: str, runs: Iterable[Run], now: float) -> None:
-        """A batch's items: the cost the API reports for each succeeded run (the running budget)."""
+        """A batch's items: each run's status, failure code and the cost the API reports (the running budget).
+
+        The poll of a batch under a running budget (see :meth:`polls`), or the one read of a batch's items
+        once its runs are done (a batch polled lean, then found to need the costs).
+        """
         self._answered()
         by_run = {run.id: run for run in runs}
+        batch = ("batch", batch_id)
+        for index in self._targets.get(batch, []):
+            state = self.states[index]
+            run = by_run.get(state.run_id or "")
+            if run is None or state.batch_id != batch_id or state.phase != "in_flight":
+                continue
+            state.cost = run.cost if run.status_code == RunStatus.SUCCEEDED else None
+            state.failure_code = run.failure_code
+            self._observe(state, run.status_code, run.completed_at, now, known=True)
+        if batch in self._due:
+            self._reschedule(batch, now)
         for index in self._targets.get(("items", batch_id), []):
             state = self.states[index]
             run = by_run.get(state.run_id or "")
@@ -571,11 +597,11 @@ class Window:
             # Asked to slow down, not a silent API: no failed poll, no outage; read again a little later
             # (the connection's rate limiter has already cut the pace of every request).
             delay = max(2 * self.poll_interval, error.retry_after or 0.0)
-            self._due[(poll.kind, poll.id)] = now + delay * (1 + protocol.JITTER * random.random())
+            self._due[self._target(poll)] = now + delay * (1 + protocol.JITTER * random.random())
             return
         self._silent(error, now)
         delay = min(OUTAGE_MAX_BACKOFF, self.poll_interval * 2 ** min(self.poll_failures - 1, 16))
-        self._due[(poll.kind, poll.id)] = now + delay * (1 + protocol.JITTER * random.random())
+        self._due[self._target(poll)] = now + delay * (1 + protocol.JITTER * random.random())
 
     def _silent(self, error: BaseException, now: float) -> None:
         """A request the API did not answer (a poll or a submission): the outage goes on."""

@@ -580,6 +580,7 @@ class EmulatorState:
                 "billed_mp": run.billed_mp,
                 "reference_mp": run.reference_mp,
                 "cost": usd(run.cost),
+                "created_at": iso(run.timeline.created),
                 "billed_at": iso(run.timeline.end),
             }
             for run in billed

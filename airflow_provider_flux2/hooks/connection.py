@@ -44,6 +44,7 @@ CONNECTION_EXTRAS = (
     "edit_models",
     "max_task_spend_usd",
     "max_requests_per_second",
+    "adaptive_rate_limit",
     "sentinel_price_usd",
 )
 #: Other names people write for them.
@@ -92,6 +93,8 @@ class FluxConnectionConfig:
     sentinel_price: Decimal | None = None
     #: The organisation's request-rate limit when known (``max_requests_per_second``); else learned from 429s.
     max_requests_per_second: float | None = None
+    #: Whether a 429 slows this connection's requests down (``adaptive_rate_limit``, default true).
+    adaptive_rate_limit: bool = True
 
     @property
     def secrets(self) -> tuple[str, ...]:
@@ -167,6 +170,9 @@ class FluxConnectionConfig:
                 _number(extra["max_requests_per_second"], "max_requests_per_second", 0.01, 10000.0, open_low=True)
                 if "max_requests_per_second" in extra
                 else None
+            ),
+            adaptive_rate_limit=(
+                _flag(extra["adaptive_rate_limit"], "adaptive_rate_limit") if "adaptive_rate_limit" in extra else True
             ),
             sentinel_price=(
                 to_usd(extra["sentinel_price_usd"], "sentinel_price_usd") if "sentinel_price_usd" in extra else None

@@ -376,7 +376,9 @@ class FluxHook(BaseHook):
     def limiter(self) -> ratelimit.AdaptiveRateLimiter:
         """The process's request-rate limiter for this connection (shared by every hook on it)."""
         config = self.config
-        return ratelimit.limiter_for(config.conn_id, config.base_url, config.max_requests_per_second)
+        return ratelimit.limiter_for(
+            config.conn_id, config.base_url, config.max_requests_per_second, adaptive=config.adaptive_rate_limit
+        )
 
     def _turn(self, request: protocol.ApiRequest, attempt: int, deadline: float | None) -> float:
         """Seconds to wait for the rate limiter's token before this attempt (refused past ``deadline``)."""
@@ -385,10 +387,11 @@ class FluxHook(BaseHook):
             raise self._past_deadline(request, attempt - 1)
         return wait
 
-    def _outcome(self, error: BaseException | None) -> None:
-        """Tell the limiter how the API answered: a 429 cuts the rate, any other answer lets it grow."""
+    def _outcome(self, error: BaseException | None, sent_at: float) -> None:
+        """Tell the limiter how the API answered (to a request sent at ``sent_at``): a 429 cuts the rate,
+        any other answer lets it grow."""
         if isinstance(error, FluxRateLimitError):
-            self.limiter.throttled(time.time())
+            self.limiter.throttled(time.time(), sent_at=sent_at)
         elif error is None or isinstance(error, (FluxAPIError, FluxValidationError)):
             self.limiter.answered(time.time())
 
@@ -402,14 +405,15 @@ class FluxHook(BaseHook):
             attempt += 1
             if wait := self._turn(request, attempt, deadline):
                 time.sleep(wait)
+            sent_at = time.time()
             seconds = self._attempt_seconds(request, attempt, deadline)
             try:
                 result = self._exchange(client, request, seconds)
             except (FluxAPIError, FluxValidationError, httpx.TransportError) as error:
-                self._outcome(error)
+                self._outcome(error, sent_at)
                 time.sleep(self._pause(request, attempt, error, deadline))
                 continue
-            self._outcome(None)
+            self._outcome(None, sent_at)
             return result
 
     async def _acall(self, request: protocol.ApiRequest, *, deadline: float | None = None) -> Any:
@@ -420,14 +424,15 @@ class FluxHook(BaseHook):
             attempt += 1
             if wait := self._turn(request, attempt, deadline):
                 await asyncio.sleep(wait)
+            sent_at = time.time()
             seconds = self._attempt_seconds(request, attempt, deadline)
             try:
                 result = await self._aexchange(client, request, seconds)
             except (FluxAPIError, FluxValidationError, httpx.TransportError) as error:
-                self._outcome(error)
+                self._outcome(error, sent_at)
                 await asyncio.sleep(self._pause(request, attempt, error, deadline))
                 continue
-            self._outcome(None)
+            self._outcome(None, sent_at)
             return result
 
     # -- API ----------------------------------------------------------------------------------------

@@ -64,3 +64,40 @@ def test_one_limiter_per_connection_and_process():
     assert limiter_for("flux2_a", "https://api") is limiter_for("flux2_a", "https://api")
     assert limiter_for("flux2_a", "https://api") is not limiter_for("flux2_b", "https://api")
     assert limiter_for("flux2_c", "https://api", 3.0).max_rate == 3.0
+
+
+def test_not_adaptive_a_429_is_counted_but_never_slows_the_connection():
+    limiter = AdaptiveRateLimiter(adaptive=False)
+    now = send(limiter, 0.0, 40, 0.05)
+    limiter.throttled(now)
+    assert limiter.throttles == 1 and limiter.rate is None
+    assert all(limiter.reserve(now + i * 0.001) == 0.0 for i in range(100))
+    capped = AdaptiveRateLimiter(max_rate=5.0, adaptive=False)
+    capped.throttled(0.0)
+    assert capped.rate == 5.0  # the known ceiling stays, no cut below it
+
+
+def test_the_connection_extra_switches_the_adaptation_off():
+    from airflow_provider_flux2.exceptions import FluxValidationError
+    from airflow_provider_flux2.hooks.connection import FluxConnectionConfig
+
+    def config(extra):
+        return FluxConnectionConfig.build(api_key="k", base_url="http://127.0.0.1:1", extra=extra, conn_id="c")
+
+    assert config({}).adaptive_rate_limit is True
+    assert config({"adaptive_rate_limit": "false"}).adaptive_rate_limit is False
+    with pytest.raises(FluxValidationError, match="adaptive_rate_limit"):
+        config({"adaptive_rate_limit": "sometimes"})
+    assert limiter_for("c", "u", adaptive=False) is limiter_for("c", "u", adaptive=False)
+    assert limiter_for("c", "u", adaptive=False) is not limiter_for("c", "u")
+
+
+def test_a_burst_refused_together_halves_the_rate_once():
+    limiter = AdaptiveRateLimiter()
+    now = send(limiter, 0.0, 40, 0.05)  # 20 requests a second
+    sent = now
+    for i in range(8):  # eight polls sent together, all refused
+        limiter.throttled(now + 0.01 * i, sent_at=sent)
+    assert limiter.rate == pytest.approx(10.0, rel=0.1) and limiter.throttles == 8
+    limiter.throttled(now + 1.0, sent_at=now + 0.5)  # sent after the cut, and refused: a new cut
+    assert limiter.rate < 6.0
