@@ -92,6 +92,13 @@ class Timeline:
     start: float
     end: float
     cold_start: float = 0.0
+    #: Seconds the run waited ``queued`` for a slot under the model's concurrency cap (beyond its own queue time).
+    cap_wait: float = 0.0
+
+    @property
+    def latency(self) -> float:
+        """The run's own time at the API, created to finished, without the wait for a slot under the cap."""
+        return self.end - self.created - self.cap_wait
 
     def phase_at(self, now: float) -> str:
         """``queued``, ``dispatching``, ``running`` or ``ended``."""
@@ -133,6 +140,7 @@ class Fleet:
             start=start,
             end=start + phases.running,
             cold_start=phases.cold_start,
+            cap_wait=start - ready,
         )
 
 

@@ -582,6 +582,7 @@ class EmulatorState:
                 "cost": usd(run.cost),
                 "created_at": iso(run.timeline.created),
                 "billed_at": iso(run.timeline.end),
+                "latency_s": round(run.timeline.latency, 4),
             }
             for run in billed
         ]
