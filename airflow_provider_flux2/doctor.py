@@ -40,6 +40,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import httpx
 
+import airflow_provider_flux2.hooks.transport as transport
 from airflow_provider_flux2 import protocol, sentinel
 from airflow_provider_flux2.exceptions import FluxError
 from airflow_provider_flux2.image_header import header_size
@@ -48,6 +49,7 @@ from airflow_provider_flux2.models import (
     FLAT_EDIT_SIZE,
     FluxInput,
     Run,
+    RunStatus,
     Variant,
     build_input,
     for_route,
@@ -77,7 +79,6 @@ _BAD_KEY = "rf_doctor_deliberately_invalid_key"
 _INVALID_SIZE = "flux2_doctor_invalid_size"
 _PROMPT = "flux2 doctor: a small red cube on a white table"
 #: Statuses that end a run, as the provider reads them.
-_TERMINAL = ("succeeded", "failed", "canceled", "cancelled", "partial_succeeded")
 
 
 @dataclass
@@ -168,7 +169,8 @@ class Doctor:
     :param model: the variant of the main paid run (the connection's default model).
     :param models: more variants to price with one 1 MP run and one edit each (``--model``/``--all-models``).
     :param max_spend: dollars the doctor may commit at worst; a step that could pass it is skipped.
-    :param timeout: per-request timeout, seconds.
+    :param timeout: per-request timeout, seconds (each connect, read, write).
+    :param request_deadline: the most one exchange may take in all, seconds (the connection's extra).
     :param run_timeout: how long a paid run may take, seconds.
     :param replay_after: seconds after the first run its create is sent again.
     :param sleep: how to wait (tests pass a fast one).
@@ -187,6 +189,7 @@ class Doctor:
         organization_id: str | None = None,
         max_spend: Decimal = DEFAULT_MAX_SPEND,
         timeout: float = 30.0,
+        request_deadline: float = 120.0,
         run_timeout: float = 180.0,
         replay_after: float = DEFAULT_REPLAY_AFTER,
         max_download_bytes: int = 64 * 1024 * 1024,
@@ -206,6 +209,7 @@ class Doctor:
         self.models = [v for v in dict.fromkeys(extra) if v is not self.model]
         self.max_spend = max_spend
         self.timeout = timeout
+        self.request_deadline = request_deadline
         self.run_timeout = run_timeout
         self.replay_after = replay_after
         self.max_download_bytes = max_download_bytes
@@ -240,12 +244,18 @@ class Doctor:
         auth = protocol.auth_headers(key if key is not None else self._key, self._org)
         attempt = 0
         while True:
-            with client.stream(method, path, json=json_body, headers={**auth, **(headers or {})}) as response:
-                raw = b""
-                for chunk in response.iter_bytes():
-                    raw += chunk
-                    if len(raw) > MAX_RESPONSE_BYTES:
-                        raise FluxError(f"{method} {path}: response over {MAX_RESPONSE_BYTES} bytes")
+            # The provider's own transport: the whole exchange within the connection's request_deadline,
+            # the body capped after decompression (what the hook does, with the answer kept whatever it is).
+            with (
+                transport.deadline(self.request_deadline),
+                client.stream(method, path, json=json_body, headers={**auth, **(headers or {})}) as response,
+            ):
+                try:
+                    raw = transport.read_body(response, MAX_RESPONSE_BYTES)
+                except protocol.BodyTooLargeError:
+                    raise FluxError(f"{method} {path}: response over {MAX_RESPONSE_BYTES} bytes") from None
+                except protocol.BodyDecodingError as error:
+                    raise FluxError(f"{method} {path}: {error}") from None
             text = self._redact(raw.decode("utf-8", "replace"))
             try:
                 body = json.loads(text) if text else None
@@ -297,7 +307,7 @@ class Doctor:
                     echo(check)
 
         limits = httpx.Timeout(self.timeout)
-        with httpx.Client(base_url=self.base_url, timeout=limits, follow_redirects=False) as client:
+        with transport.client(base_url=self.base_url, timeout=limits, follow_redirects=False) as client:
             try:
                 health = self._health(client)
                 add(health)
@@ -453,7 +463,7 @@ class Doctor:
         """Poll a run until it ends (or ``run_timeout``); the last answer and the run as the provider reads it."""
         deadline = time.monotonic() + self.run_timeout
         answer = self._request(client, protocol.get_run(run_id))
-        while answer.ok and _status(answer.body) not in _TERMINAL and time.monotonic() < deadline:
+        while answer.ok and not RunStatus.parse(_status(answer.body)).terminal and time.monotonic() < deadline:
             self._sleep(1.0)
             answer = self._request(client, protocol.get_run(run_id))
         return answer, (protocol.parse_run(answer.body) if answer.ok else None)
@@ -622,13 +632,13 @@ class Doctor:
         if url.startswith("data:"):
             return Check("output url", "WARN", expected, "a data: URI (sync mode?), no URL to expire")
         try:
-            plain = httpx.Client(timeout=httpx.Timeout(self.timeout), follow_redirects=True)  # no API key
-            with plain, plain.stream("GET", url) as response:
-                data = b""
-                for chunk in response.iter_bytes():
-                    data += chunk
-                    if len(data) > self.max_download_bytes:
-                        return Check("output url", "FAIL", expected, f"{shown}: over {self.max_download_bytes} bytes")
+            plain = transport.client(timeout=httpx.Timeout(self.timeout), follow_redirects=True)  # no API key
+            with plain, transport.deadline(self.request_deadline), plain.stream("GET", url) as response:
+                data = transport.read_body(response, self.max_download_bytes)
+        except protocol.BodyTooLargeError:
+            return Check("output url", "FAIL", expected, f"{shown}: over {self.max_download_bytes} bytes")
+        except protocol.BodyDecodingError as error:
+            return Check("output url", "FAIL", expected, f"{shown}: {error}")
         except httpx.HTTPError as error:
             return Check("output url", "FAIL", expected, f"{shown}: {type(error).__name__}")
         if response.status_code != 200:
@@ -1059,6 +1069,7 @@ def run_cli(args: Any, hook: Any, out: Callable[[str], None] = print) -> int:
         if args.max_spend is not None
         else (ALL_MODELS_MAX_SPEND if args.all_models else DEFAULT_MAX_SPEND),
         timeout=config.timeout,
+        request_deadline=config.request_deadline,
         run_timeout=args.run_timeout,
         replay_after=args.replay_after,
         max_download_bytes=config.max_download_bytes,

@@ -77,6 +77,22 @@ FailurePolicy = Literal["fail", "record"]
 DEFAULT_OUTPUT_FOLDER = "flux2-images"
 #: Per-item keys that describe an item rather than generate it; they are kept on its record.
 ITEM_META = ("id", "source_hash", "extra")
+
+
+def merge_item(entry: Any, shared: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """One prompt entry (a string, or a dict with ``prompt`` and per-item keys) over the task's shared
+    generation parameters: ``(generation params, meta)``, unset values dropped. Meta (``id``,
+    ``source_hash``, ``extra``'s keys) rides on the record. The one merge: the generate operator's plan
+    and the night's plan price the same items."""
+    if isinstance(entry, dict) and "prompt" in entry:
+        meta = {k: entry[k] for k in ("id", "source_hash") if entry.get(k) is not None}
+        meta.update(entry.get("extra") or {})
+        item = {**shared, **{k: v for k, v in entry.items() if k not in ITEM_META}}
+    else:
+        meta, item = {}, {**shared, "prompt": entry}
+    return {k: v for k, v in item.items() if v is not None}, meta
+
+
 #: Collecting one image (download, verify, store) is tried this many times before the task fails.
 COLLECT_ATTEMPTS = 3
 #: Images collected at once by one worker: enough to hide download latency, few enough for memory

@@ -7,22 +7,18 @@ does the I/O, once synchronously (operators, CLI) and once asynchronously (the t
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
 import contextlib
 import time
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
 from decimal import Decimal
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urljoin
 
 import httpx
 from airflow.sdk import BaseHook
-from PIL import Image
 
+import airflow_provider_flux2.hooks.download as download
 import airflow_provider_flux2.hooks.transport as transport
 from airflow_provider_flux2 import metrics, protocol, ratelimit, sentinel
 from airflow_provider_flux2.exceptions import (
@@ -41,13 +37,11 @@ from airflow_provider_flux2.exceptions import (
     FluxTimeoutError,
     FluxValidationError,
 )
-from airflow_provider_flux2.formats import image_format
 from airflow_provider_flux2.hooks.connection import (
     CONNECTION_EXTRAS,
     EXTRA_ALIASES,
     FluxConnectionConfig,
 )
-from airflow_provider_flux2.image_header import HeaderError, read_header
 from airflow_provider_flux2.models import (
     Batch,
     FluxInput,
@@ -57,7 +51,6 @@ from airflow_provider_flux2.models import (
     resolve_variant,
 )
 from airflow_provider_flux2.pricing import Budget, PriceTable, estimate, routed
-from airflow_provider_flux2.quality.decoding import decode_image
 from airflow_provider_flux2.window import BatchEntry as BatchEntry
 from airflow_provider_flux2.window import Submission as Submission
 from airflow_provider_flux2.window import adaptive_poll_interval as adaptive_poll_interval
@@ -69,27 +62,7 @@ if TYPE_CHECKING:
     from airflow_provider_flux2.pricing import CostEstimate, PlanItem
     from airflow_provider_flux2.references import ReferenceResolver
 
-#: Output URLs answer these when they have expired; the run is re-read for a fresh URL.
-EXPIRED_URL_STATUSES = frozenset({403, 404, 410})
-DEFAULT_MAX_DOWNLOAD_BYTES = 128 * 1024 * 1024
-
 __all__ = ["CONNECTION_EXTRAS", "EXTRA_ALIASES", "FluxConnectionConfig", "FluxHook"]
-
-
-@dataclass(frozen=True)
-class DownloadedImage:
-    """Verified bytes of one output image (kept in memory only until stored)."""
-
-    data: bytes = field(repr=False)
-    content_type: str
-    width: int
-    height: int
-    format: str
-    url: str = field(repr=False)
-
-    @property
-    def size_bytes(self) -> int:
-        return len(self.data)
 
 
 class FluxHook(BaseHook):
@@ -817,7 +790,7 @@ class FluxHook(BaseHook):
                 raise FluxTimeoutError(
                     f"Run {run_id} still {run.status_code.value} after {timeout:g}s", run_ids=[run_id]
                 )
-            width, height = _size_of_run(run)
+            width, height = download.size_of_run(run)
             interval = adaptive_poll_interval(
                 [run.status_code],
                 base=poll_interval,
@@ -835,7 +808,7 @@ class FluxHook(BaseHook):
         output_format: str | None = None,
         index: int = 0,
         refreshes: int = 2,
-    ) -> DownloadedImage:
+    ) -> download.DownloadedImage:
         """Fetch a succeeded run's image, streamed and size-capped, and verify it is what was asked for.
 
         ``run`` is a :class:`Run` or a run id (read first). The expected size and format default to
@@ -845,7 +818,7 @@ class FluxHook(BaseHook):
         if isinstance(run, str):
             run = self.get_run(run)
         if width is None or height is None:
-            width, height = _size_of_run(run, strict=True)
+            width, height = download.size_of_run(run, strict=True)
         output_format = output_format or str((run.input or {}).get("output_format") or "jpeg")
         for attempt in range(refreshes + 1):
             output = run.output
@@ -853,8 +826,10 @@ class FluxHook(BaseHook):
                 raise FluxImageError(f"Run has no output image #{index}", run_id=run.id)
             url = output.images[index].url
             try:
-                data, content_type = self._fetch(url, run.id)
-            except _ExpiredURL:
+                data, content_type = download.fetch(
+                    self._download_client, self.config, url, run.id, lambda r, n, e: self._pause(r, n, e, None)
+                )
+            except download.ExpiredURL:
                 if attempt == refreshes:
                     raise FluxImageError(
                         f"Output URL still expired after {refreshes} refreshes", run_id=run.id
@@ -862,77 +837,10 @@ class FluxHook(BaseHook):
                 self.log.info("Output URL of run %s has expired; reading the run again for a fresh one", run.id)
                 run = self.get_run(run.id)
                 continue
-            return verify_image(
+            return download.verify_image(
                 data, content_type, width=width, height=height, output_format=output_format, url=url, run_id=run.id
             )
         raise AssertionError("unreachable")
-
-    def _fetch(self, url: str, run_id: str) -> tuple[bytes, str]:
-        if url.startswith("data:"):
-            return _decode_data_uri(url, run_id)
-        request = protocol.ApiRequest("GET", url, run_id=run_id)
-        attempt = 0
-        while True:
-            attempt += 1
-            try:
-                return self._stream(url, run_id)
-            except (FluxAPIError, httpx.TransportError) as error:
-                time.sleep(self._pause(request, attempt, error, None))
-
-    def _stream(self, url: str, run_id: str) -> tuple[bytes, str]:
-        """One download within ``download_deadline``, following at most ``max_redirects`` checked hops."""
-        config = self.config
-        current = url
-        with transport.deadline(config.download_deadline):
-            for _hop in range(config.max_redirects + 1):
-                problem = protocol.download_url_problem(current, config.plain_http_hosts)
-                if problem is not None:
-                    what = "the output URL" if current == url else f"a redirect from {protocol.url_for_humans(url)}"
-                    raise FluxImageError(
-                        f"Refused to download {protocol.url_for_humans(current)} ({what}): {problem}", run_id=run_id
-                    )
-                with self._download_stream(current, url, run_id) as response:
-                    if response.is_redirect:
-                        location = response.headers.get("location", "")
-                        current = urljoin(current, location)
-                        continue
-                    if response.status_code in EXPIRED_URL_STATUSES:
-                        raise _ExpiredURL()
-                    try:
-                        body = transport.read_body(
-                            response, config.max_download_bytes if response.status_code < 400 else 64 * 1024
-                        )
-                    except protocol.BodyTooLargeError:
-                        raise FluxImageError(
-                            f"Image at {protocol.url_for_humans(current)} exceeds the "
-                            f"{config.max_download_bytes}-byte download cap (connection extra max_download_mb)",
-                            run_id=run_id,
-                        ) from None
-                    except protocol.BodyDecodingError as error:
-                        raise FluxImageError(
-                            f"Image at {protocol.url_for_humans(current)}: {error}", run_id=run_id
-                        ) from None
-                    if response.status_code >= 400:
-                        raise protocol.error_from_response(
-                            response.status_code, response.headers, body, run_id=run_id, secrets=config.secrets
-                        )
-                    return body, response.headers.get("content-type", "")
-        raise FluxImageError(
-            f"Too many redirects (more than {config.max_redirects}) downloading {protocol.url_for_humans(url)}",
-            run_id=run_id,
-        )
-
-    @contextlib.contextmanager
-    def _download_stream(self, current: str, first: str, run_id: str) -> Iterator[httpx.Response]:
-        """``GET current``; a redirect whose ``Location`` httpx cannot even parse is our error."""
-        try:
-            with self._download_client.stream("GET", current) as response:
-                yield response
-        except httpx.InvalidURL as error:
-            raise FluxImageError(
-                f"Refused to download {protocol.url_for_humans(first)}: a redirect to an invalid URL ({error})",
-                run_id=run_id,
-            ) from None
 
     def generate(
         self,
@@ -946,7 +854,7 @@ class FluxHook(BaseHook):
         allow_nsfw: bool = False,
         budget_usd: str | Decimal | None = None,
         **params: Any,
-    ) -> tuple[Run, DownloadedImage]:
+    ) -> tuple[Run, download.DownloadedImage]:
         """Submit, wait and download one image; raises the run's failure (moderation included).
 
         An output the safety checker flagged (``has_nsfw_concepts``: a blacked-out image) raises
@@ -999,84 +907,6 @@ def _connection_type_info() -> dict[str, Any]:
     from airflow_provider_flux2.get_provider_info import get_provider_info
 
     return next(c for c in get_provider_info()["connection-types"] if c["connection-type"] == FluxHook.conn_type)
-
-
-class _ExpiredURL(Exception):
-    """An output URL answered 403/404/410."""
-
-
-def _size_of_run(run: Run, *, strict: bool = False) -> tuple[int, int]:
-    """The size a run asked for (the API's default when its input does not say)."""
-    from airflow_provider_flux2.models import DEFAULT_SIZE, size_of
-
-    try:
-        return size_of((run.input or {}).get("image_size") or DEFAULT_SIZE)
-    except FluxValidationError:
-        if strict:
-            raise
-        return size_of(DEFAULT_SIZE)
-
-
-def _decode_data_uri(url: str, run_id: str) -> tuple[bytes, str]:
-    header, _, payload = url.partition(",")
-    if not header.endswith(";base64"):
-        raise FluxImageError("Unsupported data: URI (not base64)", run_id=run_id)
-    try:
-        return base64.b64decode(payload, validate=True), header[5:].split(";")[0]
-    except binascii.Error as error:
-        raise FluxImageError(f"Undecodable data: URI ({error})", run_id=run_id) from None
-
-
-def verify_image(
-    data: bytes,
-    content_type: str,
-    *,
-    width: int,
-    height: int,
-    output_format: str,
-    url: str = "",
-    run_id: str | None = None,
-) -> DownloadedImage:
-    """Check format and size from the image's header, then decode the bytes (the one decoder, with
-    Pillow's bomb guard).
-
-    The header is read first, so an image of the wrong size (or more pixels than Pillow's limit) is
-    refused before a single pixel is decoded; any error Pillow raises on hostile bytes is ours.
-    """
-    fmt = image_format(output_format)
-    want = fmt.pillow if fmt else output_format.upper()
-    found_format, size = _header_of(data, run_id)
-    if found_format != want:
-        raise FluxImageError(f"Expected a {want} image, got {found_format}", run_id=run_id)
-    if size != (width, height):
-        raise FluxImageError(f"Expected {width}x{height}, got {size[0]}x{size[1]}", run_id=run_id)
-    limit = Image.MAX_IMAGE_PIXELS
-    if limit is not None and width * height > limit:
-        raise FluxImageError(f"{width}x{height} is more pixels than Pillow's limit ({limit})", run_id=run_id)
-    decoded = decode_image(data)  # never raises: Pillow's errors on hostile bytes come back as text
-    if decoded.image is None:
-        error = (decoded.error or "")[:200]
-        raise FluxImageError(f"Downloaded bytes are not a readable image ({error})", run_id=run_id)
-    decoded.image.close()
-    declared = content_type.split(";")[0].strip().lower()
-    expected_type = fmt.content_type if fmt else f"image/{output_format}"
-    if declared and declared not in (expected_type, "application/octet-stream", "binary/octet-stream"):
-        raise FluxImageError(f"Expected content type {expected_type}, got {declared}", run_id=run_id)
-    return DownloadedImage(
-        data=data, content_type=expected_type, width=width, height=height, format=output_format, url=url
-    )
-
-
-def _header_of(data: bytes, run_id: str | None) -> tuple[str | None, tuple[int, int]]:
-    """Format and size from the image header alone (nothing decoded): the one header reader."""
-    try:
-        return read_header(data)
-    except HeaderError as error:
-        if error.bomb:
-            message = f"Image header declares more pixels than Pillow's limit ({Image.MAX_IMAGE_PIXELS}): {error}"
-        else:
-            message = f"Downloaded bytes are not a readable image ({error})"
-        raise FluxImageError(message, run_id=run_id) from None
 
 
 @contextlib.contextmanager

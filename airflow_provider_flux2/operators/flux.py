@@ -63,6 +63,7 @@ from airflow_provider_flux2.jobs import (
     collect,
     default_chunk_size,
     earlier_runs,
+    merge_item,
     new_job,
     output_publisher,
     run_metadata,
@@ -415,24 +416,15 @@ class FluxGenerateImageOperator(BaseOperator):
             "num_inference_steps": self.num_inference_steps,
             "guidance_scale": self.guidance_scale,
         }
-        items = []
         for index, entry in enumerate(raw):
-            meta: dict[str, Any] = {}
-            if isinstance(entry, dict) and "prompt" in entry:
-                unknown = set(entry) - set(self._PARAM_NAMES) - {"model", *ITEM_META}
-                if unknown:
-                    raise FluxValidationError(
-                        field=f"prompts[{index}].{sorted(unknown)[0]}",
-                        value=entry[sorted(unknown)[0]],
-                        allowed=f"per-item keys {', '.join((*self._PARAM_NAMES, 'model', *ITEM_META))}",
-                    )
-                meta = {k: entry[k] for k in ("id", "source_hash") if entry.get(k) is not None}
-                meta.update(entry.get("extra") or {})
-                item = {**shared, **{k: v for k, v in entry.items() if k not in ITEM_META}}
-            else:
-                item = {**shared, "prompt": entry}
-            items.append(({k: v for k, v in item.items() if v is not None}, meta))
-        return items
+            unknown = set(entry) - set(self._PARAM_NAMES) - {"model", *ITEM_META} if isinstance(entry, dict) else ()
+            if isinstance(entry, dict) and "prompt" in entry and unknown:
+                raise FluxValidationError(
+                    field=f"prompts[{index}].{sorted(unknown)[0]}",
+                    value=entry[sorted(unknown)[0]],
+                    allowed=f"per-item keys {', '.join((*self._PARAM_NAMES, 'model', *ITEM_META))}",
+                )
+        return [merge_item(entry, shared) for entry in raw]
 
     # -- 2. the window (run by the trigger, or here) ----------------------------------------------------
 

@@ -27,7 +27,7 @@ from airflow.sdk import BaseOperator
 from airflow_provider_flux2.arguments import check_int, check_operator_arguments, is_templated
 from airflow_provider_flux2.exceptions import FluxValidationError, InsufficientBalanceError
 from airflow_provider_flux2.hooks.flux import FluxHook
-from airflow_provider_flux2.jobs import ITEM_META
+from airflow_provider_flux2.jobs import merge_item
 from airflow_provider_flux2.models import GENERATION_PARAMS, resolve_variant
 from airflow_provider_flux2.pricing import Budget, CostEstimate, cents, estimate, usd
 
@@ -128,13 +128,7 @@ class FluxPlanNightOperator(BaseOperator):
         return out
 
     def _price(self, prompts: list[Any], model: Any) -> CostEstimate:
-        items = []
-        for entry in prompts:
-            if isinstance(entry, dict) and "prompt" in entry:
-                own = {k: v for k, v in entry.items() if k not in ITEM_META}
-                items.append({**self.params_for_pricing, **own})
-            else:
-                items.append({**self.params_for_pricing, "prompt": entry})
+        items = [merge_item(entry, self.params_for_pricing)[0] for entry in prompts]
         return estimate(items, self.hook.prices, model=model, routes=self.hook.config.edit_models)
 
     def _shards(self, prompts: list[Any]) -> list[list[Any]]:

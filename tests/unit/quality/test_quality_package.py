@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import importlib
+import io
 import subprocess
 import sys
 
 import pytest
+from PIL import Image
 
 import airflow_provider_flux2.quality as quality
 
@@ -32,10 +34,19 @@ def test_the_names_a_task_needs_import_from_the_package():
     from airflow_provider_flux2.quality.suite import CheckSuite as FromModule
 
     assert CheckSuite is FromModule
-    assert CheckVerdict.__module__ == "airflow_provider_flux2.models"
-    assert NotBlankCheck.name == "not_blank" and NearDuplicateCheck.name == "near_duplicate"
-    defined = {f.__module__ for f in (apply_failure_policy, check_image, check_images, run_checks, supersede)}
+    defined = {f.__module__ for f in (apply_failure_policy, check_images, run_checks, supersede)}
     assert defined <= {f"airflow_provider_flux2.quality.{m}" for m in ("policy", "checks", "suite", "regeneration")}
+    # What a task does with them: a blank image fails the blank check, a picture passes it.
+    blank, picture = io.BytesIO(), io.BytesIO()
+    Image.new("RGB", (64, 64), (255, 255, 255)).save(blank, "PNG")
+    Image.linear_gradient("L").resize((64, 64)).convert("RGB").save(picture, "PNG")
+    verdicts = {
+        name: {v.check: v for v in check_image(data, checks=[NotBlankCheck()])}
+        for name, data in (("blank", blank.getvalue()), ("picture", picture.getvalue()))
+    }
+    assert isinstance(verdicts["blank"]["not_blank"], CheckVerdict)
+    assert not verdicts["blank"]["not_blank"].passed and verdicts["picture"]["not_blank"].passed
+    assert NearDuplicateCheck().name == "near_duplicate"
 
 
 def test_importing_the_package_does_not_load_numpy_imagehash_or_pillow():

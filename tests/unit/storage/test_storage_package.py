@@ -19,6 +19,8 @@ def test_every_public_name_is_the_object_its_module_defines():
         assert getattr(storage, name) is getattr(importlib.import_module(storage._MODULE_OF[name]), name), name
     for name in EAGER:  # defined in one of the package's modules, not a placeholder
         assert getattr(storage, name).__module__.startswith("airflow_provider_flux2.storage"), name
+    # and they work together: the same bytes hash the same, a stored object reads back by its URI
+    assert storage.content_hash(b"abc") == storage.content_hash(b"abc") != storage.content_hash(b"abd")
 
 
 def test_publishers_and_the_manifest_writers_import_from_the_package(tmp_path):
@@ -35,9 +37,11 @@ def test_publishers_and_the_manifest_writers_import_from_the_package(tmp_path):
     from airflow_provider_flux2.storage.report import write_batch_report as from_module
 
     assert write_batch_report is from_module
-    assert issubclass(S3Publisher, Publisher) and issubclass(LocalPublisher, Publisher)
     assert isinstance(publisher_for("s3://bucket/prefix"), S3Publisher)
-    assert isinstance(publisher_for(tmp_path.as_uri()), LocalPublisher)
+    local = publisher_for(tmp_path.as_uri())
+    assert isinstance(local, LocalPublisher) and isinstance(local, Publisher)
+    uri = local.put_named(storage.BatchLocation("d", "r", "t"), "note.txt", b"hello", "text/plain")
+    assert storage.uri_reader()(uri) == b"hello" and (tmp_path / "d" / "r" / "t" / "note.txt").read_bytes() == b"hello"
     modules = {f.__module__ for f in (build_manifest, write_manifest, publish_records)}
     assert modules == {"airflow_provider_flux2.storage.manifest", "airflow_provider_flux2.storage.publish"}
 
