@@ -348,7 +348,7 @@ def _generate(args: argparse.Namespace) -> int:
     out = Path(args.out or f"flux2-{run.id}.{'png' if image.format == 'png' else 'jpg'}")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_bytes(image.data)
-    cost = run.api_cost
+    cost = run.cost
     seed = run.output.seed if run.output else None
     print(f"run {run.id}: {image.width}x{image.height} {image.format}, seed {seed}, ", end="")
     print(f"cost ${usd(cost) if cost is not None else '?'} -> {out}")

@@ -8,8 +8,7 @@
   is stored — ids, never copies of records. Typed and versioned; checked on load.
 * :func:`record_for_run`, :func:`store_image` and :func:`collect`: a finished run becomes a record,
   its image is downloaded, verified and stored — many at once, in a bounded pool.
-* :func:`run_window`: the worker's plain loop over the window (non-deferrable tasks); the trigger has
-  the same loop, async.
+The loops that drive a window (in a worker, on the triggerer) are in :mod:`airflow_provider_flux2.loops`.
 
 The operators import from here and never from each other.
 """
@@ -54,12 +53,9 @@ from airflow_provider_flux2.storage.base import image_workers
 from airflow_provider_flux2.storage.naming import name_fields
 from airflow_provider_flux2.storage.publish import object_metadata
 from airflow_provider_flux2.window import (
-    POLL_ROUNDS,
     JobSpec,
     JobState,
-    Poll,
     Submit,
-    Window,
     batch_key,
     resubmission_key,
 )
@@ -631,70 +627,6 @@ def _iso(epoch: float | None) -> str | None:
 # --------------------------------------------------------------------------------------------------
 
 
-def run_window(
-    hook: FluxHook,
-    window: Window,
-    *,
-    metadata: Mapping[str, Any] | None,
-    logger: Any = log,
-    progress_interval: float = 5.0,
-    sleep: Callable[[float], None] = time.sleep,
-) -> dict[str, Any]:
-    """Drive ``window`` in this process until it is finished; returns its one event."""
-    started, last_at, last = time.time(), 0.0, ""
-    while not window.finished(time.time()):
-        acted = False
-        for _ in range(POLL_ROUNDS):  # polls first: slots freed this turn are topped up this turn
-            polls = window.polls(time.time())
-            if not polls:
-                break
-            acted = True
-            for poll in polls:
-                try:
-                    _observe(window, poll, hook)
-                except FluxError as error:
-                    window.poll_failed(poll, error, time.time())
-        for submit in window.submissions(time.time()):
-            acted = True
-            try:
-                if submit.kind == "evaluation":
-                    (entry,) = window.entries(submit)
-                    done = hook.submit_evaluation(entry)
-                elif submit.is_batch:
-                    done = hook.create_batch(
-                        window.entries(submit),
-                        model=submit.model,
-                        batch_key=submit.batch_key or "",
-                        metadata=metadata,
-                    )
-                else:
-                    (entry,) = window.entries(submit)
-                    done = hook.submit_one(entry, model=submit.model, metadata=metadata)
-                window.submitted(submit, done.run_ids, done.batch_id, time.time(), replayed=done.replayed)
-            except FluxError as error:
-                window.submit_failed(submit, error, time.time())
-        now = time.time()
-        if 0 <= progress_interval <= now - last_at and (line := window.progress_line(started, now)) != last:
-            last, last_at = line, now
-            logger.info("%s", line)
-        if (outage := window.outage_line(now)) is not None:
-            logger.warning("%s", outage)
-        if not acted:
-            sleep(max(0.0, min(window.wakeup(now), window.end_time) - now))
-    return window.event(time.time())
-
-
-def _observe(window: Window, poll: Poll, hook: FluxHook) -> None:
-    if poll.kind == "batch":
-        window.observe_batch(hook.get_batch(poll.id, deadline=window.end_time), time.time())
-    elif poll.kind == "items":
-        window.observe_items(poll.id, hook.get_batch_items(poll.id, deadline=window.end_time), time.time())
-    elif poll.kind == "evaluation":
-        window.observe_run(hook.get_evaluation(poll.id, deadline=window.end_time).as_run(), time.time())
-    else:
-        window.observe_run(hook.get_run(poll.id, deadline=window.end_time), time.time())
-
-
 # --------------------------------------------------------------------------------------------------
 # A task's identity and places
 # --------------------------------------------------------------------------------------------------
@@ -754,6 +686,5 @@ __all__ = [
     "collect",
     "new_job",
     "record_for_run",
-    "run_window",
     "store_image",
 ]

@@ -839,11 +839,6 @@ class Run(BaseModel):
         return self.status_code.terminal
 
     @property
-    def api_cost(self) -> Decimal | None:
-        """The cost the API reports for this run (checked when the run was read), if it reports one."""
-        return self.cost
-
-    @property
     def quality_score(self) -> float | None:
         """Runflow's Sentinel score (``current_evaluation_summary.score``), when the run has one."""
         score = (self.current_evaluation_summary or {}).get("score")

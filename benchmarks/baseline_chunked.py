@@ -183,7 +183,7 @@ def record_for_run(
     a run that did not succeed costs nothing. A mismatch is logged as a warning naming the run.
     """
     billed = run.status_code == RunStatus.SUCCEEDED
-    api_cost = run.api_cost
+    api_cost = run.cost
     if api_cost is not None and billed and api_cost != item_cost.cost:
         log.warning(
             "Run %s (image %d) was billed $%s by the API; the estimate was $%s",

@@ -61,6 +61,9 @@ DAG_ID = "flux2_deploy_scale"
 POOL = "flux2_api"
 DOCS_PAGE = REPO / "docs" / "performance.md"
 MARKERS = ("<!-- scale-bench:start -->", "<!-- scale-bench:end -->")
+#: The short version in docs/deployment.md ("Sizing a night").
+SUMMARY_PAGE = REPO / "docs" / "deployment.md"
+SUMMARY_MARKERS = ("<!-- scale-summary:start -->", "<!-- scale-summary:end -->")
 #: Endpoints of the emulator that are not the keyed API: its health check and the image downloads
 #: (signed URLs on the real API, no key, no rate limit).
 UNKEYED = ("health", "download")
@@ -485,6 +488,36 @@ def write_docs(nights: list[Night], args: argparse.Namespace, rps: float, latenc
         *[f"| {k} | {v} |" for k, v in report.machine(airflow_version, REPO)],
     ]
     report.replace_block(DOCS_PAGE, "\n".join(lines), MARKERS)
+    report.replace_block(SUMMARY_PAGE, summary(nights, args, stamp), SUMMARY_MARKERS)
+
+
+def summary(nights: list[Night], args: argparse.Namespace, stamp: str) -> str:
+    """The nights side by side, short, for docs/deployment.md."""
+    header = ["night", "of ideal", "429s", "requests/image", "billed / planned", "twice", "lost", "tries",
+              "triggerer RSS", "DB/image"]  # fmt: skip
+    rows = [
+        [
+            LABELS[n.key],
+            report.number(n.frac, 2),
+            f"{100 * n.share_429:.2f}%" if not math.isnan(n.share_429) else "n/a",
+            report.number(n.req_per_image, 2),
+            f"{n.billed:,} / {n.images:,}",
+            str(n.duplicates),
+            str(n.lost),
+            str(n.tries),
+            f"{n.triggerer_rss_mb:.0f} MB",
+            f"{n.db_bytes_per_image:.0f} B",
+        ]
+        for n in nights
+    ]
+    lines = [
+        f"_`make bench-scale`, {stamp}: {args.images:,} images, {args.shards} shards × {args.max_in_flight} in flight, "
+        f"pool {args.pool}, cap {args.cap}, emulator time scale {args.time_scale}. Targets: ≥ 0.85 of ideal, "
+        "≤ 1 % 429s, billed = planned, 0 twice, 0 lost, ≤ 1 GB per triggerer, ≤ 2 KB of database per image._",
+        "",
+        *report.markdown_table(header, rows),
+    ]
+    return "\n".join(lines)
 
 
 def main(argv: list[str]) -> int:

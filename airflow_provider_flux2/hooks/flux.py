@@ -42,6 +42,7 @@ from airflow_provider_flux2.hooks.connection import (
     EXTRA_ALIASES,
     FluxConnectionConfig,
 )
+from airflow_provider_flux2.loops import run_window
 from airflow_provider_flux2.models import (
     Batch,
     FluxInput,
@@ -52,6 +53,7 @@ from airflow_provider_flux2.models import (
 )
 from airflow_provider_flux2.pricing import Budget, PriceTable, estimate, routed
 from airflow_provider_flux2.window import BatchEntry as BatchEntry
+from airflow_provider_flux2.window import JobSpec, Window
 from airflow_provider_flux2.window import Submission as Submission
 from airflow_provider_flux2.window import adaptive_poll_interval as adaptive_poll_interval
 from airflow_provider_flux2.window import expected_duration as expected_duration
@@ -584,8 +586,8 @@ class FluxHook(BaseHook):
         if not prepared:
             raise FluxValidationError(field="entries", value=[], allowed="at least one image to submit")
         if len(set(targets)) > 1:  # a batch carries one model: entries routed apart go one run each
-            runs = [self.submit_entry(e, model=t, metadata=metadata) for e, t in zip(prepared, targets, strict=True)]
-            return Submission(run_ids=[r.id for r in runs])
+            sent = [self.submit_one(e, model=t, metadata=metadata) for e, t in zip(prepared, targets, strict=True)]
+            return Submission(run_ids=[s.run_ids[0] for s in sent])
         target = targets[0]
         if use_batch_endpoint and len(prepared) > 1:
             # Refused outside the ``try``: a batch we will not build (over 100 items) is not "unsupported".
@@ -599,8 +601,8 @@ class FluxHook(BaseHook):
                 if not protocol.batch_unsupported(error):
                     raise
                 self.log.info("Model %s answered 422 to a batch (%s); submitting single runs", target, error)
-        runs = [self.submit_entry(e, model=target, metadata=metadata) for e in prepared]
-        return Submission(run_ids=[r.id for r in runs])
+        sent = [self.submit_one(e, model=target, metadata=metadata) for e in prepared]
+        return Submission(run_ids=[s.run_ids[0] for s in sent])
 
     def create_batch(
         self, entries: Sequence[BatchEntry], *, model: Variant | str, batch_key: str, metadata: Mapping[str, Any] | None
@@ -641,26 +643,28 @@ class FluxHook(BaseHook):
         )
         return Submission(run_ids=run_ids, batch_id=batch.id, replayed=replayed)
 
-    def submit_entry(
+    def submit_one(
         self, entry: BatchEntry, *, model: Variant | str, metadata: Mapping[str, Any] | None = None
-    ) -> Run:
+    ) -> Submission:
         """Create one run under the entry's own Idempotency-Key (the input is sent as it is)."""
         request = protocol.create_run(
             model, entry.request, idempotency_key=entry.idempotency_key, client_ref=entry.client_ref, metadata=metadata
         )
-        run = protocol.parse_run(self._call(request))
-        self.log.info("Submitted run %s (%s, client_ref %s)", run.id, protocol.model_path(model), entry.client_ref)
-        return run
+        sent_at = time.time()
+        return self._run_submitted(self._call(request), entry, model, sent_at)
 
     async def asubmit(
         self, entry: BatchEntry, *, model: Variant | str, metadata: Mapping[str, Any] | None = None
     ) -> Submission:
-        """Create one run from the event loop (the trigger), under the entry's own Idempotency-Key."""
+        """The async twin of :meth:`submit_one` (the trigger)."""
         request = protocol.create_run(
             model, entry.request, idempotency_key=entry.idempotency_key, client_ref=entry.client_ref, metadata=metadata
         )
         sent_at = time.time()
-        data = await self._acall(request)
+        return self._run_submitted(await self._acall(request), entry, model, sent_at)
+
+    def _run_submitted(self, data: Any, entry: BatchEntry, model: Variant | str, sent_at: float) -> Submission:
+        """The one reading of a created run, for both twins: its id, and whether the API replayed it."""
         run = protocol.parse_run(data)
         replayed = protocol.was_replayed(data, sent_at)
         self.log.info(
@@ -671,19 +675,6 @@ class FluxHook(BaseHook):
             entry.client_ref,
         )
         return Submission(run_ids=[run.id], replayed=replayed)
-
-    def submit_one(
-        self, entry: BatchEntry, *, model: Variant | str, metadata: Mapping[str, Any] | None = None
-    ) -> Submission:
-        """:meth:`asubmit` for the worker: one run under the entry's own key, and whether it was a replay."""
-        request = protocol.create_run(
-            model, entry.request, idempotency_key=entry.idempotency_key, client_ref=entry.client_ref, metadata=metadata
-        )
-        sent_at = time.time()
-        data = self._call(request)
-        run = protocol.parse_run(data)
-        self.log.info("Submitted run %s (%s, client_ref %s)", run.id, protocol.model_path(model), entry.client_ref)
-        return Submission(run_ids=[run.id], replayed=protocol.was_replayed(data, sent_at))
 
     # -- Sentinel evaluations (requests built and parsed by ``sentinel``) ---------------------------
 
@@ -773,31 +764,24 @@ class FluxHook(BaseHook):
         return runs
 
     def wait(self, run_id: str | Run, *, timeout: float = 600.0, poll_interval: float = 2.0) -> Run:
-        """Poll one run (its id, or a :class:`Run`) until it is terminal and return it.
+        """Wait for one run (its id, or a :class:`Run`) until it is terminal and return it.
 
-        The interval follows the run's status (see ``adaptive_poll_interval``); past ``timeout``
+        The run is awaited through the same window and loop as a task's runs (the poll interval follows
+        its status; an API that does not answer is waited for until the deadline); past ``timeout``
         seconds, :class:`FluxTimeoutError`. A failed run is returned, not raised: see ``protocol.failure_of``.
         """
         run_id = run_id.id if isinstance(run_id, Run) else run_id
-        deadline = time.time() + timeout
-        started = time.time()
-        while True:
-            # The last poll (at the deadline) still gets a few seconds to answer; a hung API does not.
-            run = self.get_run(run_id, deadline=deadline + min(self.config.request_deadline, 10.0))
-            if run.terminal:
-                return run
-            if time.time() >= deadline:
-                raise FluxTimeoutError(
-                    f"Run {run_id} still {run.status_code.value} after {timeout:g}s", run_ids=[run_id]
-                )
-            width, height = download.size_of_run(run)
-            interval = adaptive_poll_interval(
-                [run.status_code],
-                base=poll_interval,
-                elapsed=time.time() - started,
-                expected=expected_duration(width, height),
-            )
-            time.sleep(max(0.0, min(interval, deadline - time.time())))
+        now = time.time()
+        spec = JobSpec(index=0, model="", key=run_id, ref=run_id, input=None, cost=Decimal("0"))
+        window = Window([spec], max_in_flight=1, chunk_size=1, end_time=now + timeout, poll_interval=poll_interval)
+        window.attach(0, run_id, submitted_at=now)
+        run_window(self, window, metadata=None, logger=self.log, progress_interval=-1)
+        # The run as it ends (one read more: the window keeps states, not run objects); a run the API
+        # does not know raises here, as the window's own read did.
+        run = self.get_run(run_id, deadline=time.time() + min(self.config.request_deadline, 10.0))
+        if not run.terminal:
+            raise FluxTimeoutError(f"Run {run_id} still {run.status_code.value} after {timeout:g}s", run_ids=[run_id])
+        return run
 
     def download(
         self,
@@ -886,7 +870,7 @@ class FluxHook(BaseHook):
 
 def check_reported_spend(run: Run, budget: Budget | None, *, spent: Decimal = Decimal("0")) -> None:
     """Raise :class:`BudgetOverrunError` when ``spent`` plus the run's reported cost passes ``budget``."""
-    cost = run.api_cost
+    cost = run.cost
     if budget is not None and cost is not None and spent + cost > budget.limit:
         raise BudgetOverrunError(reported=spent + cost, limit=budget.limit, scope=budget.scope, run_id=run.id)
 

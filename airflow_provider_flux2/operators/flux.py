@@ -67,10 +67,10 @@ from airflow_provider_flux2.jobs import (
     new_job,
     output_publisher,
     run_metadata,
-    run_window,
     task_identity,
     task_location,
 )
+from airflow_provider_flux2.loops import run_window
 from airflow_provider_flux2.models import GENERATION_PARAMS, ImageRecord, build_input, resolve_variant
 from airflow_provider_flux2.outputs import STATE_KEY, XCOM_GALLERY, XCOM_MANIFEST, FluxImagesLink
 from airflow_provider_flux2.pricing import NOT_STORED, Budget, billed_cost, cents, estimate, usd

@@ -60,11 +60,11 @@ from airflow_provider_flux2.jobs import (
     output_publisher,
     record_for_run,
     run_metadata,
-    run_window,
     store_image,
     task_identity,
     task_location,
 )
+from airflow_provider_flux2.loops import run_window
 from airflow_provider_flux2.models import ImageRecord, RunStatus, records_from_xcom, utc_now_iso
 from airflow_provider_flux2.pricing import Budget, billed_cost, usd
 from airflow_provider_flux2.quality.policy import apply_failure_policy, pass_rate

@@ -28,12 +28,11 @@ from typing import Any
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 
 from airflow_provider_flux2.arguments import DEFAULT_POLL_INTERVAL, DEFAULT_TIMEOUT
-from airflow_provider_flux2.exceptions import FluxError, FluxValidationError
+from airflow_provider_flux2.exceptions import FluxValidationError
 from airflow_provider_flux2.hooks.flux import FluxHook
-from airflow_provider_flux2.window import POLL_ROUNDS, JobKind, JobSpec, Poll, Submit, Window, log_kill, rows_of
+from airflow_provider_flux2.loops import arun_window
+from airflow_provider_flux2.window import JobKind, JobSpec, Window, log_kill, rows_of
 
-#: Requests one trigger has at the API at once (polls of a turn, or its submissions).
-CONCURRENCY = 8
 #: The least time a trigger lives before it fires. A trigger that fires a fraction of a second after
 #: its task deferred can race Airflow's own bookkeeping of the deferral (apache/airflow#67287, #72716:
 #: "state mismatch … queued/running" fails the try). A replay of finished runs would do exactly that.
@@ -225,57 +224,15 @@ class FluxGenerationTrigger(BaseTrigger):
         """Run the window until every job is terminal or the deadline passes; yield exactly one event."""
         window = self._live = self.window()
         hook = FluxHook(self.flux_conn_id)
-        started = last_at = time.time()
-        last = ""
+        started = time.time()
         try:
-            while not window.finished(time.time()):
-                # Polls first, so slots freed (and costs reported) this turn are used by this turn's top-up.
-                acted = False
-                for _ in range(POLL_ROUNDS):
-                    polls = window.polls(time.time())
-                    if not polls:
-                        break
-                    acted = True
-                    await _bounded([_observe(window, poll, hook) for poll in polls])
-                acted = await self._submit(hook, window, time.time()) or acted
-                now = time.time()
-                if now - last_at >= self.progress_interval and (line := window.progress_line(started, now)) != last:
-                    last, last_at = line, now
-                    self.log.info("%s", line)
-                if (outage := window.outage_line(now)) is not None:
-                    self.log.warning("%s", outage)
-                if not acted:
-                    await asyncio.sleep(max(0.0, min(window.wakeup(now), self.end_time) - now))
+            event = await arun_window(
+                hook, window, metadata=self.metadata, logger=self.log, progress_interval=self.progress_interval
+            )
         finally:
             await hook.aclose()
-        if (line := window.progress_line(started, time.time())) != last:
-            self.log.info("%s", line)
         await asyncio.sleep(max(0.0, started + MIN_LIFETIME - time.time()))
-        yield TriggerEvent(window.event(time.time()))
-
-    async def _submit(self, hook: FluxHook, window: Window, now: float) -> bool:
-        submissions = window.submissions(now)
-        await _bounded([self._send(hook, window, submit) for submit in submissions])
-        return bool(submissions)
-
-    async def _send(self, hook: FluxHook, window: Window, submit: Submit) -> None:
-        try:
-            if submit.kind == "evaluation":
-                (entry,) = window.entries(submit)
-                done = await hook.asubmit_evaluation(entry)
-            elif submit.is_batch:
-                done = await hook.acreate_batch(
-                    window.entries(submit),
-                    model=submit.model,
-                    batch_key=submit.batch_key or "",
-                    metadata=self.metadata,
-                )
-            else:
-                (entry,) = window.entries(submit)
-                done = await hook.asubmit(entry, model=submit.model, metadata=self.metadata)
-            window.submitted(submit, done.run_ids, done.batch_id, time.time(), replayed=done.replayed)
-        except FluxError as error:
-            window.submit_failed(submit, error, time.time())
+        yield TriggerEvent(event)
 
     async def on_kill(self) -> None:
         """Airflow >= 3.3 calls this when a user kills the deferred task (mark failed or success, clear).
@@ -292,37 +249,6 @@ class FluxGenerationTrigger(BaseTrigger):
                 self.log.warning("on_kill could not list the runs left at the API: %s", error)
                 return
         log_kill(window, self.log)
-
-
-async def _observe(window: Window, poll: Poll, hook: FluxHook) -> None:
-    try:
-        if poll.kind == "batch":
-            window.observe_batch(await hook.aget_batch(poll.id, deadline=window.end_time), time.time())
-        elif poll.kind == "items":
-            window.observe_items(poll.id, await hook.aget_batch_items(poll.id, deadline=window.end_time), time.time())
-        elif poll.kind == "evaluation":
-            evaluation = await hook.aget_evaluation(poll.id, deadline=window.end_time)
-            window.observe_run(evaluation.as_run(), time.time())
-        else:
-            window.observe_run(await hook.aget_run(poll.id, deadline=window.end_time), time.time())
-    except FluxError as error:
-        window.poll_failed(poll, error, time.time())
-
-
-async def _bounded(calls: list[Any]) -> None:
-    """Run a turn's requests at once, at most :data:`CONCURRENCY` at a time (one shared client).
-
-    The window's methods never await, so the coroutines cannot interleave inside a decision.
-    """
-    if not calls:
-        return
-    gate = asyncio.Semaphore(CONCURRENCY)
-
-    async def one(call: Any) -> None:
-        async with gate:
-            await call
-
-    await asyncio.gather(*(one(call) for call in calls))
 
 
 def finished_runs(event: Mapping[str, Any]) -> dict[str, dict[str, Any]]:

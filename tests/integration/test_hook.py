@@ -53,7 +53,7 @@ def test_generate_returns_verified_image_and_bills_once(emulator):
     run, image = hook.generate("a red bicycle", image_size="1920x1080", seed=7, poll_interval=0.02)
     assert (image.width, image.height, image.format) == (1920, 1080, "jpeg")
     assert run.output.seed == 7
-    assert run.api_cost == hook.estimate([("pro", build_input("pro", prompt="x", image_size="1920x1080"))]).total
+    assert run.cost == hook.estimate([("pro", build_input("pro", prompt="x", image_size="1920x1080"))]).total
     ledger = emulator.ledger()
     assert [e["run_id"] for e in ledger["entries"]] == [run.id]
     assert ledger["total_cost"] == "0.045"

@@ -351,3 +351,31 @@ def test_submissions_refused_with_an_answer_still_give_up_after_five_turns_count
             win.submit_failed(submit, down, now)  # four batches fail in the same turn: one failure
         now = win.wakeup(now)
     assert win.error and turns == 5
+
+
+def test_under_a_running_budget_a_batch_is_polled_through_its_items_statuses_and_costs_in_one_read():
+    win, api = window(4, max_in_flight=4, chunk=2, budget=Decimal("1.00")), FakeAPI()
+    for submit in win.submissions(T0):
+        api.accept(win, submit, T0)
+    polls = win.polls(T0 + 60)
+    assert sorted((p.kind, p.id) for p in polls) == [("items", "batch-0"), ("items", "batch-1")]
+    win.observe_items(
+        "batch-0",
+        [run("run-0", RunStatus.SUCCEEDED, cost="0.040"), run("run-1", RunStatus.FAILED, failure_code="GPU_OOM")],
+        T0 + 60,
+    )
+    assert win.spent() == Decimal("0.040")  # the API's figure, no second read
+    assert win.states[1].phase == "resubmit"  # the failure code came with the items: no read of the run
+    win.observe_items("batch-1", [run("run-2", RunStatus.RUNNING), run("run-3", RunStatus.RUNNING)], T0 + 60)
+    assert {(p.kind, p.id) for p in win.polls(T0 + 3600)} == {("items", "batch-1")}  # polled again, still items
+    # A failed read of an items poll is the batch's poll failing: it comes back, as the batch's.
+    (poll,) = win.polls(T0 + 3600)
+    win.poll_failed(poll, FluxServerError(status_code=503, code="UNAVAILABLE", message="busy"), T0 + 3600)
+    assert not win.polls(T0 + 3600) and win.polls(T0 + 3700)[0].id == "batch-1"
+
+
+def test_without_a_budget_a_batch_is_polled_lean():
+    win, api = window(2, max_in_flight=2, chunk=2), FakeAPI()
+    (submit,) = win.submissions(T0)
+    api.accept(win, submit, T0)
+    assert [(p.kind, p.id) for p in win.polls(T0 + 60)] == [("batch", "batch-0")]
