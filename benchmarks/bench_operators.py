@@ -4,7 +4,6 @@ Imported by the DAG file ``deployment_dags/flux2_deploy.py`` (``benchmarks/`` is
 process's ``PYTHONPATH``). Every class appends one line per worker entry to ``FLUX2_DEPLOY_ENTRIES``
 (:class:`EntryLogged`), which is how the harness counts worker entries and worker-slot seconds.
 
-- :class:`ChunkedBenchOperator`: wave 1's chunked operator (``baseline_chunked.py``), deferrable;
 - :class:`WavesOperator`: the shipped operator with ``batch_size = max_in_flight``: the window only
   takes a whole chunk, so the next wave of ``max_in_flight`` runs goes in when the last one is done;
 - :class:`PollingClientOperator`: what a user writes with a plain client library inside a task —
@@ -41,11 +40,6 @@ from entries import EntryLogged, log_entry
 
 from airflow_provider_flux2.models import build_input
 from airflow_provider_flux2.operators.flux import FluxGenerateImageOperator
-
-try:  # imported with benchmarks/ on the path (Airflow's processes) or as a package (tests)
-    from baseline_chunked import BaselineChunkedOperator
-except ImportError:  # pragma: no cover
-    from benchmarks.baseline_chunked import BaselineChunkedOperator
 
 #: The model every bench task generates with, as the API spells it.
 MODEL_PATH = "/v1/models/black-forest-labs/flux-2-pro/runs"
@@ -101,19 +95,6 @@ class WavesOperator(ShippedBenchOperator):
     def __init__(self, **kwargs: Any) -> None:
         kwargs["batch_size"] = min(int(kwargs.get("max_in_flight", 8)), 100)
         super().__init__(**kwargs)
-
-
-class ChunkedBenchOperator(EntryLogged, BaselineChunkedOperator):
-    """Baseline: wave 1's chunked operator (a worker entry per chunk), deferrable."""
-
-    def __init__(self, *, clock_scale: float = 1.0, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.clock_scale = clock_scale
-
-    def _trigger(self, plan: Any, state: dict[str, Any]) -> Any:
-        trigger = super()._trigger(plan, state)
-        trigger.expected_seconds *= self.clock_scale
-        return trigger
 
 
 # -- the records the peers leave -------------------------------------------------------------------------

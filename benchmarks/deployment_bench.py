@@ -7,7 +7,6 @@ own process; the run triggered through the REST API) and under ``dag.test()`` (`
 on SQLite, the trigger run in line):
 
 - ``shipped``: the operator as shipped, deferrable (one deferral per batch, the window in the trigger);
-- ``chunked``: wave 1's chunked operator (``baseline_chunked.py``), deferrable;
 - ``sync``: the shipped operator, not deferrable (the same window, driven in the worker);
 - ``waves``: waves of ``max_in_flight``: the next wave only when every run of the last one is done;
 - ``fal``, ``bfl``, ``runflow_js``: a plain client in a task: single runs, ``max_in_flight`` at once,
@@ -71,7 +70,6 @@ class Row:
 
 ROWS = (
     Row("shipped", "as shipped, deferrable", "flux2_deploy_bench", peer=False),
-    Row("chunked", "wave 1's chunked operator, deferrable", "flux2_deploy_bench_chunked"),
     Row("sync", "as shipped, not deferrable", "flux2_deploy_bench_sync", peer=False),
     Row("waves", "waves of max_in_flight, deferrable", "flux2_deploy_bench_waves"),
     Row("fal", "fal-client: per-run polls every 0.1 s", "flux2_deploy_bench_fal"),

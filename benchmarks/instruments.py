@@ -1,8 +1,8 @@
 """The operator as shipped, instrumented; and the baselines it is measured against.
 
 Nothing here changes what the operator decides, except where a baseline says so in its name:
-:class:`WaveOperator` (waits for a whole wave), :class:`ChunkedOperator` (wave 1's chunked operator,
-``baseline_chunked.py``) and :func:`fixed_poll_interval` (no adaptation).
+:class:`WaveOperator` (waits for a whole wave) and :func:`fixed_poll_interval` (no adaptation). Wave 1's
+chunked operator is no longer run: its figures are recorded in docs/performance.md.
 """
 
 from __future__ import annotations
@@ -15,11 +15,6 @@ from typing import TYPE_CHECKING, Any
 
 import airflow_provider_flux2.window as window_module
 from airflow_provider_flux2.operators.flux import FluxGenerateImageOperator
-
-try:  # run as ``python benchmarks/run.py`` (benchmarks/ on the path) or imported as a package
-    from baseline_chunked import BaselineChunkedOperator
-except ImportError:
-    from benchmarks.baseline_chunked import BaselineChunkedOperator
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
@@ -135,27 +130,6 @@ class WaveOperator(BenchOperator):
     def __init__(self, **kwargs: Any) -> None:
         kwargs["batch_size"] = min(kwargs.get("max_in_flight", 8), 100)
         super().__init__(**kwargs)
-
-
-class ChunkedOperator(BaselineChunkedOperator):
-    """Baseline: wave 1's chunked operator (a worker entry per chunk), with its worker time accounted."""
-
-    def __init__(self, *, clock_scale: float = 1.0, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.clock_scale = clock_scale
-
-    def execute(self, context: Context) -> Any:
-        with worker_slot(context["ti"].dag_id):
-            return super().execute(context)
-
-    def execute_complete(self, context: Context, event: dict[str, Any] | None = None) -> Any:
-        with worker_slot(context["ti"].dag_id):
-            return super().execute_complete(context, event)
-
-    def _trigger(self, plan: Any, state: dict[str, Any]) -> Any:
-        trigger = super()._trigger(plan, state)
-        trigger.expected_seconds *= self.clock_scale
-        return trigger
 
 
 def _fixed_interval(statuses: Any, *, base: float, elapsed: float, expected: float) -> float:

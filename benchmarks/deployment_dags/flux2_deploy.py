@@ -12,7 +12,7 @@ scenario of ``make test`` and the full ones of ``make soak``:
   judged by Sentinel in a deferrable quality task, ``check`` (the ``sentinel_triggerer_kill`` scenario);
 - ``make bench``'s DAGs (``benchmarks/deployment_bench.py``), one per compared way of running
   ``FLUX2_DEPLOY_BENCH_IMAGES`` (the shipped operator: ``flux2_deploy_bench``, deferrable, and
-  ``flux2_deploy_bench_sync``) or ``FLUX2_DEPLOY_PEER_IMAGES`` images (``_chunked``, ``_waves``, the
+  ``flux2_deploy_bench_sync``) or ``FLUX2_DEPLOY_PEER_IMAGES`` images (``_waves``, the
   polling clients ``_fal``, ``_bfl``, ``_runflow_js``, and ``_http``: ``HttpOperator`` + ``HttpSensor``),
   and ``flux2_deploy_bench_triggerer`` (every run of the task in flight at once); their tasks are in
   ``benchmarks/bench_operators.py``.
@@ -190,7 +190,6 @@ def _bench_dags() -> dict[str, DAG]:
     for dag_id, cls, count, extra in (
         ("flux2_deploy_bench", ops.ShippedBenchOperator, BENCH_IMAGES, {"deferrable": True}),
         ("flux2_deploy_bench_sync", ops.ShippedBenchOperator, BENCH_IMAGES, {"deferrable": False}),
-        ("flux2_deploy_bench_chunked", ops.ChunkedBenchOperator, PEER_IMAGES, {"deferrable": True}),
         ("flux2_deploy_bench_waves", ops.WavesOperator, PEER_IMAGES, {"deferrable": True}),
     ):
         with bench_dag(dag_id) as dag:
