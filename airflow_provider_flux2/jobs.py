@@ -517,13 +517,16 @@ def collect(
     for state in finished:
         if state.batch_id:
             by_batch.setdefault(state.batch_id, []).append(state)
-    readable = [b for b, members in by_batch.items() if len(members) > 1]
+    # One group per batch read at once (its members then downloaded by the thread that read it), one
+    # per job read alone: a thread downloads one group's images while others wait for their reads, so
+    # the reads (paced by the API's request limit) and the downloads overlap instead of following.
+    groups: list[tuple[str | None, list[JobState]]] = [(b, m) for b, m in by_batch.items() if len(m) > 1]
+    grouped = {s.index for _, members in groups for s in members}
+    groups += [(None, [s]) for s in finished if s.index not in grouped]
     workers = workers or collect_workers(plan.jobs[s.index] for s in finished)
     hook.get_conn()  # created once, before the threads share it
     runs: dict[str, Run] = {}
     with ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="flux-collect") as pool:
-        for items in pool.map(lambda b: _retrying(lambda: hook.get_batch_items(b), sleep), readable):
-            runs.update({run.id: run for run in items})
         out = into if into is not None else Collected()
         stored = progress.objects() if progress is not None else {}
 
@@ -564,8 +567,18 @@ def collect(
             except Exception as error:  # one image's failure must not lose the others' records
                 return state.index, None, "", error
 
+        def group(batch_id: str | None, members: list[JobState]) -> list[tuple[int, ImageRecord | None, str, Any]]:
+            if batch_id is not None:
+                try:
+                    items = _retrying(lambda: hook.get_batch_items(batch_id), sleep)
+                except Exception as error:  # the batch could not be read: its images fail, the others go on
+                    return [(state.index, None, "", error) for state in members]
+                runs.update({run.id: run for run in items})
+            return [guarded(state) for state in members]
+
         errors: list[tuple[int, BaseException]] = []
-        for index, record, what, error in pool.map(guarded, finished):
+        results = (result for done in pool.map(lambda g: group(*g), groups) for result in done)
+        for index, record, what, error in results:
             if record is None:
                 errors.append((index, error or FluxError("unknown")))
                 continue

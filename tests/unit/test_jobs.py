@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from airflow_provider_flux2.exceptions import FluxError
 from airflow_provider_flux2.hooks.flux import FluxHook
 from airflow_provider_flux2.jobs import Plan, Progress, collect, collect_workers, default_chunk_size, new_job
 from airflow_provider_flux2.models import Variant, build_input
@@ -221,3 +222,26 @@ def test_one_image_that_cannot_be_stored_fails_the_collect_after_the_others_are_
         )
     assert recorded[-1] == [0, 1, 3, 4]  # what was stored is recorded before the task fails
     assert len(list(tmp_path.rglob("0000[0-9]-*.jpg"))) == 4
+
+
+def test_a_batch_that_cannot_be_read_fails_its_images_only_after_the_other_batches_are_stored(emulator, tmp_path):
+    hook = FluxHook(api_key=emulator.api_key, base_url=emulator.base_url)
+    plan = plan_of(6, chunk=3)
+    states = finished_states(hook, plan)
+    emulator.faults({"rules": [{"endpoint": "get_batch_items", "fault": "http_error", "status": 403, "count": 1}]})
+    recorded: list[list[int]] = []
+    with pytest.raises(FluxError, match="403"):
+        collect(
+            hook,
+            plan,
+            states,
+            LocalPublisher(tmp_path.as_uri()),
+            LOCATION,
+            on_moderation="fail",
+            progress=None,
+            workers=1,  # the batches one after the other: the first read is the refused one
+            sleep=lambda _: None,
+            checkpoint=lambda done: recorded.append(sorted(done.records)),
+        )
+    assert recorded[-1] == [3, 4, 5]  # the other batch's images are stored and recorded before the task fails
+    assert len(list(tmp_path.rglob("0000[0-9]-*.jpg"))) == 3
