@@ -37,7 +37,7 @@ from airflow_provider_flux2.exceptions import (
     FluxRunFailedError,
     InsufficientBalanceError,
 )
-from airflow_provider_flux2.hooks.flux import BatchEntry, FluxHook, expected_duration
+from airflow_provider_flux2.hooks.flux import FluxHook
 from airflow_provider_flux2.models import (
     FluxInput,
     ImageRecord,
@@ -53,10 +53,12 @@ from airflow_provider_flux2.storage.base import image_workers
 from airflow_provider_flux2.storage.naming import name_fields
 from airflow_provider_flux2.storage.publish import object_metadata
 from airflow_provider_flux2.window import (
+    BatchEntry,
     JobSpec,
     JobState,
     Submit,
     batch_key,
+    expected_duration,
     resubmission_key,
 )
 

@@ -52,7 +52,7 @@ from airflow_provider_flux2.exceptions import (
     FluxValidationError,
     percent,
 )
-from airflow_provider_flux2.hooks.flux import FluxHook, expected_duration
+from airflow_provider_flux2.hooks.flux import FluxHook
 from airflow_provider_flux2.jobs import (
     Job,
     is_moderated,
@@ -81,7 +81,7 @@ from airflow_provider_flux2.references import ReferenceResolver, reference_kind
 from airflow_provider_flux2.storage import uri_reader
 from airflow_provider_flux2.storage.manifest import superseded_rows
 from airflow_provider_flux2.triggers.flux import FluxGenerationTrigger, finished_runs
-from airflow_provider_flux2.window import JobSpec, log_kill, rows_of
+from airflow_provider_flux2.window import JobSpec, expected_duration, log_kill, rows_of
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
