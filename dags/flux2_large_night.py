@@ -20,7 +20,8 @@ For a cap of 64, and point the DAG at it::
     export FLUX2_POOL=flux2_api      # in every Airflow process' environment
 
 Then set ``shards`` to the pool ÷ ``MAX_IN_FLIGHT`` (every shard running at once) and raise
-``MAX_IN_FLIGHT`` for a large night: 10,000 images at a cap of 64 ran best as 4 shards of 2,500 at 20.
+``MAX_IN_FLIGHT`` for a large night: 10,000 images at a cap of 64 were measured as 4 shards of 2,500 at 20
+(docs/deployment.md, "Sizing a night").
 
 Without it the shards share `default_pool`, which does not count deferred tasks. See
 docs/deployment.md ("Sizing a night") for sizing the pool, the shards and the triggerers.
