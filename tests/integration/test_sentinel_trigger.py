@@ -53,7 +53,9 @@ def rebuilt(original: FluxGenerationTrigger) -> FluxGenerationTrigger:
 
 
 def test_a_trigger_killed_mid_wait_and_rebuilt_bills_each_evaluation_once(emulator):
-    emulator.configure(evaluation_seconds=0.6)
+    # Long enough that none of the first three ends before the kill, even on two busy cores (at 0.6 s
+    # the first ended while the third was still being sent, under a full `make test`).
+    emulator.configure(evaluation_seconds=3.0)
     original = trigger()
 
     async def killed() -> None:
