@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 import httpx
 from airflow.sdk import BaseHook
 
-import airflow_provider_flux2.hooks.download as download
+import airflow_provider_flux2.hooks.download as image_download
 import airflow_provider_flux2.hooks.transport as transport
 from airflow_provider_flux2 import metrics, protocol, ratelimit, sentinel
 from airflow_provider_flux2.exceptions import (
@@ -792,7 +792,7 @@ class FluxHook(BaseHook):
         output_format: str | None = None,
         index: int = 0,
         refreshes: int = 2,
-    ) -> download.DownloadedImage:
+    ) -> image_download.DownloadedImage:
         """Fetch a succeeded run's image, streamed and size-capped, and verify it is what was asked for.
 
         ``run`` is a :class:`Run` or a run id (read first). The expected size and format default to
@@ -802,7 +802,7 @@ class FluxHook(BaseHook):
         if isinstance(run, str):
             run = self.get_run(run)
         if width is None or height is None:
-            width, height = download.size_of_run(run, strict=True)
+            width, height = image_download.size_of_run(run, strict=True)
         output_format = output_format or str((run.input or {}).get("output_format") or "jpeg")
         for attempt in range(refreshes + 1):
             output = run.output
@@ -810,10 +810,10 @@ class FluxHook(BaseHook):
                 raise FluxImageError(f"Run has no output image #{index}", run_id=run.id)
             url = output.images[index].url
             try:
-                data, content_type = download.fetch(
+                data, content_type = image_download.fetch(
                     self._download_client, self.config, url, run.id, lambda r, n, e: self._pause(r, n, e, None)
                 )
-            except download.ExpiredURL:
+            except image_download.ExpiredURL:
                 if attempt == refreshes:
                     raise FluxImageError(
                         f"Output URL still expired after {refreshes} refreshes", run_id=run.id
@@ -821,7 +821,7 @@ class FluxHook(BaseHook):
                 self.log.info("Output URL of run %s has expired; reading the run again for a fresh one", run.id)
                 run = self.get_run(run.id)
                 continue
-            return download.verify_image(
+            return image_download.verify_image(
                 data, content_type, width=width, height=height, output_format=output_format, url=url, run_id=run.id
             )
         raise AssertionError("unreachable")
@@ -838,7 +838,7 @@ class FluxHook(BaseHook):
         allow_nsfw: bool = False,
         budget_usd: str | Decimal | None = None,
         **params: Any,
-    ) -> tuple[Run, download.DownloadedImage]:
+    ) -> tuple[Run, image_download.DownloadedImage]:
         """Submit, wait and download one image; raises the run's failure (moderation included).
 
         An output the safety checker flagged (``has_nsfw_concepts``: a blacked-out image) raises
