@@ -97,7 +97,7 @@ def mean_latency_model(megapixels: int = 1) -> float:
 @dataclass
 class Sampler:
     """Samples, every ``interval`` s in a thread: each triggerer's process tree (RSS, CPU), the trigger table
-    (triggers per triggerer, the largest kwargs) and, on request, kills a triggerer at half-time."""
+    (triggers per triggerer, the largest kwargs), and says which triggerer holds the triggers now."""
 
     dep: Deployment
     interval: float = 2.0
@@ -105,7 +105,6 @@ class Sampler:
     cpu_s: dict[str, float] = field(default_factory=dict)
     peak_triggers: dict[str, int] = field(default_factory=dict)
     max_kwargs_bytes: int = 0
-    max_triggers: int = 0
 
     def __post_init__(self) -> None:
         self._stop = threading.Event()
@@ -157,7 +156,6 @@ class Sampler:
             "SELECT j.hostname, count(t.id), coalesce(max(length(t.kwargs)), 0) FROM trigger t "
             "LEFT JOIN job j ON j.id = t.triggerer_id GROUP BY j.hostname"
         )
-        self.max_triggers = max(self.max_triggers, sum(int(n) for _, n, _ in rows))
         for host, count, largest in rows:
             name = host or "(unassigned)"
             self.peak_triggers[name] = max(self.peak_triggers.get(name, 0), int(count))
