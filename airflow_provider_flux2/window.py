@@ -436,15 +436,11 @@ class Window:
 
     def _target(self, poll: Poll) -> tuple[str, str]:
         """The awaited thing a poll reads (a batch polled through its items is still the batch)."""
-        if poll.kind == "items" and self._awaited(("batch", poll.id)):
-            return ("batch", poll.id)
-        return (poll.kind, poll.id)
+        return ("batch", poll.id) if poll.kind == "items" else (poll.kind, poll.id)
 
     def _awaited(self, target: tuple[str, str]) -> bool:
         kind, _ = target
         states = [self.states[i] for i in self._targets.get(target, [])]
-        if kind == "items":
-            return any(s.phase == "done" and s.succeeded and s.cost is None for s in states)
         if kind in ("run", "evaluation"):
             return any(s.phase in ("in_flight", "read") and s.run_id == target[1] for s in states)
         return any(s.phase == "in_flight" and s.batch_id == target[1] and not s.terminal for s in states)
@@ -561,8 +557,7 @@ class Window:
     def observe_items(self, batch_id: str, runs: Iterable[Run], now: float) -> None:
         """A batch's items: each run's status, failure code and the cost the API reports (the running budget).
 
-        The poll of a batch under a running budget (see :meth:`polls`), or the one read of a batch's items
-        once its runs are done (a batch polled lean, then found to need the costs).
+        The poll of a batch under a running budget (see :meth:`polls`): statuses and costs in one read.
         """
         self._answered()
         by_run = {run.id: run for run in runs}
@@ -577,13 +572,6 @@ class Window:
             self._observe(state, run.status_code, run.completed_at, now, known=True)
         if batch in self._due:
             self._reschedule(batch, now)
-        for index in self._targets.get(("items", batch_id), []):
-            state = self.states[index]
-            run = by_run.get(state.run_id or "")
-            if run is not None and state.phase == "done" and state.succeeded and state.cost is None:
-                state.cost = run.cost
-                state.completed_at = run.completed_at or state.completed_at
-        self._due.pop(("items", batch_id), None)
 
     def poll_failed(self, poll: Poll, error: BaseException, now: float) -> None:
         """A poll failed after the hook's own retries: a lasting error stops the window; anything that may
@@ -638,14 +626,7 @@ class Window:
             state.detected_at = now
         state.completed_at = completed_at or state.completed_at
         if status == RunStatus.SUCCEEDED:
-            state.phase = "done"  # its slot is free at once
-            if not known and self.budget is not None and state.batch_id:
-                # The running budget wants the API's figure: one read of the batch's items gives every
-                # cost, once no run of the batch is left in flight (estimates count until then).
-                items = ("items", state.batch_id)
-                members = self._targets.setdefault(items, [])
-                if state.index not in members:
-                    members.append(state.index)
+            state.phase = "done"  # its slot is free at once (under a budget its cost came with it: see polls)
             return
         # failed or canceled: free of charge; is it worth sending again?
         if not known:
@@ -674,10 +655,6 @@ class Window:
         states = [
             self.states[i] for i in self._targets.get(target, []) if self.states[i].phase in ("in_flight", "read")
         ]
-        if target[0] == "batch":
-            items = ("items", target[1])
-            if self._awaited(items) and not any(s.phase == "in_flight" for s in states):
-                self._due[items] = now
         if not states:
             self._due.pop(target, None)
             return
