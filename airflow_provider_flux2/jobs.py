@@ -8,6 +8,8 @@
   is stored — ids, never copies of records. Typed and versioned; checked on load.
 * :func:`record_for_run`, :func:`store_image` and :func:`collect`: a finished run becomes a record,
   its image is downloaded, verified and stored — many at once, in a bounded pool.
+* :func:`records`: one record per job, in plan order — the collected ones, and a :func:`pending_record`
+  (built from the same job fields) for every job nothing was collected for.
 The loops that drive a window (in a worker, on the triggerer) are in :mod:`airflow_provider_flux2.loops`.
 
 The operators import from here and never from each other.
@@ -47,7 +49,7 @@ from airflow_provider_flux2.models import (
     Variant,
     utc_now_iso,
 )
-from airflow_provider_flux2.pricing import Budget, CostEstimate, ItemCost, cents, image_cost, routed, usd
+from airflow_provider_flux2.pricing import NOT_STORED, Budget, CostEstimate, ItemCost, cents, image_cost, routed, usd
 from airflow_provider_flux2.storage import BatchLocation, content_hash, publisher_for
 from airflow_provider_flux2.storage.base import image_workers
 from airflow_provider_flux2.storage.naming import name_fields
@@ -297,6 +299,22 @@ class Progress(BaseModel):
         singles = {index: f"{run_id} {attempt}" for index, (run_id, attempt) in (runs or {}).items()}
         return cls(plan=plan, batch_ids=sorted(set(batch_ids)), root=root, stored=entries, runs=singles)
 
+    @classmethod
+    def after(
+        cls,
+        plan: Plan,
+        states: Mapping[int, JobState],
+        stored: Mapping[int, ImageRecord],
+        earlier: Progress | None = None,
+    ) -> Progress:
+        """The progress of a try: its batches, runs sent alone and stored objects, kept with an earlier try's."""
+        batches = {s.batch_id for s in states.values() if s.batch_id} | set(earlier.batch_ids if earlier else [])
+        objects = earlier.objects() if earlier else {}
+        objects.update({str(i): (r.uri, r.content_hash) for i, r in stored.items() if r.uri and r.content_hash})
+        singles = earlier.single_runs() if earlier else {}
+        singles.update({str(s.index): (s.run_id, s.attempt) for s in states.values() if s.run_id and not s.batch_id})
+        return cls.of(plan.digest, batches, objects, singles)
+
     def single_runs(self) -> dict[str, tuple[str, int]]:
         """Image index → ``(run id, attempt)`` of each run an earlier try sent alone."""
         out = {}
@@ -401,37 +419,92 @@ def record_for_run(
         )
     output = run.output
     return ImageRecord(
-        index=job.index,
-        model=job.model,
-        prompt=job.prompt,
+        **_planned(job, item_cost),
         upsampled_prompt=output.prompt if output else None,
-        params=job.params,
         seed=(output.seed if output and output.seed is not None else job.request.seed),
-        width=job.request.width,
-        height=job.request.height,
-        output_format=job.request.output_format,
-        billed_mp=item_cost.billed_mp,
         cost_usd=usd(cost),
-        estimated_cost_usd=usd(item_cost.cost),
         api_cost_usd=usd(api_cost) if api_cost is not None else None,
         run_id=run.id,
         batch_id=batch_id,
         request_id=run.request_id,
-        client_ref=job.client_ref,
         idempotency_key=resubmission_key(job.idempotency_key, attempt),
         failure_code=run.failure_code,
         failure_message=run.failure_message,
         nsfw=bool(output and output.nsfw),
         quality_score=run.quality_score,
         attempt=attempt,
-        source_hash=job.meta.get("source_hash"),
-        extra={k: v for k, v in job.meta.items() if k != "source_hash"},
         timings=Timings(
             submitted_at=submitted_at,
             finished_at=run.completed_at or seen.get("completed_at"),
             detected_at=seen.get("detected_at"),
         ),
     )
+
+
+def pending_record(job: Job, item_cost: ItemCost, state: JobState | None) -> ImageRecord:
+    """The record of a job with nothing collected: ``pending``, with why (:func:`unfinished`). It costs
+    nothing unless the API finished and billed it (:data:`~airflow_provider_flux2.pricing.NOT_STORED`)."""
+    code, message = unfinished(state)
+    paid = state.cost if state is not None and state.cost is not None else item_cost.cost
+    return ImageRecord(
+        **_planned(job, item_cost),
+        seed=job.request.seed,
+        cost_usd=usd(paid) if code == NOT_STORED else "0",
+        idempotency_key=job.idempotency_key,
+        status="pending",
+        failure_code=code,
+        failure_message=message,
+        run_id=state.run_id if state is not None else None,
+        batch_id=state.batch_id if state is not None else None,
+    )
+
+
+def unfinished(state: JobState | None) -> tuple[str, str]:
+    """Why a job has no collected record: its failure code and message on a ``pending`` record."""
+    if state is not None and state.phase in ("in_flight", "read"):
+        return (
+            "STILL_RUNNING",
+            f"still {state.status or 'queued'} at the API when the task ended; it bills when it finishes, "
+            "and a retry replays it under the same key",
+        )
+    if state is not None and state.phase == "done" and state.succeeded:
+        return (
+            NOT_STORED,
+            "finished and billed at the API, but not stored (storing it failed); a retry stores it without "
+            "paying again",
+        )
+    if state is not None and state.stopped == "refused":
+        return "REFUSED", "refused by the API when submitted: nothing was created or billed"
+    if state is not None and state.phase == "stopped" and state.stopped == "budget":
+        return "BUDGET_STOPPED", "not submitted: the running budget stopped the submissions"
+    return "NOT_SENT", "not submitted: the task ended before it was sent"
+
+
+def records(plan: Plan, states: Mapping[int, JobState], collected: Mapping[int, ImageRecord]) -> list[ImageRecord]:
+    """One record per job, in plan order: the collected ones, and a :func:`pending_record` for the rest
+    (the budget stopped them, they were never sent, or they were still running when the task ended)."""
+    return [
+        collected.get(job.index) or pending_record(job, plan.estimate.items[job.index], states.get(job.index))
+        for job in plan.jobs
+    ]
+
+
+def _planned(job: Job, item_cost: ItemCost) -> dict[str, Any]:
+    """What a record takes from its job and its price, whatever became of its run."""
+    return {
+        "index": job.index,
+        "model": job.model,
+        "prompt": job.prompt,
+        "params": job.params,
+        "width": job.request.width,
+        "height": job.request.height,
+        "output_format": job.request.output_format,
+        "billed_mp": item_cost.billed_mp,
+        "estimated_cost_usd": usd(item_cost.cost),
+        "client_ref": job.client_ref,
+        "source_hash": job.meta.get("source_hash"),
+        "extra": {k: v for k, v in job.meta.items() if k != "source_hash"},
+    }
 
 
 def store_image(
@@ -700,6 +773,8 @@ __all__ = [
     "Submit",
     "collect",
     "new_job",
+    "pending_record",
     "record_for_run",
+    "records",
     "store_image",
 ]

@@ -488,3 +488,14 @@ def billed_cost(record: ImageRecord) -> Decimal:
     if record.status in UNBILLED_STATUSES and record.failure_code != NOT_STORED:
         return Decimal("0")
     return Decimal(record.cost_usd)
+
+
+def billed_total(records: Iterable[ImageRecord]) -> tuple[Decimal, int]:
+    """``(dollars, megapixels)`` the records say were billed: the sum of their :func:`billed_cost`, and the
+    megapixels of those that cost something."""
+    spent, megapixels = Decimal("0"), 0
+    for record in records:
+        cost = billed_cost(record)
+        spent += cost
+        megapixels += record.billed_mp if cost > 0 else 0
+    return spent, megapixels

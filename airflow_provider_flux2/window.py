@@ -142,6 +142,40 @@ class JobSpec:
     def attempt_key(self, attempt: int) -> str:
         return resubmission_key(self.key, attempt)
 
+    def to_row(self, common: Mapping[str, Any] | None = None) -> list[Any]:
+        """The compact form a trigger's kwargs carry: ``[index, model, key, ref, input, cost, expected]``,
+        the input without the fields in ``common`` (kept once for all jobs, see :func:`pack_specs`)."""
+        shared = common or {}
+        own = {k: v for k, v in (self.input or {}).items() if k not in shared}
+        return [self.index, self.model, self.key, self.ref, own, str(self.cost), round(self.expected, 2)]
+
+    @classmethod
+    def from_row(cls, row: Sequence[Any], common: Mapping[str, Any] | None = None) -> JobSpec:
+        index, model, key, ref, own, cost, expected = row
+        return cls(
+            index=int(index),
+            model=model,
+            key=key,
+            ref=ref,
+            input={**(common or {}), **own},
+            cost=Decimal(cost),
+            expected=float(expected),
+        )
+
+
+def pack_specs(specs: Sequence[JobSpec]) -> tuple[list[list[Any]], dict[str, Any]]:
+    """``(rows, common)``: the specs in their row form, the input fields they all share kept once (so a
+    1,000-job trigger stays well under 1 MB). :func:`unpack_specs` gives the same specs back."""
+    inputs = [spec.input or {} for spec in specs]
+    common: dict[str, Any] = {}
+    if len(inputs) > 1:
+        common = {k: v for k, v in inputs[0].items() if all(k in i and i[k] == v for i in inputs)}
+    return [spec.to_row(common) for spec in specs], common
+
+
+def unpack_specs(rows: Iterable[Sequence[Any]], common: Mapping[str, Any] | None = None) -> list[JobSpec]:
+    return [JobSpec.from_row(row, common) for row in rows]
+
 
 def batch_key(keys: Sequence[str]) -> str:
     """A batch's Idempotency-Key: fixed by its jobs' keys (chunks are fixed by index, not by timing), so
@@ -797,6 +831,8 @@ __all__ = [
     "Window",
     "batch_key",
     "log_kill",
+    "pack_specs",
     "resubmission_key",
     "rows_of",
+    "unpack_specs",
 ]

@@ -70,10 +70,11 @@ from airflow_provider_flux2.jobs import (
     task_identity,
     task_location,
 )
+from airflow_provider_flux2.jobs import records as records_of
 from airflow_provider_flux2.loops import run_window
 from airflow_provider_flux2.models import GENERATION_PARAMS, ImageRecord, build_input, resolve_variant
 from airflow_provider_flux2.outputs import STATE_KEY, XCOM_GALLERY, XCOM_MANIFEST, FluxImagesLink
-from airflow_provider_flux2.pricing import NOT_STORED, Budget, billed_cost, cents, estimate, usd
+from airflow_provider_flux2.pricing import Budget, billed_total, cents, estimate, usd
 from airflow_provider_flux2.references import ReferenceResolver
 from airflow_provider_flux2.storage import BatchLocation
 from airflow_provider_flux2.storage.report import write_batch_report
@@ -465,7 +466,7 @@ class FluxGenerateImageOperator(BaseOperator):
 
         def checkpoint(done: Collected) -> None:  # a crash mid-collect keeps what is already stored
             if store is not None:
-                store.set(STATE_KEY, self._progress(plan, states, done.records, progress).model_dump(mode="json"))
+                store.set(STATE_KEY, Progress.after(plan, states, done.records, progress).model_dump(mode="json"))
 
         partial = Collected()
         try:
@@ -494,9 +495,9 @@ class FluxGenerateImageOperator(BaseOperator):
                     run_ids=[r for r in pending if r],
                 )
             raise FluxError(f"The FLUX window failed: {event.get('message')}")
-        records = self._records(plan, states, collected.records)
+        night = records_of(plan, states, collected.records)
         self.log.info("Collected %d image(s) in %s", len(collected.records), duration(time.time() - started))
-        return self._finish(context, plan, records, publisher, location, event.get("budget_stop"))
+        return self._finish(context, plan, night, publisher, location, event.get("budget_stop"))
 
     def _collect(
         self,
@@ -522,21 +523,6 @@ class FluxGenerateImageOperator(BaseOperator):
             into=into,
         )
 
-    def _progress(
-        self,
-        plan: Plan,
-        states: dict[int, JobState],
-        records: dict[int, ImageRecord],
-        earlier: Progress | None = None,
-    ) -> Progress:
-        """Ids and what is stored (never record copies), kept with what an earlier try stored."""
-        batches = {s.batch_id for s in states.values() if s.batch_id} | set(earlier.batch_ids if earlier else [])
-        stored = earlier.objects() if earlier else {}
-        stored.update({str(i): (r.uri, r.content_hash) for i, r in records.items() if r.uri and r.content_hash})
-        singles = earlier.single_runs() if earlier else {}
-        singles.update({str(s.index): (s.run_id, s.attempt) for s in states.values() if s.run_id and not s.batch_id})
-        return Progress.of(plan.digest, batches, stored, singles)
-
     def _account_failed_night(
         self,
         context: Context,
@@ -550,8 +536,9 @@ class FluxGenerateImageOperator(BaseOperator):
         and emit the metrics, so a failed night's spend is on record — what was stored and billed, and
         what was still running at the API or never sent. Best effort: the window's error is the one raised."""
         try:
-            records = self._records(plan, states, collected)
-            spent = sum((billed_cost(ImageRecord.model_validate(r)) for r in records), Decimal(0))
+            night = records_of(plan, states, collected)
+            spent, _ = billed_total(night)
+            records = [r.to_xcom() for r in night]
             uris = write_batch_report(publisher, location, records, self.hook.prices)
             context["ti"].xcom_push(key=XCOM_MANIFEST, value=uris["manifest_uri"])
             links.remember_gallery(context["ti"], self, XCOM_GALLERY, uris["gallery_uri"])
@@ -567,64 +554,24 @@ class FluxGenerateImageOperator(BaseOperator):
         except Exception as error:  # never hide the window's own error behind the report's
             self.log.warning("Could not write the failed try's manifest: %s", error)
 
-    def _records(
-        self, plan: Plan, states: dict[int, JobState], collected: dict[int, ImageRecord]
-    ) -> list[dict[str, Any]]:
-        """One record per job, in plan order: collected ones, and ``pending`` ones for the rest (the budget
-        stopped them, they were never sent, or they were still running at the API when the task ended)."""
-        out = []
-        for job in plan.jobs:
-            record = collected.get(job.index)
-            if record is None:
-                item = plan.estimate.items[job.index]
-                state = states.get(job.index)
-                code, message = _unfinished(state)
-                paid = state.cost if state is not None and state.cost is not None else item.cost
-                record = ImageRecord(
-                    index=job.index,
-                    model=job.model,
-                    prompt=job.prompt,
-                    params=job.params,
-                    seed=job.request.seed,
-                    width=job.request.width,
-                    height=job.request.height,
-                    output_format=job.request.output_format,
-                    billed_mp=item.billed_mp,
-                    cost_usd=usd(paid) if code == NOT_STORED else "0",
-                    estimated_cost_usd=usd(item.cost),
-                    client_ref=job.client_ref,
-                    idempotency_key=job.idempotency_key,
-                    status="pending",
-                    failure_code=code,
-                    failure_message=message,
-                    run_id=states[job.index].run_id if job.index in states else None,
-                    batch_id=states[job.index].batch_id if job.index in states else None,
-                    extra={k: v for k, v in job.meta.items() if k != "source_hash"},
-                    source_hash=job.meta.get("source_hash"),
-                )
-            out.append(record.to_xcom())
-        return out
-
     # -- 4. report ------------------------------------------------------------------------------------
 
     def _finish(
         self,
         context: Context,
         plan: Plan,
-        records: list[dict[str, Any]],
+        night: list[ImageRecord],
         publisher: Publisher,
         location: BatchLocation,
         budget_stop: dict[str, str] | None,
     ) -> list[dict[str, Any]]:
+        spent, billed_mp = billed_total(night)
+        records = [record.to_xcom() for record in night]
         failures: dict[str, int] = {}
-        billed_mp, spent = 0, Decimal("0")
         for record in records:
             if record["status"] in ("failed", "moderated", "skipped", "pending"):
                 kind = record.get("failure_code") or ("NSFW_FLAGGED" if record.get("nsfw") else "UNKNOWN")
                 failures[kind] = failures.get(kind, 0) + 1
-            if Decimal(record["cost_usd"]) > 0 and record["status"] not in ("failed", "pending"):
-                billed_mp += record["billed_mp"]
-                spent += Decimal(record["cost_usd"])
         done = sum(1 for r in records if r["status"] in ("succeeded", "moderated", "skipped", "failed"))
         failed = sum(1 for r in records if r["status"] == "failed")
         limit = f" of ${cents(plan.budget.limit)} budget" if plan.budget is not None else " spent"
@@ -718,27 +665,6 @@ class FluxGenerateImageOperator(BaseOperator):
 
 
 # -- small pure pieces ---------------------------------------------------------------------------------
-
-
-def _unfinished(state: JobState | None) -> tuple[str, str]:
-    """Why a job has no collected record: its failure code and message on a ``pending`` record."""
-    if state is not None and state.phase in ("in_flight", "read"):
-        return (
-            "STILL_RUNNING",
-            f"still {state.status or 'queued'} at the API when the task ended; it bills when it finishes, "
-            "and a retry replays it under the same key",
-        )
-    if state is not None and state.phase == "done" and state.succeeded:
-        return (
-            NOT_STORED,
-            "finished and billed at the API, but not stored (storing it failed); a retry stores it without "
-            "paying again",
-        )
-    if state is not None and state.stopped == "refused":
-        return "REFUSED", "refused by the API when submitted: nothing was created or billed"
-    if state is not None and state.phase == "stopped" and state.stopped == "budget":
-        return "BUDGET_STOPPED", "not submitted: the running budget stopped the submissions"
-    return "NOT_SENT", "not submitted: the task ended before it was sent"
 
 
 def _first_try(context: Context) -> bool:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import Asset, BaseOperator
@@ -15,7 +14,7 @@ from airflow_provider_flux2.hooks.flux import FluxHook
 from airflow_provider_flux2.jobs import task_location
 from airflow_provider_flux2.models import records_from_xcom
 from airflow_provider_flux2.outputs import XCOM_GALLERY, XCOM_MANIFEST, FluxImagesLink
-from airflow_provider_flux2.pricing import billed_cost, usd
+from airflow_provider_flux2.pricing import billed_total, usd
 from airflow_provider_flux2.quality.sentinel import evaluation_spend
 from airflow_provider_flux2.storage import publisher_for, uri_reader
 from airflow_provider_flux2.storage.publish import is_publishable, publish_latest, publish_records
@@ -125,7 +124,7 @@ class FluxPublishOperator(BaseOperator):
             updated = publish_latest(published, latest, reader=reader, run_id=context["ti"].run_id)
             self.log.info("Latest: %d item(s) updated under %s", len(updated), latest.base_uri)
         delivered = [r for r in published if is_publishable(r)]
-        images_cost = sum((billed_cost(r) for r in published), Decimal("0"))
+        images_cost, billed_mp = billed_total(published)
         evaluations_cost = evaluation_spend(published)  # Sentinel's verdicts, as the API billed them
         cost = images_cost + evaluations_cost
         summary: dict[str, Any] = {
@@ -135,7 +134,7 @@ class FluxPublishOperator(BaseOperator):
             "folder_uri": publisher.folder_uri(location),
             "count": len(delivered),
             "images": len(published),
-            "billed_mp": sum(r.billed_mp for r in published if billed_cost(r) > 0),
+            "billed_mp": billed_mp,
             "cost_usd": usd(cost),
             "uris": [r.uri for r in delivered],
         }

@@ -31,7 +31,7 @@ from airflow_provider_flux2.arguments import DEFAULT_POLL_INTERVAL, DEFAULT_TIME
 from airflow_provider_flux2.exceptions import FluxValidationError
 from airflow_provider_flux2.hooks.flux import FluxHook
 from airflow_provider_flux2.loops import arun_window
-from airflow_provider_flux2.window import JobKind, JobSpec, Window, log_kill, rows_of
+from airflow_provider_flux2.window import JobKind, JobSpec, Window, log_kill, pack_specs, rows_of, unpack_specs
 
 #: The least time a trigger lives before it fires. A trigger that fires a fraction of a second after
 #: its task deferred can race Airflow's own bookkeeping of the deferral (apache/airflow#67287, #72716:
@@ -149,38 +149,12 @@ class FluxGenerationTrigger(BaseTrigger):
 
     @classmethod
     def for_specs(cls, specs: list[JobSpec], **kwargs: Any) -> FluxGenerationTrigger:
-        """A trigger for these jobs; input fields they all share are kept once (``common``)."""
-        inputs = [spec.input or {} for spec in specs]
-        common = {k: v for k, v in inputs[0].items() if all(k in i and i[k] == v for i in inputs)} if inputs else {}
-        if len(specs) == 1:
-            common = {}
-        jobs = [
-            [
-                spec.index,
-                spec.model,
-                spec.key,
-                spec.ref,
-                {k: v for k, v in (spec.input or {}).items() if k not in common},
-                str(spec.cost),
-                round(spec.expected, 2),
-            ]
-            for spec in specs
-        ]
+        """A trigger for these jobs, in their row form (input fields they all share kept once, ``common``)."""
+        jobs, common = pack_specs(specs)
         return cls(jobs=jobs, common=common, **kwargs)
 
     def specs(self) -> list[JobSpec]:
-        return [
-            JobSpec(
-                index=int(index),
-                model=model,
-                key=key,
-                ref=ref,
-                input={**self.common, **own},
-                cost=Decimal(cost),
-                expected=float(expected),
-            )
-            for index, model, key, ref, own, cost, expected in self.jobs
-        ]
+        return unpack_specs(self.jobs, self.common)
 
     def window(self) -> Window:
         """The window this trigger runs (the worker builds the same one for non-deferrable tasks)."""

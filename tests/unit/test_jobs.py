@@ -245,3 +245,55 @@ def test_a_batch_that_cannot_be_read_fails_its_images_only_after_the_other_batch
         )
     assert recorded[-1] == [3, 4, 5]  # the other batch's images are stored and recorded before the task fails
     assert len(list(tmp_path.rglob("0000[0-9]-*.jpg"))) == 3
+
+
+# -- one record form for every job, collected or not ------------------------------------------------
+
+
+def test_a_job_with_nothing_collected_gets_a_pending_record_saying_why_and_what_it_cost():
+    from airflow_provider_flux2.jobs import records
+    from airflow_provider_flux2.pricing import billed_total
+
+    plan = plan_of(5)
+    states = {
+        0: JobState(index=0, phase="in_flight", run_id="run-0", batch_id="b-1", status="running"),
+        1: JobState(index=1, phase="done", run_id="run-1", batch_id="b-1", status="succeeded", cost=Decimal("0.045")),
+        2: JobState(index=2, phase="stopped", stopped="budget"),
+        3: JobState(index=3, phase="stopped", stopped="refused"),
+    }
+    out = records(plan, states, {})
+    assert [r.index for r in out] == [0, 1, 2, 3, 4]
+    assert {r.status for r in out} == {"pending"}
+    codes = [r.failure_code for r in out]
+    assert codes == ["STILL_RUNNING", "NOT_STORED", "BUDGET_STOPPED", "REFUSED", "NOT_SENT"]
+    assert out[0].run_id == "run-0" and out[0].batch_id == "b-1" and out[4].run_id is None
+    # Only the image the API finished and billed (but that was not stored) costs anything: what it reported.
+    assert [r.cost_usd for r in out] == ["0", "0.045", "0", "0", "0"]
+    assert billed_total(out) == (Decimal("0.045"), 1)
+    # A pending record carries the same job fields as a collected one.
+    job = plan.jobs[4]
+    assert (out[4].prompt, out[4].width, out[4].client_ref, out[4].estimated_cost_usd) == (
+        job.prompt,
+        job.request.width,
+        job.client_ref,
+        "0.030",
+    )
+
+
+def test_progress_after_a_try_keeps_an_earlier_trys_batches_runs_and_objects():
+    from airflow_provider_flux2.models import ImageRecord
+
+    plan = plan_of(4)
+    earlier = Progress.of(plan.digest, ["b-0"], {"0": ("file:///out/0.png", "a" * 64)}, {"3": ("run-3", 2)})
+    states = {1: JobState(index=1, phase="done", run_id="run-1", batch_id="b-1"), 2: JobState(index=2, run_id="r2")}
+    stored = {
+        1: ImageRecord(
+            index=1, model="m", prompt="p", width=512, height=512, output_format="png", billed_mp=1,
+            cost_usd="0.03", estimated_cost_usd="0.03", uri="file:///out/1.png", content_hash="b" * 64,
+        )
+    }  # fmt: skip
+    progress = Progress.after(plan, states, stored, earlier)
+    assert progress.batch_ids == ["b-0", "b-1"]
+    assert progress.objects() == {"0": ("file:///out/0.png", "a" * 16), "1": ("file:///out/1.png", "b" * 16)}
+    assert progress.single_runs() == {"3": ("run-3", 2), "2": ("r2", 1)}
+    assert Progress.load(progress.model_dump(mode="json"), plan) == progress

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import json
 import math
 from decimal import Decimal
 
@@ -377,3 +378,18 @@ def test_without_a_budget_a_batch_is_polled_lean():
     (submit,) = win.submissions(T0)
     api.accept(win, submit, T0)
     assert [(p.kind, p.id) for p in win.polls(T0 + 60)] == [("batch", "batch-0")]
+
+
+def test_specs_travel_in_their_row_form_with_shared_inputs_kept_once():
+    from airflow_provider_flux2.window import JobSpec, pack_specs, unpack_specs
+
+    specs = [
+        JobSpec(i, "flux-2-pro", f"k{i}", f"r{i}", {"prompt": f"p{i}", "image_size": "square"}, Decimal("0.03"), 7.5)
+        for i in range(3)
+    ]
+    rows, common = pack_specs(specs)
+    assert common == {"image_size": "square"}
+    assert rows[0] == [0, "flux-2-pro", "k0", "r0", {"prompt": "p0"}, "0.03", 7.5]
+    assert unpack_specs(json.loads(json.dumps(rows)), common) == specs
+    one, shared = pack_specs(specs[:1])  # a single job keeps its whole input
+    assert shared == {} and unpack_specs(one) == specs[:1]
