@@ -392,6 +392,17 @@ def is_moderated(run: Run, failure: FluxRunFailedError | None) -> bool:
     return run.status_code == RunStatus.SUCCEEDED and run.output is not None and run.output.nsfw
 
 
+def run_outcome(
+    run: Run, on_moderation: ModerationPolicy = "record"
+) -> Literal["succeeded", "failed", "moderated", "skipped"]:
+    """A finished run's record status: ``moderated`` (``skipped`` under ``on_moderation="skip"``),
+    ``failed`` or ``succeeded``."""
+    failure = protocol.failure_of(run)
+    if is_moderated(run, failure):
+        return "skipped" if on_moderation == "skip" else "moderated"
+    return "failed" if failure is not None else "succeeded"
+
+
 def record_for_run(
     job: Job,
     item_cost: ItemCost,
@@ -620,20 +631,16 @@ def collect(
                 seen={"detected_at": _iso(state.detected_at), "completed_at": state.completed_at},
                 log=logger,
             )
-            failure = protocol.failure_of(run)
-            moderated = is_moderated(run, failure)
+            status = run_outcome(run, on_moderation)
             what = ""
-            if run.status_code == RunStatus.SUCCEEDED and not (moderated and on_moderation == "skip"):
+            if run.status_code == RunStatus.SUCCEEDED and status != "skipped":
                 previous = stored.get(str(job.index))
                 if _kept(publisher, previous, record):
                     what = "kept"
                 else:
                     _retrying(lambda: store_image(hook, publisher, location, run, job, record), sleep, logger, job)
                     what = "restored" if previous is not None else ""
-            if moderated:
-                record.status = "skipped" if on_moderation == "skip" else "moderated"
-            else:
-                record.status = "failed" if failure is not None else "succeeded"
+            record.status = status
             return job.index, record, what
 
         def guarded(state: JobState) -> tuple[int, ImageRecord | None, str, BaseException | None]:
@@ -776,5 +783,6 @@ __all__ = [
     "pending_record",
     "record_for_run",
     "records",
+    "run_outcome",
     "store_image",
 ]

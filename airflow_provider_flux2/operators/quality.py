@@ -33,7 +33,7 @@ try:
 except ImportError:  # Airflow 3.1: the Task SDK exposes conf from 3.2 on
     from airflow.configuration import conf  # type: ignore[assignment]
 
-from airflow_provider_flux2 import metrics, protocol
+from airflow_provider_flux2 import metrics
 from airflow_provider_flux2 import sentinel as sentinel_api
 from airflow_provider_flux2.arguments import (
     DEFAULT_MIN_PASS_RATE,
@@ -55,11 +55,11 @@ from airflow_provider_flux2.exceptions import (
 from airflow_provider_flux2.hooks.flux import FluxHook
 from airflow_provider_flux2.jobs import (
     Job,
-    is_moderated,
     new_job,
     output_publisher,
     record_for_run,
     run_metadata,
+    run_outcome,
     store_image,
     task_identity,
     task_location,
@@ -366,7 +366,6 @@ class FluxQualityCheckOperator(BaseOperator):
         records = []
         for item, image, run_id, cost in zip(plan.items, images, run_ids, plan.estimate.items, strict=True):
             run = self.hook.get_run(run_id)
-            failure = protocol.failure_of(run)
             record = record_for_run(
                 image,
                 cost,
@@ -379,9 +378,7 @@ class FluxQualityCheckOperator(BaseOperator):
             )
             if run.status_code == RunStatus.SUCCEEDED:
                 store_image(self.hook, publisher, location, run, image, record)
-            record.status = (
-                "moderated" if is_moderated(run, failure) else "failed" if failure is not None else "succeeded"
-            )
+            record.status = run_outcome(run)
             records.append(record)
         return records
 
