@@ -475,8 +475,10 @@ def run(
     timeout: float = 1200,
     log: Callable[[str], None] | None = None,
     outage_s: float | None = None,
+    deployment: Deployment | None = None,
 ) -> Verdict:
-    """One scenario on a fresh deployment; returns its verdict (``verdict.ok`` when nothing was lost or paid twice).
+    """One scenario on a fresh deployment (or on ``deployment``, one :func:`deployment_for` started, that
+    earlier scenarios ran on); returns its verdict (``verdict.ok`` when nothing was lost or paid twice).
 
     :param outage_s: how long the database or the API stays away (default: the scenario's own).
     """
@@ -487,14 +489,12 @@ def run(
     verdict = Verdict(scenario.name, executor, outage_s=outage_s if outage_s is not None else scenario.outage_s)
     started = time.time()
     say = log or (lambda message: None)
-    with Deployment(
-        executor=executor,
-        triggerers=scenario.triggerers,
-        emulator={"profile": "realistic", "time_scale": shape.time_scale, **dict(scenario.emulator)},
-        env=shape.env(),
-        parallelism=32,
-    ) as dep:
-        say(f"{name} [{executor}]: deployment up in {dep.startup_seconds:.0f} s ({dep.root})")
+    fresh = deployment is None
+    with deployment_for(executor, shape, scenario) if fresh else contextlib.nullcontext(deployment) as dep:
+        if fresh:
+            say(f"{name} [{executor}]: deployment up in {dep.startup_seconds:.0f} s ({dep.root})")
+        else:
+            _reuse(dep, scenario, executor)
         run_id = dep.trigger(scenario.dag_id)
         try:
             with dep.service_manager() if scenario.supervised else contextlib.nullcontext():
@@ -519,6 +519,36 @@ def run(
             say(f"{name} [{executor}]: logs kept in {dep.root}")
             dep.keep = True
     return verdict
+
+
+def deployment_for(executor: str, shape: Shape, scenario: Scenario | None = None) -> Deployment:
+    """The deployment a scenario runs on (not started: use it as a context manager)."""
+    triggerers = scenario.triggerers if scenario is not None else 1
+    settings = dict(scenario.emulator) if scenario is not None else {}
+    return Deployment(
+        executor=executor,
+        triggerers=triggerers,
+        emulator={"profile": "realistic", "time_scale": shape.time_scale, **settings},
+        env=shape.env(),
+        parallelism=32,
+    )
+
+
+def _reuse(dep: Deployment, scenario: Scenario, executor: str) -> None:
+    """Make a deployment an earlier scenario ran on ready for this one: every process running, the API
+    forgetting the earlier runs (its ledger, keys and stats; a fresh emulator's) with this scenario's settings.
+    Each scenario triggers its own DAG run, and the verdict reads only that run's ledger, files and manifests."""
+    triggerers = sum(1 for name in dep.services if name.startswith("triggerer-"))
+    if dep.executor != executor or triggerers != scenario.triggerers:
+        raise ValueError(
+            f"{scenario.name} needs {executor} with {scenario.triggerers} triggerer(s), "
+            f"not {dep.executor} with {triggerers}"
+        )
+    dep.revive()
+    dep.restarts.clear()
+    dep.emu.reset()
+    if scenario.emulator:
+        dep.emu.configure(**dict(scenario.emulator))
 
 
 def _epoch(iso: str) -> float:

@@ -572,6 +572,14 @@ class Deployment:
         args = old.command[3:]
         return self._spawn(name, args)
 
+    def revive(self) -> list[str]:
+        """Start again every process of the deployment that is not running (a scenario killed it), so the
+        next scenario finds the deployment whole; returns their names."""
+        dead = [name for name, service in self.services.items() if not service.alive()]
+        for name in dead:
+            self.restart(name)
+        return dead
+
     def kill(self, name: str, sig: int = signal.SIGKILL) -> float:
         """``kill -9`` a process of the deployment and its children; returns when it happened (epoch)."""
         self.services[name].kill(sig)

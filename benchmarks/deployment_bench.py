@@ -735,7 +735,7 @@ def main(argv: list[str]) -> int:
             "",
             *report.markdown_table(header, rows),
             "",
-            *report.markdown_table(["", ""], [[k, v] for k, v in machine]),
+            *report.machine_table(machine),
         ]
     )
     if not args.no_docs and not bad:

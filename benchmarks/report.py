@@ -85,6 +85,11 @@ def machine(airflow_version: str, repo: Path) -> list[tuple[str, str]]:
     ]
 
 
+def machine_table(machine: Sequence[tuple[str, str]]) -> list[str]:
+    """:func:`machine` as the Markdown table that ends every benchmark's block of results."""
+    return markdown_table(["", ""], [[key, value] for key, value in machine])
+
+
 def replace_block(page: Path, block: str, markers: tuple[str, str] = (START, END)) -> None:
     """Put ``block`` between the markers of ``page``, leaving the rest of the page as it is."""
     first, last = markers

@@ -17,9 +17,8 @@ import shutil
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager, nullcontext
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -340,7 +339,7 @@ def results_block(results: dict[str, TaskFigures], settings: Settings, machine: 
     ]
     for title, (header, rows) in sections(results, settings):
         lines += ["", f"{title}:", "", *report.markdown_table(header, rows)]
-    lines += ["", "### Machine", "", *report.markdown_table(["", ""], [[k, v] for k, v in machine])]
+    lines += ["", "### Machine", "", *report.machine_table(machine)]
     return "\n".join(lines)
 
 
@@ -353,20 +352,15 @@ def print_console(results: dict[str, TaskFigures], settings: Settings) -> None:
 # -- main ------------------------------------------------------------------------------------------------
 
 
-@contextmanager
-def emulator_for(settings: Settings) -> Iterator[Any]:
+def emulator_for(settings: Settings) -> Any:
     """The emulator in this process, ``realistic`` on a compressed clock, wired as ``flux2_default``."""
-    from airflow_provider_flux2.emulator import Emulator
-
-    with Emulator(
+    return sandbox.emulator(
+        API_KEY,
         profile="realistic",
         time_scale=settings.time_scale,
-        api_key=API_KEY,
         random_seed=RANDOM_SEED,
         items_page_size=100,  # one page per batch, as the real API (limit up to 500) answers
-    ) as emulator:
-        os.environ["AIRFLOW_CONN_FLUX2_DEFAULT"] = emulator.connection_json()
-        yield emulator
+    )
 
 
 def parse_args(argv: list[str]) -> tuple[Settings, bool]:

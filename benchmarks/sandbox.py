@@ -6,10 +6,13 @@ imports airflow, because Airflow reads its configuration at import time.
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +37,20 @@ def prepare(prefix: str) -> Path:
         env=os.environ.copy(),
     )
     return home
+
+
+@contextmanager
+def emulator(api_key: str, extra: dict[str, Any] | None = None, **settings: Any) -> Iterator[Any]:
+    """The emulator in this process (``settings``: its profile, time scale, seed…), wired as
+    ``flux2_default`` (with ``extra``, else the emulator's own test extra); stopped at the end of the block."""
+    from airflow_provider_flux2.emulator import Emulator
+
+    with Emulator(api_key=api_key, **settings) as running:
+        connection = json.loads(running.connection_json())
+        if extra is not None:
+            connection["extra"] = extra
+        os.environ["AIRFLOW_CONN_FLUX2_DEFAULT"] = json.dumps(connection)
+        yield running
 
 
 def run_dag(dag: Any) -> Any:

@@ -481,9 +481,7 @@ def write_docs(nights: list[Night], args: argparse.Namespace, rps: float, latenc
         "",
         *report.markdown_table(*table(nights)),
         "",
-        "|  |  |",
-        "|---|---|",
-        *[f"| {k} | {v} |" for k, v in report.machine(airflow_version, REPO)],
+        *report.machine_table(report.machine(airflow_version, REPO)),
     ]
     report.replace_block(DOCS_PAGE, "\n".join(lines), MARKERS)
     report.replace_block(SUMMARY_PAGE, summary(nights, args, stamp), SUMMARY_MARKERS)

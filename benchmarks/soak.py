@@ -353,14 +353,10 @@ def main(argv: list[str]) -> int:
 
 
 def run_soak(outcome: Outcome, workdir: Path, log_path: Path) -> None:
-    from airflow_provider_flux2.emulator import Emulator
-
     output = workdir / "images"
     total = outcome.images + outcome.crash_images
-    with Emulator(profile="realistic", time_scale=TIME_SCALE, api_key=API_KEY, random_seed=outcome.seed) as emulator:
-        os.environ["AIRFLOW_CONN_FLUX2_DEFAULT"] = json.dumps(
-            {"conn_type": "flux2", "host": emulator.base_url, "password": API_KEY, "extra": CONNECTION_EXTRA}
-        )
+    settings = {"profile": "realistic", "time_scale": TIME_SCALE, "random_seed": outcome.seed}
+    with sandbox.emulator(API_KEY, CONNECTION_EXTRA, **settings) as emulator:
         emulator.faults(fault_plan(outcome.seed))
         say(f"{total} images ({outcome.crash_images} in the task that crashes), logs in {log_path}")
         started = time.perf_counter()

@@ -1,11 +1,16 @@
 """A real Airflow deployment on loopback survives ``kill -9`` and outages: the short scenarios of ``make cluster-test``.
 
-Each test starts PostgreSQL, the api-server, scheduler, dag-processor, triggerer(s) and the executor
-as separate processes (``benchmarks/deployment.py``), runs a DAG of deferrable tasks (one of them a
-``@task.flux2`` task) against the emulator, kills a process, the database or the API mid-flight, and
-checks the user's invariants against the emulator's ledger: one billed run per image, nothing billed
+A deployment is PostgreSQL, the api-server, scheduler, dag-processor, triggerer(s) and the executor as
+separate processes (``benchmarks/deployment.py``). Each test runs a DAG of deferrable tasks (one of
+them a ``@task.flux2`` task) against the emulator, kills a process, the database or the API mid-flight,
+and checks the user's invariants against the emulator's ledger: one billed run per image, nothing billed
 twice, one stored file per image, manifests equal to the ledger to the cent, and the tries spent.
-``make soak`` runs every scenario at full size (``benchmarks/chaos.py``).
+
+The scenarios of one executor share one deployment (:func:`shared`), as a real one lives through many
+nights: each triggers its own DAG run, the verdict reads only that run, and the deployment is made whole
+between them (every process running again, the API's ledger and keys forgotten). Starting one costs
+about 30 CPU-seconds; sharing saves three of them in ``make test``. ``make soak`` runs every scenario at
+full size, each on a fresh deployment (``benchmarks/chaos.py``).
 """
 
 from __future__ import annotations
@@ -33,6 +38,34 @@ DATABASE_DOWN_S = 6
 API_HANG_S = 35
 
 
+_live: dict[str, Deployment] = {}
+
+
+def shared(executor: str) -> Deployment:
+    """The deployment of ``executor`` the scenarios of this module share, started on first use; one lives
+    at a time in a test process (asking for the other executor's stops it: two would share two cores)."""
+    for name in [n for n in _live if n != executor]:
+        release(name)
+    if executor not in _live:
+        dep = chaos.deployment_for(executor, SHORT)
+        dep.start()
+        _live[executor] = dep
+    return _live[executor]
+
+
+def release(executor: str) -> None:
+    dep = _live.pop(executor, None)
+    if dep is not None:
+        dep.stop()
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _stop_shared_deployments():
+    yield
+    for executor in list(_live):
+        release(executor)
+
+
 def _assert_whole(verdict: chaos.Verdict) -> None:
     print(verdict.line())  # the figures, shown by `pytest -rP` (docs/deployment.md quotes them)
     assert verdict.ok, verdict.line()
@@ -43,7 +76,7 @@ def _assert_whole(verdict: chaos.Verdict) -> None:
 
 
 def test_triggerer_killed_while_tasks_are_deferred_loses_nothing_and_pays_once():
-    verdict = chaos.run("triggerer_kill", SHORT)
+    verdict = chaos.run("triggerer_kill", SHORT, "local", deployment=shared("local"))
     _assert_whole(verdict)
     assert verdict.killed == ["triggerer-1"]
 
@@ -51,7 +84,7 @@ def test_triggerer_killed_while_tasks_are_deferred_loses_nothing_and_pays_once()
 def test_triggerer_killed_while_sentinel_judges_bills_each_evaluation_once():
     """``kill -9`` of the only triggerer while a deferred quality task's evaluations are in flight: the new
     triggerer asks again under the same keys and the API replays what it already made."""
-    verdict = chaos.run("sentinel_triggerer_kill", SHORT)
+    verdict = chaos.run("sentinel_triggerer_kill", SHORT, "local", deployment=shared("local"))
     print(verdict.line())
     assert verdict.ok, verdict.line()
     assert verdict.dag_state == "success"
@@ -64,28 +97,58 @@ def test_triggerer_killed_while_sentinel_judges_bills_each_evaluation_once():
     assert verdict.manifest_usd == verdict.ledger_usd
 
 
-def test_celery_worker_killed_while_running_a_task_loses_nothing_and_pays_once():
-    verdict = chaos.run("celery_worker_kill", SHORT)
-    _assert_whole(verdict)
-    assert verdict.killed and verdict.killed[0].startswith("worker-")
-    # The killed worker's task was failed by the heartbeat timeout and retried elsewhere.
-    assert verdict.tries_beyond_first >= 1
-
-
 def test_database_killed_mid_batch_and_restarted_loses_nothing_and_pays_once():
     """PostgreSQL ``kill -9`` while tasks are deferred and a worker collects, back after a few seconds;
     the Airflow processes that die of it are restarted by a service manager."""
-    verdict = chaos.run("database_crash", SHORT, "local", outage_s=DATABASE_DOWN_S)
+    verdict = chaos.run("database_crash", SHORT, "local", outage_s=DATABASE_DOWN_S, deployment=shared("local"))
     _assert_whole(verdict)
     assert verdict.killed[0].startswith("postgres")
     # What a lost database costs is Airflow's own: at most one try per task whose process lost it.
     assert all(try_number <= 2 for try_number in verdict.retried.values()), verdict.retried
 
 
+def test_deployment_listens_on_loopback_only_and_stops_every_process():
+    """After the scenarios above (restarted processes included), everything listens on loopback only,
+    and stopping the deployment stops every process."""
+    import psutil
+
+    dep = shared("local")
+    pids = {name: service.pid for name, service in dep.services.items()}
+    assert {"api-server", "scheduler", "dag-processor", "triggerer-1"} <= set(pids)
+    family = {p.pid for name in pids for p in _tree(psutil, pids[name])}
+    family |= {dep.postgres.service.pid, dep.emu._process.pid}
+    listening = [c for c in psutil.net_connections(kind="inet") if c.status == psutil.CONN_LISTEN and c.pid in family]
+    assert listening, "the deployment listens somewhere"
+    off_loopback = [c.laddr for c in listening if not c.laddr.ip.startswith("127.")]
+    assert off_loopback == [], f"listening off loopback: {off_loopback}"
+    token = dep.token()
+    assert token.count(".") == 2  # a JWT
+    dep.wait_for_dag("flux2_deploy_chaos")
+    assert dep.api("GET", "/dags/flux2_deploy_chaos")["dag_id"] == "flux2_deploy_chaos"
+    release("local")
+    assert not any(psutil.pid_exists(pid) and psutil.Process(pid).status() != "zombie" for pid in pids.values())
+
+
+def _tree(psutil, pid):
+    try:
+        parent = psutil.Process(pid)
+    except psutil.NoSuchProcess:
+        return []
+    return [parent, *parent.children(recursive=True)]
+
+
+def test_celery_worker_killed_while_running_a_task_loses_nothing_and_pays_once():
+    verdict = chaos.run("celery_worker_kill", SHORT, deployment=shared("celery"))
+    _assert_whole(verdict)
+    assert verdict.killed and verdict.killed[0].startswith("worker-")
+    # The killed worker's task was failed by the heartbeat timeout and retried elsewhere.
+    assert verdict.tries_beyond_first >= 1
+
+
 def test_api_hanging_mid_batch_loses_nothing_pays_once_and_spends_no_try():
     """The API stops answering (its process stopped) while tasks are deferred, then continues: the waits
     ride it out."""
-    verdict = chaos.run("api_hang", SHORT, "celery", outage_s=API_HANG_S)
+    verdict = chaos.run("api_hang", SHORT, "celery", outage_s=API_HANG_S, deployment=shared("celery"))
     _assert_whole(verdict)
     assert verdict.tries_beyond_first == 0, verdict.retried
 
@@ -105,35 +168,6 @@ def test_every_chaos_dag_has_a_decorated_task_the_verdict_counts(monkeypatch):
         assert decorated.custom_operator_name == "@task.flux2"
         assert decorated.deferrable is deferrable
     assert SHORT.images()["decorated"] == SHORT.decorated_images > 0
-
-
-def test_deployment_listens_on_loopback_only_and_stops_every_process():
-    import psutil
-
-    with Deployment(executor="local", env=SHORT.env()) as dep:
-        pids = {name: service.pid for name, service in dep.services.items()}
-        assert {"api-server", "scheduler", "dag-processor", "triggerer-1"} <= set(pids)
-        family = {p.pid for name in pids for p in _tree(psutil, pids[name])}
-        family |= {dep.postgres.service.pid, dep.emu._process.pid}
-        listening = [
-            c for c in psutil.net_connections(kind="inet") if c.status == psutil.CONN_LISTEN and c.pid in family
-        ]
-        assert listening, "the deployment listens somewhere"
-        off_loopback = [c.laddr for c in listening if not c.laddr.ip.startswith("127.")]
-        assert off_loopback == [], f"listening off loopback: {off_loopback}"
-        token = dep.token()
-        assert token.count(".") == 2  # a JWT
-        dep.wait_for_dag("flux2_deploy_chaos")
-        assert dep.api("GET", "/dags/flux2_deploy_chaos")["dag_id"] == "flux2_deploy_chaos"
-    assert not any(psutil.pid_exists(pid) and psutil.Process(pid).status() != "zombie" for pid in pids.values())
-
-
-def _tree(psutil, pid):
-    try:
-        parent = psutil.Process(pid)
-    except psutil.NoSuchProcess:
-        return []
-    return [parent, *parent.children(recursive=True)]
 
 
 def test_ctrl_c_stops_every_process_of_the_deployment(tmp_path):
