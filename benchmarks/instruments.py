@@ -113,9 +113,9 @@ class BenchOperator(FluxGenerateImageOperator):
         with step(context["ti"].dag_id, "collect (one /items per batch, download, verify, store)"):
             return super()._collect(context, *args, **kwargs)
 
-    def _write_report(self, context: Context, *args: Any) -> None:
+    def _write_report(self, context: Context, *args: Any, **kwargs: Any) -> None:
         with step(context["ti"].dag_id, "report (manifest, gallery)"):
-            super()._write_report(context, *args)
+            super()._write_report(context, *args, **kwargs)
 
     def _trigger(self, context: Context, plan: Plan) -> FluxGenerationTrigger:
         trigger = super()._trigger(context, plan)
