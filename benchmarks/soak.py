@@ -17,6 +17,7 @@ Any violation exits non-zero. ``python benchmarks/soak.py --images 200`` is a qu
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import os
 import re
@@ -108,7 +109,8 @@ def crash_operator() -> type:
             order = sorted(states)
             first = {i: states[i] for i in order[: len(order) // 3]}
             collected = super()._collect(context, plan, first, *args, **kwargs)
-            checkpoint = args[-1] if args else kwargs.get("checkpoint")
+            bound = inspect.signature(super()._collect).bind(context, plan, states, *args, **kwargs)
+            checkpoint = bound.arguments.get("checkpoint")
             if checkpoint is not None:
                 checkpoint(collected)  # what a crash mid-collect leaves recorded (task_state_store)
             CRASH.crashed_on_try = context["ti"].try_number
