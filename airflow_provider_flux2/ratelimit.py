@@ -121,4 +121,11 @@ def limiter_for(
         return limiter
 
 
-__all__ = ["AdaptiveRateLimiter", "limiter_for"]
+def forget_rates() -> None:
+    """Forget what this process learned of every API's rate (its limiters start again at no limit). For a
+    process reused for unrelated work — a test session, each test a night of its own."""
+    with _REGISTRY:
+        _LIMITERS.clear()
+
+
+__all__ = ["AdaptiveRateLimiter", "forget_rates", "limiter_for"]

@@ -42,6 +42,16 @@ def airflow_db() -> Path:
     return _AIRFLOW_HOME
 
 
+@pytest.fixture(autouse=True)
+def _each_test_meets_the_api_afresh():
+    """Each test is a night of its own: what a hook learned of the API's rate in an earlier test (the
+    process's adaptive limiter, kept per connection on purpose) must not slow this one down."""
+    from airflow_provider_flux2.ratelimit import forget_rates
+
+    forget_rates()
+    yield
+
+
 @pytest.fixture(scope="session")
 def emulator_server() -> Iterator[object]:
     from airflow_provider_flux2.emulator import Emulator
