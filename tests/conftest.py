@@ -210,3 +210,14 @@ def moto_aws_conn(monkeypatch, moto_endpoint, isolated_aws) -> str:
         ),
     )
     return "aws_test"
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """The longest tests first (the real deployments, then the other ``slow`` ones), each group in its
+    own order: pytest-xdist hands tests out in this order, so the long ones start while the short ones
+    fill the gaps, instead of one of them starting last and running alone (``make test``)."""
+
+    def weight(item: pytest.Item) -> int:
+        return 0 if item.get_closest_marker("cluster") else 1 if item.get_closest_marker("slow") else 2
+
+    items.sort(key=weight)
