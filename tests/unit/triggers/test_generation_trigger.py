@@ -111,18 +111,54 @@ def test_the_deadline_yields_one_timeout_event_naming_the_runs_still_out(emulato
     assert len(pending) == 3 and all(run_id in events[0]["message"] for run_id in pending)
 
 
-def test_nothing_blocks_the_event_loop(emulator, caplog):
-    """asyncio's debug mode reports any callback that holds the loop; the trigger must cause none."""
+def watch_blocking(monkeypatch) -> tuple[list[str], list[asyncio.AbstractEventLoop]]:
+    """``(blocking, loops)``: every ``time.sleep`` and synchronous HTTP request made on one of ``loops``
+    (append the loop to watch) is listed in ``blocking`` — caught where it happens, whatever the load."""
+    import httpx
+
+    blocking: list[str] = []
+    loops: list[asyncio.AbstractEventLoop] = []
+    real_sleep, real_send = time.sleep, httpx.Client.send
+
+    def on_a_watched_loop() -> bool:
+        try:
+            return asyncio.get_running_loop() in loops
+        except RuntimeError:  # a thread without a loop (an executor's): not the loop's time
+            return False
+
+    def sleep(seconds):
+        if on_a_watched_loop():
+            blocking.append(f"time.sleep({seconds})")
+        return real_sleep(seconds)
+
+    def send(self, request, **kwargs):
+        if on_a_watched_loop():
+            blocking.append(f"a synchronous {request.method} {request.url.path}")
+        return real_send(self, request, **kwargs)
+
+    monkeypatch.setattr(time, "sleep", sleep)
+    monkeypatch.setattr(httpx.Client, "send", send)
+    return blocking, loops
+
+
+def test_nothing_blocks_the_event_loop(emulator, caplog, monkeypatch):
+    """The trigger never sleeps or calls the API synchronously on its event loop, and asyncio's debug mode
+    sees no callback hold the loop for long."""
     plan = plan_of(8)
+    blocking, loops = watch_blocking(monkeypatch)
 
     async def main():
         loop = asyncio.get_running_loop()
-        loop.slow_callback_duration = 0.05  # blocking I/O takes longer; parsing a poll on a busy machine less
+        loops.append(loop)
+        # A sync call here would wait on the API or a retry's sleep; a CPU-bound step of a few ms (parsing a
+        # poll) can take ~0.1 s of wall time when four test workers share two cores: not the trigger's block.
+        loop.slow_callback_duration = 0.25
         return await events_of(trigger_for(plan))
 
     with caplog.at_level(logging.WARNING, logger="asyncio"):
         (event,) = asyncio.run(main(), debug=True)
     assert event["status"] == "success"
+    assert blocking == []
     # asyncio.run's own teardown (shutdown_default_executor) is not the trigger's: a busy machine slows it.
     slow = [
         r.getMessage()
@@ -130,6 +166,20 @@ def test_nothing_blocks_the_event_loop(emulator, caplog):
         if r.name == "asyncio" and "took" in r.getMessage() and "shutdown_default_executor" not in r.getMessage()
     ]
     assert not slow, slow
+
+
+def test_the_blocking_watch_catches_a_synchronous_call_and_a_sleep_on_the_loop(emulator, monkeypatch):
+    blocking, loops = watch_blocking(monkeypatch)
+
+    async def a_blocking_trigger():
+        loops.append(asyncio.get_running_loop())
+        time.sleep(0.01)
+        FluxHook().get_balance()  # sync, inside a coroutine: what the check above must catch
+        await asyncio.to_thread(FluxHook().get_balance)  # in a thread: not the loop's time
+
+    asyncio.run(a_blocking_trigger())
+    assert len(blocking) == 2
+    assert blocking[0] == "time.sleep(0.01)" and blocking[1].startswith("a synchronous GET")
 
 
 def test_kwargs_for_1000_images_stay_under_one_megabyte():
