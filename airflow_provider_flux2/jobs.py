@@ -494,10 +494,13 @@ def unfinished(state: JobState | None) -> tuple[str, str]:
 def records(plan: Plan, states: Mapping[int, JobState], collected: Mapping[int, ImageRecord]) -> list[ImageRecord]:
     """One record per job, in plan order: the collected ones, and a :func:`pending_record` for the rest
     (the budget stopped them, they were never sent, or they were still running when the task ended)."""
-    return [
-        collected.get(job.index) or pending_record(job, plan.estimate.items[job.index], states.get(job.index))
-        for job in plan.jobs
-    ]
+    out = []
+    for job in plan.jobs:
+        record = collected.get(job.index)
+        out.append(
+            record if record is not None else pending_record(job, plan.estimate.items[job.index], states.get(job.index))
+        )
+    return out
 
 
 def _planned(job: Job, item_cost: ItemCost) -> dict[str, Any]:
