@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from airflow_provider_flux2._lazy import lazy_exports
 
-__version__ = "0.3.1"
+__version__ = "0.3.2"
 
 _LAZY = {
     "FluxHook": "airflow_provider_flux2.hooks.flux",

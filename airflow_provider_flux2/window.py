@@ -144,9 +144,10 @@ class JobSpec:
 
     def to_row(self, common: Mapping[str, Any] | None = None) -> list[Any]:
         """The compact form a trigger's kwargs carry: ``[index, model, key, ref, input, cost, expected]``,
-        the input without the fields in ``common`` (kept once for all jobs, see :func:`pack_specs`)."""
+        the input without the fields in ``common`` (kept once for all jobs, see :func:`pack_specs`);
+        ``None`` for a job attached by run id, which cannot be sent."""
         shared = common or {}
-        own = {k: v for k, v in (self.input or {}).items() if k not in shared}
+        own = None if self.input is None else {k: v for k, v in self.input.items() if k not in shared}
         return [self.index, self.model, self.key, self.ref, own, str(self.cost), round(self.expected, 2)]
 
     @classmethod
@@ -157,7 +158,7 @@ class JobSpec:
             model=model,
             key=key,
             ref=ref,
-            input={**(common or {}), **own},
+            input=None if own is None else {**(common or {}), **own},
             cost=Decimal(cost),
             expected=float(expected),
         )
@@ -337,22 +338,14 @@ class Window:
         if not self.batch_keys:
             self.batch_keys = [batch_key([spec.key for spec in self.chunk(n)]) for n in range(self.chunks)]
 
-    # -- attaching runs already sent (the quality operator's regenerations) -------------------------
-
-    def attach(self, index: int, run_id: str, *, batch_id: str | None = None, submitted_at: float) -> None:
-        """A job whose run was sent elsewhere: the window only waits for it."""
-        state = self.states[index]
-        state.phase, state.run_id, state.batch_id, state.submitted_at = "in_flight", run_id, batch_id, submitted_at
-        target = ("batch", batch_id) if batch_id else (self.kind, run_id)
-        self._targets.setdefault(target, []).append(index)
-        self._due.setdefault(target, submitted_at)
-        self.next_chunk = self.chunks
+    # -- runs already sent (an earlier try's, or sent elsewhere: the quality operator's regenerations) --
 
     def reattach(
         self, index: int, run_id: str, *, batch_id: str | None = None, attempt: int = 1, submitted_at: float
     ) -> None:
-        """A job an earlier try of this task already sent (its run id recorded): waited for, not sent
-        again — whether or not the API still remembers its Idempotency-Key. The other jobs are sent."""
+        """A job already sent (by an earlier try of this task, its run id recorded, or elsewhere): waited
+        for, not sent again — whether or not the API still remembers its Idempotency-Key. The other jobs
+        are sent. A job whose spec has no input (a run sent elsewhere) is never resubmitted."""
         state = self.states[index]
         state.phase, state.run_id, state.batch_id = "in_flight", run_id, batch_id
         state.attempt, state.submitted_at = attempt, submitted_at

@@ -774,7 +774,7 @@ class FluxHook(BaseHook):
         now = time.time()
         spec = JobSpec(index=0, model="", key=run_id, ref=run_id, input=None, cost=Decimal("0"))
         window = Window([spec], max_in_flight=1, chunk_size=1, end_time=now + timeout, poll_interval=poll_interval)
-        window.attach(0, run_id, submitted_at=now)
+        window.reattach(0, run_id, submitted_at=now)
         run_window(self, window, metadata=None, logger=self.log, progress_interval=-1)
         # The run as it ends (one read more: the window keeps states, not run objects); a run the API
         # does not know raises here, as the window's own read did.

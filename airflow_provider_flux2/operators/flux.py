@@ -316,7 +316,7 @@ class FluxGenerateImageOperator(BaseOperator):
             self.defer(
                 trigger=trigger,
                 method_name="execute_complete",
-                timeout=timedelta(seconds=max(60.0, trigger.end_time - time.time() + DEFER_GRACE)),
+                timeout=timedelta(seconds=max(60.0, trigger.options["end_time"] - time.time() + DEFER_GRACE)),
             )
         self._live = trigger.window()
         self._killable = (context, plan, publisher)  # for on_kill: the night's spend goes on record
@@ -433,15 +433,17 @@ class FluxGenerateImageOperator(BaseOperator):
         return FluxGenerationTrigger.for_specs(
             plan.specs(),
             flux_conn_id=self.flux_conn_id,
-            max_in_flight=self.max_in_flight,
-            chunk_size=plan.chunk_size,
-            use_batches=self.use_batches,
-            resubmit_failed=self.resubmit_failed,
-            budget_usd=str(plan.budget.limit) if plan.budget is not None else None,
+            options={
+                "max_in_flight": self.max_in_flight,
+                "chunk_size": plan.chunk_size,
+                "use_batches": self.use_batches,
+                "resubmit_failed": self.resubmit_failed,
+                "budget_usd": str(plan.budget.limit) if plan.budget is not None else None,
+                "end_time": time.time() + self.timeout,
+                "poll_interval": self.poll_interval,
+                "progress_interval": self.progress_interval,
+            },
             metadata=run_metadata(context),
-            end_time=time.time() + self.timeout,
-            poll_interval=self.poll_interval,
-            progress_interval=self.progress_interval,
         )
 
     def _earlier_runs(self, context: Context, plan: Plan) -> dict[str, list[Any]]:

@@ -384,15 +384,17 @@ class FluxQualityCheckOperator(BaseOperator):
 
     def _wait(self, run_ids: list[str], images: list[Job]) -> dict[str, dict[str, Any]]:
         expected = max(expected_duration(i.request.width, i.request.height) for i in images)
-        trigger = FluxGenerationTrigger(
-            flux_conn_id=self.flux_conn_id,
-            runs=run_ids,
-            end_time=time.time() + self.timeout,
-            poll_interval=self.poll_interval,
-            expected_seconds=expected,
-        )
+
+        def waiting_for(ids: list[str]) -> FluxGenerationTrigger:
+            return FluxGenerationTrigger.waiting_for(
+                ids,
+                flux_conn_id=self.flux_conn_id,
+                expected_seconds=expected,
+                options={"end_time": time.time() + self.timeout, "poll_interval": self.poll_interval},
+            )
+
         if not self.deferrable:
-            self._live = trigger.window()
+            self._live = waiting_for(run_ids).window()
             event = run_window(self.hook, self._live, metadata=None, logger=self.log, progress_interval=-1)
             _raise_unless_done(event)
             return finished_runs(event)
@@ -401,9 +403,8 @@ class FluxQualityCheckOperator(BaseOperator):
         awaited = [run.id for run in runs if not run.terminal]
         if awaited:
             self.log.info("Waiting on the triggerer for %d regenerated image(s)", len(awaited))
-            trigger.runs = awaited
             self.defer(
-                trigger=trigger,
+                trigger=waiting_for(awaited),
                 method_name="execute_complete",
                 kwargs=self._resume_kwargs(),
                 timeout=timedelta(seconds=self.timeout + 300),
@@ -570,14 +571,16 @@ class FluxQualityCheckOperator(BaseOperator):
         trigger = FluxGenerationTrigger.for_specs(
             specs,
             flux_conn_id=self.flux_conn_id,
-            max_in_flight=self.sentinel_max_in_flight,
-            chunk_size=1,
-            use_batches=False,
-            resubmit_failed=self.sentinel_resubmit_failed,
-            budget_usd=str(budget.remaining(spent)) if budget is not None else None,
-            end_time=time.time() + self.timeout,
-            poll_interval=self.poll_interval,
-            kind="evaluation",
+            options={
+                "max_in_flight": self.sentinel_max_in_flight,
+                "chunk_size": 1,
+                "use_batches": False,
+                "resubmit_failed": self.sentinel_resubmit_failed,
+                "budget_usd": str(budget.remaining(spent)) if budget is not None else None,
+                "end_time": time.time() + self.timeout,
+                "poll_interval": self.poll_interval,
+                "kind": "evaluation",
+            },
             attached=attached,
         )
         if self.deferrable:

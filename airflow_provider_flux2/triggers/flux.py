@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Mapping, Sequence
 from decimal import Decimal
 from typing import Any
 
@@ -31,7 +31,7 @@ from airflow_provider_flux2.arguments import DEFAULT_POLL_INTERVAL, DEFAULT_TIME
 from airflow_provider_flux2.exceptions import FluxValidationError
 from airflow_provider_flux2.hooks.flux import FluxHook
 from airflow_provider_flux2.loops import arun_window
-from airflow_provider_flux2.window import JobKind, JobSpec, Window, log_kill, pack_specs, rows_of, unpack_specs
+from airflow_provider_flux2.window import JobSpec, Window, log_kill, pack_specs, rows_of, unpack_specs
 
 #: The least time a trigger lives before it fires. A trigger that fires a fraction of a second after
 #: its task deferred can race Airflow's own bookkeeping of the deferral (apache/airflow#67287, #72716:
@@ -39,33 +39,53 @@ from airflow_provider_flux2.window import JobKind, JobSpec, Window, log_kill, pa
 MIN_LIFETIME = 1.0
 
 
+#: The window's options, carried in the trigger's one ``options`` kwarg, with their defaults.
+OPTIONS: dict[str, Any] = {
+    "max_in_flight": 8,
+    "chunk_size": 1,
+    "use_batches": True,
+    "resubmit_failed": 2,
+    "budget_usd": None,
+    "poll_interval": DEFAULT_POLL_INTERVAL,
+    "progress_interval": 30.0,
+    "end_time": None,
+    "started_at": None,
+    "kind": "run",
+}
+
+
 class FluxGenerationTrigger(BaseTrigger):
     """Run the window of a task's jobs on the triggerer (or wait for runs sent elsewhere).
 
+    It serializes to six kwargs: ``flux_conn_id``, ``jobs`` and ``common`` (the specs' row form),
+    ``options`` (the window's options, :data:`OPTIONS`), ``metadata`` and ``attached``. The window
+    derives everything else (chunks, batch keys) from them.
+
     :param flux_conn_id: the ``flux2`` connection (default ``flux2_default``).
-    :param jobs: the jobs, compact: ``[index, model id, key, client_ref, input (beside common), cost, expected s]``.
+    :param jobs: the jobs' row form, ``[index, model id, key, client_ref, input (beside common), cost,
+        expected s]`` (:meth:`~airflow_provider_flux2.window.JobSpec.to_row`); build a trigger from
+        specs with :meth:`for_specs`.
     :param common: input fields every job shares (kept once, so 1,000 jobs fit in well under 1 MB).
-    :param batch_keys: chunk number → batch Idempotency-Key; by default the window derives them from
-        the jobs' keys (kept only so triggers serialized by an earlier version still load).
-    :param max_in_flight: most runs at the API at once.
-    :param chunk_size: jobs per batch request.
-    :param use_batches: use the batch endpoint.
-    :param resubmit_failed: times a failed (unbilled, non-moderation) run is sent again.
-    :param budget_usd: stop submitting before the spend (as the API reports it) would pass this.
+    :param options: the window's options (:data:`OPTIONS`): ``max_in_flight`` (most runs at the API at
+        once), ``chunk_size`` (jobs per batch request), ``use_batches``, ``resubmit_failed`` (times a failed,
+        unbilled, non-moderation run is sent again), ``budget_usd`` (stop submitting before the spend the
+        API reports would pass it), ``poll_interval`` (the shortest pause between two polls of one batch
+        or run), ``progress_interval`` (at most one progress line per this many seconds), ``end_time``
+        (wall-clock deadline, epoch seconds: the trigger may resume in another triggerer process, where a
+        monotonic clock means nothing), ``started_at`` and ``kind`` (``run``, images, or ``evaluation``,
+        Runflow Sentinel evaluations: each job's input is the evaluation request, its run id the
+        evaluation id). Each may also be given as a kwarg of its own, as versions before 0.3.2
+        serialized them, so their deferred tasks still resume.
     :param metadata: the runs' ``metadata`` (the task's identity).
-    :param runs: run ids to wait for, sent elsewhere (``run_ids`` is another name for it).
-    :param batches: batch id → run ids to wait for, sent elsewhere.
-    :param end_time: wall-clock deadline (epoch seconds). Wall-clock is used deliberately: the trigger
-        is serialized and may resume in another triggerer process, where a monotonic clock means nothing.
-    :param timeout: instead of ``end_time``: seconds from now (default six hours, as the operators); turned into an
-        ``end_time`` at construction, so a rebuilt trigger keeps the same deadline.
-    :param poll_interval: the shortest pause between two polls of one batch or run.
+    :param attached: job index → ``[run id, batch id or None, attempt]`` of runs sent already (by an
+        earlier try of the task): waited for by id instead of sent again (the API may have forgotten
+        the keys).
+    :param runs: instead of jobs: run ids to wait for, sent elsewhere (``run_ids`` is another name for
+        it); see :meth:`waiting_for`.
+    :param batches: instead of jobs: batch id → run ids to wait for, sent elsewhere.
     :param expected_seconds: for runs sent elsewhere: their expected generation time.
-    :param progress_interval: at most one progress line per this many seconds.
-    :param attached: job index → ``[run id, batch id or None, attempt]`` of the runs an earlier try
-        of the task sent: waited for by id instead of sent again (the API may have forgotten the keys).
-    :param kind: ``run`` (images) or ``evaluation`` (Sentinel evaluations: each job's input is the
-        evaluation request, its run id the evaluation id).
+    :param timeout: instead of ``end_time``: seconds from now (default six hours, as the operators);
+        turned into an ``end_time`` at construction, so a rebuilt trigger keeps the same deadline.
     """
 
     def __init__(
@@ -74,51 +94,48 @@ class FluxGenerationTrigger(BaseTrigger):
         flux_conn_id: str = FluxHook.default_conn_name,
         jobs: list[list[Any]] | None = None,
         common: dict[str, Any] | None = None,
-        batch_keys: list[str] | None = None,
-        max_in_flight: int = 8,
-        chunk_size: int = 1,
-        use_batches: bool = True,
-        resubmit_failed: int = 2,
-        budget_usd: str | None = None,
+        options: Mapping[str, Any] | None = None,
         metadata: dict[str, Any] | None = None,
+        attached: Mapping[str, Sequence[Any]] | None = None,
         runs: list[str] | None = None,
         run_ids: list[str] | None = None,
-        batches: dict[str, list[str]] | None = None,
-        end_time: float | None = None,
-        timeout: float | None = None,
-        poll_interval: float = DEFAULT_POLL_INTERVAL,
+        batches: Mapping[str, list[str]] | None = None,
         expected_seconds: float = 10.0,
-        progress_interval: float = 30.0,
-        started_at: float | None = None,
-        attached: dict[str, list[Any]] | None = None,
-        kind: str = "run",
+        timeout: float | None = None,
+        **one_by_one: Any,
     ) -> None:
         super().__init__()
+        unknown = sorted(set(one_by_one) - {*OPTIONS, "batch_keys"})
+        if unknown:
+            raise FluxValidationError(
+                field=unknown[0], value=one_by_one[unknown[0]], allowed=f"options {', '.join(OPTIONS)}"
+            )
+        self.options: dict[str, Any] = {**OPTIONS, **(options or {}), **one_by_one}
+        if not self.options.get("batch_keys"):  # an earlier version's own keys (same derivation)
+            self.options.pop("batch_keys", None)
+        if self.options["kind"] not in ("run", "evaluation"):
+            raise FluxValidationError(field="kind", value=self.options["kind"], allowed="run or evaluation")
+        if self.options["end_time"] is None:
+            self.options["end_time"] = time.time() + (DEFAULT_TIMEOUT if timeout is None else float(timeout))
         self.flux_conn_id = flux_conn_id
         self.jobs = [list(j) for j in jobs or []]
         self.common = dict(common or {})
-        self.batch_keys = list(batch_keys or [])
-        self.max_in_flight = max_in_flight
-        self.chunk_size = chunk_size
-        self.use_batches = use_batches
-        self.resubmit_failed = resubmit_failed
-        self.budget_usd = budget_usd
         self.metadata = metadata
-        self.runs = list(dict.fromkeys([*(runs or []), *(run_ids or [])]))
-        self.batches = {k: list(v) for k, v in (batches or {}).items()}
-        if not self.jobs and not self.runs and not self.batches:
-            raise FluxValidationError(field="jobs", value=jobs, allowed="at least one job, run id or batch")
-        if end_time is None:
-            end_time = time.time() + (DEFAULT_TIMEOUT if timeout is None else float(timeout))
-        self.end_time = end_time
-        self.poll_interval = poll_interval
-        self.expected_seconds = expected_seconds
-        self.progress_interval = progress_interval
-        self.started_at = started_at
         self.attached = {str(k): list(v) for k, v in (attached or {}).items()}
-        if kind not in ("run", "evaluation"):
-            raise FluxValidationError(field="kind", value=kind, allowed="run or evaluation")
-        self.kind: JobKind = "evaluation" if kind == "evaluation" else "run"
+        elsewhere: list[tuple[str, str | None]] = [
+            (run_id, None) for run_id in dict.fromkeys([*(runs or []), *(run_ids or [])])
+        ]
+        elsewhere += [(run_id, batch_id) for batch_id, ids in (batches or {}).items() for run_id in ids]
+        if elsewhere:  # runs sent elsewhere: jobs that cannot be sent, each attached to its run
+            specs = [
+                JobSpec(index=i, model="", key="", ref="", input=None, cost=Decimal("0"), expected=expected_seconds)
+                for i in range(len(elsewhere))
+            ]
+            self.jobs, self.common = pack_specs(specs)
+            self.attached = {str(i): [run_id, batch_id, 1] for i, (run_id, batch_id) in enumerate(elsewhere)}
+            self.options.update(max_in_flight=max(1, len(specs)), chunk_size=1, resubmit_failed=0)
+        if not self.jobs:
+            raise FluxValidationError(field="jobs", value=jobs, allowed="at least one job, run id or batch")
         self._live: Window | None = None  # the window run() drives, for on_kill
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
@@ -128,22 +145,9 @@ class FluxGenerationTrigger(BaseTrigger):
                 "flux_conn_id": self.flux_conn_id,
                 "jobs": self.jobs,
                 "common": self.common,
-                **({"batch_keys": self.batch_keys} if self.batch_keys else {}),
-                "max_in_flight": self.max_in_flight,
-                "chunk_size": self.chunk_size,
-                "use_batches": self.use_batches,
-                "resubmit_failed": self.resubmit_failed,
-                "budget_usd": self.budget_usd,
+                "options": dict(self.options),
                 "metadata": self.metadata,
-                "runs": self.runs,
-                "batches": self.batches,
-                "end_time": self.end_time,
-                "poll_interval": self.poll_interval,
-                "expected_seconds": self.expected_seconds,
-                "progress_interval": self.progress_interval,
-                "started_at": self.started_at,
-                **({"attached": self.attached} if self.attached else {}),
-                **({"kind": self.kind} if self.kind != "run" else {}),
+                "attached": self.attached,
             },
         )
 
@@ -153,45 +157,32 @@ class FluxGenerationTrigger(BaseTrigger):
         jobs, common = pack_specs(specs)
         return cls(jobs=jobs, common=common, **kwargs)
 
+    @classmethod
+    def waiting_for(cls, run_ids: Sequence[str], **kwargs: Any) -> FluxGenerationTrigger:
+        """A trigger that only waits for runs sent elsewhere (the quality operator's regenerations)."""
+        return cls(runs=list(run_ids), **kwargs)
+
     def specs(self) -> list[JobSpec]:
         return unpack_specs(self.jobs, self.common)
 
     def window(self) -> Window:
         """The window this trigger runs (the worker builds the same one for non-deferrable tasks)."""
-        if self.jobs:
-            window = Window(
-                jobs=self.specs(),
-                max_in_flight=self.max_in_flight,
-                chunk_size=self.chunk_size,
-                end_time=self.end_time,
-                batch_keys=self.batch_keys,
-                use_batches=self.use_batches,
-                resubmit_failed=self.resubmit_failed,
-                budget=Decimal(self.budget_usd) if self.budget_usd is not None else None,
-                poll_interval=self.poll_interval,
-                kind=self.kind,
-            )
-            since = self.started_at or time.time()
-            for key, (run_id, batch_id, attempt) in self.attached.items():
-                window.reattach(int(key), run_id, batch_id=batch_id, attempt=int(attempt), submitted_at=since)
-            return window
-        attached: list[tuple[str, str | None]] = [(run_id, None) for run_id in self.runs]
-        attached += [(run_id, batch_id) for batch_id, ids in self.batches.items() for run_id in ids]
-        specs = [
-            JobSpec(index=i, model="", key="", ref="", input=None, cost=Decimal("0"), expected=self.expected_seconds)
-            for i in range(len(attached))
-        ]
+        options = self.options
         window = Window(
-            jobs=specs,
-            max_in_flight=max(1, len(specs)),
-            chunk_size=1,
-            end_time=self.end_time,
-            resubmit_failed=0,
-            poll_interval=self.poll_interval,
+            jobs=self.specs(),
+            max_in_flight=options["max_in_flight"],
+            chunk_size=options["chunk_size"],
+            end_time=options["end_time"],
+            batch_keys=list(options.get("batch_keys") or []),
+            use_batches=options["use_batches"],
+            resubmit_failed=options["resubmit_failed"],
+            budget=Decimal(options["budget_usd"]) if options["budget_usd"] is not None else None,
+            poll_interval=options["poll_interval"],
+            kind=options["kind"],
         )
-        since = self.started_at or time.time()
-        for index, (run_id, batch_id) in enumerate(attached):
-            window.attach(index, run_id, batch_id=batch_id, submitted_at=since)
+        since = options["started_at"] or time.time()
+        for key, (run_id, batch_id, attempt) in self.attached.items():
+            window.reattach(int(key), run_id, batch_id=batch_id, attempt=int(attempt), submitted_at=since)
         return window
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
@@ -200,9 +191,8 @@ class FluxGenerationTrigger(BaseTrigger):
         hook = FluxHook(self.flux_conn_id)
         started = time.time()
         try:
-            event = await arun_window(
-                hook, window, metadata=self.metadata, logger=self.log, progress_interval=self.progress_interval
-            )
+            every = self.options["progress_interval"]
+            event = await arun_window(hook, window, metadata=self.metadata, logger=self.log, progress_interval=every)
         finally:
             await hook.aclose()
         await asyncio.sleep(max(0.0, started + MIN_LIFETIME - time.time()))

@@ -48,7 +48,7 @@ async def first_event(built: FluxGenerationTrigger) -> dict[str, Any]:
 
 def rebuilt(original: FluxGenerationTrigger) -> FluxGenerationTrigger:
     classpath, kwargs = original.serialize()
-    assert classpath.endswith("FluxGenerationTrigger") and kwargs["kind"] == "evaluation"
+    assert classpath.endswith("FluxGenerationTrigger") and kwargs["options"]["kind"] == "evaluation"
     return FluxGenerationTrigger(**kwargs)
 
 

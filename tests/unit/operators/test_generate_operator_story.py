@@ -49,10 +49,10 @@ def test_execute_plans_and_defers_exactly_once_sending_nothing(emulator, tmp_pat
         operator.execute(ctx)
     trigger = deferred.value.trigger
     assert isinstance(trigger, FluxGenerationTrigger) and deferred.value.method_name == "execute_complete"
-    assert len(trigger.jobs) == 1000 and trigger.chunk_size == 8
-    assert "batch_keys" not in trigger.serialize()[1]  # the window derives them from the jobs' keys
+    assert len(trigger.jobs) == 1000 and trigger.options["chunk_size"] == 8
+    assert "batch_keys" not in trigger.serialize()[1]["options"]  # the window derives them from the jobs' keys
     assert len(set(trigger.window().batch_keys)) == 125
-    assert trigger.budget_usd == "50" and trigger.end_time > time.time()
+    assert trigger.options["budget_usd"] == "50" and trigger.options["end_time"] > time.time()
     # Planning submits nothing (the trigger does); it reads the organisation's balance once.
     assert emulator.stats()["requests"] == {"get_balance": 1}
     assert ctx["ti"].pushed["flux_gallery_url"].startswith(tmp_path.as_uri())

@@ -27,9 +27,10 @@ def quality(**kwargs):
 def test_the_operators_and_the_trigger_share_names_and_defaults():
     trigger = FluxGenerationTrigger(runs=["r1"])
     assert generate().on_failure == quality().on_failure == "fail"
-    assert generate().poll_interval == quality().poll_interval == trigger.poll_interval == DEFAULT_POLL_INTERVAL
+    poll_interval = trigger.options["poll_interval"]
+    assert generate().poll_interval == quality().poll_interval == poll_interval == DEFAULT_POLL_INTERVAL
     assert generate().timeout == quality().timeout == DEFAULT_TIMEOUT
-    assert abs(trigger.end_time - time.time() - DEFAULT_TIMEOUT) < 5
+    assert abs(trigger.options["end_time"] - time.time() - DEFAULT_TIMEOUT) < 5
 
 
 def test_the_old_name_on_run_failure_still_works_with_a_deprecation_warning():

@@ -6,15 +6,18 @@ import asyncio
 import json
 import logging
 import time
+from decimal import Decimal
 
+import pytest
 from airflow.sdk.module_loading import import_string
 
+from airflow_provider_flux2.exceptions import FluxValidationError
 from airflow_provider_flux2.hooks.flux import FluxHook
 from airflow_provider_flux2.jobs import Plan, new_job
 from airflow_provider_flux2.models import Variant, build_input
 from airflow_provider_flux2.pricing import estimate
 from airflow_provider_flux2.triggers.flux import FluxGenerationTrigger, finished_runs
-from airflow_provider_flux2.window import rows_of
+from airflow_provider_flux2.window import pack_specs, rows_of
 
 IDENTITY = {"dag_id": "catalogue", "task_id": "generate", "run_id": "manual__2026-12-01", "map_index": -1}
 
@@ -51,6 +54,60 @@ def test_serialize_round_trip_rebuilds_the_same_trigger():
     assert again.serialize() == (classpath, json.loads(json.dumps(kwargs)))
     assert [s.key for s in again.specs()] == [s.key for s in trigger.specs()]
     assert [s.input for s in again.specs()] == [j.request.to_wire() for j in plan_of(10).jobs]
+
+
+def test_serializes_to_six_kwargs_the_window_is_built_from():
+    trigger = trigger_for(plan_of(10), budget_usd="1.00", resubmit_failed=1)
+    kwargs = trigger.serialize()[1]
+    assert sorted(kwargs) == ["attached", "common", "flux_conn_id", "jobs", "metadata", "options"]
+    assert kwargs["options"]["budget_usd"] == "1.00" and kwargs["options"]["chunk_size"] == 4
+    window = rebuilt(trigger).window()
+    assert window.chunk_size == 4 and window.resubmit_failed == 1 and window.budget == Decimal("1.00")
+    assert window.batch_keys == trigger.window().batch_keys
+
+
+def test_a_trigger_serialized_by_0_3_1_still_resumes_with_the_same_window():
+    plan = plan_of(10)
+    jobs, common = pack_specs(plan.specs())
+    earlier = {  # the flat form 0.3.1 serialized, attached run and all
+        "flux_conn_id": "flux2_default",
+        "jobs": jobs,
+        "common": common,
+        "max_in_flight": 8,
+        "chunk_size": 4,
+        "use_batches": True,
+        "resubmit_failed": 2,
+        "budget_usd": "1.00",
+        "metadata": {"dag_id": "catalogue"},
+        "runs": [],
+        "batches": {},
+        "end_time": time.time() + 30,
+        "poll_interval": 0.02,
+        "expected_seconds": 10.0,
+        "progress_interval": 0,
+        "started_at": None,
+        "attached": {"3": ["run-3", "batch-0", 1]},
+    }
+    trigger = FluxGenerationTrigger(**json.loads(json.dumps(earlier)))
+    now = trigger_for(plan, budget_usd="1.00")
+    assert trigger.options["end_time"] == earlier["end_time"] and trigger.metadata == {"dag_id": "catalogue"}
+    window = trigger.window()
+    assert window.batch_keys == now.window().batch_keys and window.budget == Decimal("1.00")
+    assert window.states[3].run_id == "run-3" and window.states[3].phase == "in_flight"
+
+
+def test_a_trigger_waiting_for_runs_sent_elsewhere_rebuilds_and_never_sends():
+    trigger = FluxGenerationTrigger.waiting_for(["r1", "r2"], expected_seconds=40, timeout=30)
+    again = rebuilt(trigger)
+    window = again.window()
+    assert [s.input for s in again.specs()] == [None, None] and [s.expected for s in again.specs()] == [40, 40]
+    assert {i: s.run_id for i, s in window.states.items()} == {0: "r1", 1: "r2"}
+    assert window.submissions(time.time()) == [] and window.resubmit_failed == 0
+
+
+def test_an_unknown_option_is_named():
+    with pytest.raises(FluxValidationError, match="max_inflight"):
+        FluxGenerationTrigger(runs=["r1"], max_inflight=4)
 
 
 def test_runs_the_window_and_yields_exactly_one_event(emulator):
@@ -94,7 +151,7 @@ def test_waits_for_runs_sent_elsewhere(emulator):
     hook = FluxHook(api_key=emulator.api_key, base_url=emulator.base_url)
     runs = [hook.submit(f"a paper boat {i}", image_size="square").id for i in range(3)]
     trigger = FluxGenerationTrigger(run_ids=runs, timeout=30, poll_interval=0.02)
-    assert trigger.serialize()[1]["end_time"] > time.time()
+    assert trigger.serialize()[1]["options"]["end_time"] > time.time()
     (event,) = asyncio.run(events_of(trigger))
     assert event["status"] == "success"
     assert sorted(finished_runs(event)) == sorted(runs)
