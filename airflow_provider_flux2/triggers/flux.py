@@ -111,7 +111,9 @@ class FluxGenerationTrigger(BaseTrigger):
                 field=unknown[0], value=one_by_one[unknown[0]], allowed=f"options {', '.join(OPTIONS)}"
             )
         self.options: dict[str, Any] = {**OPTIONS, **(options or {}), **one_by_one}
-        if not self.options.get("batch_keys"):  # an earlier version's own keys (same derivation)
+        # The batch keys a trigger serialized by 0.3.1 or earlier may carry are kept (its chunks replay
+        # under them); a trigger of this version carries none: the window derives them from the jobs.
+        if not self.options.get("batch_keys"):
             self.options.pop("batch_keys", None)
         if self.options["kind"] not in ("run", "evaluation"):
             raise FluxValidationError(field="kind", value=self.options["kind"], allowed="run or evaluation")
