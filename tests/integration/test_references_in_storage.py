@@ -1,8 +1,9 @@
-"""Reference images from storage: s3:// (moto's server) and local files, measured, resolved, priced."""
+"""Reference images from storage through real servers: s3:// (moto's server), the CLI, the hook and the emulator.
+
+The resolver's own rules (local files, forms, limits) are tested in ``tests/unit/test_references.py``."""
 
 from __future__ import annotations
 
-import base64
 import io
 from decimal import Decimal
 from urllib.parse import parse_qs, urlsplit
@@ -16,7 +17,6 @@ from airflow_provider_flux2.models import build_input
 from airflow_provider_flux2.pricing import item_cost
 from airflow_provider_flux2.references import (
     HEADER_BYTES,
-    MAX_PRESIGN_SECONDS,
     PRESIGN_MARGIN,
     ReferenceResolver,
     header_size,
@@ -82,10 +82,6 @@ def test_s3_reference_is_sent_presigned_for_longer_than_the_task_timeout(moto_aw
     assert references[0].as_dict() == {"source": uri, "width": 1600, "height": 1200, "billed_mp": 2}
 
 
-def test_presign_never_asks_for_more_than_seven_days():
-    assert ReferenceResolver(valid_for=30 * 24 * 3600).expires_in == MAX_PRESIGN_SECONDS
-
-
 def test_reference_is_priced_at_its_real_size(s3_admin, photo_in_s3):
     uri, _ = photo_in_s3
     request = build_input("pro", prompt="p", image_urls=[uri], image_size="square_hd")
@@ -144,54 +140,6 @@ def test_without_a_connection_boto3s_default_chain_is_used(aws_env, photo_in_s3)
     assert "X-Amz-Signature=" in resolver.wire_url(uri)
 
 
-# -- local files --------------------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize("form", ["path", "file_uri"])
-def test_local_file_is_sent_inline_and_measured(tmp_path, form):
-    path = tmp_path / "dish photo.png"
-    path.write_bytes(_photo((900, 700), "png"))
-    source = str(path) if form == "path" else path.as_uri()
-    request = build_input("pro", prompt="p", image_urls=[source])
-    wire, references = ReferenceResolver().resolve(request)
-    url = wire.image_urls[0]
-    assert url.startswith("data:image/png;base64,")
-    assert base64.b64decode(url.split(",", 1)[1]) == path.read_bytes()
-    assert (references[0].width, references[0].height) == (900, 700)
-    assert item_cost("pro", wire).reference_mp == 1
-
-
-def test_local_file_over_the_inline_limit_is_refused_with_advice(tmp_path):
-    path = tmp_path / "big.png"
-    path.write_bytes(_photo((900, 700), "png"))
-    with pytest.raises(FluxValidationError) as info:
-        ReferenceResolver(max_inline_bytes=1000).measure(str(path), "image_urls[0]")
-    assert info.value.field == "image_urls[0]"
-    assert "upload larger ones to S3" in info.value.allowed
-    assert "at most 1,000 bytes" in info.value.allowed
-
-
-@pytest.mark.parametrize(
-    ("source", "allowed"),
-    [
-        ("/no/such/file.png", "readable image file"),
-        ("relative/dish.png", "an http(s) URL"),
-        ("ftp://x/a.png", "an http(s) URL"),
-    ],
-)
-def test_bad_local_references_are_refused(source, allowed):
-    with pytest.raises(FluxValidationError) as info:
-        ReferenceResolver().measure(source)
-    assert allowed in info.value.allowed
-
-
-def test_http_references_pass_through_and_keep_the_minimum_price():
-    request = build_input("pro", prompt="p", image_urls=["https://example.com/a.png"])
-    wire, references = ReferenceResolver().resolve(request)
-    assert wire.image_urls == ["https://example.com/a.png"]
-    assert references[0].billed_mp == 1 and references[0].width is None
-
-
 def test_one_photo_used_by_many_images_is_read_and_signed_once(s3_admin, photo_in_s3):
     uri, _ = photo_in_s3
     client = CountingClient(s3_admin)
@@ -201,13 +149,6 @@ def test_one_photo_used_by_many_images_is_read_and_signed_once(s3_admin, photo_i
     }
     assert len(client.ranges) == 1
     assert len(urls) == 1
-
-
-def test_validation_accepts_storage_forms_and_still_names_bad_ones():
-    build_input("pro", prompt="p", image_urls=["s3://b/k.jpg", "file:///a/b.png", "/a/b.png"])
-    with pytest.raises(FluxValidationError) as info:
-        build_input("pro", prompt="p", image_urls=["s3://bucket-only"])
-    assert info.value.field == "image_urls"
 
 
 # -- the CLI -----------------------------------------------------------------------------------------------
@@ -303,19 +244,6 @@ def test_a_remembered_url_close_to_expiry_is_signed_again(s3_admin, photo_in_s3)
 # -- estimate() and the hook measure storage references on their own ---------------------------------
 
 
-def test_estimate_on_its_own_prices_a_local_reference_at_its_real_size(tmp_path):
-    from PIL import Image
-
-    from airflow_provider_flux2.pricing import estimate
-
-    path = tmp_path / "dish.jpg"
-    Image.new("RGB", (2400, 1800), "tan").save(path, "JPEG")  # 4,320,000 px: 5 MP
-    result = estimate([{"prompt": "the dish, as a watercolour", "image_urls": [str(path)], "image_size": "square"}])
-    (item,) = result.items
-    assert (item.billed_mp, item.reference_mp) == (1, 5)
-    assert result.total == Decimal("0.030") + 5 * Decimal("0.015")
-
-
 def test_estimate_reads_each_s3_reference_once_through_the_given_resolver(s3_admin, photo_in_s3):
     from airflow_provider_flux2.pricing import estimate
 
@@ -325,15 +253,6 @@ def test_estimate_reads_each_s3_reference_once_through_the_given_resolver(s3_adm
     result = estimate(plan, references=ReferenceResolver(s3_client=client))
     assert [item.reference_mp for item in result.items] == [2] * 5
     assert len(client.ranges) == 1
-
-
-def test_estimate_names_the_item_of_an_unreadable_reference(tmp_path):
-    from airflow_provider_flux2.pricing import estimate
-
-    plan = [{"prompt": "ok"}, {"prompt": "a dish", "image_urls": [str(tmp_path / "missing.jpg")]}]
-    with pytest.raises(FluxValidationError) as raised:
-        estimate(plan)
-    assert raised.value.field == "requests[1].image_urls[0]"
 
 
 def test_the_hook_sends_local_and_s3_references_fetchable_and_billed_at_their_size(

@@ -21,7 +21,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from airflow_provider_flux2.doctor import Doctor, url_ttl
+from airflow_provider_flux2.doctor import Doctor
 from airflow_provider_flux2.emulator.launcher import _bind, _Server
 from airflow_provider_flux2.pricing import PriceTable
 
@@ -313,25 +313,6 @@ def test_flux2_doctor_command_exits_1_on_a_deviation(proxy, tmp_path):
     assert "FAIL cost" in result.stdout
     assert "1 deviation(s): cost" in result.stdout
     assert deviating.key not in result.stdout + result.stderr
-
-
-@pytest.mark.parametrize(
-    ("url", "headers", "low", "high"),
-    [
-        ("https://b.s3.amazonaws.com/k?X-Amz-Date=20990101T000000Z&X-Amz-Expires=600", {}, 1e9, None),
-        ("https://cdn.example/k?Expires=1", {}, None, 0),
-        ("https://x/k", {"Cache-Control": "private, max-age=300"}, 299, 301),
-        ("https://x/k", {}, None, None),
-    ],
-)
-def test_url_ttl_reads_presigning_parameters_and_headers(url, headers, low, high):
-    ttl, _source = url_ttl(url, headers)
-    if low is None and high is None:
-        assert ttl is None
-    if low is not None:
-        assert ttl is not None and ttl >= low
-    if high is not None:
-        assert ttl is not None and ttl <= high
 
 
 def test_an_api_that_stops_answering_midway_is_reported_not_a_crash(proxy, emulator):
