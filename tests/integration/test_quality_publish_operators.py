@@ -12,7 +12,6 @@ import pytest
 from airflow.sdk import DAG
 from browser import rendered_images
 
-from airflow_provider_flux2.exceptions import FluxValidationError
 from airflow_provider_flux2.operators.flux import FluxGenerateImageOperator
 from airflow_provider_flux2.operators.publish import FluxPublishOperator, destination_asset
 from airflow_provider_flux2.operators.quality import FluxQualityCheckOperator
@@ -213,31 +212,3 @@ def test_drop_below_the_default_pass_rate_fails_the_task_after_recording_it(
     log = out.out + out.err
     assert "on_failure=drop · min_pass_rate 90% (the task fails below 18 of 20 passing)" in log
     assert "16 of 20 images passed the quality step (80%), below min_pass_rate 90%" in log
-
-
-def test_unknown_check_is_refused_when_the_dag_is_parsed():
-    with pytest.raises(FluxValidationError, match="not_a_check"):
-        FluxQualityCheckOperator(task_id="check", records=[], checks=["decodes", "not_a_check"])
-
-
-def test_openlineage_facets_name_sources_and_destination():
-    from types import SimpleNamespace
-
-    from synthetic_images import image_record
-
-    ti = SimpleNamespace(dag_id="d", run_id="manual__2026-12-01T12:38:50+00:00", task_id="publish")
-    record = image_record(0, uri="s3://staging/d/manual__2026-12-01T12-38-50Z/generate/00000-abc.jpg").to_xcom()
-    publish = FluxPublishOperator(task_id="publish", records=[record], destination_uri="s3://final/products")
-    facets = publish.get_openlineage_facets_on_complete(ti)
-    assert [(d.namespace, d.name) for d in facets.inputs] == [("s3://staging", "/")]
-    assert [(d.namespace, d.name) for d in facets.outputs] == [("s3://final", "products")]
-
-
-def test_publish_takes_output_uri_as_another_name_for_destination_uri():
-    publish = FluxPublishOperator(task_id="publish", records=[], output_uri="s3://final/products")
-    assert publish.destination_uri == "s3://final/products"
-    assert [a.uri for a in publish.outlets] == ["s3://final/products"]
-    with pytest.raises(FluxValidationError, match="output_uri"):
-        FluxPublishOperator(task_id="p2", records=[], destination_uri="s3://a/b", output_uri="s3://c/d")
-    with pytest.raises(FluxValidationError, match="destination_uri"):
-        FluxPublishOperator(task_id="p3", records=[])
