@@ -3,7 +3,7 @@ that name the row, the field and what is allowed.
 
 The installed ``flux2`` command in a process of its own (the console script, ``generate`` through the
 emulator, connections read from Airflow, a machine without Airflow's home) is tested in
-``tests/integration/test_cli.py``.
+``tests/integration/test_cli_command.py``.
 """
 
 from __future__ import annotations
