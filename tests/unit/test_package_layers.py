@@ -124,3 +124,50 @@ def test_no_operator_imports_another_operator_module():
     operators = [m for m in edges if m.startswith("airflow_provider_flux2.operators.")]
     for name in operators:
         assert not {m for m in edges[name] if m in operators}, name
+
+
+#: Modules whose unit tests live in a file of the same name under ``tests/unit`` (the module's
+#: server-free behaviour; its tests over real sockets stay in ``tests/integration``).
+MIRRORED = {
+    "references.py": "test_references.py",
+    "arguments.py": "test_arguments.py",
+    "doctor.py": "test_doctor.py",
+    "cli.py": "test_cli.py",
+    "metrics.py": "test_metrics.py",
+    "window.py": "test_window.py",
+    "jobs.py": "test_jobs.py",
+    "hooks/connection.py": "hooks/test_connection.py",
+    "hooks/transport.py": "hooks/test_transport.py",
+    "hooks/download.py": "hooks/test_download.py",
+    "storage/report.py": "storage/test_report.py",
+    "operators/quality.py": "operators/test_quality_operator.py",
+    "operators/publish.py": "operators/test_publish_operator.py",
+}
+
+
+def test_the_tests_of_a_module_are_found_where_its_name_says():
+    unit = Path(__file__).resolve().parent
+    for module, tests in MIRRORED.items():
+        assert (PACKAGE / module).is_file(), module
+        found = unit / tests
+        assert found.is_file(), f"{module}: no {found.relative_to(unit.parent)}"
+        # It tests that module: imports it (a file of the right name about something else would not do).
+        dotted = "airflow_provider_flux2." + module.removesuffix(".py").replace("/", ".")
+        imported = {
+            node.module if isinstance(node, ast.ImportFrom) else alias.name
+            for node in ast.walk(ast.parse(found.read_text()))
+            if isinstance(node, (ast.Import, ast.ImportFrom))
+            for alias in node.names
+        }
+        parent, _, name = dotted.rpartition(".")
+        assert dotted in imported or any(
+            isinstance(node, ast.ImportFrom) and node.module == parent and any(a.name == name for a in node.names)
+            for node in ast.walk(ast.parse(found.read_text()))
+        ), f"{found.name} does not import {dotted}"
+
+
+def test_no_two_test_files_share_a_name():
+    """pytest imports test files by their base name (no packages under tests/): two of one name cannot
+    run in one session."""
+    names = [p.name for p in PACKAGE.parent.joinpath("tests").rglob("test_*.py")]
+    assert sorted(n for n in set(names) if names.count(n) > 1) == []
