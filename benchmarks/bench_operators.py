@@ -1,6 +1,6 @@
 """The tasks ``make bench`` measures on the real deployment, beside the shipped operator.
 
-Imported by the DAG file ``deployment_dags/flux2_deploy.py`` (``benchmarks/`` is on every Airflow
+Imported by the DAG file ``deployment_dags/flux2_deploy_bench.py`` (``benchmarks/`` is on every Airflow
 process's ``PYTHONPATH``). Every class appends one line per worker entry to ``FLUX2_DEPLOY_ENTRIES``
 (:class:`EntryLogged`), which is how the harness counts worker entries and worker-slot seconds.
 

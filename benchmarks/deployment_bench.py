@@ -1,7 +1,7 @@
 """``make bench``, real-deployment mode: the shipped operator against its baselines and the peers' clients.
 
 One emulator (``realistic``, fixed seed reset before every run), one DAG file
-(``deployment_dags/flux2_deploy.py``, its tasks in ``bench_operators.py``), each row run on a real
+(``deployment_dags/flux2_deploy_bench.py``, its tasks in ``bench_operators.py``), each row run on a real
 deployment (PostgreSQL, api-server, scheduler with LocalExecutor, dag-processor, triggerer, each its
 own process; the run triggered through the REST API) and under ``dag.test()`` (``airflow dags test``
 on SQLite, the trigger run in line):
@@ -297,14 +297,13 @@ def add_http_connection(dep: Deployment) -> None:
 def prerender_images(count: int) -> list[dict[str, Any]]:
     """Every row's images, for the emulator to render before anything starts or is timed.
 
-    Every row asks for the same images (``flux2_deploy.prompts("generate", n)``). The real API renders
+    Every row asks for the same images (``deployment_shape.prompts("generate", n)``). The real API renders
     an image while its run is ``running``, on its own machines; the emulator renders it when its URL
     is fetched, on this one, which would put image synthesis (~30 ms an image, on the same two cores
     as the worker) into every download the rows time. Warm, a download is a transfer, as in
     ``benchmarks/run.py``. The deployment renders them before its Airflow processes start.
     """
-    sys.path.insert(0, str(Path(__file__).resolve().parent / "deployment_dags"))
-    from flux2_deploy import prompts
+    from deployment_shape import prompts
 
     from airflow_provider_flux2.models import build_input
 

@@ -254,3 +254,39 @@ def test_make_bench_deployment_mode_runs_every_kind_of_row_valid_on_a_real_deplo
     assert "HttpOperator + HttpSensor" in out and "dag.test()" in out
     assert "triggerer ≤ 200 MB RSS, 20 runs in flight (peak 20)" in out
     assert "one 4096×4096 PNG end to end ≤ 250 MB peak RSS: the emulator's PNG" in out
+
+
+def test_the_bench_dags_parse_apart_from_the_chaos_dags(monkeypatch):
+    """The bench's DAGs live in a file of their own: a chaos task's process parses only its DAG's file, so it
+    neither builds the bench's DAGs (one of 1,000 prompts) nor imports ``bench_operators`` when it starts."""
+    import ast
+
+    from tests.dagbags import dag_bag
+
+    folder = BENCHMARKS / "deployment_dags"
+    monkeypatch.syspath_prepend(str(folder))
+    bag = dag_bag(folder / "flux2_deploy_bench.py")
+    assert bag.import_errors == {}
+    assert set(bag.dags) == {
+        "flux2_deploy_bench",
+        "flux2_deploy_bench_sync",
+        "flux2_deploy_bench_waves",
+        "flux2_deploy_bench_triggerer",
+        "flux2_deploy_bench_fal",
+        "flux2_deploy_bench_bfl",
+        "flux2_deploy_bench_runflow_js",
+        "flux2_deploy_bench_http",
+    }
+    chaos = ast.parse((folder / "flux2_deploy.py").read_text())
+    imported = {
+        alias.name if isinstance(node, ast.Import) else node.module
+        for node in ast.walk(chaos)
+        if isinstance(node, (ast.Import, ast.ImportFrom))
+        for alias in node.names
+    }
+    assert "bench_operators" not in imported
+    assert set(dag_bag(folder / "flux2_deploy.py").dags) == {
+        "flux2_deploy_chaos",
+        "flux2_deploy_chaos_sync",
+        "flux2_deploy_sentinel",
+    }
