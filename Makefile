@@ -48,9 +48,10 @@ deploy-deps:
 # home, SQLite database, emulator and moto server (tests/conftest.py makes them per process), so no
 # test shares state with another worker. The longest tests (the real deployments) come first in the
 # collection (tests/conftest.py), so the worker that takes them starts them at once while the others
-# steal the short ones. Measured on 2 cores: -n 2 680 s, -n 4 worksteal 524 s, -n 4 loadgroup (each
-# executor's scenarios in a worker of their own, two deployments at once) 599 s — two deployments at
-# once cost more CPU than they save in waiting.
+# steal the short ones. Measured on 2 cores: -n 2 680 s, -n 4 loadgroup (each executor's scenarios in a
+# worker of their own, two deployments at once) 599 s, -n 4 worksteal 396-470 s (2026-12-07). The
+# session is CPU-bound (about 750 CPU-s on 2 cores), and the deployment scenarios take about 350 s one
+# after another on a quiet machine: see docs/performance.md, "make test's time".
 # One session: the "disk I/O error" that once made the FLUX view's tests run apart came from a test
 # that read airflow.db's bytes while its process held SQLite connections to it — closing any file
 # descriptor of a database drops the process's POSIX locks on it (sqlite.org/howtocorrupt.html, 2.2);
