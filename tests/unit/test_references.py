@@ -102,21 +102,19 @@ def test_bad_local_references_are_refused(source, allowed):
 def test_one_local_file_used_by_many_images_is_read_once(tmp_path, monkeypatch):
     path = tmp_path / "dish.png"
     path.write_bytes(_photo((320, 240)))
-    reads = []
-    real = Path.read_bytes
+    opened: list[Path] = []
+    real_open = Path.open  # Path.read_bytes opens through it too
 
-    def counting(self):
-        reads.append(self)
-        return real(self)
+    def counting_open(self, *args, **kwargs):
+        opened.append(self)
+        return real_open(self, *args, **kwargs)
 
-    monkeypatch.setattr(Path, "read_bytes", counting)
+    monkeypatch.setattr(Path, "open", counting_open)
     resolver = ReferenceResolver()
-    urls = {
-        resolver.resolve(build_input("pro", prompt=f"style {i}", image_urls=[str(path)]))[0].image_urls[0]
-        for i in range(4)
-    }
+    requests = [build_input("pro", prompt=f"style {i}", image_urls=[str(path)]) for i in range(4)]
+    urls = {resolver.resolve(request)[0].image_urls[0] for request in requests}
     assert len(urls) == 1
-    assert len([p for p in reads if p == path]) <= 2  # measured once, inlined once
+    assert opened.count(path) == 2  # its header measured once, its bytes inlined once, for the four images
 
 
 @pytest.mark.parametrize(
