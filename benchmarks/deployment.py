@@ -400,8 +400,9 @@ class Deployment:
             self._start_moto()
         self._airflow_env = self._environment()
         self._migrate()
+        # Every process starts at once: none needs another to start (the database is migrated), and the
+        # api-server's FastAPI app (about 6 CPU-s) builds while the others start and parse the DAG files.
         self._spawn("api-server", ["api-server", "--host", "127.0.0.1", "--port", str(self.api_port)])
-        wait_until(self._api_ready, 120, "the api-server", interval=0.5)
         self._spawn("dag-processor", ["dag-processor"])
         self._spawn("scheduler", ["scheduler", "--skip-serve-logs"])
         for index in range(1, self.triggerers + 1):
@@ -409,6 +410,7 @@ class Deployment:
         if self.executor == "celery":
             for index in range(1, self.celery_workers + 1):
                 self.start_celery_worker(index)
+        wait_until(self._api_ready, 120, "the api-server", interval=0.5)
         self.startup_seconds = time.perf_counter() - started
         return self
 
