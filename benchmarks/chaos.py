@@ -505,7 +505,7 @@ def run(
             dep.keep = True
             print(f"{name} [{executor}]: logs kept in {dep.root}", file=sys.stderr, flush=True)
             raise
-        verdict.restarted = [f"{r.name} (exit {r.exit_code})" for r in dep.restarts]
+        verdict.restarted = [r.line() for r in dep.restarts]
         end = dep.api("GET", f"/dags/{scenario.dag_id}/dagRuns/{run_id}").get("end_date")
         finished = _epoch(end) if end else time.time()
         verdict.kill_to_done_s = max(0.0, finished - killed_at)

@@ -64,6 +64,21 @@ TRIGGERER_HEALTH_THRESHOLD = 10
 #: (twenty tasks resuming at once after the database came back) a 10 s threshold made the restarted
 #: scheduler fail its own job and reset every task it was running, again and again.
 SCHEDULER_HEALTH_THRESHOLD = 30
+#: The service manager's liveness probe (``Deployment.service_manager``): a process whose job has not
+#: heartbeaten in the metadata DB for this long, while the DB answers, is killed and started again — what
+#: the official Helm chart's ``airflow jobs check`` liveness probes do. A lost database can leave a
+#: scheduler alive and stuck (its LocalExecutor waiting forever in its shutdown for an idle worker),
+#: which a manager that only restarts exited processes never mends.
+LIVENESS_THRESHOLD = 45
+#: How often the probe asks the database (seconds).
+LIVENESS_PERIOD = 5.0
+#: The job each probed process of the deployment heartbeats, by the name of its process.
+_JOB_TYPES = {"scheduler": "SchedulerJob", "dag-processor": "DagProcessorJob", "triggerer": "TriggererJob"}
+
+
+def _job_type(name: str) -> str | None:
+    """``triggerer-2`` → ``TriggererJob``; ``None`` for a process without a job (api-server, Celery workers)."""
+    return _JOB_TYPES.get(name.rsplit("-", 1)[0] if name.startswith("triggerer-") else name)
 
 
 class DeploymentError(RuntimeError):
@@ -270,9 +285,11 @@ class Postgres:
     def query(self, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
         import psycopg2
 
-        with contextlib.closing(psycopg2.connect(self.dsn)) as conn, conn.cursor() as cur:
+        with contextlib.closing(psycopg2.connect(self.dsn, connect_timeout=5)) as conn, conn.cursor() as cur:
             cur.execute(sql, params)
-            return list(cur.fetchall()) if cur.description else []
+            rows = list(cur.fetchall()) if cur.description else []
+            conn.commit()  # a statement that writes is kept
+            return rows
 
     def stop(self) -> None:
         if self.service is not None:
@@ -320,6 +337,11 @@ class Restart:
     exit_code: int | None
     exited_at: float
     restarted_at: float
+    #: ``exited``, or ``no heartbeat`` when the liveness probe killed a process that hung.
+    reason: str = "exited"
+
+    def line(self) -> str:
+        return f"{self.name} (exit {self.exit_code})" if self.reason == "exited" else f"{self.name} ({self.reason})"
 
 
 @dataclass
@@ -601,7 +623,9 @@ class Deployment:
     # -- faults of the surroundings ------------------------------------------------------------------------
 
     @contextlib.contextmanager
-    def service_manager(self, restart_sec: float = 5.0, interval: float = 0.5) -> Iterator[list[Restart]]:
+    def service_manager(
+        self, restart_sec: float = 5.0, interval: float = 0.5, liveness_threshold: float = LIVENESS_THRESHOLD
+    ) -> Iterator[list[Restart]]:
         """Restart every Airflow process of the deployment that exits, while the block runs.
 
         What systemd's ``Restart=always`` with ``RestartSec=5`` (or a container's ``restart: always``) does:
@@ -611,14 +635,26 @@ class Deployment:
         processes forked by a dead scheduler) is killed before the new process starts. PostgreSQL itself is
         not managed here: the scenario decides when it is back. Yields the list of restarts, filled as they
         happen (also kept in :attr:`restarts`).
+
+        A liveness probe, as a Kubernetes deployment of Airflow has: every :data:`LIVENESS_PERIOD` seconds,
+        a process whose job has not heartbeaten for ``liveness_threshold`` seconds while the database
+        answers is killed (its whole group), and restarted like one that exited.
         """
         import threading
 
         done = threading.Event()
         dead_since: dict[str, tuple[float, int | None]] = {}
+        hung: set[str] = set()
+        probed_at = time.time()
 
         def watch() -> None:
+            nonlocal probed_at
             while not done.wait(interval):
+                if time.time() - probed_at >= LIVENESS_PERIOD:
+                    probed_at = time.time()
+                    for name in self._hung(liveness_threshold):
+                        hung.add(name)
+                        self.services[name].kill()
                 for name, service in list(self.services.items()):
                     if service.alive():
                         dead_since.pop(name, None)
@@ -626,10 +662,12 @@ class Deployment:
                     code = service.process.poll() if service.process else None
                     exited = dead_since.setdefault(name, (time.time(), code))
                     if time.time() - exited[0] >= restart_sec and not done.is_set():
+                        reason = "no heartbeat" if name in hung else "exited"
                         with contextlib.suppress(Exception):
                             self.restart(name)
-                            self.restarts.append(Restart(name, exited[1], exited[0], time.time()))
+                            self.restarts.append(Restart(name, exited[1], exited[0], time.time(), reason))
                         dead_since.pop(name, None)
+                        hung.discard(name)
 
         thread = threading.Thread(target=watch, name="service-manager", daemon=True)
         thread.start()
@@ -638,6 +676,38 @@ class Deployment:
         finally:
             done.set()
             thread.join(timeout=30)
+
+    def _hung(self, threshold: float) -> list[str]:
+        """The running processes whose job has not heartbeaten for ``threshold`` seconds (none while the
+        database does not answer: then nothing can be judged)."""
+        assert self.postgres is not None
+        now = time.time()
+        probed = {
+            name: service
+            for name, service in self.services.items()
+            if _job_type(name) and service.alive() and now - service.started_at >= threshold
+        }
+        if not probed:
+            return []
+        try:
+            rows = self.postgres.query(
+                "SELECT hostname, job_type, EXTRACT(EPOCH FROM now() - max(latest_heartbeat)) FROM job "
+                "WHERE hostname = ANY(%s) GROUP BY hostname, job_type",
+                (list(probed),),
+            )
+        except Exception:  # the database is away or still recovering
+            return []
+        beats = {(host, job_type): age for host, job_type, age in rows}
+        hung = []
+        for name, service in probed.items():
+            age = beats.get((name, _job_type(name)))
+            since_start = now - service.started_at
+            # A job row older than this process belongs to its predecessor: count from its own start.
+            if age is None or float(age) > since_start:
+                age = since_start
+            if float(age) >= threshold:
+                hung.append(name)
+        return hung
 
     def pause_api(self) -> float:
         """``SIGSTOP`` the emulator: its socket still accepts connections and nothing answers (a hung API,

@@ -98,6 +98,35 @@ def test_triggerer_killed_while_sentinel_judges_bills_each_evaluation_once():
     assert verdict.manifest_usd == verdict.ledger_usd
 
 
+def test_a_process_that_hangs_is_killed_and_started_again_by_the_service_manager():
+    """The service manager's liveness probe (what a Kubernetes deployment's ``airflow jobs check`` probe
+    does): a process alive but silent — as the scheduler that hung in its LocalExecutor's shutdown after
+    the database crash was — is killed and started again; the others, heartbeating, are left alone.
+
+    The dag-processor is stopped (SIGSTOP: alive, and no heartbeat from then on), and its last heartbeat
+    set an hour back, so the probe need not wait out its threshold."""
+    import signal
+    import time
+
+    from deployment import LIVENESS_THRESHOLD
+
+    dep = shared("local")
+    dep.revive()
+    processor = dep.services["dag-processor"]
+    time.sleep(max(0.0, processor.started_at + LIVENESS_THRESHOLD - time.time()))  # only when run alone
+    before = processor.pid
+    with dep.service_manager(restart_sec=1) as restarts:
+        processor.kill(signal.SIGSTOP)
+        dep.postgres.query(
+            "UPDATE job SET latest_heartbeat = now() - interval '1 hour' WHERE hostname = 'dag-processor'"
+        )
+        restarted = dep.wait_for(lambda: list(restarts), timeout=60, what="the silent dag-processor restarted")
+    assert [(r.name, r.reason) for r in restarted] == [("dag-processor", "no heartbeat")]
+    assert restarted[0].line() == "dag-processor (no heartbeat)"
+    assert dep.services["dag-processor"].pid != before and dep.services["dag-processor"].alive()
+    dep.restarts.clear()
+
+
 def test_deployment_listens_on_loopback_only_and_stops_every_process():
     """After the scenarios above (restarted processes included), everything listens on loopback only,
     and stopping the deployment stops every process."""
