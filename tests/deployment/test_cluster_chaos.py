@@ -159,17 +159,19 @@ def _tree(psutil, pid):
 
 def test_database_killed_mid_batch_and_restarted_loses_nothing_and_pays_once():
     """PostgreSQL ``kill -9`` while tasks are deferred and a worker collects, back after a few seconds;
-    the Airflow processes that die of it are restarted by a service manager.
+    the Airflow processes that die of it are restarted by a service manager, and one left alive but
+    stuck (the scheduler, in its LocalExecutor's shutdown) is killed by its liveness probe and restarted.
 
-    On a deployment of its own, as in ``make soak``: a lost database can leave a process alive but stuck,
-    which a service manager that restarts exited processes does not mend (once, on a deployment earlier
-    scenarios had used, the scheduler's LocalExecutor hung in its shutdown on an idle worker and the run
-    never finished)."""
+    On a deployment of its own, as in ``make soak``."""
     verdict = chaos.run("database_crash", SHORT, "local", outage_s=DATABASE_DOWN_S)
     _assert_whole(verdict)
     assert verdict.killed[0].startswith("postgres")
-    # What a lost database costs is Airflow's own: at most one try per task whose process lost it.
-    assert all(try_number <= 2 for try_number in verdict.retried.values()), verdict.retried
+    # What a lost database costs is Airflow's own, a try for each process that died of it: the task's
+    # own (it lost the api-server's database), and each scheduler that died, whose queued and running
+    # tasks the next scheduler resets as orphans — LocalExecutor cannot adopt them, and Airflow's
+    # adopt_or_reset_orphaned_tasks says a reset "can cause the scheduler to increase the try_number".
+    schedulers = sum(1 for restart in verdict.restarted if restart.startswith("scheduler "))
+    assert all(try_number <= 2 + schedulers for try_number in verdict.retried.values()), verdict.line()
 
 
 def test_celery_worker_killed_while_running_a_task_loses_nothing_and_pays_once():
