@@ -11,21 +11,14 @@ from __future__ import annotations
 import contextlib
 import io
 import json
-from dataclasses import dataclass
+import subprocess
 
 import pytest
 
 from airflow_provider_flux2 import cli
 
 
-@dataclass
-class Result:
-    returncode: int
-    stdout: str
-    stderr: str
-
-
-def flux2(*args: str) -> Result:
+def flux2(*args: str) -> subprocess.CompletedProcess[str]:
     """``flux2 ARGS`` as the console script runs it: its exit code, and what it printed where."""
     out, err = io.StringIO(), io.StringIO()
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
@@ -33,7 +26,7 @@ def flux2(*args: str) -> Result:
             code = cli.main(list(args))
         except SystemExit as exit_:  # argparse's own refusals
             code = int(exit_.code or 0)
-    return Result(code, out.getvalue(), err.getvalue())
+    return subprocess.CompletedProcess(["flux2", *args], code, out.getvalue(), err.getvalue())
 
 
 def test_estimate_prints_one_line_per_size_and_the_total():

@@ -153,17 +153,7 @@ def test_the_tests_of_a_module_are_found_where_its_name_says():
         assert found.is_file(), f"{module}: no {found.relative_to(unit.parent)}"
         # It tests that module: imports it (a file of the right name about something else would not do).
         dotted = "airflow_provider_flux2." + module.removesuffix(".py").replace("/", ".")
-        imported = {
-            node.module if isinstance(node, ast.ImportFrom) else alias.name
-            for node in ast.walk(ast.parse(found.read_text()))
-            if isinstance(node, (ast.Import, ast.ImportFrom))
-            for alias in node.names
-        }
-        parent, _, name = dotted.rpartition(".")
-        assert dotted in imported or any(
-            isinstance(node, ast.ImportFrom) and node.module == parent and any(a.name == name for a in node.names)
-            for node in ast.walk(ast.parse(found.read_text()))
-        ), f"{found.name} does not import {dotted}"
+        assert dotted in imports(found), f"{found.name} does not import {dotted}"
 
 
 def test_no_two_test_files_share_a_name():
